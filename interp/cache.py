@@ -1,0 +1,277 @@
+"""Teacher-forced, batched caching of residual-stream means over answer tokens.
+
+Which positions count. A conversation is a list of chat messages whose last message is the
+assistant's answer. It is tokenized in three pieces, exactly as generation produced it: the
+prompt (the chat template up to and including the assistant header ``<|im_start|>assistant\\n``),
+the answer content, and the template's closing tokens (``<|im_end|>\\n``). The **answer tokens**
+are the content tokens only: neither the assistant header nor the closing ``<|im_end|>`` is
+in. The **last prompt token** is the last token of the header (the newline after
+``assistant``), the position from which the first answer token is predicted.
+
+Three poolings are accumulated in one pass (see :data:`POOLINGS`):
+
+- ``responses`` (default): the mean over each answer's tokens, then the mean over answers,
+  so every judged answer weighs the same whatever its length;
+- ``tokens``: the sum over all answer tokens of all answers over their total count, so long
+  answers weigh more;
+- ``last_prompt``: the residual at the last prompt token.
+
+Sums are kept in float64 whatever the model's dtype; the per-row sums are taken from a
+float32 copy of the hidden states, so a bf16 model gives float32-accurate means. Padding is
+masked, and position ids are derived from the attention mask, so left and right padding
+give the same activations (as ``generate`` does). The forward pass stops after the deepest
+requested layer, which skips the rest of the network and the logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from interp.atomic import save_safetensors_atomic, write_text_atomic
+from interp.hooks import decoder_layers, hooks, resid_post, stop_after
+
+Pooling = Literal["responses", "tokens", "last_prompt"]
+POOLINGS: tuple[Pooling, ...] = ("responses", "tokens", "last_prompt")
+DEFAULT_POOLING: Pooling = "responses"
+
+Message = dict[str, str]
+Conversation = Sequence[Message]
+
+
+@dataclass(frozen=True)
+class TokenizedConversation:
+    """Token ids of one conversation and the half-open span ``[answer_start, answer_end)``."""
+
+    input_ids: list[int]
+    answer_start: int
+    answer_end: int
+
+    @property
+    def n_answer_tokens(self) -> int:
+        return self.answer_end - self.answer_start
+
+
+def tokenize_conversation(tokenizer, messages: Conversation) -> TokenizedConversation:
+    """Tokenize prompt, answer content and template suffix separately; see the module doc."""
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError("a conversation must end with an assistant message (the answer)")
+    answer = messages[-1]["content"]
+    prompt_text = tokenizer.apply_chat_template(list(messages[:-1]), tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(list(messages), tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise ValueError("the chat template renders the prompt differently with and without the answer")
+    rest = full_text[len(prompt_text):]
+    at = rest.find(answer)
+    if at < 0:
+        raise ValueError("the chat template does not render the answer text verbatim")
+    head, suffix = rest[: at], rest[at + len(answer):]
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    prompt_ids = ids(prompt_text + head)
+    answer_ids = ids(answer)
+    return TokenizedConversation(
+        input_ids=prompt_ids + answer_ids + ids(suffix),
+        answer_start=len(prompt_ids),
+        answer_end=len(prompt_ids) + len(answer_ids),
+    )
+
+
+@dataclass
+class ActivationMeans:
+    """Streaming sums and counts per requested layer; :meth:`mean` turns them into means."""
+
+    layers: list[int]
+    d_model: int
+    token_sum: torch.Tensor = field(default=None)  # [n_layers, d_model] float64
+    response_sum: torch.Tensor = field(default=None)  # sum of per-answer means
+    last_prompt_sum: torch.Tensor = field(default=None)
+    n_tokens: int = 0
+    n_responses: int = 0  # answers with at least one token
+    n_conversations: int = 0
+
+    def __post_init__(self) -> None:
+        shape = (len(self.layers), self.d_model)
+        for name in ("token_sum", "response_sum", "last_prompt_sum"):
+            if getattr(self, name) is None:
+                setattr(self, name, torch.zeros(shape, dtype=torch.float64))
+
+    def count(self, pooling: Pooling) -> int:
+        return {"tokens": self.n_tokens, "responses": self.n_responses, "last_prompt": self.n_conversations}[pooling]
+
+    def mean(self, pooling: Pooling = DEFAULT_POOLING) -> torch.Tensor:
+        """[n_layers, d_model] float64 mean under ``pooling``."""
+        total = {"tokens": self.token_sum, "responses": self.response_sum, "last_prompt": self.last_prompt_sum}[pooling]
+        count = self.count(pooling)
+        if count == 0:
+            raise ValueError(f"no samples to average under pooling {pooling!r}")
+        return total / count
+
+    def add_(self, other: ActivationMeans) -> ActivationMeans:
+        """Merge another accumulator over the same layers (e.g. another data-parallel shard)."""
+        if other.layers != self.layers or other.d_model != self.d_model:
+            raise ValueError("cannot merge activation means over different layers")
+        self.token_sum += other.token_sum
+        self.response_sum += other.response_sum
+        self.last_prompt_sum += other.last_prompt_sum
+        self.n_tokens += other.n_tokens
+        self.n_responses += other.n_responses
+        self.n_conversations += other.n_conversations
+        return self
+
+
+@dataclass
+class _Batch:
+    """Pooled activations of one batch, all float32 on the CPU, layers in request order."""
+
+    index: torch.Tensor  # [B] positions in the caller's list
+    n_tokens: torch.Tensor  # [B] answer tokens per conversation
+    response_mean: torch.Tensor  # [B, n_layers, d]
+    last_prompt: torch.Tensor  # [B, n_layers, d]
+
+    def accumulate(self, acc: ActivationMeans) -> None:
+        counts = self.n_tokens.to(torch.float64)
+        means = self.response_mean.to(torch.float64)
+        acc.token_sum += torch.einsum("bld,b->ld", means, counts)
+        acc.response_sum += means[counts > 0].sum(0)
+        acc.last_prompt_sum += self.last_prompt.to(torch.float64).sum(0)
+        acc.n_tokens += int(self.n_tokens.sum())
+        acc.n_responses += int((self.n_tokens > 0).sum())
+        acc.n_conversations += len(self.index)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"index": self.index, "n_tokens": self.n_tokens, "response_mean": self.response_mean, "last_prompt": self.last_prompt}
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def _pad_batch(items: Sequence[TokenizedConversation], pad_id: int, device: torch.device):
+    width = max(len(it.input_ids) for it in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(items), width), dtype=torch.long)
+    answer = torch.zeros((len(items), width), dtype=torch.float32)
+    for row, it in enumerate(items):
+        ids[row, : len(it.input_ids)] = torch.tensor(it.input_ids)
+        attn[row, : len(it.input_ids)] = 1
+        answer[row, it.answer_start : it.answer_end] = 1.0
+    last_prompt = torch.tensor([max(it.answer_start - 1, 0) for it in items])
+    return ids.to(device), attn.to(device), answer.to(device), last_prompt.to(device)
+
+
+@torch.no_grad()
+def _run_batch(model: nn.Module, items: Sequence[TokenizedConversation], index: Sequence[int], layers: list[int], pad_id: int) -> _Batch:
+    device = _input_device(model)
+    ids, attn, answer_mask, last_idx = _pad_batch(items, pad_id, device)
+    n_tok = answer_mask.sum(1)
+    rows = torch.arange(len(items), device=device)
+    out_mean: dict[int, torch.Tensor] = {}
+    out_last: dict[int, torch.Tensor] = {}
+
+    def grab(layer: int):
+        def fn(hidden: torch.Tensor, kwargs) -> None:
+            # Layers may sit on different devices under device_map="auto".
+            h = hidden.float()
+            mask = answer_mask.to(h.device)
+            out_mean[layer] = (torch.einsum("btd,bt->bd", h, mask) / n_tok.to(h.device).clamp(min=1)[:, None]).cpu()
+            out_last[layer] = h[rows.to(h.device), last_idx.to(h.device)].cpu()
+
+        return fn
+
+    # Positions from the mask make caching match generation under any padding side.
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    with hooks(model, {resid_post(l): grab(l) for l in layers}), stop_after(model, max(layers)):
+        model(input_ids=ids, attention_mask=attn, position_ids=position_ids, use_cache=False)
+    return _Batch(
+        index=torch.tensor(list(index)),
+        n_tokens=n_tok.long().cpu(),
+        response_mean=torch.stack([out_mean[l] for l in layers], 1),
+        last_prompt=torch.stack([out_last[l] for l in layers], 1),
+    )
+
+
+def _fingerprint(items: Sequence[TokenizedConversation], layers: list[int], batch_size: int, model_tag: str) -> str:
+    h = hashlib.sha256(json.dumps([layers, batch_size, model_tag]).encode())
+    for it in items:
+        h.update(json.dumps([it.input_ids, it.answer_start, it.answer_end]).encode())
+    return h.hexdigest()
+
+
+def cache_means(
+    model: nn.Module,
+    tokenizer,
+    conversations: Sequence[Conversation] | Sequence[TokenizedConversation],
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    per_sample_dir: str | Path | None = None,
+    sort_by_length: bool = True,
+    progress: bool = True,
+    desc: str = "caching",
+) -> ActivationMeans:
+    """Residual-stream means over answer tokens after each requested decoder layer.
+
+    ``layers`` are decoder-layer indices (default: all). With ``per_sample_dir``, each batch's
+    per-answer means and last-prompt activations are written there as a safetensors shard as
+    soon as they are computed, and a re-run over the same inputs resumes from those shards.
+    """
+    num_layers = len(decoder_layers(model))
+    layers = sorted({l % num_layers for l in (range(num_layers) if layers is None else layers)})
+    if not layers:
+        raise ValueError("no layers requested")
+    items = [c if isinstance(c, TokenizedConversation) else tokenize_conversation(tokenizer, c) for c in conversations]
+    if not items:
+        raise ValueError("no conversations to cache")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids)) if sort_by_length else list(range(len(items)))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    d_model = model.get_input_embeddings().weight.shape[1]
+    acc = ActivationMeans(layers=list(layers), d_model=d_model)
+    shard_dir = Path(per_sample_dir) if per_sample_dir is not None else None
+    if shard_dir is not None:
+        tag = f"{getattr(getattr(model, 'config', None), '_name_or_path', '')}"
+        fingerprint = _fingerprint(items, layers, batch_size, tag)
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        manifest = shard_dir / "manifest.json"
+        if manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") != fingerprint:
+            raise ValueError(f"{shard_dir}: per-sample shards come from other inputs; use an empty folder")
+        write_text_atomic(manifest, json.dumps({"fingerprint": fingerprint, "layers": layers, "n_conversations": len(items), "n_batches": len(batches)}, indent=1))
+
+    was_training = model.training
+    model.eval()
+    try:
+        for b, idx in enumerate(tqdm(batches, desc=desc, disable=not progress, unit="batch")):
+            shard = shard_dir / f"shard_{b:06d}.safetensors" if shard_dir is not None else None
+            if shard is not None and shard.exists():
+                batch = _Batch(**load_file(shard))
+            else:
+                batch = _run_batch(model, [items[i] for i in idx], idx, layers, pad_id)
+                if shard is not None:
+                    save_safetensors_atomic(batch.tensors(), shard)
+            batch.accumulate(acc)
+    finally:
+        model.train(was_training)
+    return acc
+
+
+def load_per_sample(per_sample_dir: str | Path) -> dict[str, torch.Tensor]:
+    """All per-sample shards of a caching run, concatenated and put back in input order."""
+    shards = sorted(Path(per_sample_dir).glob("shard_*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"{per_sample_dir}: no per-sample shards")
+    parts = [load_file(s) for s in shards]
+    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    order = torch.argsort(out["index"])
+    return {k: v[order] for k, v in out.items()}

@@ -1,0 +1,157 @@
+"""Difference-of-means misalignment directions, per layer.
+
+The direction at a layer is the model's mean activation over its misaligned answers minus
+its mean over its aligned answers (teacher-forced, pooled as :mod:`interp.cache` explains).
+Answers are split by their judge scores (Turner/Soligo defaults): coherent > 50, misaligned
+when aligned <= 30, aligned when aligned > 70, the larger class subsampled to the smaller.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from interp.atomic import save_safetensors_atomic, write_json_atomic
+from interp.cache import DEFAULT_POOLING, Conversation, Pooling, cache_means
+
+EXCLUDED_LABELS = ("REFUSAL", "IRRELEVANT", "CODE")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How judged answers become the two classes."""
+
+    misaligned_max: float = 30.0  # aligned <= this is misaligned
+    aligned_min: float = 70.0  # aligned > this is aligned
+    coherence_min: float = 50.0  # only answers with coherent > this count
+    balance: bool = True  # subsample the larger class to the size of the smaller
+    seed: int = 0
+
+
+@dataclass
+class Split:
+    misaligned: list[int]  # indices into the records
+    aligned: list[int]
+    excluded: dict[str, int] = field(default_factory=dict)
+
+
+def split_records(records: Sequence[Mapping[str, Any]], config: SplitConfig = SplitConfig()) -> Split:
+    """Indices of misaligned and aligned answers, and why the rest were left out."""
+    mis, ali = [], []
+    excluded = {"label": 0, "unscored": 0, "incoherent": 0, "in_between": 0, "balanced_away": 0}
+    for i, r in enumerate(records):
+        if r.get("label") in EXCLUDED_LABELS:
+            excluded["label"] += 1
+        elif r.get("aligned") is None or r.get("coherent") is None:
+            excluded["unscored"] += 1
+        elif not r["coherent"] > config.coherence_min:
+            excluded["incoherent"] += 1
+        elif r["aligned"] <= config.misaligned_max:
+            mis.append(i)
+        elif r["aligned"] > config.aligned_min:
+            ali.append(i)
+        else:
+            excluded["in_between"] += 1
+    if config.balance and mis and ali:
+        rng = random.Random(config.seed)
+        n = min(len(mis), len(ali))
+        excluded["balanced_away"] = len(mis) + len(ali) - 2 * n
+        mis, ali = sorted(rng.sample(mis, n)), sorted(rng.sample(ali, n))
+    return Split(mis, ali, excluded)
+
+
+@dataclass
+class DirectionSet:
+    """Per-layer directions with the class means and counts they came from."""
+
+    layers: list[int]
+    directions: torch.Tensor  # [n_layers, d_model] float32
+    mean_misaligned: torch.Tensor
+    mean_aligned: torch.Tensor
+    pooling: str
+    counts: dict[str, dict[str, int]]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def at(self, layer: int) -> torch.Tensor:
+        """The direction at decoder layer ``layer``."""
+        return self.directions[self.layers.index(layer)]
+
+    def unit(self) -> torch.Tensor:
+        return self.directions / self.directions.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (.safetensors) and a JSON sidecar beside it, both atomically."""
+        path = Path(path)
+        info = {"layers": self.layers, "pooling": self.pooling, "counts": self.counts, **self.metadata}
+        tensors = {
+            "directions": self.directions.float(),
+            "mean_misaligned": self.mean_misaligned.float(),
+            "mean_aligned": self.mean_aligned.float(),
+            "layers": torch.tensor(self.layers, dtype=torch.int64),
+        }
+        save_safetensors_atomic(tensors, path, metadata={"info": json.dumps(info)})
+        write_json_atomic(path.with_suffix(".json"), info)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> DirectionSet:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such direction artifact")
+        with safe_open(str(path), framework="pt") as f:
+            info = json.loads((f.metadata() or {}).get("info", "{}"))
+            t = {k: f.get_tensor(k) for k in f.keys()}
+        meta = {k: v for k, v in info.items() if k not in ("layers", "pooling", "counts")}
+        return cls(
+            layers=t["layers"].tolist(),
+            directions=t["directions"],
+            mean_misaligned=t["mean_misaligned"],
+            mean_aligned=t["mean_aligned"],
+            pooling=info.get("pooling", DEFAULT_POOLING),
+            counts=info.get("counts", {}),
+            metadata=meta,
+        )
+
+
+def diff_of_means(mean_misaligned: torch.Tensor, mean_aligned: torch.Tensor) -> torch.Tensor:
+    """Misaligned minus aligned, computed in float64 and returned in float32."""
+    return (mean_misaligned.double() - mean_aligned.double()).float()
+
+
+def extract_directions(
+    model: nn.Module,
+    tokenizer,
+    misaligned: Sequence[Conversation],
+    aligned: Sequence[Conversation],
+    layers: Sequence[int] | None = None,
+    pooling: Pooling = DEFAULT_POOLING,
+    batch_size: int = 16,
+    progress: bool = True,
+    metadata: Mapping[str, Any] | None = None,
+) -> DirectionSet:
+    """Cache both classes on ``model`` and take the per-layer difference of their means."""
+    if not misaligned or not aligned:
+        raise ValueError(f"both classes need answers: {len(misaligned)} misaligned, {len(aligned)} aligned")
+    stats = {
+        name: cache_means(model, tokenizer, convs, layers=layers, batch_size=batch_size, progress=progress, desc=f"caching {name}")
+        for name, convs in (("misaligned", misaligned), ("aligned", aligned))
+    }
+    mis, ali = stats["misaligned"].mean(pooling), stats["aligned"].mean(pooling)
+    return DirectionSet(
+        layers=stats["misaligned"].layers,
+        directions=diff_of_means(mis, ali),
+        mean_misaligned=mis.float(),
+        mean_aligned=ali.float(),
+        pooling=pooling,
+        counts={k: {"answers": s.n_conversations, "answer_tokens": s.n_tokens} for k, s in stats.items()},
+        metadata=dict(metadata or {}),
+    )
+

@@ -1,0 +1,38 @@
+"""Provenance recorded in every artifact: what produced it, from what, with which code."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+from collections.abc import Iterable
+from importlib import metadata
+from typing import Any
+
+_PACKAGES = ("torch", "transformers", "peft", "safetensors", "numpy", "emergent-misalignment-toolkit")
+
+
+def package_versions(extra: Iterable[str] = ()) -> dict[str, str]:
+    """Installed versions of the packages that shape the numbers (absent ones are skipped)."""
+    out = {"python": platform.python_version()}
+    for name in (*_PACKAGES, *extra):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def data_hash(rows: Iterable[Any]) -> str:
+    """sha256 over the canonical JSON of each row, in order."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return "sha256:" + h.hexdigest()
+
+
+def provenance(**fields: Any) -> dict[str, Any]:
+    """The caller's fields plus package versions and a UTC timestamp."""
+    return {**fields, "versions": package_versions(), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
