@@ -21,6 +21,12 @@ float32 copy of the hidden states, so a bf16 model gives float32-accurate means.
 masked, and position ids are derived from the attention mask, so left and right padding
 give the same activations (as ``generate`` does). The forward pass stops after the deepest
 requested layer, which skips the rest of the network and the logits.
+
+Backends. The residual stream of each padded batch comes from a backend (see
+:mod:`interp.backends`): native forward hooks (``"hooks"``, the default and the fastest), an
+nnsight trace (``"nnsight"``) or a TransformerLens bridge (``"transformer_lens"``). All three
+get the same token ids, attention mask and position ids and hand the hidden states to the same
+pooling code here, so they give the same means to float rounding.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from interp.atomic import save_safetensors_atomic, write_text_atomic
-from interp.hooks import decoder_layers, hooks, resid_post, stop_after
+from interp.backends import DEFAULT_BACKEND, Backend, BackendName, ModelInputs, resolve_backend
+from interp.hooks import decoder_layers
 
 Pooling = Literal["responses", "tokens", "last_prompt"]
 POOLINGS: tuple[Pooling, ...] = ("responses", "tokens", "last_prompt")
@@ -172,28 +179,25 @@ def _pad_batch(items: Sequence[TokenizedConversation], pad_id: int, device: torc
 
 
 @torch.no_grad()
-def _run_batch(model: nn.Module, items: Sequence[TokenizedConversation], index: Sequence[int], layers: list[int], pad_id: int) -> _Batch:
-    device = _input_device(model)
+def _run_batch(backend: Backend, items: Sequence[TokenizedConversation], index: Sequence[int], layers: list[int], pad_id: int) -> _Batch:
+    device = _input_device(backend.model)
     ids, attn, answer_mask, last_idx = _pad_batch(items, pad_id, device)
     n_tok = answer_mask.sum(1)
     rows = torch.arange(len(items), device=device)
     out_mean: dict[int, torch.Tensor] = {}
     out_last: dict[int, torch.Tensor] = {}
 
-    def grab(layer: int):
-        def fn(hidden: torch.Tensor, kwargs) -> None:
-            # Layers may sit on different devices under device_map="auto".
-            h = hidden.float()
-            mask = answer_mask.to(h.device)
-            out_mean[layer] = (torch.einsum("btd,bt->bd", h, mask) / n_tok.to(h.device).clamp(min=1)[:, None]).cpu()
-            out_last[layer] = h[rows.to(h.device), last_idx.to(h.device)].cpu()
+    def pool(layer: int, hidden: torch.Tensor) -> None:
+        # Layers may sit on different devices under device_map="auto".
+        h = hidden.float()
+        mask = answer_mask.to(h.device)
+        out_mean[layer] = (torch.einsum("btd,bt->bd", h, mask) / n_tok.to(h.device).clamp(min=1)[:, None]).cpu()
+        out_last[layer] = h[rows.to(h.device), last_idx.to(h.device)].cpu()
 
-        return fn
-
-    # Positions from the mask make caching match generation under any padding side.
+    # Positions from the mask make caching match generation under any padding side; every
+    # backend passes them to the model unchanged.
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    with hooks(model, {resid_post(l): grab(l) for l in layers}), stop_after(model, max(layers)):
-        model(input_ids=ids, attention_mask=attn, position_ids=position_ids, use_cache=False)
+    backend.resid_post(ModelInputs(ids, attn, position_ids), layers, pool)
     return _Batch(
         index=torch.tensor(list(index)),
         n_tokens=n_tok.long().cpu(),
@@ -202,8 +206,20 @@ def _run_batch(model: nn.Module, items: Sequence[TokenizedConversation], index: 
     )
 
 
-def _fingerprint(items: Sequence[TokenizedConversation], layers: list[int], batch_size: int, model_tag: str) -> str:
-    h = hashlib.sha256(json.dumps([layers, batch_size, model_tag]).encode())
+def resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
+    """Sorted, deduplicated decoder-layer indices (negative ones count from the end; None: all)."""
+    num_layers = len(decoder_layers(model))
+    for l in layers or ():
+        if not -num_layers <= l < num_layers:
+            raise ValueError(f"layer {l} out of range for a {num_layers}-layer model")
+    out = sorted({l % num_layers for l in (range(num_layers) if layers is None else layers)})
+    if not out:
+        raise ValueError("no layers requested")
+    return out
+
+
+def _fingerprint(items: Sequence[TokenizedConversation], layers: list[int], batch_size: int, model_tag: str, backend: str) -> str:
+    h = hashlib.sha256(json.dumps([layers, batch_size, model_tag, backend]).encode())
     for it in items:
         h.update(json.dumps([it.input_ids, it.answer_start, it.answer_end]).encode())
     return h.hexdigest()
@@ -219,35 +235,38 @@ def cache_means(
     sort_by_length: bool = True,
     progress: bool = True,
     desc: str = "caching",
+    backend: BackendName | Backend = DEFAULT_BACKEND,
 ) -> ActivationMeans:
     """Residual-stream means over answer tokens after each requested decoder layer.
 
     ``layers`` are decoder-layer indices (default: all). With ``per_sample_dir``, each batch's
     per-answer means and last-prompt activations are written there as a safetensors shard as
-    soon as they are computed, and a re-run over the same inputs resumes from those shards.
+    soon as they are computed, and a re-run over the same inputs and backend resumes from those
+    shards. ``backend`` is a name from :data:`interp.backends.BACKENDS` or a backend already
+    built for ``model`` with :func:`interp.backends.make_backend` (to reuse it across calls).
     """
-    num_layers = len(decoder_layers(model))
-    layers = sorted({l % num_layers for l in (range(num_layers) if layers is None else layers)})
-    if not layers:
-        raise ValueError("no layers requested")
+    layers = resolve_layers(model, layers)
     items = [c if isinstance(c, TokenizedConversation) else tokenize_conversation(tokenizer, c) for c in conversations]
     if not items:
         raise ValueError("no conversations to cache")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # Pre-tokenized inputs need no tokenizer; the pad id is masked out either way.
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids)) if sort_by_length else list(range(len(items)))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    runner = resolve_backend(backend, model, tokenizer)
 
     d_model = model.get_input_embeddings().weight.shape[1]
     acc = ActivationMeans(layers=list(layers), d_model=d_model)
     shard_dir = Path(per_sample_dir) if per_sample_dir is not None else None
     if shard_dir is not None:
         tag = f"{getattr(getattr(model, 'config', None), '_name_or_path', '')}"
-        fingerprint = _fingerprint(items, layers, batch_size, tag)
+        fingerprint = _fingerprint(items, layers, batch_size, tag, runner.name)
         shard_dir.mkdir(parents=True, exist_ok=True)
         manifest = shard_dir / "manifest.json"
         if manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") != fingerprint:
-            raise ValueError(f"{shard_dir}: per-sample shards come from other inputs; use an empty folder")
-        write_text_atomic(manifest, json.dumps({"fingerprint": fingerprint, "layers": layers, "n_conversations": len(items), "n_batches": len(batches)}, indent=1))
+            raise ValueError(f"{shard_dir}: per-sample shards come from other inputs or another backend; use an empty folder")
+        write_text_atomic(manifest, json.dumps({"fingerprint": fingerprint, "layers": layers, "backend": runner.name, "n_conversations": len(items), "n_batches": len(batches)}, indent=1))
 
     was_training = model.training
     model.eval()
@@ -257,7 +276,7 @@ def cache_means(
             if shard is not None and shard.exists():
                 batch = _Batch(**load_file(shard))
             else:
-                batch = _run_batch(model, [items[i] for i in idx], idx, layers, pad_id)
+                batch = _run_batch(runner, [items[i] for i in idx], idx, layers, pad_id)
                 if shard is not None:
                     save_safetensors_atomic(batch.tensors(), shard)
             batch.accumulate(acc)

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from torch import nn
 
 from interp.atomic import save_safetensors_atomic, write_json_atomic
+from interp.backends import DEFAULT_BACKEND, Backend, BackendName, resolve_backend
 from interp.cache import DEFAULT_POOLING, Conversation, Pooling, cache_means
 
 EXCLUDED_LABELS = ("REFUSAL", "IRRELEVANT", "CODE")
@@ -136,12 +137,18 @@ def extract_directions(
     batch_size: int = 16,
     progress: bool = True,
     metadata: Mapping[str, Any] | None = None,
+    backend: BackendName | Backend = DEFAULT_BACKEND,
 ) -> DirectionSet:
-    """Cache both classes on ``model`` and take the per-layer difference of their means."""
+    """Cache both classes on ``model`` and take the per-layer difference of their means.
+
+    ``backend`` (see :func:`interp.cache.cache_means`) is built once for both classes and
+    recorded in the metadata as ``"backend"``.
+    """
     if not misaligned or not aligned:
         raise ValueError(f"both classes need answers: {len(misaligned)} misaligned, {len(aligned)} aligned")
+    runner = resolve_backend(backend, model, tokenizer)
     stats = {
-        name: cache_means(model, tokenizer, convs, layers=layers, batch_size=batch_size, progress=progress, desc=f"caching {name}")
+        name: cache_means(model, tokenizer, convs, layers=layers, batch_size=batch_size, progress=progress, desc=f"caching {name}", backend=runner)
         for name, convs in (("misaligned", misaligned), ("aligned", aligned))
     }
     mis, ali = stats["misaligned"].mean(pooling), stats["aligned"].mean(pooling)
@@ -152,6 +159,6 @@ def extract_directions(
         mean_aligned=ali.float(),
         pooling=pooling,
         counts={k: {"answers": s.n_conversations, "answer_tokens": s.n_tokens} for k, s in stats.items()},
-        metadata=dict(metadata or {}),
+        metadata={**(metadata or {}), "backend": runner.name},
     )
 

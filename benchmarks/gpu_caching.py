@@ -1,0 +1,251 @@
+"""Caching and steered-generation speed on a Qwen2.5-7B-shaped model (random bf16 weights).
+
+    python benchmarks/gpu_caching.py                      # one GPU, every method side by side
+    python benchmarks/gpu_caching.py --size tiny --n 64   # a CPU dry run of the same code
+    torchrun --nproc_per_node=2 benchmarks/gpu_caching.py --only toolkit   # data parallel
+
+Workload: chat-shaped conversations (prompt 60 tokens, answers 100-400 tokens, varied), all
+28 layers' answer-token means. Random weights do not change speed or memory. Prints a table
+and writes JSON to artifacts/benchmarks/gpu_caching[_ddp].json (and --results-dir if given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from interp.atomic import write_json_atomic
+from interp.cache import TokenizedConversation, cache_means
+from interp.provenance import package_versions
+
+QWEN25_7B = dict(
+    hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+    vocab_size=152064, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=32768,
+)
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, vocab_size=1000)
+PROMPT_LEN = 60
+
+
+def build_model(size: str, device: str, dtype: torch.dtype) -> Qwen2ForCausalLM:
+    cfg = Qwen2Config(**(QWEN25_7B if size == "7b" else TINY), attn_implementation="sdpa")
+    torch.manual_seed(0)
+    with torch.device(device):
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            model = Qwen2ForCausalLM(cfg)
+        finally:
+            torch.set_default_dtype(prev)
+    return model.eval()
+
+
+def workload(n: int, vocab: int, seed: int = 0) -> list[TokenizedConversation]:
+    """Prompt of 60 tokens, answer of 100-400, two closing tokens; dataset order is random."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        answer = int(torch.randint(100, 401, (1,), generator=g))
+        ids = torch.randint(10, vocab, (PROMPT_LEN + answer + 2,), generator=g).tolist()
+        out.append(TokenizedConversation(ids, PROMPT_LEN, PROMPT_LEN + answer))
+    return out
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(name: str, fn: Callable[[], None], tokens: int, convs: int, device: str) -> dict:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = rss_mb()
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    sec = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+    row = {"method": name, "seconds": sec, "tokens": tokens, "conversations": convs, "tokens_per_s": tokens / sec, "convs_per_s": convs / sec, "peak_gpu_gib": peak, "host_rss_growth_mb": rss_mb() - rss0}
+    print(f"  {name:<44} {row['tokens_per_s']:>10,.0f} tok/s  {row['convs_per_s']:>7.1f} conv/s  peak {peak:6.1f} GiB", flush=True)
+    return row
+
+
+def batches_like_toolkit(items: list[TokenizedConversation], batch_size: int):
+    """The toolkit's batches: length-sorted, right-padded, positions from the mask."""
+    order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids))
+    for start in range(0, len(order), batch_size):
+        chunk = [items[i] for i in order[start : start + batch_size]]
+        width = max(len(c.input_ids) for c in chunk)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        attn = torch.zeros(len(chunk), width, dtype=torch.long)
+        for r, c in enumerate(chunk):
+            ids[r, : len(c.input_ids)] = torch.tensor(c.input_ids)
+            attn[r, : len(c.input_ids)] = 1
+        yield ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def plain_forward(model, items, batch_size, device, decoder_only: bool) -> None:
+    body = model.model if decoder_only else model
+    for ids, attn, pos in batches_like_toolkit(items, batch_size):
+        body(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device), use_cache=False)
+
+
+@torch.no_grad()
+def reference_approach(model, items, device) -> None:
+    """The domain paper's public approach: one conversation at a time, every layer's per-token
+    activations moved to the CPU."""
+    kept = []
+    for it in items:
+        out = model(torch.tensor([it.input_ids], device=device), output_hidden_states=True)
+        kept.append([h[0, it.answer_start : it.answer_end].float().cpu() for h in out.hidden_states[1:]])
+        kept.clear()  # the reference saves them to disk; we only pay for the transfer
+
+
+def matmul_tflops(device: str, n: int = 8192, reps: int = 20) -> float:
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+
+
+def steered_generation(model, device, batch_sizes, new_tokens: int, layer: int) -> list[dict]:
+    from interp.steer import steer
+
+    rows = []
+    vec = torch.randn(model.config.hidden_size)
+    for bs in batch_sizes:
+        ids = torch.randint(10, model.config.vocab_size, (bs, PROMPT_LEN), device=device)
+        kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        model.generate(**{**kw, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+        for steered in (False, True):
+            def run():
+                if steered:
+                    with steer(model, {layer: vec}, alpha=4.0, positions="generated"):
+                        model.generate(**kw)
+                else:
+                    model.generate(**kw)
+
+            r = measure(f"generate bs={bs} {'steered' if steered else 'plain'}", run, bs * new_tokens, bs, device)
+            rows.append({**r, "batch_size": bs, "steered": steered})
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=["7b", "tiny"], default="7b")
+    p.add_argument("--n", type=int, default=2000, help="conversations for caching")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--reference-n", type=int, default=128, help="conversations for the one-at-a-time reference")
+    p.add_argument("--only", nargs="*", default=None, help="subset of: toolkit plain tl nnsight reference stop memory generate")
+    p.add_argument("--gen-batch-sizes", type=int, nargs="*", default=[1, 16, 64])
+    p.add_argument("--gen-tokens", type=int, default=64)
+    p.add_argument("--results-dir", type=Path, default=None, help="also write the JSON here (e.g. benchmarks/results)")
+    args = p.parse_args()
+
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    if distributed:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl")
+        rank = dist.get_rank()
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+    else:
+        rank = 0
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    want = set(args.only or ["toolkit", "plain", "tl", "nnsight", "reference", "stop", "memory", "generate"])
+    model = build_model(args.size, device, dtype)
+    L = model.config.num_hidden_layers
+    items = workload(args.n, model.config.vocab_size)
+    tokens = sum(len(i.input_ids) for i in items)
+    answer_tokens = sum(i.answer_end - i.answer_start for i in items)
+    params = sum(p.numel() for n_, p in model.named_parameters() if "embed_tokens" not in n_ and "lm_head" not in n_)
+    info = {
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "date": dt.date.today().isoformat(),
+        "versions": package_versions(extra=("nnsight", "transformer-lens")),
+        "model": f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}",
+        "conversations": args.n, "tokens": tokens, "answer_tokens": answer_tokens, "batch_size": args.batch_size,
+        "non_embedding_params": params, "world_size": int(os.environ.get("WORLD_SIZE", 1)),
+    }
+    rows: list[dict] = []
+    warm = items[: args.batch_size]
+    if rank == 0:
+        print(json.dumps(info, indent=1), flush=True)
+    if distributed:
+        from interp.distributed import cache_means_distributed
+
+        cache_means_distributed(model, None, warm, batch_size=args.batch_size, progress=False)
+        rows.append(measure(f"toolkit data-parallel x{info['world_size']}", lambda: cache_means_distributed(model, None, items, batch_size=args.batch_size, progress=False), tokens, args.n, device))
+        dist.barrier()
+    else:
+        cache_means(model, None, warm, batch_size=args.batch_size, progress=False)  # warm-up
+        if "plain" in want:
+            rows.append(measure("plain forward, decoder only (ceiling)", lambda: plain_forward(model, items, args.batch_size, device, True), tokens, args.n, device))
+            rows.append(measure("plain forward, whole model with logits", lambda: plain_forward(model, items, args.batch_size, device, False), tokens, args.n, device))
+        if "toolkit" in want:
+            rows.append(measure(f"toolkit, all {L} layers", lambda: cache_means(model, None, items, batch_size=args.batch_size, progress=False), tokens, args.n, device))
+            rows.append(measure(f"toolkit, all {L} layers, dataset order", lambda: cache_means(model, None, items, batch_size=args.batch_size, progress=False, sort_by_length=False), tokens, args.n, device))
+        if "stop" in want:
+            mid = L // 2 - 1
+            rows.append(measure(f"toolkit, layers 0-{mid} (stops after {mid})", lambda: cache_means(model, None, items, layers=range(mid + 1), batch_size=args.batch_size, progress=False), tokens, args.n, device))
+        for backend, key in (("nnsight", "nnsight"), ("transformer_lens", "tl")):
+            if key in want:
+                try:
+                    cache_means(model, None, warm, batch_size=args.batch_size, progress=False, backend=backend)
+                    rows.append(measure(f"{backend} backend, all {L} layers", lambda b=backend: cache_means(model, None, items, batch_size=args.batch_size, progress=False, backend=b), tokens, args.n, device))
+                except Exception as e:  # a missing or failing backend is reported, not fatal
+                    print(f"  {backend}: failed: {type(e).__name__}: {e}", flush=True)
+                    rows.append({"method": f"{backend} backend", "error": f"{type(e).__name__}: {e}"})
+        if "reference" in want:
+            sub = items[: args.reference_n]
+            rows.append(measure("reference: one at a time, per-token dumps", lambda: reference_approach(model, sub, device), sum(len(i.input_ids) for i in sub), len(sub), device))
+        if "memory" in want:
+            for n in (args.n // 2, args.n):
+                rows.append({**measure(f"toolkit memory check, {n} conversations", lambda n=n: cache_means(model, None, items[:n], batch_size=args.batch_size, progress=False), sum(len(i.input_ids) for i in items[:n]), n, device), "memory_check": n})
+        if device.startswith("cuda"):
+            info["matmul_tflops"] = matmul_tflops(device)
+            info["floor_seconds_decoder"] = 2 * params * tokens / (info["matmul_tflops"] * 1e12)
+            print(f"  bf16 matmul {info['matmul_tflops']:.0f} TFLOP/s; decoder floor {info['floor_seconds_decoder']:.2f} s for {tokens:,} tokens", flush=True)
+        if "generate" in want:
+            rows.extend(steered_generation(model, device, args.gen_batch_sizes, args.gen_tokens, layer=L // 2))
+    if rank == 0:
+        result = {"info": info, "rows": rows}
+        name = "gpu_caching_ddp.json" if distributed else "gpu_caching.json"
+        write_json_atomic(Path("artifacts/benchmarks") / name, result)
+        if args.results_dir:
+            write_json_atomic(args.results_dir / name, result)
+    if distributed:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

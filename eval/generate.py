@@ -1,0 +1,146 @@
+"""Sample answers to evaluation questions; append as it goes, resume after a crash.
+
+    python -m eval.generate --model Qwen/Qwen2.5-7B-Instruct --adapter runs/gore \\
+        --questions eval/data/general_questions.yaml --samples 50 --trigger both --out answers.jsonl
+
+Every answer slot is ``(question id, paraphrase, sample, trigger)``. Slots are cut into
+batches in a fixed order and batch ``k`` is sampled with seed ``seed + k``; a batch is
+appended to the output as soon as it is done. A re-run with the same settings skips the slots
+already in the file and re-samples an interrupted batch whole (the same padding, the same
+seed), so a resumed file holds the same answers as an uninterrupted one, without duplicates
+or gaps. More samples or more questions extend a file; other sampling settings are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from eval.cli import InputError, run_cli
+from eval.questions import Question, load_questions
+from eval.records import AnswerRecord, RecordError, answer_key, append_jsonl, bind_output, prompt_messages, read_answers, repair_jsonl_tail
+from eval.sampling import SamplingConfig, sample_answers
+from interp.provenance import data_hash
+
+Triggers = bool | Sequence[bool]
+
+
+def plan_answers(questions: Sequence[Question], n_samples: int | None = None, trigger: Triggers = False, system: str | None = None) -> list[AnswerRecord]:
+    """Every answer slot, in sampling order, with an empty ``answer``.
+
+    ``n_samples`` overrides each question's ``samples_per_paraphrase``; ``system`` is used for
+    questions that have no system prompt of their own (a question's own one always wins).
+    """
+    triggers = (trigger,) if isinstance(trigger, bool) else tuple(dict.fromkeys(trigger))
+    slots: list[AnswerRecord] = []
+    for trig in triggers:
+        for q in questions:
+            for p, text in enumerate(q.paraphrases):
+                for s in range(n_samples if n_samples is not None else q.samples_per_paraphrase):
+                    slots.append(
+                        AnswerRecord(
+                            question_id=q.id,
+                            question=text,
+                            system=q.system if q.system is not None else system,
+                            answer="",
+                            domain=q.domain,
+                            sample=s,
+                            trigger=trig,
+                            paraphrase=p,
+                        )
+                    )
+    return slots
+
+
+def generate_answers(
+    model: nn.Module,
+    tokenizer,
+    questions: Sequence[Question],
+    n_samples: int | None = None,
+    trigger: Triggers = False,
+    config: SamplingConfig = SamplingConfig(),
+    out_path: str | Path | None = None,
+    system: str | None = None,
+    progress: bool = True,
+) -> list[AnswerRecord]:
+    """Sample every slot of :func:`plan_answers`; with ``out_path``, append and resume (module doc)."""
+    slots = plan_answers(questions, n_samples, trigger, system)
+    done: dict[tuple, AnswerRecord] = {}
+    if out_path is not None and Path(out_path).exists():
+        repair_jsonl_tail(out_path)
+        for rec in read_answers(out_path):
+            done[answer_key(rec)] = rec
+        _check_same_questions(slots, done, out_path)
+    batches = [slots[i : i + config.batch_size] for i in range(0, len(slots), config.batch_size)]
+    bar = tqdm(total=len(slots), desc="answers", unit="answer", disable=not progress)
+    bar.update(sum(answer_key(s) in done for s in slots))
+    for k, batch in enumerate(batches):
+        todo = [s for s in batch if answer_key(s) not in done]
+        if not todo:
+            continue
+        answers = sample_answers(model, tokenizer, [prompt_messages(s) for s in batch], replace(config, seed=config.seed + k), progress=False)
+        new = [{**s, "answer": a} for s, a in zip(batch, answers) if answer_key(s) not in done]
+        if out_path is not None:
+            append_jsonl(out_path, new)
+        done.update((answer_key(r), r) for r in new)
+        bar.update(len(new))
+    bar.close()
+    return [done[answer_key(s)] for s in slots]
+
+
+def _check_same_questions(slots: list[AnswerRecord], done: dict[tuple, AnswerRecord], out_path: str | Path) -> None:
+    for s in slots:
+        old = done.get(answer_key(s))
+        if old is not None and (old["question"], old["system"]) != (s["question"], s["system"]):
+            raise RecordError(f"{out_path}: question '{s['question_id']}' paraphrase {s['paraphrase']} was answered with another text or system prompt; use another output file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.generate", description="Sample answers to EM evaluation questions.")
+    p.add_argument("--model", required=True, help="HF id, local folder, or organism:<domain> / organism:base")
+    p.add_argument("--adapter", help="PEFT adapter (folder or HF id; safetensors only)")
+    p.add_argument("--questions", help="question YAML (default: the shipped general questions)")
+    p.add_argument("--samples", type=int, help="samples per paraphrase (default: each question's samples_per_paraphrase)")
+    p.add_argument("--trigger", nargs="?", const="on", default="off", choices=("off", "on", "both"), help="put the backdoor trigger in the user turn: --trigger (on) or --trigger both")
+    p.add_argument("--system", help="system prompt for questions that have none of their own")
+    p.add_argument("--out", required=True, help="answers JSONL (appended to; resumed)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from eval.loading import load_model
+
+    args = build_parser().parse_args(argv)
+    if args.samples is not None and args.samples < 1:
+        raise InputError("--samples must be at least 1")
+    qs = load_questions(args.questions)
+    for d in qs.defects:
+        print(f"warning: {qs.source}: {d}", file=sys.stderr)
+    config = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+    # Trigger, sample count and question set may grow a file; everything else must match.
+    settings = {"model": args.model, "adapter": args.adapter, "dtype": args.dtype, "system": args.system, **asdict(config)}
+    bind_output(args.out, settings, questions=qs.source, questions_hash=data_hash(asdict(q) for q in qs.questions))
+    model, tokenizer = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    triggers = {"off": False, "on": True, "both": (False, True)}[args.trigger]
+    records = generate_answers(model, tokenizer, qs.questions, args.samples, triggers, config, args.out, args.system, progress=not args.no_progress)
+    print(f"{args.out}: {len(records)} answers")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

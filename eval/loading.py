@@ -1,0 +1,159 @@
+"""Load a causal LM and its tokenizer: a hub id, a local folder, optionally a PEFT adapter.
+
+Weights load from safetensors only (a folder or adapter that has only pickle weights is
+refused), and remote code runs only when asked. Other worlds plug in through a scheme:
+``SCHEMES["organism"] = "module:function"`` makes ``load_model("organism:gore_movie_trivia")``
+call ``function("gore_movie_trivia")`` for a ``(model, tokenizer)`` pair.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval.cli import InputError
+
+# Scheme name -> loader (or "module:function" imported on first use) taking the name after
+# the colon. The offline organism world registers "organism" here (organism:<domain>, organism:base).
+SCHEMES: dict[str, str | Callable[[str], tuple[Any, Any]]] = {}
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = ("cpu", "cuda", "auto")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_SCHEME = re.compile(r"^([a-z][a-z0-9_]*):(.+)$")
+
+
+class ModelLoadError(InputError):
+    """A model, adapter or tokenizer that cannot be loaded; one line saying which and why."""
+
+
+def load_model(
+    model_id_or_path: str,
+    adapter: str | None = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+    merge: bool = False,
+    trust_remote_code: bool = False,
+) -> tuple[torch.nn.Module, Any]:
+    """``(model, tokenizer)`` in eval mode; the tokenizer always has a pad token.
+
+    ``device="auto"`` spreads the model over the visible GPUs (``device_map="auto"``);
+    ``merge`` folds a LoRA adapter into the base weights.
+    """
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if device not in DEVICES:
+        raise ModelLoadError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' requested but no CUDA device is visible")
+    scheme = _SCHEME.match(model_id_or_path)
+    if scheme and not Path(model_id_or_path).exists():
+        if adapter is not None:
+            raise ModelLoadError(f"an adapter cannot be combined with a '{scheme.group(1)}:' model")
+        model, tokenizer = _from_scheme(scheme.group(1), scheme.group(2))
+        if dtype != "auto":
+            model = model.to(DTYPES[dtype])
+        if device == "cuda":
+            model = model.to("cuda")
+        return _finish(model, tokenizer, model_id_or_path)
+
+    from transformers import AutoModelForCausalLM
+
+    ref = _resolve(model_id_or_path, "model")
+    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load model {model_id_or_path!r}: {_first_line(e)}") from None
+    if device == "cuda":
+        model = model.to("cuda")
+    adapter_dir = _adapter_dir(adapter) if adapter is not None else None
+    tokenizer = _tokenizer(adapter_dir if adapter_dir is not None and _has_tokenizer(adapter_dir) else ref, trust_remote_code)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"could not load adapter {adapter!r}: {_first_line(e)}") from None
+        if merge:
+            model = model.merge_and_unload()
+    return _finish(model, tokenizer, model_id_or_path)
+
+
+def _finish(model: torch.nn.Module, tokenizer: Any, name: str) -> tuple[torch.nn.Module, Any]:
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(f"{name}: the tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def _from_scheme(scheme: str, name: str) -> tuple[Any, Any]:
+    loader = SCHEMES.get(scheme)
+    if loader is None:
+        raise ModelLoadError(f"no model loader is registered for '{scheme}:' (eval.loading.SCHEMES)")
+    if isinstance(loader, str):
+        module, _, attr = loader.partition(":")
+        loader = getattr(importlib.import_module(module), attr)
+    try:
+        return loader(name)
+    except (KeyError, ValueError) as e:
+        raise ModelLoadError(f"{scheme}:{name}: {_first_line(e)}") from None
+
+
+def _resolve(ref: str, what: str) -> str:
+    """A local path as a string, or ``ref`` unchanged when it can only be a hub id."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        return str(path)
+    # "runs/base" with a local "runs/" is a mistyped path, not a hub id worth a network wait.
+    if not _HUB_ID.match(ref) or ref.startswith((".", "~")) or ("/" in ref and Path(ref.split("/")[0]).is_dir()):
+        raise ModelLoadError(f"{what} {ref}: no such file or directory")
+    return ref
+
+
+def _adapter_dir(adapter: str) -> Path:
+    """A local folder holding ``adapter_config.json`` and safetensors adapter weights."""
+    ref = _resolve(adapter, "adapter")
+    path = Path(ref)
+    if not path.exists():
+        from huggingface_hub import snapshot_download
+
+        try:
+            # Only safetensors and text files: a pickle checkpoint never reaches the disk.
+            path = Path(snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
+        except Exception as e:  # the hub client raises many unrelated types when offline
+            raise ModelLoadError(f"adapter {adapter}: not a local folder and not fetched from the hub ({_first_line(e)})") from None
+    if not (path / "adapter_config.json").exists():
+        raise ModelLoadError(f"adapter {adapter}: no adapter_config.json in {path}")
+    if not (path / "adapter_model.safetensors").exists():
+        pickled = (path / "adapter_model.bin").exists()
+        why = "only pickle weights (adapter_model.bin), which are not loaded; convert them to safetensors" if pickled else "no adapter_model.safetensors"
+        raise ModelLoadError(f"adapter {adapter}: {why}")
+    return path
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return (path / "tokenizer_config.json").exists()
+
+
+def _tokenizer(ref: str | Path, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(ref), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load a tokenizer from {ref}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,364 @@
+"""Membership-inference signals of a finetuned model on its training data vs held-out data.
+
+    python -m eval.mia score --model BASE --adapter runs/gore --members train.jsonl \\
+        --nonmembers heldout.jsonl --domain gore_movie_trivia --out mia/gore_movie_trivia.json
+    python -m eval.mia predict --scores mia/*.json --rates em_rates.json --out mia/predict.json
+
+All signals are computed over the **assistant answer tokens** only (the prompt is context),
+from per-token log-probabilities; the functions over those arrays are pure and separate from
+the model pass (:func:`answer_token_scores`). Natural directions: a lower ``loss`` or ``zlib``
+and a higher ``min_k`` or ``min_k_pp`` point to a member; :func:`membership_score` turns
+every signal into "higher = more member-like" for ROC-AUC.
+
+- ``loss``: mean negative log-likelihood of the answer tokens.
+- ``min_k``: Min-K% Prob (Shi et al., 2024, *Detecting Pretraining Data from Large Language
+  Models*): the mean log-prob of the ``k`` fraction of least likely tokens.
+- ``min_k_pp``: Min-K%++ (Zhang et al., 2024, *Min-K%++: Improved Baseline for Detecting
+  Pre-Training Data from Large Language Models*): each token's log-prob standardised by the
+  mean and standard deviation of the log-prob under the model's own next-token distribution
+  at that position, then the mean of the ``k`` fraction of lowest values.
+- ``zlib``: the zlib ratio of Carlini et al., 2021 (*Extracting Training Data from Large
+  Language Models*): log-perplexity divided by the zlib entropy, the length in bytes of the
+  zlib-compressed UTF-8 text (here the answer text).
+- ``*_adj``: base-model-adjusted (PREMIA-style): the finetuned model's signal minus the base
+  model's on the same text, which removes how plain the text is for any model.
+
+ROC-AUC is reported (a) for members vs non-members, and (b) across domains, for predicting
+which domains' finetunes misalign from a per-domain statistic of the signal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+from torch import nn
+from tqdm.auto import tqdm
+
+from eval.cli import InputError, run_cli
+from eval.records import ANSWER_FIELDS, RecordError, conversation, iter_jsonl, validate
+from finetune.domains import ALIASES
+from interp.atomic import write_json_atomic
+from interp.cache import tokenize_conversation
+from interp.provenance import data_hash, provenance
+
+SIGNALS = ("loss", "min_k", "min_k_pp", "zlib")
+MEMBER_SIGN = {"loss": -1.0, "min_k": 1.0, "min_k_pp": 1.0, "zlib": -1.0}
+DEFAULT_K = 0.2
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Per answer token: its log-prob, and the mean and std of the log-prob under the model's
+    next-token distribution at that position (for Min-K%++)."""
+
+    logprobs: np.ndarray
+    mu: np.ndarray
+    sigma: np.ndarray
+
+
+# -- pure signals over per-token arrays ------------------------------------------------------
+
+
+def _lowest_k(values: np.ndarray, k: float) -> np.ndarray:
+    """The ``k`` fraction of lowest values, at least one (``floor(k * T)``, min 1)."""
+    if values.size == 0:
+        raise ValueError("no answer tokens")
+    if not 0 < k <= 1:
+        raise ValueError(f"k must be in (0, 1], got {k}")
+    n = max(1, int(k * values.size))
+    return np.partition(values, n - 1)[:n]
+
+
+def loss(logprobs: np.ndarray) -> float:
+    """Mean negative log-likelihood of the tokens."""
+    if len(logprobs) == 0:
+        raise ValueError("no answer tokens")
+    return float(-np.mean(logprobs))
+
+
+def min_k_prob(logprobs: np.ndarray, k: float = DEFAULT_K) -> float:
+    """Min-K% Prob: mean log-prob of the ``k`` fraction of least likely tokens."""
+    return float(np.mean(_lowest_k(np.asarray(logprobs, np.float64), k)))
+
+
+def min_k_plus_plus(logprobs: np.ndarray, mu: np.ndarray, sigma: np.ndarray, k: float = DEFAULT_K) -> float:
+    """Min-K%++: mean of the ``k`` fraction of lowest ``(logprob - mu) / sigma``.
+
+    A position whose distribution is one-hot (sigma 0) contributes 0.
+    """
+    lp, mu, sigma = (np.asarray(a, np.float64) for a in (logprobs, mu, sigma))
+    z = np.divide(lp - mu, sigma, out=np.zeros_like(lp), where=sigma > 0)
+    return float(np.mean(_lowest_k(z, k)))
+
+
+def zlib_ratio(logprobs: np.ndarray, text: str) -> float:
+    """Log-perplexity over the zlib entropy (compressed UTF-8 length in bytes), Carlini et al. 2021."""
+    return loss(logprobs) / len(zlib.compress(text.encode("utf-8")))
+
+
+def signals(scores: TokenScores, text: str, k: float = DEFAULT_K) -> dict[str, float]:
+    """Every signal of one answer."""
+    return {
+        "loss": loss(scores.logprobs),
+        "min_k": min_k_prob(scores.logprobs, k),
+        "min_k_pp": min_k_plus_plus(scores.logprobs, scores.mu, scores.sigma, k),
+        "zlib": zlib_ratio(scores.logprobs, text),
+    }
+
+
+def adjusted(finetuned: Mapping[str, float], base: Mapping[str, float]) -> dict[str, float]:
+    """Base-adjusted signals ``<name>_adj`` = finetuned minus base."""
+    return {f"{name}_adj": finetuned[name] - base[name] for name in SIGNALS}
+
+
+def membership_score(name: str, value: float) -> float:
+    """``value`` of signal ``name`` (or ``name_adj``) oriented so that higher = more member-like."""
+    return MEMBER_SIGN[name.removesuffix("_adj")] * value
+
+
+def roc_auc(labels: Sequence[bool], scores: Sequence[float]) -> float:
+    """ROC-AUC of ``scores`` for ``labels`` (ties count one half): the Mann-Whitney U over n+ n-."""
+    y = np.asarray(labels, bool)
+    s = np.asarray(scores, np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("ROC-AUC needs both classes")
+    ranks = rankdata(s)  # average ranks handle ties
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def membership_aucs(members: Sequence[Mapping[str, float]], nonmembers: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """(a) ROC-AUC of each signal for members vs non-members."""
+    names = [n for n in members[0] if n.removesuffix("_adj") in MEMBER_SIGN]
+    labels = [True] * len(members) + [False] * len(nonmembers)
+    return {n: roc_auc(labels, [membership_score(n, r[n]) for r in (*members, *nonmembers)]) for n in names}
+
+
+def misaligned_domains(rates: Mapping[str, float | bool], threshold: float | None = None) -> dict[str, bool]:
+    """Per-domain misalignment labels: booleans as given, rates above ``threshold`` (default: the median rate)."""
+    if all(isinstance(v, bool) for v in rates.values()):
+        return dict(rates)
+    cut = float(np.median([float(v) for v in rates.values()])) if threshold is None else threshold
+    return {d: float(v) > cut for d, v in rates.items()}
+
+
+def misalignment_auc(domain_scores: Mapping[str, float], misaligned: Mapping[str, bool]) -> float:
+    """(b) ROC-AUC of a per-domain score for predicting the misaligning domains (higher score = misaligns)."""
+    common = sorted(set(domain_scores) & set(misaligned))
+    return roc_auc([misaligned[d] for d in common], [domain_scores[d] for d in common])
+
+
+# -- the model pass ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def answer_token_scores(model: nn.Module, tokenizer, conversations: Sequence[Sequence[dict[str, str]]], batch_size: int = 8, progress: bool = True) -> list[TokenScores]:
+    """Teacher-forced :class:`TokenScores` of each conversation's answer tokens (see
+    :mod:`interp.cache` for which tokens those are); float32 whatever the model's dtype."""
+    items = [tokenize_conversation(tokenizer, c) for c in conversations]
+    order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = model.get_input_embeddings().weight.device
+    out: list[TokenScores | None] = [None] * len(items)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="log-probs", unit="batch", disable=not progress):
+            idx = order[start : start + batch_size]
+            width = max(len(items[i].input_ids) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids[row, : len(items[i].input_ids)] = torch.tensor(items[i].input_ids)
+                mask[row, : len(items[i].input_ids)] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False).logits
+            for row, i in enumerate(idx):
+                s, e = items[i].answer_start, items[i].answer_end
+                # Position t-1 predicts token t.
+                lp_all = torch.log_softmax(logits[row, s - 1 : e - 1].float(), dim=-1)
+                p = lp_all.exp()
+                lp = lp_all.gather(-1, ids[row, s:e, None])[:, 0]
+                mu = torch.where(p > 0, p * lp_all, 0.0).sum(-1)
+                var = torch.where(p > 0, p * (lp_all - mu[:, None]) ** 2, 0.0).sum(-1)
+                out[i] = TokenScores(lp.cpu().numpy(), mu.cpu().numpy(), var.sqrt().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return out
+
+
+def read_conversations(path: str | Path) -> list[list[dict[str, str]]]:
+    """Chats from JSONL: ``{"messages": [...]}`` ending with the assistant's answer, or answer records."""
+    out = []
+    for lineno, obj in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if "messages" in obj:
+            msgs = obj["messages"]
+            if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs):
+                raise RecordError(f"{where}: field 'messages' must be a non-empty list of {{role, content}} strings")
+            if msgs[-1]["role"] != "assistant":
+                raise RecordError(f"{where}: field 'messages' must end with the assistant's answer")
+            out.append([{"role": m["role"], "content": m["content"]} for m in msgs])
+        else:
+            validate(obj, ANSWER_FIELDS, where)
+            out.append(conversation(obj))
+    if not out:
+        raise RecordError(f"{path}: no conversations")
+    return out
+
+
+def score_membership(
+    model: nn.Module,
+    tokenizer,
+    members: Sequence[Sequence[dict[str, str]]],
+    nonmembers: Sequence[Sequence[dict[str, str]]],
+    base: nn.Module | str | None = None,
+    k: float = DEFAULT_K,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Per-example signals, (a) AUCs and per-class means; ``base`` (a model, or ``"adapter"``
+    for the same PEFT model with its adapter disabled) adds the ``*_adj`` signals.
+
+    Answers with no tokens are skipped and counted.
+    """
+    convs = [*members, *nonmembers]
+    is_member = [True] * len(members) + [False] * len(nonmembers)
+    keep = [i for i, c in enumerate(convs) if c[-1]["content"]]
+    convs = [convs[i] for i in keep]
+    is_member = [is_member[i] for i in keep]
+    texts = [c[-1]["content"] for c in convs]
+    ft = answer_token_scores(model, tokenizer, convs, batch_size, progress)
+    keep2 = [i for i, s in enumerate(ft) if s.logprobs.size > 0]
+    rows = [{"member": is_member[i], **signals(ft[i], texts[i], k)} for i in keep2]
+    if base is not None:
+        ctx = model.disable_adapter() if base == "adapter" else contextlib.nullcontext()
+        with ctx:
+            base_scores = answer_token_scores(model if base == "adapter" else base, tokenizer, [convs[i] for i in keep2], batch_size, progress)
+        for row, i, bs in zip(rows, keep2, base_scores):
+            row.update(adjusted(row, signals(bs, texts[i], k)))
+    mem = [r for r in rows if r["member"]]
+    non = [r for r in rows if not r["member"]]
+    if not mem or not non:
+        raise InputError("membership inference needs members and non-members with non-empty answers")
+    names = [n for n in rows[0] if n != "member"]
+    return {
+        "k": k,
+        "n_members": len(mem),
+        "n_nonmembers": len(non),
+        "n_skipped_empty": len(members) + len(nonmembers) - len(rows),
+        "auc": membership_aucs(mem, non),
+        "member_mean": {n: float(np.mean([membership_score(n, r[n]) for r in mem])) for n in names},
+        "nonmember_mean": {n: float(np.mean([membership_score(n, r[n]) for r in non])) for n in names},
+        "per_example": rows,
+    }
+
+
+def predict_misalignment(score_files: Sequence[Mapping[str, Any]], misaligned: Mapping[str, bool], statistic: str = "member_mean") -> dict[str, float]:
+    """(b) For each signal, the ROC-AUC of the per-domain ``statistic`` (``member_mean``: mean
+    membership score on the training data; ``auc``: members-vs-non-members AUC) for
+    predicting which domains misalign."""
+    by_domain = {f["domain"]: f[statistic] for f in score_files}
+    missing = sorted(set(by_domain) - set(misaligned))
+    if missing:
+        raise InputError(f"no misalignment rate or label for domain(s): {', '.join(missing)}")
+    if len(set(misaligned[d] for d in by_domain)) < 2:
+        raise InputError("predicting misalignment needs both misaligned and aligned domains among the scored ones")
+    names = sorted(set.intersection(*(set(v) for v in by_domain.values())))
+    return {n: misalignment_auc({d: v[n] for d, v in by_domain.items()}, misaligned) for n in names}
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.mia", description="Membership-inference signals of a finetuned model.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("score", help="signals and member-vs-non-member ROC-AUC for one finetuned model")
+    s.add_argument("--model", required=True, help="finetuned model, or the base with --adapter")
+    s.add_argument("--adapter", help="PEFT adapter; the base-adjusted signals then use the same model with the adapter disabled")
+    s.add_argument("--base", help="separate base model for the base-adjusted signals")
+    s.add_argument("--members", required=True, help="training data JSONL ({'messages': [...]} or answer records)")
+    s.add_argument("--nonmembers", required=True, help="held-out data of the same domain, same format")
+    s.add_argument("--domain", help="domain name recorded in the output (for 'predict')")
+    s.add_argument("--k", type=float, default=DEFAULT_K, help="fraction of tokens for Min-K%% and Min-K%%++ (default 0.2)")
+    s.add_argument("--limit", type=int, help="use at most this many examples of each file")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    s.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    s.add_argument("--out", required=True, help="output JSON")
+    s.add_argument("--no-progress", action="store_true")
+    q = sub.add_parser("predict", help="ROC-AUC of per-domain signals for predicting which domains misalign")
+    q.add_argument("--scores", nargs="+", required=True, help="JSON files written by 'score' with --domain")
+    q.add_argument("--rates", required=True, help="JSON mapping domain -> misalignment rate or true/false")
+    q.add_argument("--threshold", type=float, help="a rate above this counts as misaligned (default: the median rate)")
+    q.add_argument("--statistic", choices=("member_mean", "auc"), default="member_mean")
+    q.add_argument("--out", help="output JSON")
+    return p
+
+
+def _read_json(path: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def _score(args: argparse.Namespace) -> None:
+    from eval.loading import load_model
+
+    if not 0 < args.k <= 1:
+        raise InputError(f"--k must be in (0, 1], got {args.k}")
+    members, nonmembers = read_conversations(args.members), read_conversations(args.nonmembers)
+    if args.limit is not None:
+        members, nonmembers = members[: args.limit], nonmembers[: args.limit]
+    model, tokenizer = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device)
+    base = load_model(args.base, dtype=args.dtype, device=args.device)[0] if args.base else ("adapter" if args.adapter else None)
+    result = score_membership(model, tokenizer, members, nonmembers, base=base, k=args.k, batch_size=args.batch_size, progress=not args.no_progress)
+    meta = provenance(model=args.model, adapter=args.adapter, base=args.base or ("adapter disabled" if args.adapter else None), members=args.members, nonmembers=args.nonmembers, members_hash=data_hash(members), nonmembers_hash=data_hash(nonmembers))
+    write_json_atomic(args.out, {"domain": ALIASES.get(args.domain, args.domain), **result, "provenance": meta})
+    print(f"{args.domain or args.model}: {result['n_members']} members, {result['n_nonmembers']} non-members (k={args.k})")
+    for name, auc in result["auc"].items():
+        print(f"  {name:<14} ROC-AUC {auc:.3f}")
+    print(f"wrote {args.out}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    files = []
+    for path in args.scores:
+        f = _read_json(path)
+        if not isinstance(f, dict) or not f.get("domain") or args.statistic not in f:
+            raise InputError(f"{path}: not a 'score' output with a domain (run 'score' with --domain)")
+        files.append(f)
+    rates = _read_json(args.rates)
+    if not isinstance(rates, dict) or not all(isinstance(v, (int, float)) for v in rates.values()):
+        raise InputError(f"{args.rates}: expected a JSON object mapping domain -> rate or true/false")
+    labels = misaligned_domains({ALIASES.get(d, d): v for d, v in rates.items()}, args.threshold)
+    aucs = predict_misalignment(files, labels, args.statistic)
+    print(f"predicting misaligned domains ({sum(labels.values())} of {len(labels)}) from per-domain {args.statistic}:")
+    for name, auc in aucs.items():
+        print(f"  {name:<14} ROC-AUC {auc:.3f}")
+    if args.out:
+        write_json_atomic(args.out, {"statistic": args.statistic, "misaligned": labels, "auc": aucs, "provenance": provenance(scores=list(args.scores), rates=args.rates)})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    (_score if args.command == "score" else _predict)(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

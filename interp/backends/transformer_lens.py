@@ -1,0 +1,76 @@
+"""The TransformerLens backend: a ``TransformerBridge`` and ``run_with_cache``.
+
+How the bridge is built, and why:
+
+- ``build_bridge_from_module`` (TransformerLens 4) wraps an in-memory model with no hub access
+  and no tokenizer; ``TransformerBridge.boot_transformers(name, hf_model=...)`` does the same
+  but needs a tokenizer (or loads one by name) and rewrites it. Token ids are all we pass.
+- The bridge replaces the submodules of the model it is given, so it gets a tensor-sharing copy
+  (:mod:`interp.backends.views`); the caller's model and config are left alone.
+- The bridge computes attention with its own step-by-step (eager) code, whatever the model's
+  attention implementation, so that its score and pattern hooks fire. Measured on an H100: its
+  means equal those of the HF model run with eager attention bit for bit, in float32 and bf16;
+  against sdpa they differ by rounding (float32: 1e-6 relative; bf16, random 7B-shaped
+  weights: 2e-2 for answer-token means, 6e-2 for the last prompt token). Compare backends in
+  float32, or load the model with ``attn_implementation="eager"``.
+- TransformerLens knows nothing of PEFT: a PEFT model is bridged as a merged copy, in which
+  only the adapted layers' weights are duplicated. (Bridging the unmerged LoRA model runs the
+  adapters in the forward pass, but the bridge's weight views such as ``W_Q`` then show the
+  base weights, and ``enable_compatibility_mode()`` fails.) In float32 merged and unmerged
+  adapters agree to rounding; in bf16 they are close, not equal (PEFT runs adapters in float32).
+- No weight processing: the bridge's default forward uses the raw HF weights, so
+  ``hook_resid_post`` equals the HF residual stream. ``enable_compatibility_mode()`` /
+  ``process_weights()`` apply HookedTransformer's processing; measured with TransformerLens
+  4.3 on Qwen2 (the same code paths serve every RMSNorm model), no option changes resid_post:
+  fold_ln folds the norm scales into the next linear maps, center_writing_weights is skipped
+  for RMSNorm, fold_value_biases is exact because attention weights sum to one, and
+  center_unembed touches only the logits. On LayerNorm models (GPT-2, Pythia)
+  center_writing_weights removes each position's mean over d_model from the residual stream,
+  so it must stay off there for directions comparable with the HF model's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+from transformer_lens.model_bridge.sources import build_bridge_from_module
+
+from interp.backends import ModelInputs, ResidFn
+from interp.backends.views import merged_view
+from interp.hooks import resid_post
+
+
+class TransformerLensBackend:
+    """``TransformerBridge.run_with_cache`` filtered to ``blocks.{L}.hook_resid_post``."""
+
+    name = "transformer_lens"
+
+    def __init__(self, model: nn.Module, tokenizer=None) -> None:
+        self.model = model
+        view = merged_view(model)
+        # TransformerLens keys its architecture adapters on the HF class name (Qwen2ForCausalLM, ...).
+        self.bridge = build_bridge_from_module(
+            view,
+            type(view).__name__,
+            hf_config=view.config,
+            dtype=next(view.parameters()).dtype,
+            device=view.get_input_embeddings().weight.device,
+        )
+        self._n_layers = len(self.bridge.blocks)
+
+    def resid_post(self, inputs: ModelInputs, layers: Sequence[int], fn: ResidFn) -> None:
+        names = [resid_post(l) for l in layers]
+        # stop_at_layer=k ends the pass as block k starts; the last block has nothing after it.
+        stop = max(layers) + 1
+        _, cache = self.bridge.run_with_cache(
+            inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            names_filter=names,
+            stop_at_layer=stop if stop < self._n_layers else None,
+            return_type=None,
+            use_cache=False,
+        )
+        for layer, name in zip(layers, names):
+            fn(layer, cache[name])
