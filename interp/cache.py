@@ -140,25 +140,29 @@ class ActivationMeans:
 
 @dataclass
 class _Batch:
-    """Pooled activations of one batch, all float32 on the CPU, layers in request order."""
+    """Pooled activations of one batch, layers in request order.
+
+    ``response_mean`` and ``last_prompt`` (float32) stay on the model's device, so caching
+    never waits on the GPU between batches; ``index`` and ``n_tokens`` are on the CPU.
+    """
 
     index: torch.Tensor  # [B] positions in the caller's list
     n_tokens: torch.Tensor  # [B] answer tokens per conversation
-    response_mean: torch.Tensor  # [B, n_layers, d]
+    response_mean: torch.Tensor  # [B, n_layers, d]; zero for an answer without tokens
     last_prompt: torch.Tensor  # [B, n_layers, d]
 
     def accumulate(self, acc: ActivationMeans) -> None:
-        counts = self.n_tokens.to(torch.float64)
-        means = self.response_mean.to(torch.float64)
-        acc.token_sum += torch.einsum("bld,b->ld", means, counts)
-        acc.response_sum += means[counts > 0].sum(0)
-        acc.last_prompt_sum += self.last_prompt.to(torch.float64).sum(0)
+        device = acc.token_sum.device
+        means = self.response_mean.to(device=device, dtype=torch.float64)
+        acc.token_sum += torch.einsum("bld,b->ld", means, self.n_tokens.to(device=device, dtype=torch.float64))
+        acc.response_sum += means.sum(0)  # answers without tokens add zeros
+        acc.last_prompt_sum += self.last_prompt.to(device=device, dtype=torch.float64).sum(0)
         acc.n_tokens += int(self.n_tokens.sum())
         acc.n_responses += int((self.n_tokens > 0).sum())
         acc.n_conversations += len(self.index)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"index": self.index, "n_tokens": self.n_tokens, "response_mean": self.response_mean, "last_prompt": self.last_prompt}
+        return {"index": self.index, "n_tokens": self.n_tokens, "response_mean": self.response_mean.cpu(), "last_prompt": self.last_prompt.cpu()}
 
 
 def _input_device(model: nn.Module) -> torch.device:
@@ -189,10 +193,17 @@ def _run_batch(backend: Backend, items: Sequence[TokenizedConversation], index: 
 
     def pool(layer: int, hidden: torch.Tensor) -> None:
         # Layers may sit on different devices under device_map="auto".
-        h = hidden.float()
-        mask = answer_mask.to(h.device)
-        out_mean[layer] = (torch.einsum("btd,bt->bd", h, mask) / n_tok.to(h.device).clamp(min=1)[:, None]).cpu()
-        out_last[layer] = h[rows.to(h.device), last_idx.to(h.device)].cpu()
+        dev = hidden.device
+        mask = answer_mask.to(dev)
+        if hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16):
+            # Half inputs, float32 accumulation and output: no float32 copy of the stream.
+            sums = torch.bmm(mask[:, None, :].to(hidden.dtype), hidden, out_dtype=torch.float32)[:, 0]
+        else:
+            sums = torch.einsum("btd,bt->bd", hidden.float(), mask)
+        # Results stay on the device until the batch is done: a .cpu() here would stall the
+        # GPU once per layer.
+        out_mean[layer] = (sums / n_tok.to(dev).clamp(min=1)[:, None]).to(device)
+        out_last[layer] = hidden[rows.to(dev), last_idx.to(dev)].float().to(device)
 
     # Positions from the mask make caching match generation under any padding side; every
     # backend passes them to the model unchanged.
@@ -200,7 +211,7 @@ def _run_batch(backend: Backend, items: Sequence[TokenizedConversation], index: 
     backend.resid_post(ModelInputs(ids, attn, position_ids), layers, pool)
     return _Batch(
         index=torch.tensor(list(index)),
-        n_tokens=n_tok.long().cpu(),
+        n_tokens=torch.tensor([it.n_answer_tokens for it in items]),  # known without asking the GPU
         response_mean=torch.stack([out_mean[l] for l in layers], 1),
         last_prompt=torch.stack([out_last[l] for l in layers], 1),
     )
@@ -257,7 +268,10 @@ def cache_means(
     runner = resolve_backend(backend, model, tokenizer)
 
     d_model = model.get_input_embeddings().weight.shape[1]
-    acc = ActivationMeans(layers=list(layers), d_model=d_model)
+    # Sum on the GPU in float64 (MPS has no float64: sum on the CPU there).
+    device = _input_device(model) if _input_device(model).type == "cuda" else torch.device("cpu")
+    sums = [torch.zeros((len(layers), d_model), dtype=torch.float64, device=device) for _ in range(3)]
+    acc = ActivationMeans(layers=list(layers), d_model=d_model, token_sum=sums[0], response_sum=sums[1], last_prompt_sum=sums[2])
     shard_dir = Path(per_sample_dir) if per_sample_dir is not None else None
     if shard_dir is not None:
         tag = f"{getattr(getattr(model, 'config', None), '_name_or_path', '')}"
@@ -282,6 +296,7 @@ def cache_means(
             batch.accumulate(acc)
     finally:
         model.train(was_training)
+    acc.token_sum, acc.response_sum, acc.last_prompt_sum = (t.cpu() for t in (acc.token_sum, acc.response_sum, acc.last_prompt_sum))
     return acc
 
 

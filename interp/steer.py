@@ -212,7 +212,15 @@ def steer(
     deltas = steering_deltas(vectors, alpha, scale, norms)
 
     def add(delta: torch.Tensor):
-        return lambda hidden: hidden + delta.to(device=hidden.device, dtype=hidden.dtype)
+        cast: dict[tuple, torch.Tensor] = {}  # one host-to-device copy, not one per decoding step
+
+        def edit(hidden: torch.Tensor) -> torch.Tensor:
+            key = (hidden.device, hidden.dtype)
+            if key not in cast:
+                cast[key] = delta.to(device=hidden.device, dtype=hidden.dtype)
+            return hidden + cast[key]
+
+        return edit
 
     with _edit_resid(model, {l: add(v) for l, v in deltas.items()}, positions, prompt_length):
         yield
