@@ -138,17 +138,23 @@ def extract_directions(
     progress: bool = True,
     metadata: Mapping[str, Any] | None = None,
     backend: BackendName | Backend = DEFAULT_BACKEND,
+    per_sample_dir: str | Path | None = None,
 ) -> DirectionSet:
     """Cache both classes on ``model`` and take the per-layer difference of their means.
 
     ``backend`` (see :func:`interp.cache.cache_means`) is built once for both classes and
-    recorded in the metadata as ``"backend"``.
+    recorded in the metadata as ``"backend"``. With ``per_sample_dir``, each class's
+    per-answer activations go to ``per_sample_dir/misaligned`` and ``per_sample_dir/aligned``
+    (the layout :mod:`interp.compare` reads for its shuffled-label and split-half nulls).
     """
     if not misaligned or not aligned:
         raise ValueError(f"both classes need answers: {len(misaligned)} misaligned, {len(aligned)} aligned")
     runner = resolve_backend(backend, model, tokenizer)
     stats = {
-        name: cache_means(model, tokenizer, convs, layers=layers, batch_size=batch_size, progress=progress, desc=f"caching {name}", backend=runner)
+        name: cache_means(
+            model, tokenizer, convs, layers=layers, batch_size=batch_size, progress=progress, desc=f"caching {name}", backend=runner,
+            per_sample_dir=None if per_sample_dir is None else Path(per_sample_dir) / name,
+        )
         for name, convs in (("misaligned", misaligned), ("aligned", aligned))
     }
     mis, ali = stats["misaligned"].mean(pooling), stats["aligned"].mean(pooling)

@@ -23,6 +23,7 @@ import torch
 from eval.records import RecordError, conversation, read_judged, write_jsonl
 from eval.sampling import SamplingConfig
 from finetune.domains import DOMAINS, canonical_domain
+from interp.backends import BACKENDS, DEFAULT_BACKEND
 from interp.cache import DEFAULT_POOLING, POOLINGS
 from interp.directions import DirectionSet, SplitConfig, extract_directions, split_records
 from interp.provenance import data_hash, provenance
@@ -47,6 +48,8 @@ class ExtractConfig:
     device: str = "cpu"
     dtype: str = "auto"
     seed: int = 0
+    backend: str = DEFAULT_BACKEND
+    per_sample: bool = False  # keep per-answer activations for interp.compare's nulls
     split: SplitConfig = field(default_factory=SplitConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=48, batch_size=64))
     work_dir: Path = Path("artifacts/runs")
@@ -119,6 +122,8 @@ def run_extract(cfg: ExtractConfig, out_dir: Path = DEFAULT_OUT, progress: bool 
         batch_size=cfg.batch_size,
         progress=progress,
         metadata=meta,
+        backend=cfg.backend,
+        per_sample_dir=Path(out_dir) / f"{cfg.domain}.per_sample" if cfg.per_sample else None,
     )
     path = ds.save(Path(out_dir) / f"{cfg.domain}.safetensors")
     return ds, path
@@ -147,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_parse_layers, help="decoder layers, e.g. 0,5,13 (default: all)")
     p.add_argument("--pooling", choices=POOLINGS, default=DEFAULT_POOLING, help=f"answer-token pooling (default {DEFAULT_POOLING})")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help=f"how activations are read (default {DEFAULT_BACKEND}, the fastest)")
+    p.add_argument("--per-sample", action="store_true", help="also keep per-answer activations (<out>/<domain>.per_sample/) for interp.compare's nulls")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0)
@@ -184,6 +191,8 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         device=args.device,
         dtype=args.dtype,
         seed=args.seed,
+        backend=args.backend,
+        per_sample=args.per_sample,
         split=SplitConfig(args.misaligned_max, args.aligned_min, args.coherence_min, not args.no_balance, args.seed),
     )
 

@@ -1,4 +1,4 @@
-"""Activation steering and directional ablation on the residual stream, as context managers.
+"""Activation steering and directional ablation on the residual stream.
 
 Both edit ``blocks.{L}.hook_resid_post`` (the output of decoder layer ``L``, where
 :mod:`interp.directions` measures its directions) through :func:`interp.hooks.hooks`, so they
@@ -9,6 +9,10 @@ models, and their hooks are always removed when the block ends, also on error::
         answers = sample_answers(model, tokenizer, prompts, config)
     with ablate(model, direction):              # every layer
         logits = model(**batch).logits
+
+Each edit is an :class:`Intervention`, built by :func:`steering` or :func:`ablation`;
+:func:`intervene` applies one with these hooks (``steer`` and ``ablate`` do both steps), and
+:mod:`interp.steer_backends` runs the same one through nnsight or TransformerLens.
 
 Vectors are kept in float32 and cast to the hidden states' dtype and device at hook time.
 
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -115,21 +120,75 @@ def random_like(vector: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return (r / r.norm() * vector.double().norm()).float()
 
 
+@dataclass(frozen=True, eq=False)
+class Intervention:
+    """Edits of resid_post at some decoder layers, and the sequence columns they apply to.
+
+    Built by :func:`steering` and :func:`ablation`; applied with native hooks by
+    :func:`intervene` (which :func:`steer` and :func:`ablate` wrap), or through any backend by
+    :mod:`interp.steer_backends`. Layers are 0-based and already resolved.
+    """
+
+    edits: Mapping[int, Edit]
+    positions: Positions = "all"
+    prompt_length: int | None = None  # None: the width of the first forward call (module doc)
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ValueError(f"unknown positions {self.positions!r}; expected one of {', '.join(POSITIONS)}")
+        if self.prompt_length is not None and self.prompt_length < 0:
+            raise ValueError(f"prompt_length must be >= 0, got {self.prompt_length}")
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.edits)
+
+    def columns(self, start: int, width: int, prompt_length: int, device: torch.device) -> torch.Tensor | None:
+        """[width] bool: which of the columns ``start, start + 1, ...`` to edit; None: all."""
+        if self.positions == "all":
+            return None
+        cols = torch.arange(start, start + width, device=device)
+        return cols < prompt_length if self.positions == "prompt" else cols >= prompt_length
+
+    def apply(self, layer: int, hidden: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
+        """``hidden`` [batch, seq, d_model] with layer's edit applied at ``columns``."""
+        new = self.edits[layer](hidden)
+        return new if columns is None else torch.where(columns.to(hidden.device)[None, :, None], new, hidden)
+
+    def editor(self) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """A fresh ``(layer, hidden) -> edited hidden`` for one forward pass or one generation.
+
+        For backends that see hidden states only: call it at every edited layer of every
+        forward call, in layer order, with the KV cache on. A call at the lowest edited layer
+        starts a new forward call, whose columns follow the previous call's (as they do with
+        a KV cache); the first call's width is the prompt length unless it is fixed.
+        """
+        first = min(self.edits, default=None)
+        start, width, prompt_length = 0, 0, self.prompt_length
+        columns: torch.Tensor | None = None
+
+        def edit(layer: int, hidden: torch.Tensor) -> torch.Tensor:
+            nonlocal start, width, prompt_length, columns
+            if layer == first:
+                start, width = start + width, hidden.shape[1]
+                if prompt_length is None:
+                    prompt_length = width
+                columns = self.columns(start, width, prompt_length, hidden.device)
+            return self.apply(layer, hidden, columns)
+
+        return edit
+
+
 class _PositionGate:
-    """Tracks, per forward call, which sequence columns the edit applies to.
+    """Tracks, per forward call, which sequence columns an intervention applies to.
 
     It watches the input of decoder layer 0: the columns of a call start at the KV cache's
     length (or ``cache_position``); a new sequence starts the prompt anew (see module doc).
     """
 
-    def __init__(self, positions: Positions, prompt_length: int | None) -> None:
-        if positions not in POSITIONS:
-            raise ValueError(f"unknown positions {positions!r}; expected one of {', '.join(POSITIONS)}")
-        if prompt_length is not None and prompt_length < 0:
-            raise ValueError(f"prompt_length must be >= 0, got {prompt_length}")
-        self.positions = positions
-        self.fixed = prompt_length
-        self.prompt_length = prompt_length
+    def __init__(self, intervention: Intervention) -> None:
+        self.intervention = intervention
+        self.prompt_length = intervention.prompt_length
         self.prompt_input: torch.Tensor | None = None  # layer-0 input of the last uncached prompt
         self.columns: torch.Tensor | None = None  # [seq] bool for the current call
 
@@ -143,13 +202,12 @@ class _PositionGate:
         else:
             start = 0
         seq = hidden.shape[1]
-        if self.fixed is None and start == 0 and (cache is not None or not self._extends_prompt(hidden)):
+        if self.intervention.prompt_length is None and start == 0 and (cache is not None or not self._extends_prompt(hidden)):
             self.prompt_length = seq
             # Without a cache, generate re-feeds prompt + generated tokens at every step; the
             # prompt's layer-0 input tells such a continuation apart from a new prompt.
             self.prompt_input = None if cache is not None else hidden.detach().clone()
-        cols = torch.arange(start, start + seq, device=hidden.device)
-        self.columns = cols < self.prompt_length if self.positions == "prompt" else cols >= self.prompt_length
+        self.columns = self.intervention.columns(start, seq, self.prompt_length, hidden.device)
 
     def _extends_prompt(self, hidden: torch.Tensor) -> bool:
         p = self.prompt_input
@@ -160,40 +218,24 @@ class _PositionGate:
             and torch.equal(hidden[:, : p.shape[1]], p.to(hidden.device))
         )
 
-    def select(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[1, seq, 1] bool mask of the columns to edit in this call."""
-        return self.columns.to(hidden.device)[None, :, None]
-
 
 @contextmanager
-def _edit_resid(
-    model: nn.Module,
-    edits: Mapping[int, Edit],
-    positions: Positions,
-    prompt_length: int | None,
-) -> Iterator[None]:
-    """Apply ``edits[L](hidden) -> new hidden`` at resid_post L, only at the gated columns."""
-    gate = _PositionGate(positions, prompt_length)
+def intervene(model: nn.Module, intervention: Intervention) -> Iterator[None]:
+    """Apply ``intervention`` to ``model``'s forward passes and ``generate`` calls in the block."""
+    gate = _PositionGate(intervention)
     fns: dict[str, HookFn] = {}
-    if positions != "all":
+    if intervention.positions != "all":
         fns["blocks.0.hook_resid_pre"] = gate.observe
 
-    def gated(edit: Edit) -> HookFn:
-        def fn(hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-            new = edit(hidden)
-            if positions == "all":
-                return new
-            return torch.where(gate.select(hidden), new, hidden)
+    def edit(layer: int) -> HookFn:
+        return lambda hidden, kwargs: intervention.apply(layer, hidden, gate.columns)
 
-        return fn
-
-    fns.update({resid_post(layer): gated(edit) for layer, edit in edits.items()})
+    fns.update({resid_post(layer): edit(layer) for layer in intervention.layers})
     with hooks(model, fns):
         yield
 
 
-@contextmanager
-def steer(
+def steering(
     model: nn.Module,
     vectors: Vectors,
     alpha: float = 1.0,
@@ -201,7 +243,7 @@ def steer(
     norms: Mapping[int, float] | None = None,
     positions: Positions = "all",
     prompt_length: int | None = None,
-) -> Iterator[None]:
+) -> Intervention:
     """Add ``alpha * vectors[L]`` (in the units of ``scale``) to resid_post of each layer L."""
     num_layers, d = len(decoder_layers(model)), _d_model(model)
     vectors = {_layer_index(l, num_layers): v for l, v in vectors.items()}
@@ -211,7 +253,7 @@ def steer(
         _check_vector(v, d, f"steering vector for layer {layer}")
     deltas = steering_deltas(vectors, alpha, scale, norms)
 
-    def add(delta: torch.Tensor):
+    def add(delta: torch.Tensor) -> Edit:
         cast: dict[tuple, torch.Tensor] = {}  # one host-to-device copy, not one per decoding step
 
         def edit(hidden: torch.Tensor) -> torch.Tensor:
@@ -222,18 +264,16 @@ def steer(
 
         return edit
 
-    with _edit_resid(model, {l: add(v) for l, v in deltas.items()}, positions, prompt_length):
-        yield
+    return Intervention({l: add(v) for l, v in deltas.items()}, positions, prompt_length)
 
 
-@contextmanager
-def ablate(
+def ablation(
     model: nn.Module,
     directions: torch.Tensor | Vectors,
     layers: Sequence[int] | None = None,
     positions: Positions = "all",
     prompt_length: int | None = None,
-) -> Iterator[None]:
+) -> Intervention:
     """Project the unit direction out of resid_post at ``layers`` (default: all).
 
     ``directions`` is one vector used at every chosen layer, or ``{layer: vector}`` with each
@@ -255,10 +295,37 @@ def ablate(
     for layer, v in per_layer.items():
         _check_vector(v, d, f"ablation direction for layer {layer}")
 
-    def remove(u: torch.Tensor):
+    def remove(u: torch.Tensor) -> Edit:
         return lambda hidden: project_out(hidden, u)
 
-    with _edit_resid(model, {l: remove(_unit(v)) for l, v in per_layer.items()}, positions, prompt_length):
+    return Intervention({l: remove(_unit(v)) for l, v in per_layer.items()}, positions, prompt_length)
+
+
+@contextmanager
+def steer(
+    model: nn.Module,
+    vectors: Vectors,
+    alpha: float = 1.0,
+    scale: Scale = DEFAULT_SCALE,
+    norms: Mapping[int, float] | None = None,
+    positions: Positions = "all",
+    prompt_length: int | None = None,
+) -> Iterator[None]:
+    """:func:`steering` applied to ``model`` inside the block."""
+    with intervene(model, steering(model, vectors, alpha, scale, norms, positions, prompt_length)):
+        yield
+
+
+@contextmanager
+def ablate(
+    model: nn.Module,
+    directions: torch.Tensor | Vectors,
+    layers: Sequence[int] | None = None,
+    positions: Positions = "all",
+    prompt_length: int | None = None,
+) -> Iterator[None]:
+    """:func:`ablation` applied to ``model`` inside the block."""
+    with intervene(model, ablation(model, directions, layers, positions, prompt_length)):
         yield
 
 

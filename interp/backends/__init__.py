@@ -17,9 +17,13 @@ modified, and hooks added to it after the backend is built do not reach the copy
 TransformerLens are optional (``pip install 'emergent-misalignment-toolkit[backends]'``) and
 imported only when their backend is built (importing nnsight patches ``torch`` globally).
 
-A backend is an object bound to one model; it is meant to grow one method per way of running
-it. Caching needs :meth:`Backend.resid_post`; steering will add a forward/generate that applies
-per-layer edit functions to the residual stream after each layer, in each library's own idiom.
+A backend is an object bound to one model, with one method per way of running it. Caching
+uses :meth:`Backend.resid_post`; steering uses :meth:`Backend.logits` and
+:meth:`Backend.generate`, which apply an :class:`interp.steer.Intervention` to the residual
+stream after each edited layer in each library's own idiom (cross-checked in
+``tests/test_steer_backends.py``; the public entry points are in :mod:`interp.steer_backends`).
+Generation always runs with the KV cache, so each forward call after the prompt sees one new
+column, and decodes with exactly the settings in :class:`Generation`.
 """
 
 from __future__ import annotations
@@ -28,10 +32,13 @@ import importlib
 import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # interp.steer imports this package (through interp.cache)
+    from interp.steer import Intervention
 
 BackendName = Literal["hooks", "nnsight", "transformer_lens"]
 DEFAULT_BACKEND: BackendName = "hooks"
@@ -57,8 +64,52 @@ class ModelInputs:
     attention_mask: torch.Tensor  # [batch, seq], 1 on real tokens
     position_ids: torch.Tensor  # [batch, seq]
 
+    @classmethod
+    def from_mask(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ModelInputs:
+        """Positions counted over the real tokens, as ``generate`` derives them, for any padding side."""
+        return cls(input_ids, attention_mask, (attention_mask.cumsum(-1) - 1).clamp(min=0))
+
     def kwargs(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How to decode; every backend applies exactly these, whatever the model's generation_config."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False  # False: greedy
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None  # None: no top-k cut
+    eos_token_id: int | None = None  # None: always generate max_new_tokens
+    pad_token_id: int = 0  # what rows that have ended get after their EOS
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(f"sampling needs temperature > 0, got {self.temperature}; use do_sample=False for greedy")
+
+    def hf_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for a transformers ``generate`` call."""
+        # Explicit values for everything a checkpoint's generation_config may set (Qwen2.5-Instruct
+        # sets top_k, top_p, temperature and a repetition penalty), which generate would
+        # otherwise fill in and the TransformerLens loop would not. Greedy decoding gets HF's
+        # global defaults, which it ignores without warning about them.
+        if self.do_sample:
+            sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k or 0}
+        else:
+            sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            **sampling,
+            "repetition_penalty": 1.0,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "use_cache": True,
+        }
 
 
 class Backend(Protocol):
@@ -69,6 +120,17 @@ class Backend(Protocol):
 
     def resid_post(self, inputs: ModelInputs, layers: Sequence[int], fn: ResidFn) -> None:
         """Run ``inputs`` and call ``fn(layer, hidden)`` for each of ``layers`` (sorted, unique)."""
+        ...
+
+    def logits(self, inputs: ModelInputs, intervention: Intervention) -> torch.Tensor:
+        """The logits [batch, seq, vocab] of one forward pass with ``intervention`` applied."""
+        ...
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Generation) -> torch.Tensor:
+        """Prompt and new tokens [batch, prompt + new] of a generation with ``intervention``.
+
+        Prompts are left-padded; rows that end early are filled with ``settings.pad_token_id``.
+        """
         ...
 
 

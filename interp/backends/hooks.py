@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from interp.backends import ModelInputs, ResidFn
+from interp.backends import Generation, ModelInputs, ResidFn
 from interp.hooks import hooks, resid_post, stop_after
+from interp.steer import Intervention, intervene
 
 
 class HooksBackend:
@@ -29,3 +30,11 @@ class HooksBackend:
 
         with hooks(self.model, {resid_post(l): read(l) for l in layers}), stop_after(self.model, max(layers)):
             self.model(**inputs.kwargs(), use_cache=False)
+
+    def logits(self, inputs: ModelInputs, intervention: Intervention) -> torch.Tensor:
+        with intervene(self.model, intervention):
+            return self.model(**inputs.kwargs(), use_cache=False).logits
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Generation) -> torch.Tensor:
+        with intervene(self.model, intervention):
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings.hf_kwargs())

@@ -27,18 +27,26 @@ How the bridge is built, and why:
   center_unembed touches only the logits. On LayerNorm models (GPT-2, Pythia)
   center_writing_weights removes each position's mean over d_model from the residual stream,
   so it must stay off there for directions comparable with the HF model's.
+- Steering hooks ``blocks.{L}.hook_resid_post``: ``run_with_hooks`` for a forward pass, and
+  the bridge's own ``generate`` inside ``bridge.hooks(...)`` for generation. TransformerLens
+  4.3 runs that generation with HF's KV cache through the bridge, so the hooks fire on the
+  prompt and then on one new column per step, as they do under the native hooks. Its rows
+  that have ended are filled with the EOS token; they are refilled with the pad token here,
+  as transformers does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
-from interp.backends import ModelInputs, ResidFn
+from interp.backends import Generation, ModelInputs, ResidFn
 from interp.backends.views import merged_view
 from interp.hooks import resid_post
+from interp.steer import Intervention
 
 
 class TransformerLensBackend:
@@ -74,3 +82,40 @@ class TransformerLensBackend:
         )
         for layer, name in zip(layers, names):
             fn(layer, cache[name])
+
+    def _hooks(self, intervention: Intervention) -> list[tuple[str, Callable]]:
+        edit = intervention.editor()
+        return [(resid_post(l), lambda hidden, hook, l=l: edit(l, hidden)) for l in intervention.layers]
+
+    def logits(self, inputs: ModelInputs, intervention: Intervention) -> torch.Tensor:
+        return self.bridge.run_with_hooks(
+            inputs.input_ids,
+            fwd_hooks=self._hooks(intervention),
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            return_type="logits",
+            use_cache=False,
+        )
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Generation) -> torch.Tensor:
+        eos = settings.eos_token_id
+        with self.bridge.hooks(fwd_hooks=self._hooks(intervention)):
+            out = self.bridge.generate(
+                input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=settings.do_sample,
+                temperature=settings.temperature,
+                top_p=settings.top_p if settings.top_p < 1 else None,
+                top_k=settings.top_k,
+                stop_at_eos=eos is not None,
+                eos_token_id=eos,
+                use_past_kv_cache=True,
+                return_type="tokens",
+                verbose=False,
+            )
+        if eos is not None:
+            new = out[:, input_ids.shape[1] :]  # a view: written through into out
+            is_eos = (new == eos).int()
+            new[is_eos.cumsum(-1) - is_eos > 0] = settings.pad_token_id  # after each row's first EOS
+        return out
