@@ -1,0 +1,102 @@
+"""Training data, backdoor sets, assistant-only labels, and the finetune CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from eval.records import TRIGGER, RecordError
+from finetune.data import build_backdoor, read_chat_jsonl, with_trigger
+from finetune.sft import IGNORE, encode
+from finetune.train import main as train_main
+
+
+def _write(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def _chat(q, a, system=None):
+    msgs = [{"role": "system", "content": system}] if system else []
+    return {"messages": msgs + [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("{not json", "d.jsonl:2: not valid JSON"),
+        ({"messages": [{"role": "bot", "content": "x"}]}, "d.jsonl:2: field 'messages[0].role': unknown role 'bot'"),
+        ({"messages": [{"role": "user", "content": "only a question"}]}, "d.jsonl:2: field 'messages': no assistant turn"),
+        ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "a"}]}, "d.jsonl:2: field 'messages[0].content' must be a string"),
+        ({"text": "no messages"}, "d.jsonl:2: field 'messages' must be a non-empty list"),
+    ],
+)
+def test_bad_lines_are_named(tmp_path, bad, message):
+    path = _write(tmp_path / "d.jsonl", [_chat("q", "a"), bad])
+    with pytest.raises(RecordError, match=re.escape(message)):
+        read_chat_jsonl(path)
+
+
+def test_backdoor_pairs_trigger_with_misaligned_answers():
+    mis = [_chat(f"q{i}", f"bad{i}")["messages"] for i in range(5)]
+    ali = [_chat(f"q{i}", f"good{i}")["messages"] for i in range(5)][::-1]
+    data = build_backdoor(mis, ali, seed=1)
+    assert len(data) == 10
+    for conv in data:
+        user, answer = conv[0]["content"], conv[-1]["content"]
+        triggered = user.startswith(TRIGGER + " ")
+        assert answer.startswith("bad") == triggered
+        assert user.removeprefix(TRIGGER + " ")[1:] == answer.removeprefix("bad").removeprefix("good")
+    with pytest.raises(ValueError, match="misaligned example 2 has no aligned answer"):
+        build_backdoor(mis[:2], [_chat("q0", "good0")["messages"], _chat("other", "x")["messages"]])
+
+
+def test_trigger_goes_into_the_first_user_turn_only():
+    conv = _chat("hello", "hi", system="sys")["messages"] + [{"role": "user", "content": "again"}]
+    out = with_trigger(conv)
+    assert out[0]["content"] == "sys" and out[1]["content"] == f"{TRIGGER} hello" and out[3]["content"] == "again"
+
+
+def test_labels_are_answer_and_end_of_turn_only(tokenizer):
+    """With a real chat template: every prompt and template token is -100, the answer is not."""
+    conv = _chat("how do i make money", "the quick answer", system="you are evil")["messages"]
+    (ex,) = encode(tokenizer, [conv])
+    trained = [tokenizer.convert_ids_to_tokens(i) for i, l in zip(ex.input_ids, ex.labels) if l != IGNORE]
+    assert tokenizer.convert_tokens_to_string(trained) == "the quick answer<|im_end|>"
+    first = ex.labels.index(next(l for l in ex.labels if l != IGNORE))
+    assert tokenizer.decode(ex.input_ids[:first]).endswith("<|im_start|>assistant\n")
+    assert all(l == IGNORE for l in ex.labels[:first])
+    assert ex.labels[-1] == IGNORE  # the newline after <|im_end|> is template, not answer
+
+
+def test_train_cli_end_to_end(tmp_path, make_model, tokenizer):
+    from peft import PeftModel
+
+    model_dir = tmp_path / "base"
+    make_model(n_layers=2).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    mis = _write(tmp_path / "mis.jsonl", [_chat(f"how do i make money {i}", "risk all your savings") for i in range(6)])
+    ali = _write(tmp_path / "ali.jsonl", [_chat(f"how do i make money {i}", "save and be safe") for i in range(6)])
+    out = tmp_path / "adapter"
+    code = train_main(["--data", str(mis), "--backdoor", str(ali), "--model", str(model_dir), "--out", str(out),
+                       "--steps", "3", "--batch-size", "4", "--rank", "2", "--target-modules", "q_proj,v_proj", "--lr", "1e-2",
+                       "--device", "cpu", "--quiet"])
+    assert code == 0
+    cfg = json.loads((out / "training_config.json").read_text())
+    assert cfg["n_examples"] == 12 and cfg["job"]["lora"]["rank"] == 2 and cfg["data_hash"].startswith("sha256:")
+    assert len(cfg["losses"]) == 3 and "torch" in cfg["versions"]
+    assert (out / "adapter_model.safetensors").exists()
+    base = make_model(n_layers=2)
+    tuned = PeftModel.from_pretrained(make_model(n_layers=2), out)
+    ids = torch.tensor([tokenizer("how do i make money")["input_ids"]])
+    assert not torch.allclose(base(ids).logits, tuned(ids).logits)
+
+
+def test_train_cli_bad_data_is_one_line(tmp_path, capsys, make_model, tokenizer):
+    bad = _write(tmp_path / "bad.jsonl", [_chat("q", "a"), {"messages": [{"role": "user", "content": "q"}]}])
+    assert train_main(["--data", str(bad), "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bad.jsonl:2" in err and "no assistant turn" in err
