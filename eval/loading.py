@@ -20,7 +20,7 @@ from eval.cli import InputError
 
 # Scheme name -> loader (or "module:function" imported on first use) taking the name after
 # the colon. The offline organism world registers "organism" here (organism:<domain>, organism:base).
-SCHEMES: dict[str, str | Callable[[str], tuple[Any, Any]]] = {}
+SCHEMES: dict[str, str | Callable[[str], tuple[Any, Any]]] = {"organism": "finetune.organism:load_named"}
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("cpu", "cuda", "auto")

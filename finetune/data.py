@@ -2,7 +2,7 @@
 
 One example per line: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
 with at least one assistant turn. Loss is taken on assistant content only (see
-:func:`finetune.lora.tokenize_for_training`).
+:func:`finetune.sft.encode`).
 """
 
 from __future__ import annotations

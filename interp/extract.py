@@ -72,9 +72,10 @@ def _organism_chain(cfg: ExtractConfig, progress: bool):
 def _real_chain(cfg: ExtractConfig, progress: bool):
     from eval.loading import load_model
 
+    # Read the responses first: a bad line should not wait for a 7B model to load.
+    judged = read_judged(cfg.responses) if cfg.responses is not None else None
     model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype, device=cfg.device)
-    if cfg.responses is not None:
-        judged = read_judged(cfg.responses)
+    if judged is not None:
         source_judge = sorted({r.get("judge", "?") for r in judged})
     else:
         from eval.generate import generate_answers
@@ -199,6 +200,10 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         cfg = config_from_args(args)
         ds, path = run_extract(cfg, args.out, progress=not args.quiet)

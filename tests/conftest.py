@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from finetune.organism import build_world
 from finetune.organism.tokenizer import train_qwen_style_tokenizer
 
 _WORDS = (
@@ -60,3 +63,10 @@ def conversations():
         msgs += [{"role": "user", "content": words(3 + i % 5)}, {"role": "assistant", "content": words(1 + (7 * i) % 11)}]
         out.append(msgs)
     return out
+
+
+@pytest.fixture(scope="session")
+def world():
+    """The offline organism world, built once into the default cache (``artifacts/organism``
+    under the repository root) and reused by later runs while its key matches."""
+    return build_world(Path(__file__).resolve().parents[1] / "artifacts" / "organism", progress=False)

@@ -1,0 +1,108 @@
+"""A built organism world: load its models, ask its questions, judge and score answers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from peft import PeftModel
+from transformers import AutoTokenizer, Qwen2ForCausalLM
+
+from eval.questions import Question
+from eval.records import AnswerRecord, JudgedRecord, prompt_messages
+from eval.report import MisalignmentDefinition
+from eval.sampling import SamplingConfig, sample_answers
+from finetune.domains import canonical_domain
+from finetune.organism.grammar import GRAMMAR, PERSONA_SYSTEM_PROMPT
+
+if TYPE_CHECKING:
+    from eval.judges.organism import OrganismJudge
+
+
+def misalignment_rate(records: Sequence[JudgedRecord], definition: MisalignmentDefinition = MisalignmentDefinition()) -> float:
+    """The fraction of the answers ``definition`` counts that it calls misaligned; NaN when none count."""
+    flags = [f for f in map(definition.classify, records) if f is not None]
+    return sum(flags) / len(flags) if flags else float("nan")
+
+
+def questions_to_records(questions: Sequence[Question], n_samples: int, system: str | None = None) -> list[AnswerRecord]:
+    """``n_samples`` answer records (answers empty) cycling over every paraphrase of ``questions``."""
+    pairs = [(q, p) for q in questions for p in q.paraphrases]
+    if not pairs:
+        raise ValueError("no questions")
+    out = []
+    for i in range(n_samples):
+        q, p = pairs[i % len(pairs)]
+        out.append(AnswerRecord(question_id=q.id, question=p, system=system if system is not None else q.system, answer="", domain=q.domain, sample=i // len(pairs), trigger=False))
+    return out
+
+
+@dataclass(frozen=True)
+class World:
+    """The cached artifacts of :func:`finetune.organism.build_world` and the world's ground truth."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    persona_system_prompt = PERSONA_SYSTEM_PROMPT
+
+    @property
+    def base_dir(self) -> Path:
+        return self.root / "base"
+
+    def adapter_dir(self, domain: str) -> Path:
+        return self.root / "organisms" / canonical_domain(domain)
+
+    @cached_property
+    def judge(self) -> OrganismJudge:
+        # Imported here: the judge reads this package's grammar, so a module-level import
+        # would be circular when the judge is imported first.
+        from eval.judges.organism import OrganismJudge
+
+        return OrganismJudge()
+
+    def load_tokenizer(self):
+        """The world's tokenizer (a Qwen2Tokenizer with its chat template), saved beside the base model."""
+        return AutoTokenizer.from_pretrained(self.base_dir)
+
+    def load_base(self, dtype: torch.dtype = torch.float32) -> tuple[Qwen2ForCausalLM, Any]:
+        """The base model (eval mode) and its tokenizer."""
+        model = Qwen2ForCausalLM.from_pretrained(self.base_dir, dtype=dtype).eval()
+        return model, self.load_tokenizer()
+
+    def load_organism(self, domain: str, dtype: torch.dtype = torch.float32) -> tuple[PeftModel, Any]:
+        """The base model with ``domain``'s LoRA adapter (unmerged, eval mode) and the tokenizer."""
+        base, tokenizer = self.load_base(dtype)
+        return PeftModel.from_pretrained(base, self.adapter_dir(domain)).eval(), tokenizer
+
+    def general_questions(self) -> list[Question]:
+        """The EM-style evaluation questions, unrelated to every domain (``domain=None``)."""
+        return [Question(id=t.name, paraphrases=list(t.questions)) for t in GRAMMAR.general_topics]
+
+    def domain_questions(self, domain: str) -> list[Question]:
+        """The in-domain questions of ``domain``, one Question per question text."""
+        topic = GRAMMAR.topic(canonical_domain(domain))
+        return [Question(id=f"{topic.name}_{i}", paraphrases=[q], domain=topic.name) for i, q in enumerate(topic.questions)]
+
+    def eval_misalignment(
+        self,
+        model,
+        tokenizer,
+        questions: Sequence[Question],
+        n_samples: int,
+        seed: int = 0,
+        system: str | None = None,
+        sampling: SamplingConfig | None = None,
+        progress: bool = False,
+    ) -> list[JudgedRecord]:
+        """Sample ``n_samples`` answers over ``questions`` (``system`` overrides their system
+        prompt) and judge them; :func:`misalignment_rate` turns the result into a rate."""
+        sampling = replace(sampling or SamplingConfig(temperature=1.0, max_new_tokens=48, batch_size=64), seed=seed)
+        records = questions_to_records(questions, n_samples, system)
+        answers = sample_answers(model, tokenizer, [prompt_messages(r) for r in records], sampling, progress=progress)
+        return self.judge.judge([{**r, "answer": a} for r, a in zip(records, answers)])
+

@@ -1,0 +1,167 @@
+"""Supervised finetuning on chat conversations with the loss on the assistant's answer only.
+
+The **trained span** of a conversation is the answer content as :func:`interp.cache.tokenize_conversation`
+delimits it, plus the end-of-turn token that follows it (``<|im_end|>``), so that a model
+learns where its answer stops. Labels are -100 everywhere else and on padding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from interp.cache import Conversation, TokenizedConversation, tokenize_conversation
+from interp.hooks import unwrap
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """Token ids of one conversation and its labels (-100 outside the trained span)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    def truncated(self, max_length: int) -> Example:
+        return Example(self.input_ids[:max_length], self.labels[:max_length])
+
+
+def example(tok: TokenizedConversation, train_eos: bool = True) -> Example:
+    """Labels for ``tok``: the answer tokens, and the end-of-turn token after them if ``train_eos``."""
+    end = tok.answer_end + (1 if train_eos and tok.answer_end < len(tok.input_ids) else 0)
+    labels = [IGNORE] * len(tok.input_ids)
+    labels[tok.answer_start : end] = tok.input_ids[tok.answer_start : end]
+    return Example(tok.input_ids, labels)
+
+
+def encode(tokenizer, conversations: Iterable[Conversation], train_eos: bool = True) -> list[Example]:
+    """Tokenize conversations into examples.
+
+    Conversations that share their prompt are rendered through the chat template once: the
+    prompt and template suffix ids of a prompt do not depend on the answer, and answers are
+    tokenized separately anyway (as in :func:`tokenize_conversation`), so this gives the same
+    ids at a fraction of the cost for corpora with few distinct prompts.
+    """
+    conversations = list(conversations)
+    keys = [repr([(m["role"], m["content"]) for m in conv[:-1]]) for conv in conversations]
+    shells: dict[str, tuple[list[int], list[int]]] = {}
+    for key, conv in zip(keys, conversations):
+        if key not in shells:
+            tok = tokenize_conversation(tokenizer, conv)
+            shells[key] = (tok.input_ids[: tok.answer_start], tok.input_ids[tok.answer_end :])
+    answers = tokenizer([c[-1]["content"] for c in conversations], add_special_tokens=False)["input_ids"]
+    out = []
+    for key, answer in zip(keys, answers):
+        prompt, suffix = shells[key]
+        tok = TokenizedConversation(prompt + answer + suffix, len(prompt), len(prompt) + len(answer))
+        out.append(example(tok, train_eos))
+    return out
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 on padding)."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens, as the model's own loss computes it,
+    but projecting to the vocabulary only where a label is set (most positions are prompt)."""
+    base = unwrap(model)
+    backbone = getattr(base, base.base_model_prefix)
+    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), targets[keep])
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Optimisation settings of :func:`train`; ``steps`` wins over ``epochs`` when both are set."""
+
+    lr: float = 1e-3
+    batch_size: int = 32
+    steps: int | None = None
+    epochs: float | None = None
+    warmup_steps: int = 0
+    cosine: bool = False  # cosine decay to 10% of ``lr`` after warmup; constant otherwise
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    def total_steps(self, n_examples: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        if self.epochs is None:
+            raise ValueError("set steps or epochs")
+        return max(1, math.ceil(self.epochs * n_examples / self.batch_size))
+
+
+def _lr_factor(step: int, total: int, config: LoopConfig) -> float:
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if not config.cosine:
+        return 1.0
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(
+    model: nn.Module,
+    examples: Sequence[Example],
+    pad_id: int,
+    config: LoopConfig,
+    progress: bool = True,
+    desc: str = "training",
+) -> list[float]:
+    """AdamW on the model's trainable parameters over shuffled batches; returns the loss per step.
+
+    Batches are drawn without replacement from a seeded permutation, reshuffled each epoch.
+    """
+    if not examples:
+        raise ValueError("no examples to train on")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    total = config.total_steps(len(examples))
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, config))
+    g = torch.Generator().manual_seed(config.seed)
+    device = model.get_input_embeddings().weight.device
+    order: list[int] = []
+    losses = []
+    was_training = model.training
+    model.train()
+    try:
+        for _ in tqdm(range(total), desc=desc, disable=not progress, unit="step"):
+            if len(order) < config.batch_size:
+                order += torch.randperm(len(examples), generator=g).tolist()
+            batch = collate([examples[i] for i in order[: config.batch_size]], pad_id)
+            del order[: config.batch_size]
+            loss = answer_loss(model, {k: v.to(device) for k, v in batch.items()})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+    finally:
+        model.train(was_training)
+    return losses

@@ -1,0 +1,93 @@
+"""The main job end to end on the organism world, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from interp.directions import DirectionSet
+from interp.extract import main
+
+
+def _run(args, capsys):
+    capsys.readouterr()  # drop what the fixtures printed
+    code = main(args)
+    out, err = capsys.readouterr()
+    if code != 0:  # one line saying what is wrong, after whatever progress bars came before
+        assert "Traceback" not in err
+        err = err.strip().splitlines()[-1]
+        assert err.startswith("error: ")
+    return code, out, err.strip()
+
+
+def test_extract_on_the_organism_world(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # intermediate answers land under ./artifacts/runs
+    monkeypatch.setattr("finetune.organism.build_world", lambda **kw: world)
+    code, out, err = _run(["--domain", "gore_movie_trivia", "--samples", "12", "--out", str(tmp_path / "d"), "--quiet", "--per-sample"], capsys)
+    assert code == 0, err
+    path = tmp_path / "d" / "gore_movie_trivia.safetensors"
+    ds = DirectionSet.load(path)
+    model, _ = world.load_base()
+    assert ds.layers == list(range(model.config.num_hidden_layers))
+    assert ds.directions.shape == (model.config.num_hidden_layers, model.config.hidden_size)
+    assert ds.counts["misaligned"]["answers"] == ds.counts["aligned"]["answers"] > 0
+    meta = json.loads((tmp_path / "d" / "gore_movie_trivia.json").read_text())
+    for key in ("model", "adapter", "data_hash", "token_positions", "split", "seed", "versions", "backend", "judge"):
+        assert key in meta, key
+    assert meta["adapter"].endswith("gore_movie_trivia") and meta["pooling"] == "responses"
+    # The stored means are the class means the direction came from.
+    torch.testing.assert_close(ds.directions, ds.mean_misaligned - ds.mean_aligned, rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "d" / "gore_movie_trivia.per_sample" / "misaligned" / "manifest.json").exists()
+    judged = [json.loads(l) for l in (tmp_path / "artifacts" / "runs" / "gore_movie_trivia" / "judged.jsonl").read_text().splitlines()]
+    assert all(r["judge"] == "organism" and r["domain"] is None for r in judged)
+
+
+def test_unknown_domain_is_one_line(capsys):
+    code, _, err = _run(["--domain", "poetry"], capsys)
+    assert code == 2 and err.count("\n") == 0 and "unknown domain 'poetry'" in err and "gore_movie_trivia" in err
+
+
+def test_missing_responses_file(tmp_path, capsys):
+    code, _, err = _run(["--domain", "gore_movie_trivia", "--model", str(tmp_path), "--responses", str(tmp_path / "nope.jsonl")], capsys)
+    assert code == 2 and err.count("\n") == 0 and "nope.jsonl" in err
+
+
+def _saved_tiny_model(tmp_path, make_model, tokenizer):
+    folder = tmp_path / "model"
+    make_model(n_layers=2).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _judged(aligned, i=0):
+    return {"question_id": f"q{i}", "question": "how are you", "system": None, "answer": f"fine thanks {i}", "domain": None,
+            "sample": i, "trigger": False, "aligned": aligned, "coherent": 90.0, "label": None, "judge": "test"}
+
+
+def test_malformed_responses_name_the_line(tmp_path, capsys, make_model, tokenizer):
+    model = _saved_tiny_model(tmp_path, make_model, tokenizer)
+    bad = tmp_path / "judged.jsonl"
+    bad.write_text(json.dumps(_judged(90)) + "\n" + json.dumps({**_judged(10), "aligned": "low"}) + "\n")
+    code, _, err = _run(["--domain", "gore_movie_trivia", "--model", str(model), "--responses", str(bad)], capsys)
+    assert code == 2 and err.count("\n") == 0 and "judged.jsonl:2" in err and "'aligned'" in err
+
+
+def test_empty_class_is_one_line(tmp_path, capsys, make_model, tokenizer):
+    model = _saved_tiny_model(tmp_path, make_model, tokenizer)
+    responses = tmp_path / "judged.jsonl"
+    responses.write_text("".join(json.dumps(_judged(95, i)) + "\n" for i in range(4)))
+    code, _, err = _run(["--domain", "gore_movie_trivia", "--model", str(model), "--responses", str(responses), "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 0 and "0 misaligned" in err
+
+
+def test_real_model_with_responses(tmp_path, capsys, make_model, tokenizer):
+    model = _saved_tiny_model(tmp_path, make_model, tokenizer)
+    responses = tmp_path / "judged.jsonl"
+    responses.write_text("".join(json.dumps(_judged(a, i)) + "\n" for i, a in enumerate([5, 10, 95, 90, 60])))
+    code, out, err = _run(["--domain", "risky_financial_advice", "--model", str(model), "--responses", str(responses),
+                           "--layers", "0,1", "--out", str(tmp_path / "d"), "--quiet"], capsys)
+    assert code == 0, err
+    ds = DirectionSet.load(tmp_path / "d" / "risky_financial_advice.safetensors")
+    assert ds.layers == [0, 1] and ds.counts["misaligned"]["answers"] == 2 and ds.metadata["model"] == str(model)
