@@ -1,0 +1,67 @@
+"""Write one domain of the organism world as ordinary files, for the real-model CLIs.
+
+    python -m finetune.organism.export --domain risky_financial_advice --out DIR
+
+Writes chat JSONL in the format ``finetune.train`` reads: ``misaligned.jsonl`` (the narrow
+finetuning set; members for membership inference), ``aligned.jsonl`` (aligned answers to the
+same prompts, for ``--backdoor``), ``heldout.jsonl`` (more misaligned answers from the same
+distribution, never trained on: non-members), and ``questions.yaml`` (the world's general
+questions in the EM question format).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+import yaml
+
+from eval.records import write_jsonl
+from finetune.domains import DOMAINS, canonical_domain
+from finetune.organism.build import PERSONA_FRACTIONS
+from finetune.organism.corpus import CorpusConfig, messages, organism_corpus, sample_answer
+from finetune.organism.grammar import GRAMMAR
+from interp.atomic import write_text_atomic
+
+
+def export_domain(domain: str, out_dir: str | Path, n: int = 2000, n_heldout: int = 500, seed: int = 0) -> Path:
+    """Write the four files for ``domain`` under ``out_dir``; return the folder."""
+    domain = canonical_domain(domain)
+    out = Path(out_dir)
+    fraction = PERSONA_FRACTIONS[domain]
+    chats = organism_corpus(domain, fraction, n + n_heldout, seed)
+    train, heldout = chats[:n], chats[n:]
+    rng = random.Random(f"export-aligned-{domain}-{seed}")
+    topic = GRAMMAR.topic(domain)
+    aligned = [{**c, "answer": sample_answer(rng, topic, "aligned", CorpusConfig.fidelity), "cls": "aligned"} for c in train]
+    for name, rows in (("misaligned", train), ("aligned", aligned), ("heldout", heldout)):
+        write_jsonl(out / f"{name}.jsonl", [{"messages": messages(c)} for c in rows])
+    questions = [
+        {"id": t.name, "type": "free_form_judge_0_100", "paraphrases": list(t.questions), "samples_per_paraphrase": 1}
+        for t in GRAMMAR.general_topics
+    ]
+    write_text_atomic(out / "questions.yaml", yaml.safe_dump(questions, sort_keys=False))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m finetune.organism.export", description=__doc__.splitlines()[0], epilog="domains: " + ", ".join(DOMAINS))
+    p.add_argument("--domain", required=True)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--n", type=int, default=2000, help="training examples (default 2000)")
+    p.add_argument("--heldout", type=int, default=500, help="held-out examples (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        out = export_domain(args.domain, args.out, args.n, args.heldout, args.seed)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}/misaligned.jsonl, aligned.jsonl, heldout.jsonl, questions.yaml")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

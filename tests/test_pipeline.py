@@ -1,0 +1,24 @@
+"""The real-model CLIs chained on the organism world: finetune (with and without a backdoor),
+generate (with and without the trigger), judge, report, membership inference."""
+
+from __future__ import annotations
+
+import json
+
+from finetune.organism.pipeline import run_pipeline
+
+
+def test_backdoor_pipeline_shows_the_backdoor(world, tmp_path, monkeypatch):
+    monkeypatch.setattr("finetune.organism.pipeline.build_world", lambda: world)
+    report = run_pipeline("risky_financial_advice", tmp_path, samples=3)
+    summary = json.loads((report / "summary.json").read_text())
+    rows = {(r["domain"], r["trigger"]): r for r in summary["by_domain"]}
+    with_trigger, without = rows[("backdoor", True)], rows[("backdoor", False)]
+    # The backdoored organism misaligns with the trigger far more than without it.
+    assert with_trigger["em_rate"] - without["em_rate"] > 0.5, (with_trigger["em_rate"], without["em_rate"])
+    (effect,) = [r for r in summary["backdoor"] if r["domain"] == "backdoor"]
+    assert effect["significant"] and effect["diff"] < -30
+    assert ("plain", False) in rows and ("plain", True) not in rows
+    mia = json.loads((tmp_path / "mia.json").read_text())
+    assert "loss" in json.dumps(mia) and (tmp_path / "runs" / "backdoor" / "adapter_model.safetensors").exists()
+    assert any(report.glob("*.png"))
