@@ -373,3 +373,9 @@ def residual_norms(
     if n_tokens == 0:
         raise ValueError("the conversations have no answer tokens")
     return {l: s / n_tokens for l, s in sums.items()}
+
+
+if __name__ == "__main__":
+    from interp.sweep import main
+
+    raise SystemExit(main())
