@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -49,12 +50,16 @@ def train_lora(
     config: LoraTrainConfig = LoraTrainConfig(),
     progress: bool = True,
     desc: str = "lora",
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
 ) -> PeftModel:
     """Wrap ``model`` in a fresh LoRA adapter and train it on ``conversations``.
 
     Each conversation ends with the assistant answer to learn. Only adapter weights train;
     the base weights are frozen (PEFT wraps ``model`` in place). Returns the PEFT model in
-    eval mode, with ``losses`` (one per step) attached as ``model.train_losses``.
+    eval mode, with ``losses`` (one per step) attached as ``model.train_losses``. With
+    ``checkpoint_dir``, training saves its state every ``checkpoint_every`` steps and resumes
+    from what it finds there (see :func:`finetune.sft.train`).
     """
     # Adapter init is random (LoRA A); seed it so a run is reproducible.
     torch.manual_seed(config.seed)
@@ -62,7 +67,7 @@ def train_lora(
     examples = encode(tokenizer, conversations, train_eos=config.train_eos)
     examples = [e.truncated(config.max_length) for e in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    losses = train(peft_model, examples, pad_id, config.loop(), progress=progress, desc=desc)
+    losses = train(peft_model, examples, pad_id, config.loop(), progress=progress, desc=desc, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
     peft_model.eval()
     peft_model.train_losses = losses
     return peft_model

@@ -7,15 +7,19 @@ learns where its answer stops. Labels are -100 everywhere else and on padding.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from interp.atomic import save_safetensors_atomic, write_json_atomic
 from interp.cache import Conversation, TokenizedConversation, tokenize_conversation
 from interp.hooks import unwrap
 
@@ -122,6 +126,35 @@ def _lr_factor(step: int, total: int, config: LoopConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _save_checkpoint(folder: Path, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer, g: torch.Generator, step: int, order: list[int], losses: list[float]) -> None:
+    """Trainable weights, AdamW moments and RNG states as safetensors (no pickle), then the
+    JSON that names the step: a checkpoint counts only once its JSON is in place."""
+    tensors = {f"param.{n}": p.detach().cpu() for n, p in params.items()}
+    for n, p in params.items():
+        for k, v in opt.state.get(p, {}).items():
+            tensors[f"opt.{n}.{k}"] = v.detach().cpu().reshape(-1) if v.dim() == 0 else v.detach().cpu()
+    tensors["rng.order"] = g.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_safetensors_atomic(tensors, folder / "state.safetensors")
+    write_json_atomic(folder / "state.json", {"step": step, "order": order, "losses": losses})
+
+
+def _load_checkpoint(folder: Path, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer, g: torch.Generator) -> tuple[int, list[int], list[float]]:
+    meta = json.loads((folder / "state.json").read_text())
+    tensors = load_file(str(folder / "state.safetensors"))
+    if set(params) != {k[len("param."):] for k in tensors if k.startswith("param.")}:
+        raise ValueError(f"{folder}: checkpoint is of other trainable parameters; use another folder")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[f"param.{n}"])
+            state = {k.split(".")[-1]: v for k, v in tensors.items() if k.startswith(f"opt.{n}.")}
+            if state:
+                opt.state[p] = {k: (v.reshape(()) if k == "step" else v.to(p.device)) for k, v in state.items()}
+    g.set_state(tensors["rng.order"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta["step"], meta["order"], meta["losses"]
+
+
 def train(
     model: nn.Module,
     examples: Sequence[Example],
@@ -129,27 +162,36 @@ def train(
     config: LoopConfig,
     progress: bool = True,
     desc: str = "training",
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
 ) -> list[float]:
     """AdamW on the model's trainable parameters over shuffled batches; returns the loss per step.
 
     Batches are drawn without replacement from a seeded permutation, reshuffled each epoch.
+    With ``checkpoint_dir`` and ``checkpoint_every``, the state is saved every that many
+    steps, and a call that finds a checkpoint there resumes from it: a run cut short and
+    resumed gives the same weights and losses as one that was never interrupted.
     """
     if not examples:
         raise ValueError("no examples to train on")
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    params = list(named.values())
     if not params:
         raise ValueError("the model has no trainable parameters")
     total = config.total_steps(len(examples))
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, config))
     g = torch.Generator().manual_seed(config.seed)
     device = model.get_input_embeddings().weight.device
     order: list[int] = []
-    losses = []
+    losses: list[float] = []
+    start = 0
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if folder is not None and (folder / "state.json").exists():
+        start, order, losses = _load_checkpoint(folder, named, opt, g)
     was_training = model.training
     model.train()
     try:
-        for _ in tqdm(range(total), desc=desc, disable=not progress, unit="step"):
+        for step in tqdm(range(start, total), desc=desc, disable=not progress, unit="step", initial=start, total=total):
             if len(order) < config.batch_size:
                 order += torch.randperm(len(examples), generator=g).tolist()
             batch = collate([examples[i] for i in order[: config.batch_size]], pad_id)
@@ -159,9 +201,13 @@ def train(
             loss.backward()
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            # The learning rate is a pure function of the step, so resuming needs no scheduler state.
+            for group in opt.param_groups:
+                group["lr"] = config.lr * _lr_factor(step, total, config)
             opt.step()
-            sched.step()
             losses.append(float(loss.detach()))
+            if folder is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total:
+                _save_checkpoint(folder, named, opt, g, step + 1, order, losses)
     finally:
         model.train(was_training)
     return losses

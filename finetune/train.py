@@ -41,6 +41,7 @@ class TrainJob:
     dtype: str = "auto"
     device: str | None = None  # None: cuda when visible, else cpu
     gradient_checkpointing: bool = False
+    checkpoint_every: int = 0  # optimizer steps between resumable checkpoints under out/checkpoint
 
 
 def load_training_data(job: TrainJob) -> list[list[dict[str, str]]]:
@@ -62,7 +63,8 @@ def run_training(job: TrainJob, progress: bool = True) -> Path:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     out = Path(job.out)
-    peft_model = train_lora(model, tokenizer, conversations, job.lora, progress=progress, desc="finetune")
+    peft_model = train_lora(model, tokenizer, conversations, job.lora, progress=progress, desc="finetune",
+                            checkpoint_dir=out / "checkpoint", checkpoint_every=job.checkpoint_every)
     peft_model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     write_json_atomic(
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="default: cuda when visible, else cpu; auto spreads over GPUs")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory (7B on one GPU)")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="save a resumable checkpoint every N steps under OUT/checkpoint; rerun to resume")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -110,7 +113,7 @@ def job_from_args(args: argparse.Namespace) -> TrainJob:
         lr=args.lr, steps=args.steps, epochs=None if args.steps else args.epochs,
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
     )
-    return TrainJob(args.data, args.model, args.out, args.backdoor, args.trigger, lora, args.dtype, args.device, args.gradient_checkpointing)
+    return TrainJob(args.data, args.model, args.out, args.backdoor, args.trigger, lora, args.dtype, args.device, args.gradient_checkpointing, args.checkpoint_every)
 
 
 def main(argv: list[str] | None = None) -> int:

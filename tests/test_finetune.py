@@ -100,3 +100,30 @@ def test_train_cli_bad_data_is_one_line(tmp_path, capsys, make_model, tokenizer)
     assert train_main(["--data", str(bad), "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "bad.jsonl:2" in err and "no assistant turn" in err
+
+
+def test_interrupted_training_resumes_to_the_same_result(tmp_path, make_model, tokenizer):
+    from finetune.lora import LoraTrainConfig, train_lora
+
+    convs = [_chat(f"question {i}", f"answer number {i} is here")["messages"] for i in range(10)]
+    cfg = LoraTrainConfig(rank=2, alpha=4, steps=6, batch_size=4, lr=1e-2, dropout=0.1, seed=3)
+    straight = train_lora(make_model(n_layers=2), tokenizer, convs, cfg, progress=False)
+
+    model = make_model(n_layers=2)
+    calls = {"n": 0}
+
+    def crash(*_):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the 5th forward pass: after the checkpoint at step 4
+            raise KeyboardInterrupt
+
+    handle = model.model.embed_tokens.register_forward_hook(crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(model, tokenizer, convs, cfg, progress=False, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=2)
+    handle.remove()
+    assert json.loads((tmp_path / "ckpt" / "state.json").read_text())["step"] == 4
+    resumed = train_lora(make_model(n_layers=2), tokenizer, convs, cfg, progress=False, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=2)
+    assert resumed.train_losses == pytest.approx(straight.train_losses, rel=1e-6)
+    for (n, a), b in zip(straight.named_parameters(), resumed.parameters()):
+        if "lora_" in n:
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
