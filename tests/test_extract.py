@@ -91,3 +91,21 @@ def test_real_model_with_responses(tmp_path, capsys, make_model, tokenizer):
     assert code == 0, err
     ds = DirectionSet.load(tmp_path / "d" / "risky_financial_advice.safetensors")
     assert ds.layers == [0, 1] and ds.counts["misaligned"]["answers"] == 2 and ds.metadata["model"] == str(model)
+
+
+@pytest.mark.parametrize("backend", ["nnsight", "transformer_lens"])
+def test_backends_write_the_same_artifact(tmp_path, capsys, make_model, tokenizer, backend):
+    pytest.importorskip(backend)
+    model = _saved_tiny_model(tmp_path, make_model, tokenizer)
+    responses = tmp_path / "judged.jsonl"
+    responses.write_text("".join(json.dumps(_judged(a, i)) + "\n" for i, a in enumerate([5, 10, 95, 90, 20, 80])))
+    arts = {}
+    for name in ("hooks", backend):
+        code, _, err = _run(["--domain", "gore_movie_trivia", "--model", str(model), "--responses", str(responses), "--dtype", "float32",
+                             "--backend", name, "--out", str(tmp_path / name), "--quiet"], capsys)
+        assert code == 0, err
+        arts[name] = DirectionSet.load(tmp_path / name / "gore_movie_trivia.safetensors")
+    ref, got = arts["hooks"], arts[backend]
+    assert got.metadata["backend"] == backend and ref.metadata["backend"] == "hooks"
+    for a, b in ((ref.directions, got.directions), (ref.mean_misaligned, got.mean_misaligned), (ref.mean_aligned, got.mean_aligned)):
+        assert ((a - b).norm() / a.norm()).item() < 1e-4
