@@ -19,7 +19,7 @@ from interp.cache import ActivationMeans, Conversation, TokenizedConversation, c
 
 
 def shard(items: Sequence, rank: int, world_size: int) -> list:
-    """This rank's share of ``items``: a contiguous block of the length-sorted order.
+    """This rank's share of ``items``: every ``world_size``-th item of the length-sorted order.
 
     Sorting first, then dealing round-robin, gives every rank the same mix of lengths, so no
     rank waits on another holding all the long answers.
