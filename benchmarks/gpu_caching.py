@@ -2,7 +2,11 @@
 
     python benchmarks/gpu_caching.py                      # one GPU, every method side by side
     python benchmarks/gpu_caching.py --size tiny --n 64   # a CPU dry run of the same code
-    torchrun --nproc_per_node=2 benchmarks/gpu_caching.py --only toolkit   # data parallel
+    torchrun --nproc_per_node=2 benchmarks/gpu_caching.py # data parallel, with and without --compile
+
+Everything takes about 13 minutes on an H100; under a 10-minute limit split it with --only,
+as the runs in benchmarks/results were (one with plain toolkit compiled stop nnsight tl, one
+with plain toolkit compiled reference memory generate).
 
 Workload: chat-shaped conversations (prompt 60 tokens, answers 100-400 tokens, varied), all
 28 layers' answer-token means. Random weights do not change speed or memory. Prints a table
@@ -13,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import gc
 import json
 import os
 import resource
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +32,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from interp.atomic import write_json_atomic
 from interp.backends import make_backend
-from interp.cache import TokenizedConversation, cache_means
+from interp.cache import TokenizedConversation, cache_means, masked_sum
+from interp.compiled import compiled_layers
 from interp.provenance import package_versions
 
 QWEN25_7B = dict(
@@ -87,29 +94,54 @@ def measure(name: str, fn: Callable[[], None], tokens: int, convs: int, device: 
     sec = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
     row = {"method": name, "seconds": sec, "tokens": tokens, "conversations": convs, "tokens_per_s": tokens / sec, "convs_per_s": convs / sec, "peak_gpu_gib": peak, "host_rss_growth_mb": rss_mb() - rss0}
-    print(f"  {name:<52} {row['tokens_per_s']:>10,.0f} tok/s  {row['convs_per_s']:>7.1f} conv/s  peak {peak:6.1f} GiB", flush=True)
+    print(f"  {name:<64} {row['tokens_per_s']:>10,.0f} tok/s  {row['convs_per_s']:>7.1f} conv/s  peak {peak:6.1f} GiB", flush=True)
     return row
 
 
 def batches_like_toolkit(items: list[TokenizedConversation], batch_size: int):
-    """The toolkit's batches: length-sorted, right-padded, positions from the mask."""
+    """The toolkit's batches: length-sorted and right-padded; ids, padding mask, answer mask."""
     order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids))
     for start in range(0, len(order), batch_size):
         chunk = [items[i] for i in order[start : start + batch_size]]
         width = max(len(c.input_ids) for c in chunk)
         ids = torch.zeros(len(chunk), width, dtype=torch.long)
         attn = torch.zeros(len(chunk), width, dtype=torch.long)
+        answer = torch.zeros(len(chunk), width)
         for r, c in enumerate(chunk):
             ids[r, : len(c.input_ids)] = torch.tensor(c.input_ids)
             attn[r, : len(c.input_ids)] = 1
-        yield ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
+            answer[r, c.answer_start : c.answer_end] = 1
+        yield ids, attn, answer
 
 
 @torch.no_grad()
-def plain_forward(model, items, batch_size, device, decoder_only: bool) -> None:
+def plain_forward(model, items, batch_size, device, decoder_only: bool, padding_mask: bool = True) -> None:
+    """``model(**batch)`` with no hooks; without ``padding_mask``, the causal mask alone, as the
+    toolkit runs its right-padded batches."""
     body = model.model if decoder_only else model
-    for ids, attn, pos in batches_like_toolkit(items, batch_size):
-        body(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device), use_cache=False)
+    for ids, attn, _ in batches_like_toolkit(items, batch_size):
+        body(input_ids=ids.to(device), attention_mask=attn.to(device) if padding_mask else None, use_cache=False)
+
+
+@torch.no_grad()
+def nnsight_as_documented(model, items, batch_size, device) -> torch.Tensor:
+    """nnsight as its docs show it: trace the whole model on the padded batch, ``.save()`` every
+    decoder layer's output, then pool the answer tokens (as the toolkit pools them)."""
+    import nnsight
+
+    from interp.backends.views import shared_view
+
+    lm = nnsight.NNsight(shared_view(model))  # nnsight rewires what it wraps: give it a copy
+    L = model.config.num_hidden_layers
+    sums = torch.zeros(L, model.config.hidden_size, dtype=torch.float64, device=device)
+    for ids, attn, answer in batches_like_toolkit(items, batch_size):
+        answer = answer.to(device)
+        saved: list = []  # bound before the trace: nnsight issue #550
+        with lm.trace(input_ids=ids.to(device), attention_mask=attn.to(device)):
+            saved.extend(lm.model.layers[i].output.save() for i in range(L))
+        for i, hidden in enumerate(saved):
+            sums[i] += (masked_sum(hidden, answer) / answer.sum(1, keepdim=True)).sum(0)
+    return (sums / len(items)).cpu()
 
 
 @torch.no_grad()
@@ -154,10 +186,13 @@ def steered_generation(model, device, batch_sizes, new_tokens: int, layer: int, 
                 model.generate(**kw)
 
         plain()  # warm-up at the full length
+        ratios = []
         for r in range(repeats):
-            for name, fn in (("plain", plain), ("steered", steered)):
-                row = measure(f"generate bs={bs} {name}", fn, bs * new_tokens, bs, device)
-                rows.append({**row, "batch_size": bs, "steered": name == "steered", "repeat": r})
+            pair = {name: measure(f"generate bs={bs} {name}", fn, bs * new_tokens, bs, device) for name, fn in (("plain", plain), ("steered", steered))}
+            ratios.append(pair["steered"]["tokens_per_s"] / pair["plain"]["tokens_per_s"])
+            rows += [{**row, "batch_size": bs, "steered": name == "steered", "repeat": r} for name, row in pair.items()]
+        rows.append({"method": f"generate bs={bs} steered/plain, median of back-to-back pairs", "batch_size": bs, "ratios": ratios, "median_ratio": statistics.median(ratios)})
+        print(f"  bs={bs}: steered/plain per pair {[round(x, 3) for x in ratios]}, median {statistics.median(ratios):.3f}", flush=True)
     return rows
 
 
@@ -170,13 +205,107 @@ def best_of(rows: list[dict]) -> list[dict]:
     return list(best.values())
 
 
+PARTS = ("plain", "toolkit", "compiled", "stop", "nnsight", "tl", "order", "reference", "memory", "generate")
+
+
+def single_gpu(model, items, tokens: int, info: dict, args, device: str) -> list[dict]:
+    """Every method of ``args.only`` side by side on one device; fills ``info`` with checks."""
+    want = set(args.only or PARTS)
+    L, bs, n = model.config.num_hidden_layers, args.batch_size, args.n
+    mid = L // 2 - 1
+    warm = items[:bs]
+    means: dict[str, torch.Tensor] = {}
+
+    def toolkit(key: str, **kw) -> Callable[[], None]:
+        def run() -> None:
+            means[key] = cache_means(model, None, items, batch_size=bs, progress=False, **kw).mean()
+        return run
+
+    def compiled_plain() -> None:
+        with compiled_layers(model):
+            plain_forward(model, items, bs, device, True, padding_mask=False)
+
+    cache_means(model, None, warm, batch_size=bs, progress=False)
+    plain_forward(model, items[:200], bs, device, True)  # clocks and kernels warm
+    if "compiled" in want:
+        sync(device)
+        t0 = time.perf_counter()
+        cache_means(model, None, warm, batch_size=bs, progress=False, compile=True)
+        sync(device)
+        info["compile_warmup_seconds"] = time.perf_counter() - t0
+        with compiled_layers(model):  # the plain call passes other position ids: its own graph
+            plain_forward(model, warm, bs, device, True, padding_mask=False)
+        sync(device)
+        print(f"  torch.compile warm-up: {info['compile_warmup_seconds']:.1f} s", flush=True)
+    methods: list[tuple[str, Callable[[], None]]] = []
+    if "plain" in want:
+        methods += [
+            ("plain forward, decoder only, padding mask", lambda: plain_forward(model, items, bs, device, True)),
+            ("plain forward, decoder only, causal mask only", lambda: plain_forward(model, items, bs, device, True, padding_mask=False)),
+            ("plain forward, whole model with logits", lambda: plain_forward(model, items, bs, device, False)),
+        ]
+    if "toolkit" in want:
+        methods.append((f"toolkit, all {L} layers", toolkit("eager")))
+    if "compiled" in want:
+        methods += [
+            ("plain forward, decoder only, compiled layers", compiled_plain),
+            (f"toolkit --compile, all {L} layers", toolkit("compiled", compile=True)),
+        ]
+    if "stop" in want:
+        methods.append((f"toolkit, layers 0-{mid} (stops after {mid})", toolkit("stop", layers=range(mid + 1))))
+        if "compiled" in want:
+            methods.append((f"toolkit --compile, layers 0-{mid} (stops after {mid})", toolkit("stop compiled", layers=range(mid + 1), compile=True)))
+    if "nnsight" in want:
+        methods.append((f"nnsight as documented: whole-model trace, .save() all {L} layers", lambda: means.__setitem__("nnsight documented", nnsight_as_documented(model, items, bs, device))))
+    for backend in [b for b, key in (("nnsight", "nnsight"), ("transformer_lens", "tl")) if key in want]:
+        try:
+            runner = make_backend(backend, model)
+            cache_means(model, None, warm, batch_size=bs, progress=False, backend=runner)
+            methods.append((f"{backend} backend, all {L} layers", toolkit(backend, backend=runner)))
+        except Exception as e:  # a missing or failing backend is reported, not fatal
+            print(f"  {backend}: failed: {type(e).__name__}: {e}", flush=True)
+            info[f"{backend}_error"] = f"{type(e).__name__}: {e}"
+    rows = []
+    for r in range(args.repeats):
+        for name, fn in methods:
+            rows.append({**measure(name, fn, tokens, n, device), "repeat": r})
+    if "order" in want:
+        rows.append(measure(f"toolkit, all {L} layers, dataset order (padding)", lambda: cache_means(model, None, items, batch_size=bs, progress=False, sort_by_length=False), tokens, n, device))
+    if "reference" in want:
+        sub = items[: args.reference_n]
+        rows.append(measure("reference: one at a time, per-token dumps", lambda: reference_approach(model, sub, device), sum(len(i.input_ids) for i in sub), len(sub), device))
+    if "memory" in want:
+        half = n // 2
+        rows.append({**measure(f"toolkit, all {L} layers, half the conversations", lambda: cache_means(model, None, items[:half], batch_size=bs, progress=False), sum(len(i.input_ids) for i in items[:half]), half, device), "memory_check": half})
+    # The same means, whichever way they were computed (bf16 rounding differs between kernels).
+    if "eager" in means:
+        ref = means["eager"].float()
+        info["max_rel_diff_vs_toolkit"] = {k: float((v.float() - ref).abs().max() / ref.abs().max()) for k, v in means.items() if k not in ("eager", "stop", "stop compiled")}
+        print(f"  means vs the toolkit's eager ones (max abs diff / max abs): {info['max_rel_diff_vs_toolkit']}", flush=True)
+    if device.startswith("cuda"):
+        info["matmul_tflops"] = matmul_tflops(device)
+        info["floor_seconds_decoder"] = 2 * info["non_embedding_params"] * tokens / (info["matmul_tflops"] * 1e12)
+        print(f"  bf16 matmul {info['matmul_tflops']:.0f} TFLOP/s; decoder floor {info['floor_seconds_decoder']:.2f} s for {tokens:,} tokens", flush=True)
+    if "generate" in want:
+        rows.extend(steered_generation(model, device, args.gen_batch_sizes, args.gen_tokens, L // 2, args.gen_repeats))
+    print("\nbest of repeats:")
+    best = {row["method"]: row["tokens_per_s"] for row in best_of(rows)}
+    for row in best_of(rows):
+        print(f"  {row['method']:<64} {row['tokens_per_s']:>10,.0f} tok/s  peak {row['peak_gpu_gib']:6.1f} GiB  host +{row['host_rss_growth_mb']:.0f} MB")
+    ours = [m for m in best if m.startswith("toolkit") and f"all {L} layers" in m and "," not in m.split("layers", 1)[1]]
+    info["speedups"] = {m: {other: best[m] / t for other, t in best.items() if not other.startswith(("toolkit", "generate"))} for m in ours}
+    for m, table in info["speedups"].items():
+        print(f"\n{m} is:" + "".join(f"\n  {x:6.2f}x  {other}" for other, x in table.items()))
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["7b", "tiny"], default="7b")
     p.add_argument("--n", type=int, default=2000, help="conversations for caching")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--reference-n", type=int, default=128, help="conversations for the one-at-a-time reference")
-    p.add_argument("--only", nargs="*", default=None, help="subset of: toolkit plain tl nnsight reference stop memory generate")
+    p.add_argument("--only", nargs="*", default=None, help=f"subset of: {' '.join(PARTS)}")
     p.add_argument("--gen-batch-sizes", type=int, nargs="*", default=[1, 16, 64])
     p.add_argument("--gen-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2, help="round-robin repeats of every method; the best counts")
@@ -188,15 +317,15 @@ def main() -> None:
     if distributed:
         import torch.distributed as dist
 
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")  # gloo: a CPU dry run
         rank = dist.get_rank()
-        torch.cuda.set_device(rank)
-        device = f"cuda:{rank}"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(rank)
+        device = f"cuda:{rank}" if torch.cuda.is_available() else "cpu"
     else:
         rank = 0
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    want = set(args.only or ["toolkit", "plain", "tl", "nnsight", "reference", "stop", "memory", "generate"])
     model = build_model(args.size, device, dtype)
     L = model.config.num_hidden_layers
     items = workload(args.n, model.config.vocab_size)
@@ -218,52 +347,14 @@ def main() -> None:
     if distributed:
         from interp.distributed import cache_means_distributed
 
-        cache_means_distributed(model, None, warm, batch_size=args.batch_size, progress=False)
-        rows.append(measure(f"toolkit data-parallel x{info['world_size']}", lambda: cache_means_distributed(model, None, items, batch_size=args.batch_size, progress=False), tokens, args.n, device))
-        dist.barrier()
+        for compiled in (False, True):
+            run = functools.partial(cache_means_distributed, model, None, batch_size=args.batch_size, progress=False, compile=compiled)
+            run(warm)
+            dist.barrier()
+            rows.append(measure(f"toolkit{' --compile' if compiled else ''} data-parallel x{info['world_size']}", lambda run=run: run(items), tokens, args.n, device))
+            dist.barrier()
     else:
-        cache_means(model, None, warm, batch_size=args.batch_size, progress=False)
-        plain_forward(model, items[:200], args.batch_size, device, True)  # clocks and kernels warm
-        methods: list[tuple[str, Callable[[], None]]] = []
-        if "plain" in want:
-            methods += [
-                ("plain forward, decoder only (ceiling)", lambda: plain_forward(model, items, args.batch_size, device, True)),
-                ("plain forward, whole model with logits", lambda: plain_forward(model, items, args.batch_size, device, False)),
-            ]
-        if "toolkit" in want:
-            methods.append((f"toolkit, all {L} layers", lambda: cache_means(model, None, items, batch_size=args.batch_size, progress=False)))
-        if "stop" in want:
-            mid = L // 2 - 1
-            methods.append((f"toolkit, layers 0-{mid} (stops after {mid})", lambda: cache_means(model, None, items, layers=range(mid + 1), batch_size=args.batch_size, progress=False)))
-        for backend, key in (("nnsight", "nnsight"), ("transformer_lens", "tl")):
-            if key in want:
-                try:
-                    runner = make_backend(backend, model)
-                    cache_means(model, None, warm, batch_size=args.batch_size, progress=False, backend=runner)
-                    methods.append((f"{backend} backend, all {L} layers", lambda r=runner: cache_means(model, None, items, batch_size=args.batch_size, progress=False, backend=r)))
-                except Exception as e:  # a missing or failing backend is reported, not fatal
-                    print(f"  {backend}: failed: {type(e).__name__}: {e}", flush=True)
-                    rows.append({"method": f"{backend} backend", "error": f"{type(e).__name__}: {e}"})
-        for r in range(args.repeats):
-            for name, fn in methods:
-                rows.append({**measure(name, fn, tokens, args.n, device), "repeat": r})
-        if "toolkit" in want:
-            rows.append(measure(f"toolkit, all {L} layers, dataset order (padding)", lambda: cache_means(model, None, items, batch_size=args.batch_size, progress=False, sort_by_length=False), tokens, args.n, device))
-        if "reference" in want:
-            sub = items[: args.reference_n]
-            rows.append(measure("reference: one at a time, per-token dumps", lambda: reference_approach(model, sub, device), sum(len(i.input_ids) for i in sub), len(sub), device))
-        if "memory" in want:
-            n = args.n // 2
-            rows.append({**measure(f"toolkit, all {L} layers, half the conversations", lambda: cache_means(model, None, items[:n], batch_size=args.batch_size, progress=False), sum(len(i.input_ids) for i in items[:n]), n, device), "memory_check": n})
-        if device.startswith("cuda"):
-            info["matmul_tflops"] = matmul_tflops(device)
-            info["floor_seconds_decoder"] = 2 * params * tokens / (info["matmul_tflops"] * 1e12)
-            print(f"  bf16 matmul {info['matmul_tflops']:.0f} TFLOP/s; decoder floor {info['floor_seconds_decoder']:.2f} s for {tokens:,} tokens", flush=True)
-        if "generate" in want:
-            rows.extend(steered_generation(model, device, args.gen_batch_sizes, args.gen_tokens, L // 2, args.gen_repeats))
-        print("\nbest of repeats:")
-        for row in best_of(rows):
-            print(f"  {row['method']:<52} {row['tokens_per_s']:>10,.0f} tok/s  peak {row['peak_gpu_gib']:6.1f} GiB  host +{row['host_rss_growth_mb']:.0f} MB")
+        rows.extend(single_gpu(model, items, tokens, info, args, device))
     if rank == 0:
         result = {"info": info, "best": best_of(rows), "runs": rows}
         name = "gpu_caching_ddp.json" if distributed else "gpu_caching.json"

@@ -17,10 +17,12 @@ Three poolings are accumulated in one pass (see :data:`POOLINGS`):
 - ``last_prompt``: the residual at the last prompt token.
 
 Sums are kept in float64 whatever the model's dtype; the per-row sums are taken from a
-float32 copy of the hidden states, so a bf16 model gives float32-accurate means. Padding is
-masked, and position ids are derived from the attention mask, so left and right padding
-give the same activations (as ``generate`` does). The forward pass stops after the deepest
-requested layer, which skips the rest of the network and the logits.
+float32 copy of the hidden states (on a GPU, a bf16 matmul with float32 accumulation), so a
+bf16 model gives float32-accurate means. Batches are right-padded and run under the causal
+mask alone, which is exact for every real token (see :func:`_run_batch`); padding is masked
+out of the pooling. The forward pass stops after the deepest requested layer, which skips
+the rest of the network and the logits. ``compile=True`` runs the decoder layers through
+``torch.compile`` (:mod:`interp.compiled`), worth its warm-up on long GPU runs.
 
 Backends. The residual stream of each padded batch comes from a backend (see
 :mod:`interp.backends`): native forward hooks (``"hooks"``, the default and the fastest), an
@@ -34,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -45,6 +48,7 @@ from tqdm.auto import tqdm
 
 from interp.atomic import save_safetensors_atomic, write_text_atomic
 from interp.backends import DEFAULT_BACKEND, Backend, BackendName, ModelInputs, resolve_backend
+from interp.compiled import compiled_layers
 from interp.hooks import decoder_layers
 
 Pooling = Literal["responses", "tokens", "last_prompt"]
@@ -169,23 +173,41 @@ def _input_device(model: nn.Module) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
-def _pad_batch(items: Sequence[TokenizedConversation], pad_id: int, device: torch.device):
+def pad_right(items: Sequence[TokenizedConversation], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded token ids [B, T], answer-token mask [B, T] (float32) and last-prompt index [B]."""
     width = max(len(it.input_ids) for it in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(items), width), dtype=torch.long)
     answer = torch.zeros((len(items), width), dtype=torch.float32)
     for row, it in enumerate(items):
         ids[row, : len(it.input_ids)] = torch.tensor(it.input_ids)
-        attn[row, : len(it.input_ids)] = 1
         answer[row, it.answer_start : it.answer_end] = 1.0
     last_prompt = torch.tensor([max(it.answer_start - 1, 0) for it in items])
-    return ids.to(device), attn.to(device), answer.to(device), last_prompt.to(device)
+    return ids.to(device), answer.to(device), last_prompt.to(device)
+
+
+def masked_sum(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of ``hidden`` [B, T, d] over the positions where ``mask`` [B, T] is 1: [B, d] float32."""
+    if hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16):
+        # Half inputs, float32 accumulation and output: no float32 copy of the stream.
+        return torch.bmm(mask[:, None, :].to(hidden.dtype), hidden, out_dtype=torch.float32)[:, 0]
+    return torch.einsum("btd,bt->bd", hidden.float(), mask.float())
+
+
+def right_padded_inputs(ids: torch.Tensor) -> ModelInputs:
+    """Model inputs for a right-padded batch: positions 0.. and the causal mask alone.
+
+    A real token of a right-padded row only ever attends to real tokens before it, so the
+    causal mask alone is exact there, and without a padding mask attention takes the fused
+    causal kernel (no [batch, 1, seq, seq] mask, no copies of the grouped KV heads). Pad
+    positions compute garbage that callers mask out.
+    """
+    return ModelInputs(ids, None, torch.arange(ids.shape[1], device=ids.device).expand_as(ids))
 
 
 @torch.no_grad()
 def _run_batch(backend: Backend, items: Sequence[TokenizedConversation], index: Sequence[int], layers: list[int], pad_id: int) -> _Batch:
     device = _input_device(backend.model)
-    ids, attn, answer_mask, last_idx = _pad_batch(items, pad_id, device)
+    ids, answer_mask, last_idx = pad_right(items, pad_id, device)
     n_tok = answer_mask.sum(1)
     rows = torch.arange(len(items), device=device)
     out_mean: dict[int, torch.Tensor] = {}
@@ -194,21 +216,13 @@ def _run_batch(backend: Backend, items: Sequence[TokenizedConversation], index: 
     def pool(layer: int, hidden: torch.Tensor) -> None:
         # Layers may sit on different devices under device_map="auto".
         dev = hidden.device
-        mask = answer_mask.to(dev)
-        if hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16):
-            # Half inputs, float32 accumulation and output: no float32 copy of the stream.
-            sums = torch.bmm(mask[:, None, :].to(hidden.dtype), hidden, out_dtype=torch.float32)[:, 0]
-        else:
-            sums = torch.einsum("btd,bt->bd", hidden.float(), mask)
+        sums = masked_sum(hidden, answer_mask.to(dev))
         # Results stay on the device until the batch is done: a .cpu() here would stall the
         # GPU once per layer.
         out_mean[layer] = (sums / n_tok.to(dev).clamp(min=1)[:, None]).to(device)
         out_last[layer] = hidden[rows.to(dev), last_idx.to(dev)].float().to(device)
 
-    # Positions from the mask make caching match generation under any padding side; every
-    # backend passes them to the model unchanged.
-    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    backend.resid_post(ModelInputs(ids, attn, position_ids), layers, pool)
+    backend.resid_post(right_padded_inputs(ids), layers, pool)
     return _Batch(
         index=torch.tensor(list(index)),
         n_tokens=torch.tensor([it.n_answer_tokens for it in items]),  # known without asking the GPU
@@ -247,6 +261,7 @@ def cache_means(
     progress: bool = True,
     desc: str = "caching",
     backend: BackendName | Backend = DEFAULT_BACKEND,
+    compile: bool = False,
 ) -> ActivationMeans:
     """Residual-stream means over answer tokens after each requested decoder layer.
 
@@ -255,6 +270,8 @@ def cache_means(
     soon as they are computed, and a re-run over the same inputs and backend resumes from those
     shards. ``backend`` is a name from :data:`interp.backends.BACKENDS` or a backend already
     built for ``model`` with :func:`interp.backends.make_backend` (to reuse it across calls).
+    ``compile=True`` (``hooks`` backend only) compiles the decoder layers for the run
+    (:func:`interp.compiled.compiled_layers`): a one-off warm-up, then a faster forward.
     """
     layers = resolve_layers(model, layers)
     items = [c if isinstance(c, TokenizedConversation) else tokenize_conversation(tokenizer, c) for c in conversations]
@@ -266,6 +283,8 @@ def cache_means(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
     runner = resolve_backend(backend, model, tokenizer)
+    if compile and runner.name != "hooks":
+        raise ValueError(f"compile=True needs the hooks backend, not {runner.name!r}")
 
     d_model = model.get_input_embeddings().weight.shape[1]
     # Sum on the GPU in float64 (MPS has no float64: sum on the CPU there).
@@ -285,15 +304,16 @@ def cache_means(
     was_training = model.training
     model.eval()
     try:
-        for b, idx in enumerate(tqdm(batches, desc=desc, disable=not progress, unit="batch")):
-            shard = shard_dir / f"shard_{b:06d}.safetensors" if shard_dir is not None else None
-            if shard is not None and shard.exists():
-                batch = _Batch(**load_file(shard))
-            else:
-                batch = _run_batch(runner, [items[i] for i in idx], idx, layers, pad_id)
-                if shard is not None:
-                    save_safetensors_atomic(batch.tensors(), shard)
-            batch.accumulate(acc)
+        with compiled_layers(model) if compile else nullcontext():
+            for b, idx in enumerate(tqdm(batches, desc=desc, disable=not progress, unit="batch")):
+                shard = shard_dir / f"shard_{b:06d}.safetensors" if shard_dir is not None else None
+                if shard is not None and shard.exists():
+                    batch = _Batch(**load_file(shard))
+                else:
+                    batch = _run_batch(runner, [items[i] for i in idx], idx, layers, pad_id)
+                    if shard is not None:
+                        save_safetensors_atomic(batch.tensors(), shard)
+                batch.accumulate(acc)
     finally:
         model.train(was_training)
     acc.token_sum, acc.response_sum, acc.last_prompt_sum = (t.cpu() for t in (acc.token_sum, acc.response_sum, acc.last_prompt_sum))

@@ -139,6 +139,7 @@ def extract_directions(
     metadata: Mapping[str, Any] | None = None,
     backend: BackendName | Backend = DEFAULT_BACKEND,
     per_sample_dir: str | Path | None = None,
+    compile: bool = False,
 ) -> DirectionSet:
     """Cache both classes on ``model`` and take the per-layer difference of their means.
 
@@ -146,6 +147,7 @@ def extract_directions(
     recorded in the metadata as ``"backend"``. With ``per_sample_dir``, each class's
     per-answer activations go to ``per_sample_dir/misaligned`` and ``per_sample_dir/aligned``
     (the layout :mod:`interp.compare` reads for its shuffled-label and split-half nulls).
+    ``compile`` is passed to :func:`interp.cache.cache_means`.
     """
     if not misaligned or not aligned:
         raise ValueError(f"both classes need answers: {len(misaligned)} misaligned, {len(aligned)} aligned")
@@ -153,7 +155,7 @@ def extract_directions(
     stats = {
         name: cache_means(
             model, tokenizer, convs, layers=layers, batch_size=batch_size, progress=progress, desc=f"caching {name}", backend=runner,
-            per_sample_dir=None if per_sample_dir is None else Path(per_sample_dir) / name,
+            per_sample_dir=None if per_sample_dir is None else Path(per_sample_dir) / name, compile=compile,
         )
         for name, convs in (("misaligned", misaligned), ("aligned", aligned))
     }

@@ -35,15 +35,16 @@ def cache_means_distributed(
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    compile: bool = False,
 ) -> ActivationMeans:
     """:func:`cache_means` over this rank's shard, all-reduced across the process group."""
     if not (dist.is_available() and dist.is_initialized()):
-        return cache_means(model, tokenizer, conversations, layers=layers, batch_size=batch_size, progress=progress)
+        return cache_means(model, tokenizer, conversations, layers=layers, batch_size=batch_size, progress=progress, compile=compile)
     rank, world = dist.get_rank(), dist.get_world_size()
     items = [c if isinstance(c, TokenizedConversation) else tokenize_conversation(tokenizer, c) for c in conversations]
     mine = shard(items, rank, world)
     if mine:
-        local = cache_means(model, tokenizer, mine, layers=layers, batch_size=batch_size, progress=progress and rank == 0, desc=f"caching (rank {rank})")
+        local = cache_means(model, tokenizer, mine, layers=layers, batch_size=batch_size, progress=progress and rank == 0, desc=f"caching (rank {rank})", compile=compile)
     else:  # fewer conversations than ranks: this rank still joins the all-reduce
         local = ActivationMeans(resolve_layers(model, layers), model.get_input_embeddings().weight.shape[1])
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")

@@ -50,6 +50,7 @@ class ExtractConfig:
     seed: int = 0
     backend: str = DEFAULT_BACKEND
     per_sample: bool = False  # keep per-answer activations for interp.compare's nulls
+    compile: bool = False  # torch.compile the decoder layers (long GPU runs)
     split: SplitConfig = field(default_factory=SplitConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=48, batch_size=64))
     work_dir: Path = Path("artifacts/runs")
@@ -112,6 +113,7 @@ def run_extract(cfg: ExtractConfig, out_dir: Path = DEFAULT_OUT, progress: bool 
         excluded=split.excluded,
         seed=cfg.seed,
         dtype=str(next(model.parameters()).dtype),
+        compiled=cfg.compile,
     )
     ds = extract_directions(
         model,
@@ -125,6 +127,7 @@ def run_extract(cfg: ExtractConfig, out_dir: Path = DEFAULT_OUT, progress: bool 
         metadata=meta,
         backend=cfg.backend,
         per_sample_dir=Path(out_dir) / f"{cfg.domain}.per_sample" if cfg.per_sample else None,
+        compile=cfg.compile,
     )
     path = ds.save(Path(out_dir) / f"{cfg.domain}.safetensors")
     return ds, path
@@ -155,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help=f"how activations are read (default {DEFAULT_BACKEND}, the fastest)")
     p.add_argument("--per-sample", action="store_true", help="also keep per-answer activations (<out>/<domain>.per_sample/) for interp.compare's nulls")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoder layers: ~25 s warm-up on a 7B model, then ~1.3x faster on a GPU (hooks backend)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0)
@@ -194,6 +198,7 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         seed=args.seed,
         backend=args.backend,
         per_sample=args.per_sample,
+        compile=args.compile,
         split=SplitConfig(args.misaligned_max, args.aligned_min, args.coherence_min, not args.no_balance, args.seed),
     )
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from interp.cache import POOLINGS, TokenizedConversation, cache_means, load_per_sample, tokenize_conversation
+from interp.cache import POOLINGS, TokenizedConversation, cache_means, load_per_sample, pad_right, right_padded_inputs, tokenize_conversation
 from interp.hooks import decoder_layers
 
 
@@ -221,3 +221,19 @@ def test_per_sample_shards_and_resume(make_model, tokenizer, conversations, tmp_
     torch.testing.assert_close(first.mean("tokens"), reused.mean("tokens"), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="other inputs"):
         cache_means(model, tokenizer, conversations[:5], layers=[0, 2], batch_size=4, per_sample_dir=folder, progress=False)
+
+
+def test_right_padding_needs_no_padding_mask(make_model, tokenizer, conversations):
+    """The causal mask alone gives every real token of a right-padded batch its exact state."""
+    model = make_model(n_layers=2)
+    items = [tokenize_conversation(tokenizer, c) for c in conversations[:6]]
+    ids, _, _ = pad_right(items, tokenizer.pad_token_id, torch.device("cpu"))
+    real = torch.zeros_like(ids, dtype=torch.bool)
+    for row, it in enumerate(items):
+        real[row, : len(it.input_ids)] = True
+    assert not real.all()  # the batch is padded
+    with torch.no_grad():
+        causal = model(**right_padded_inputs(ids).kwargs(), output_hidden_states=True).hidden_states
+        masked = model(input_ids=ids, attention_mask=real.long(), output_hidden_states=True).hidden_states
+    for a, b in zip(causal, masked):
+        torch.testing.assert_close(a[real], b[real], rtol=1e-5, atol=1e-6)

@@ -93,19 +93,31 @@ def test_real_model_with_responses(tmp_path, capsys, make_model, tokenizer):
     assert ds.layers == [0, 1] and ds.counts["misaligned"]["answers"] == 2 and ds.metadata["model"] == str(model)
 
 
-@pytest.mark.parametrize("backend", ["nnsight", "transformer_lens"])
-def test_backends_write_the_same_artifact(tmp_path, capsys, make_model, tokenizer, backend):
-    pytest.importorskip(backend)
+@pytest.mark.parametrize("variant", [["--backend", "nnsight"], ["--backend", "transformer_lens"], ["--compile"]], ids=" ".join)
+def test_every_way_of_caching_writes_the_same_artifact(tmp_path, capsys, make_model, tokenizer, variant):
+    if variant[0] == "--backend":
+        pytest.importorskip(variant[1])
     model = _saved_tiny_model(tmp_path, make_model, tokenizer)
     responses = tmp_path / "judged.jsonl"
     responses.write_text("".join(json.dumps(_judged(a, i)) + "\n" for i, a in enumerate([5, 10, 95, 90, 20, 80])))
     arts = {}
-    for name in ("hooks", backend):
+    for name, extra in (("default", []), ("variant", variant)):
         code, _, err = _run(["--domain", "gore_movie_trivia", "--model", str(model), "--responses", str(responses), "--dtype", "float32",
-                             "--backend", name, "--out", str(tmp_path / name), "--quiet"], capsys)
+                             *extra, "--out", str(tmp_path / name), "--quiet"], capsys)
         assert code == 0, err
         arts[name] = DirectionSet.load(tmp_path / name / "gore_movie_trivia.safetensors")
-    ref, got = arts["hooks"], arts[backend]
-    assert got.metadata["backend"] == backend and ref.metadata["backend"] == "hooks"
+    ref, got = arts["default"], arts["variant"]
+    assert ref.metadata["backend"] == "hooks" and not ref.metadata["compiled"]
+    assert (got.metadata["backend"], got.metadata["compiled"]) == ((variant[1], False) if variant[0] == "--backend" else ("hooks", True))
     for a, b in ((ref.directions, got.directions), (ref.mean_misaligned, got.mean_misaligned), (ref.mean_aligned, got.mean_aligned)):
         assert ((a - b).norm() / a.norm()).item() < 1e-4
+
+
+def test_compile_with_another_backend_is_one_line(tmp_path, capsys, make_model, tokenizer):
+    pytest.importorskip("nnsight")
+    model = _saved_tiny_model(tmp_path, make_model, tokenizer)
+    responses = tmp_path / "judged.jsonl"
+    responses.write_text("".join(json.dumps(_judged(a, i)) + "\n" for i, a in enumerate([5, 95])))
+    code, _, err = _run(["--domain", "gore_movie_trivia", "--model", str(model), "--responses", str(responses),
+                         "--backend", "nnsight", "--compile", "--out", str(tmp_path / "d"), "--quiet"], capsys)
+    assert code == 2 and "hooks backend" in err

@@ -61,7 +61,7 @@ class ModelInputs:
     """One padded batch, as every backend hands it to the model."""
 
     input_ids: torch.Tensor  # [batch, seq]
-    attention_mask: torch.Tensor  # [batch, seq], 1 on real tokens
+    attention_mask: torch.Tensor | None  # [batch, seq], 1 on real tokens; None: causal only
     position_ids: torch.Tensor  # [batch, seq]
 
     @classmethod
@@ -70,7 +70,10 @@ class ModelInputs:
         return cls(input_ids, attention_mask, (attention_mask.cumsum(-1) - 1).clamp(min=0))
 
     def kwargs(self) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
+        out = {"input_ids": self.input_ids, "position_ids": self.position_ids}
+        if self.attention_mask is not None:
+            out["attention_mask"] = self.attention_mask
+        return out
 
 
 @dataclass(frozen=True)
