@@ -27,7 +27,7 @@ the rest of the network and the logits. ``compile=True`` runs the decoder layers
 Backends. The residual stream of each padded batch comes from a backend (see
 :mod:`interp.backends`): native forward hooks (``"hooks"``, the default and the fastest), an
 nnsight trace (``"nnsight"``) or a TransformerLens bridge (``"transformer_lens"``). All three
-get the same token ids, attention mask and position ids and hand the hidden states to the same
+get the same token ids and position ids (and no padding mask) and hand the hidden states to the same
 pooling code here, so they give the same means to float rounding.
 """
 
