@@ -30,18 +30,31 @@ def unwrap(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder layers of a plain, PEFT-wrapped or merged causal LM."""
+def _find_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+    """(the module that runs the decoder layers, the layer list) of the unwrapped model."""
     base = unwrap(model)
     for path in _LAYER_PATHS:
-        obj: Any = base
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
+        parent: Any = base
+        *parents, last = path.split(".")
+        for part in parents:
+            parent = getattr(parent, part, None)
+            if parent is None:
                 break
-        if isinstance(obj, nn.ModuleList):
-            return obj
+        layers = getattr(parent, last, None) if parent is not None else None
+        if isinstance(layers, nn.ModuleList):
+            return parent, layers
     raise ValueError(f"cannot find decoder layers on {type(base).__name__}; tried {', '.join(_LAYER_PATHS)}")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder layers of a plain, PEFT-wrapped or merged causal LM."""
+    return _find_layers(model)[1]
+
+
+def decoder_stack(model: nn.Module) -> nn.Module:
+    """The module whose forward runs the decoder layers (``Qwen2Model``, ...): every forward
+    pass and every ``generate`` step goes through it with the model's public inputs."""
+    return _find_layers(model)[0]
 
 
 def n_layers(model: nn.Module) -> int:
@@ -104,6 +117,24 @@ def hooks(model: nn.Module, fns: Mapping[str, HookFn]) -> Iterator[None]:
                     return args, {**kwargs, "hidden_states": new}
 
                 handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def around_calls(
+    module: nn.Module,
+    before: Callable[[tuple, dict[str, Any]], None],
+    after: Callable[[], None] | None = None,
+) -> Iterator[None]:
+    """Inside the block, ``before(args, kwargs)`` runs as each call of ``module`` starts and
+    ``after()`` as it returns; both are removed when the block ends, even on error."""
+    handles = [module.register_forward_pre_hook(lambda mod, args, kwargs: before(args, kwargs), with_kwargs=True)]
+    try:
+        if after is not None:
+            handles.append(module.register_forward_hook(lambda mod, args, output: after()))
         yield
     finally:
         for handle in handles:

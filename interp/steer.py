@@ -25,17 +25,20 @@ Vectors are kept in float32 and cast to the hidden states' dtype and device at h
   that layer (:func:`residual_norms`, or your own numbers); alpha is then a fraction of the
   stream's size, comparable across layers and models whose norms grow with depth.
 
-**Positions** are sequence columns of the padded batch, counted from the start of the
-sequence, so they stay right during cached decoding, where each forward call sees only the
-newest column. ``"prompt"`` is the columns before the prompt length, ``"generated"`` the
-columns from it on; with left padding (as ``generate`` wants) every row's prompt ends at the
-same column. The prompt length is the width of the first forward call of each generation,
-found anew whenever a new sequence starts (a call at column 0 with a fresh KV cache, or,
-without a cache, a call whose input does not extend the last prompt), or fixed by passing
-``prompt_length`` (needed e.g. to steer only the answer of a teacher-forced pass). The first
-answer token is predicted from the last prompt column, so ``"generated"`` leaves it alone
+**Positions** (``"all"``, ``"prompt"``, ``"generated"``) are decided per row from the
+model's public inputs (:mod:`interp.positions`): a token is generated when its position is
+at or past its row's prompt length, which is set at the entry to ``generate`` (or by the
+first call of a sequence, or by ``prompt_length``, a column count, e.g. to steer only the
+answer of a teacher-forced pass). So the gate is right with and without the KV cache, under
+left padding, with the static cache and after assisted decoding crops the cache. The first
+answer token is predicted from the last prompt token, so ``"generated"`` leaves it alone
 and affects the tokens after it. Steering ``"prompt"`` changes the keys and values cached for
 the prompt, exactly as re-running the steered prompt without a cache would.
+
+An edit that does not run is an error, not a no-op: every forward call through the decoder
+stack checks that each edited layer's hook fired, and a ``generate`` in which no hook ran
+raises :class:`InterventionError` (``torch.compile`` skips hooks added after compilation;
+transformers' own compilation of static-cache decoding is turned off inside the block).
 """
 
 from __future__ import annotations
@@ -49,11 +52,10 @@ import torch
 from torch import nn
 
 from interp.cache import Conversation, pad_right, right_padded_inputs, tokenize_conversation
-from interp.hooks import HookFn, decoder_layers, hooks, resid_post, stop_after
+from interp.hooks import HookFn, around_calls, decoder_layers, decoder_stack, hooks, resid_post, stop_after, unwrap
+from interp.positions import POSITIONS, CallInputs, PositionError, PositionGate, Positions
 
-Positions = Literal["all", "prompt", "generated"]
 Scale = Literal["raw", "unit", "norm"]
-POSITIONS: tuple[Positions, ...] = ("all", "prompt", "generated")
 SCALES: tuple[Scale, ...] = ("raw", "unit", "norm")
 DEFAULT_SCALE: Scale = "raw"
 
@@ -120,121 +122,147 @@ def random_like(vector: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return (r / r.norm() * vector.double().norm()).float()
 
 
+class InterventionError(RuntimeError):
+    """An intervention's hooks did not run where they had to (e.g. inside compiled code)."""
+
+
 @dataclass(frozen=True, eq=False)
 class Intervention:
-    """Edits of resid_post at some decoder layers, and the sequence columns they apply to.
+    """Edits of resid_post at some decoder layers, and the tokens they apply to.
 
     Built by :func:`steering` and :func:`ablation`; applied with native hooks by
     :func:`intervene` (which :func:`steer` and :func:`ablate` wrap), or through any backend by
-    :mod:`interp.steer_backends`. Layers are 0-based and already resolved.
+    :mod:`interp.steer_backends`. Layers are 0-based and already resolved. Every backend
+    places the edits through one :class:`Applied` (positions: :mod:`interp.positions`).
     """
 
     edits: Mapping[int, Edit]
     positions: Positions = "all"
-    prompt_length: int | None = None  # None: the width of the first forward call (module doc)
+    prompt_length: int | None = None  # None: the whole prompt (see interp.positions)
 
     def __post_init__(self) -> None:
-        if self.positions not in POSITIONS:
-            raise ValueError(f"unknown positions {self.positions!r}; expected one of {', '.join(POSITIONS)}")
-        if self.prompt_length is not None and self.prompt_length < 0:
-            raise ValueError(f"prompt_length must be >= 0, got {self.prompt_length}")
+        PositionGate(self.positions, self.prompt_length)  # validates both
 
     @property
     def layers(self) -> list[int]:
         return sorted(self.edits)
 
-    def columns(self, start: int, width: int, prompt_length: int, device: torch.device) -> torch.Tensor | None:
-        """[width] bool: which of the columns ``start, start + 1, ...`` to edit; None: all."""
-        if self.positions == "all":
-            return None
-        cols = torch.arange(start, start + width, device=device)
-        return cols < prompt_length if self.positions == "prompt" else cols >= prompt_length
-
-    def apply(self, layer: int, hidden: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
-        """``hidden`` [batch, seq, d_model] with layer's edit applied at ``columns``."""
+    def apply(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``hidden`` [batch, seq, d_model] with layer's edit applied where ``mask`` [batch, seq, 1] is set."""
         new = self.edits[layer](hidden)
-        return new if columns is None else torch.where(columns.to(hidden.device)[None, :, None], new, hidden)
-
-    def editor(self) -> Callable[[int, torch.Tensor], torch.Tensor]:
-        """A fresh ``(layer, hidden) -> edited hidden`` for one forward pass or one generation.
-
-        For backends that see hidden states only: call it at every edited layer of every
-        forward call, in layer order, with the KV cache on. A call at the lowest edited layer
-        starts a new forward call, whose columns follow the previous call's (as they do with
-        a KV cache); the first call's width is the prompt length unless it is fixed.
-        """
-        first = min(self.edits, default=None)
-        start, width, prompt_length = 0, 0, self.prompt_length
-        columns: torch.Tensor | None = None
-
-        def edit(layer: int, hidden: torch.Tensor) -> torch.Tensor:
-            nonlocal start, width, prompt_length, columns
-            if layer == first:
-                start, width = start + width, hidden.shape[1]
-                if prompt_length is None:
-                    prompt_length = width
-                columns = self.columns(start, width, prompt_length, hidden.device)
-            return self.apply(layer, hidden, columns)
-
-        return edit
+        return new if mask is None else torch.where(mask, new, hidden)
 
 
-class _PositionGate:
-    """Tracks, per forward call, which sequence columns an intervention applies to.
+class Applied:
+    """One application of an :class:`Intervention` to running model code, for any backend.
 
-    It watches the input of decoder layer 0: the columns of a call start at the KV cache's
-    length (or ``cache_position``); a new sequence starts the prompt anew (see module doc).
+    The backend reports each forward call of the model's decoder stack (:meth:`before_call`,
+    :meth:`after_call`), each ``generate`` (:meth:`generation`), and asks for each edited
+    layer's new hidden states (:meth:`edit`). It raises :class:`InterventionError` when an
+    edit did not run: the hooks of a module compiled before they were added are silently
+    skipped by ``torch.compile``, and a silent no-op must never pass for a result.
     """
 
     def __init__(self, intervention: Intervention) -> None:
         self.intervention = intervention
-        self.prompt_length = intervention.prompt_length
-        self.prompt_input: torch.Tensor | None = None  # layer-0 input of the last uncached prompt
-        self.columns: torch.Tensor | None = None  # [seq] bool for the current call
+        self.gate = PositionGate(intervention.positions, intervention.prompt_length)
+        self.calls = 0
+        self._fired: set[int] = set()
 
-    def observe(self, hidden: torch.Tensor, kwargs: dict[str, Any]) -> None:
-        cache = kwargs.get("past_key_values")
-        cache_position = kwargs.get("cache_position")
-        # The cache's length is a host-side int; reading cache_position (on the GPU) would stall
-        # every decoding step on a device sync, which costs ~8% at batch 1.
-        if cache is not None:
-            start = int(cache.get_seq_length())
-        elif cache_position is not None:
-            start = int(cache_position.reshape(-1)[0])
+    def before_call(self, args: tuple, kwargs: Mapping[str, Any]) -> None:
+        self.gate.observe(CallInputs.from_call(args, kwargs))
+        self._fired = set()
+        self.calls += 1
+
+    def edit(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        self._fired.add(layer)
+        return self.intervention.apply(layer, hidden, self.gate.mask(hidden))
+
+    def after_call(self) -> None:
+        if missing := set(self.intervention.edits) - self._fired:
+            raise InterventionError(
+                f"the edits at layers {sorted(missing)} did not run in this forward pass (is the model compiled? "
+                "torch.compile skips hooks added after compilation)"
+            )
+
+    @contextmanager
+    def generation(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> Iterator[None]:
+        """Around one generation from ``tokens`` [batch, width] (the prompts) and their mask."""
+        calls = self.calls
+        self.gate.begin_generation(tokens, attention_mask)
+        try:
+            yield
+        finally:
+            self.gate.end_generation()
+        if self.intervention.edits and self.calls == calls:
+            raise InterventionError("the intervention never ran during generate: the forward pass bypassed its hooks (a compiled model?)")
+
+
+def _generate_inputs(args: tuple, kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The prompts and attention mask of a ``generate(inputs, ..., attention_mask=...)`` call."""
+    for key in ("input_ids", "inputs", "inputs_embeds"):
+        if isinstance(kwargs.get(key), torch.Tensor):
+            return kwargs[key], kwargs.get("attention_mask")
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0], kwargs.get("attention_mask")
+    raise PositionError("cannot find the prompts of this generate call (no input_ids)")
+
+
+@contextmanager
+def _generation_entry(model: nn.Module, applied: Applied) -> Iterator[None]:
+    """Route every ``generate`` of ``model`` (PEFT wrappers reach the same one) through ``applied``.
+
+    transformers compiles the decoding step itself when the cache is static; compiled code
+    would skip the hooks, so such generations run eagerly inside the block.
+    """
+    target = unwrap(model)
+    missing = object()
+    saved = target.__dict__.get("generate", missing)
+    original = target.generate
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        with applied.generation(*_generate_inputs(args, kwargs)):
+            return original(*args, **{**kwargs, "disable_compile": True})
+
+    target.generate = generate
+    try:
+        yield
+    finally:
+        if saved is missing:
+            del target.generate
         else:
-            start = 0
-        seq = hidden.shape[1]
-        if self.intervention.prompt_length is None and start == 0 and (cache is not None or not self._extends_prompt(hidden)):
-            self.prompt_length = seq
-            # Without a cache, generate re-feeds prompt + generated tokens at every step; the
-            # prompt's layer-0 input tells such a continuation apart from a new prompt.
-            self.prompt_input = None if cache is not None else hidden.detach().clone()
-        self.columns = self.intervention.columns(start, seq, self.prompt_length, hidden.device)
+            target.generate = saved
 
-    def _extends_prompt(self, hidden: torch.Tensor) -> bool:
-        p = self.prompt_input
-        return (
-            p is not None
-            and hidden.shape[0] == p.shape[0]
-            and hidden.shape[1] > p.shape[1]
-            and torch.equal(hidden[:, : p.shape[1]], p.to(hidden.device))
-        )
+
+@contextmanager
+def applying(model: nn.Module, intervention: Intervention) -> Iterator[Applied]:
+    """An :class:`Applied` that sees every forward call and ``generate`` of ``model``; the
+    caller routes the edited layers through :meth:`Applied.edit` in its own idiom."""
+    _refuse_compiled(model)
+    applied = Applied(intervention)
+    with around_calls(decoder_stack(model), applied.before_call, applied.after_call), _generation_entry(model, applied):
+        yield applied
+
+
+def _refuse_compiled(model: nn.Module) -> None:
+    """A compiled module runs the hooks it had when compiled, not the ones added now."""
+    if hasattr(model, "_orig_mod"):
+        raise InterventionError("this is a torch.compile'd module, which skips hooks added after compilation: steer the original model")
+    for name, module in model.named_modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            raise InterventionError(f"module {name or type(module).__name__!r} was compiled in place (Module.compile), which skips hooks added afterwards")
 
 
 @contextmanager
 def intervene(model: nn.Module, intervention: Intervention) -> Iterator[None]:
     """Apply ``intervention`` to ``model``'s forward passes and ``generate`` calls in the block."""
-    gate = _PositionGate(intervention)
-    fns: dict[str, HookFn] = {}
-    if intervention.positions != "all":
-        fns["blocks.0.hook_resid_pre"] = gate.observe
+    with applying(model, intervention) as applied:
 
-    def edit(layer: int) -> HookFn:
-        return lambda hidden, kwargs: intervention.apply(layer, hidden, gate.columns)
+        def edit(layer: int) -> HookFn:
+            return lambda hidden, kwargs: applied.edit(layer, hidden)
 
-    fns.update({resid_post(layer): edit(layer) for layer in intervention.layers})
-    with hooks(model, fns):
-        yield
+        with hooks(model, {resid_post(layer): edit(layer) for layer in intervention.layers}):
+            yield
 
 
 def steering(

@@ -44,7 +44,7 @@ def test_layers_get_their_own_forward_back_even_after_an_error(make_model):
 
     layers[1].forward = placed
     with pytest.raises(RuntimeError, match="boom"), compiled_layers(model, backend="aot_eager"):
-        assert layers[0].forward is not type(layers[0]).forward
+        assert "forward" in layers[0].__dict__  # the compiled forward, set on the instance
         raise RuntimeError("boom")
     assert "forward" not in layers[0].__dict__
     assert layers[1].forward is placed
@@ -54,3 +54,28 @@ def test_compile_needs_the_hooks_backend(make_model, tokenizer, conversations):
     pytest.importorskip("nnsight")
     with pytest.raises(ValueError, match="hooks backend"):
         cache_means(make_model(n_layers=2), tokenizer, conversations, backend="nnsight", compile=True, progress=False)
+
+
+def test_hooks_act_on_compiled_layers(make_model, tokenizer):
+    """Hooks added inside the block, after the layers were compiled, still edit the stream:
+    only each layer's forward is compiled, the hooks run around it."""
+    from interp.hooks import hooks, resid_post
+    from interp.steer import steer
+
+    model = make_model(n_layers=3)
+    ids = torch.randint(3, 300, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        clean = model(input_ids=ids).logits
+        with compiled_layers(model, backend="aot_eager"):
+            assert all("forward" in layer.__dict__ for layer in decoder_layers(model))
+            compiled_clean = model(input_ids=ids).logits
+            with hooks(model, {resid_post(1): lambda hidden, kwargs: hidden * 0}):
+                zeroed = model(input_ids=ids).logits
+            with steer(model, {1: torch.ones(32)}):
+                steered = model(input_ids=ids).logits
+        with steer(model, {1: torch.ones(32)}):
+            eager_steered = model(input_ids=ids).logits
+    torch.testing.assert_close(compiled_clean, clean, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(zeroed, clean, atol=1e-3)
+    torch.testing.assert_close(steered, eager_steered, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(steered, clean, atol=1e-3)

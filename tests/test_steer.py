@@ -279,3 +279,139 @@ def test_random_like_matches_norm_and_is_seeded():
     assert r.norm() == pytest.approx(float(v.norm()), rel=1e-6)
     assert torch.equal(r, random_like(v, seed=3)) and not torch.equal(r, random_like(v, seed=4))
     assert abs(float(r @ v) / float(v.norm() ** 2)) < 0.6
+
+
+# --- positions from public inputs: static cache, assisted decoding, beams, errors ---------
+
+
+def test_static_cache_steering_equals_dynamic_and_acts(gen_model, tokenizer):
+    enc = prompts(tokenizer)
+    v = vec(7, scale=4)
+    clean, _ = generate(gen_model, tokenizer, enc, use_cache=True)
+    for positions in ("generated", "prompt"):
+        with steer(gen_model, {1: v}, positions=positions):
+            dynamic, log_d = generate(gen_model, tokenizer, enc, use_cache=True)
+            static = gen_model.generate(
+                **enc, do_sample=False, max_new_tokens=6, cache_implementation="static", pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=None, return_dict_in_generate=True, output_logits=True,
+            )
+        assert torch.equal(static.sequences[:, enc["input_ids"].shape[1]:], dynamic), positions
+        torch.testing.assert_close(torch.stack(static.logits, 1), log_d, atol=1e-4, rtol=1e-4)
+        assert not torch.equal(dynamic, clean), positions
+
+
+def test_generate_never_compiles_past_the_hooks(gen_model, tokenizer):
+    """transformers compiles static-cache decoding itself (here forced on the CPU); inside the
+    block it must not, or the compiled step would skip the steering hooks."""
+    from transformers import CompileConfig
+
+    enc = prompts(tokenizer)
+    v = vec(7, scale=4)
+    config = CompileConfig(backend="eager")
+    config._compile_all_devices = True  # transformers compiles on GPUs only, unless told so
+    with steer(gen_model, {1: v}, positions="generated"):
+        want, _ = generate(gen_model, tokenizer, enc, use_cache=True)
+        got = gen_model.generate(**enc, do_sample=False, max_new_tokens=6, cache_implementation="static", compile_config=config,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+    assert torch.equal(got[:, enc["input_ids"].shape[1]:], want)
+
+
+def test_assisted_decoding_crops_the_cache_and_keeps_the_gate(gen_model, tokenizer):
+    """Prompt-lookup decoding feeds candidate tokens and crops the cache after rejections;
+    positions still say which tokens are generated."""
+    enc = prompts(tokenizer, rows=(2,))
+    ids = torch.cat([enc["input_ids"], enc["input_ids"][:, -6:]], 1)  # repeats, so lookup proposes
+    v = vec(7, scale=4)
+    kw = dict(do_sample=False, max_new_tokens=8, pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+    with steer(gen_model, {1: v}, positions="generated"):
+        assisted = gen_model.generate(input_ids=ids, prompt_lookup_num_tokens=3, **kw)
+        uncached = gen_model.generate(input_ids=ids, use_cache=False, **kw)
+    clean = gen_model.generate(input_ids=ids, use_cache=False, **kw)
+    assert torch.equal(assisted, uncached)
+    assert not torch.equal(uncached, clean)
+
+
+def test_beam_rows_follow_their_prompt(gen_model, tokenizer):
+    enc = prompts(tokenizer)
+    v = vec(7, scale=4)
+    kw = dict(do_sample=False, max_new_tokens=5, num_beams=2, num_return_sequences=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+    with steer(gen_model, {1: v}, positions="generated"):
+        cached = gen_model.generate(**enc, **kw)
+        uncached = gen_model.generate(**enc, use_cache=False, **kw)
+    assert torch.equal(cached, uncached)
+
+
+def test_a_cached_call_without_its_prompt_is_refused(gen_model, tokenizer):
+    from transformers import DynamicCache
+
+    from interp.positions import PositionError
+
+    enc = prompts(tokenizer)
+    with torch.no_grad():
+        cache = gen_model(**enc, use_cache=True).past_key_values
+    step = {"input_ids": enc["input_ids"][:, -1:], "past_key_values": cache}
+    with steer(gen_model, {1: vec(7)}, positions="generated"), pytest.raises(PositionError, match="prompt was not seen"), torch.no_grad():
+        gen_model(**step)
+    assert isinstance(cache, DynamicCache)
+    assert_no_hooks(gen_model)
+
+
+def test_a_manual_decoding_loop_is_gated_like_generate(gen_model, tokenizer):
+    """Prompt, then one token at a time through the KV cache, inside one block."""
+    enc = prompts(tokenizer)
+    v = vec(7, scale=4)
+    with steer(gen_model, {1: v}, positions="generated"):
+        want, _ = generate(gen_model, tokenizer, enc, use_cache=True, n=4)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        with torch.no_grad():
+            out = gen_model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+            got = []
+            for _ in range(4):
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+                got.append(nxt)
+                mask = torch.cat([mask, torch.ones_like(nxt)], 1)
+                out = gen_model(input_ids=nxt, attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                                past_key_values=out.past_key_values, use_cache=True)
+    assert torch.equal(torch.cat(got, 1), want)
+
+
+def test_the_gate_reads_nothing_back_from_the_device():
+    """Meta tensors have no values: any host read (a device sync on a GPU) would raise."""
+    from interp.positions import CallInputs, PositionGate
+
+    gate = PositionGate("generated")
+    prompt = torch.empty(3, 7, dtype=torch.long, device="meta")
+    gate.begin_generation(prompt, torch.ones(3, 7, dtype=torch.long, device="meta"))
+    for width in (7, 1, 1):
+        pos = torch.empty(3, width, dtype=torch.long, device="meta")
+        gate.observe(CallInputs.from_call((), {"input_ids": pos, "position_ids": pos, "cache": object()}))
+        mask = gate.mask(torch.empty(3, width, 4, device="meta"))
+        assert mask.shape == (3, width, 1) and mask.device.type == "meta"
+
+
+def test_a_compiled_model_that_skips_the_hooks_is_an_error(gen_model, tokenizer):
+    """torch.compile ignores hooks added after compilation: steering must fail loudly."""
+    from interp.steer import InterventionError
+
+    enc = prompts(tokenizer)
+    compiled = torch.compile(gen_model.model, backend="eager")
+    with torch.no_grad():
+        compiled(**enc)  # compiled before the hooks exist
+        with steer(gen_model, {1: vec(7, scale=4)}), pytest.raises(InterventionError):
+            compiled(**enc)
+    torch._dynamo.reset()
+
+
+def test_steering_a_compiled_module_is_refused(make_model):
+    from interp.steer import InterventionError
+
+    model = make_model(n_layers=2)
+    with pytest.raises(InterventionError, match="original model"):
+        with steer(torch.compile(model, backend="eager"), {0: vec(0)}):
+            pass
+    model.model.layers[1].compile(backend="eager")
+    with pytest.raises(InterventionError, match="compiled in place"):
+        with steer(model, {0: vec(0)}):
+            pass
+    assert_no_hooks(model)
+    torch._dynamo.reset()

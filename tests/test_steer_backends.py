@@ -1,5 +1,6 @@
-"""Steering through every backend, cross-checked against the native hooks on tiny Qwen2 models
-(float32, plain and PEFT-wrapped): same logits to 1e-4, same greedy tokens."""
+"""Steering through every backend, and the native context managers, checked against a plain
+torch reference that shares no code with the toolkit (tiny Qwen2 models, float32, plain and
+PEFT-wrapped): same logits to 1e-4, same greedy tokens as an uncached decoding loop."""
 
 from __future__ import annotations
 
@@ -55,8 +56,64 @@ def greedy(model, enc, tokenizer, eos_token_id=None):
         return model.generate(**enc, **settings.hf_kwargs()), settings
 
 
+# --- a slow, obvious reference that shares no code with the toolkit's steering ---------
+
+
+def reference_hooks(model, kind: str, columns: torch.Tensor):
+    """Plain torch hooks doing ``build(kind)``'s edit on the columns where ``columns`` is set."""
+    if kind == "add":
+        v = vec(7)
+        layers, fn = [1], lambda h: h + 0.1 * v / v.norm()
+    else:
+        u = vec(10) / vec(10).norm()
+        layers, fn = range(3), lambda h: h - (h @ u)[..., None] * u
+
+    def hook(module, args, output):
+        hidden = output if isinstance(output, torch.Tensor) else output[0]
+        new = torch.where(columns[None, -hidden.shape[1] :, None], fn(hidden), hidden)
+        return new if isinstance(output, torch.Tensor) else (new, *output[1:])
+
+    from interp.hooks import decoder_layers
+
+    return [decoder_layers(model)[l].register_forward_hook(hook) for l in layers]
+
+
+def reference_columns(positions: str, prompt_length: int, width: int) -> torch.Tensor:
+    cols = torch.arange(width)
+    return {"all": cols >= 0, "prompt": cols < prompt_length, "generated": cols >= prompt_length}[positions]
+
+
+@torch.no_grad()
+def reference_logits(model, inputs, kind, positions, prompt_length):
+    handles = reference_hooks(model, kind, reference_columns(positions, prompt_length, inputs["input_ids"].shape[1]))
+    try:
+        return model(**inputs).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def reference_greedy(model, enc, kind, positions):
+    """Greedy decoding without a KV cache: every step re-runs prompt + tokens so far, with the
+    edit on the columns that are prompt (``< width``) or generated (``>= width``)."""
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    width = ids.shape[1]
+    for _ in range(NEW_TOKENS):
+        columns = reference_columns(positions, width, ids.shape[1])
+        handles = reference_hooks(model, kind, columns)
+        try:
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+        finally:
+            for h in handles:
+                h.remove()
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+    return ids
+
+
 @pytest.mark.parametrize("kind", ["add", "ablate"])
-def test_steered_logits_equal_native_hooks(model, tokenizer, backend_name, kind):
+def test_steered_logits_equal_a_plain_torch_reference(model, tokenizer, backend_name, kind):
     enc = prompts(tokenizer)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     real = mask.bool()  # logits at padding are not comparable across attention implementations
@@ -66,27 +123,30 @@ def test_steered_logits_equal_native_hooks(model, tokenizer, backend_name, kind)
         clean = model(**inputs).logits
     for positions, prompt_length in (("all", None), ("prompt", 30), ("generated", 30)):
         where = {"positions": positions, "prompt_length": prompt_length}
-        with build(kind, model, native=True, **where), torch.no_grad():
-            want = model(**inputs).logits
+        want = reference_logits(model, inputs, kind, positions, prompt_length or 0)
         got = steered_logits(model, ids, mask, build(kind, model, **where), backend=backend)
         assert rel(got[real], want[real]) < 1e-4, (positions, rel(got[real], want[real]))
         assert rel(want[real], clean[real]) > 1e-3, positions  # the edit does something
+        with build(kind, model, native=True, **where), torch.no_grad():
+            native = model(**inputs).logits
+        assert rel(native[real], want[real]) < 1e-4, positions
     # No edit lingers in the backend after a steered call.
     assert rel(steered_logits(model, ids, mask, Intervention({}), backend=backend)[real], clean[real]) < 1e-4
 
 
 @pytest.mark.parametrize("kind", ["add", "ablate"])
-def test_steered_greedy_tokens_equal_native_hooks(model, tokenizer, backend_name, kind):
+def test_steered_greedy_tokens_equal_a_plain_torch_reference(model, tokenizer, backend_name, kind):
     enc = prompts(tokenizer)
     clean, settings = greedy(model, enc, tokenizer)
     backend = make_backend(backend_name, model)
     for positions in ("all", "prompt", "generated"):
-        with build(kind, model, native=True, positions=positions):
-            want, _ = greedy(model, enc, tokenizer)
-        iv = build(kind, model, positions=positions)
-        got = steered_generate(model, enc["input_ids"], enc["attention_mask"], iv, settings, backend=backend)
-        assert torch.equal(got, want), positions
+        want = reference_greedy(model, enc, kind, positions)
         assert not torch.equal(want, clean), positions  # the edit changes the tokens
+        got = steered_generate(model, enc["input_ids"], enc["attention_mask"], build(kind, model, positions=positions), settings, backend=backend)
+        assert torch.equal(got, want), positions
+        with build(kind, model, native=True, positions=positions):
+            native, _ = greedy(model, enc, tokenizer)
+        assert torch.equal(native, want), positions
 
 
 def test_rows_that_end_early_are_padded_alike(make_model, tokenizer, backend_name):

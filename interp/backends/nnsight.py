@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import nnsight
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 from interp.backends import Generation, ModelInputs, ResidFn
 from interp.backends.views import shared_view
 from interp.hooks import _hidden, _replace_hidden, decoder_layers
-from interp.steer import Intervention
+from interp.steer import Applied, Intervention, applying
 
 # The start of the warning nnsight gives when an open tracer.all() loop outruns the generation.
 _LOOP_END_WARNING = r".*was never reached: the loop asked for a step the run did not make"
@@ -56,33 +56,31 @@ class NNsightBackend:
         for layer, output in zip(layers, saved):
             fn(layer, _hidden(output))
 
-    def _edit(self, layers: Sequence[int], edit: Callable[[int, torch.Tensor], torch.Tensor]) -> None:
-        """Inside a trace: replace each layer's output with its edited hidden states."""
-        for layer in layers:  # forward order, as nnsight requires
+    def _edit(self, applied: Applied) -> None:
+        """Inside a trace: replace each edited layer's output with its edited hidden states."""
+        for layer in applied.intervention.layers:  # forward order, as nnsight requires
             output = self._layers[layer].output
-            self._layers[layer].output = _replace_hidden(output, edit(layer, _hidden(output)))
+            self._layers[layer].output = _replace_hidden(output, applied.edit(layer, _hidden(output)))
 
     def logits(self, inputs: ModelInputs, intervention: Intervention) -> torch.Tensor:
-        edit = intervention.editor()
         saved: list = []
-        with self.envoy.trace(**inputs.kwargs(), use_cache=False):
-            self._edit(intervention.layers, edit)
+        with applying(self._view, intervention) as applied, self.envoy.trace(**inputs.kwargs(), use_cache=False):
+            self._edit(applied)
             saved.append(nnsight.save(self.envoy.output.logits))
         return saved[0]
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Generation) -> torch.Tensor:
-        layers, edit = intervention.layers, intervention.editor()
-        # The settings ride on fn: keyword arguments to trace() would count as an input row
-        # and leave no room for the invokes.
-        run = functools.partial(self._view.generate, **settings.hf_kwargs())
         saved: list = []
-        with warnings.catch_warnings():
+        with applying(self._view, intervention) as applied, warnings.catch_warnings():
+            # The settings ride on fn: keyword arguments to trace() would count as an input row
+            # and leave no room for the invokes.
+            run = functools.partial(self._view.generate, **settings.hf_kwargs())
             warnings.filterwarnings("ignore", message=_LOOP_END_WARNING, category=UserWarning)
             with self.envoy.trace(fn=run) as tracer:
                 with tracer.invoke(input_ids=input_ids, attention_mask=attention_mask):
-                    if layers:  # a loop that asks for nothing would never end
+                    if intervention.layers:  # a loop that asks for nothing would never end
                         for _ in tracer.all():
-                            self._edit(layers, edit)
+                            self._edit(applied)
                 with tracer.invoke():
                     saved.append(nnsight.save(tracer.result))
         return saved[0]

@@ -28,16 +28,19 @@ How the bridge is built, and why:
   center_writing_weights removes each position's mean over d_model from the residual stream,
   so it must stay off there for directions comparable with the HF model's.
 - Steering hooks ``blocks.{L}.hook_resid_post``: ``run_with_hooks`` for a forward pass, and
-  the bridge's own ``generate`` inside ``bridge.hooks(...)`` for generation. TransformerLens
-  4.3 runs that generation with HF's KV cache through the bridge, so the hooks fire on the
-  prompt and then on one new column per step, as they do under the native hooks. Its rows
-  that have ended are filled with the EOS token; they are refilled with the pad token here,
-  as transformers does.
+  the bridge's own ``generate`` inside ``bridge.hooks(...)`` for generation, with the tokens
+  placed by the same :class:`interp.steer.Applied` as every backend (it watches the bridge's
+  forward calls, which carry position ids). The bridge generates **without** the KV cache:
+  with TransformerLens 4.3 its cached loop gave other greedy tokens than transformers' own
+  ``generate`` under transformers 5.24 (it agreed under 5.17), while the uncached loop agrees
+  on both. Its rows that have ended are filled with the EOS token; they are refilled with
+  the pad token here, as transformers does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -45,8 +48,8 @@ from transformer_lens.model_bridge.sources import build_bridge_from_module
 
 from interp.backends import Generation, ModelInputs, ResidFn
 from interp.backends.views import merged_view
-from interp.hooks import resid_post
-from interp.steer import Intervention
+from interp.hooks import around_calls, resid_post
+from interp.steer import Applied, Intervention
 
 
 class TransformerLensBackend:
@@ -83,23 +86,32 @@ class TransformerLensBackend:
         for layer, name in zip(layers, names):
             fn(layer, cache[name])
 
-    def _hooks(self, intervention: Intervention) -> list[tuple[str, Callable]]:
-        edit = intervention.editor()
-        return [(resid_post(l), lambda hidden, hook, l=l: edit(l, hidden)) for l in intervention.layers]
+    @contextmanager
+    def _applied(self, intervention: Intervention) -> Iterator[list[tuple[str, Callable]]]:
+        """The bridge's forward hooks for ``intervention``, placed by one :class:`Applied`
+        that watches the bridge's own forward calls (its generate loop calls it per step)."""
+        applied = Applied(intervention)
+        with around_calls(self.bridge, applied.before_call, applied.after_call):
+            yield [(resid_post(l), lambda hidden, hook, l=l: applied.edit(l, hidden)) for l in intervention.layers], applied
 
     def logits(self, inputs: ModelInputs, intervention: Intervention) -> torch.Tensor:
-        return self.bridge.run_with_hooks(
-            inputs.input_ids,
-            fwd_hooks=self._hooks(intervention),
-            attention_mask=inputs.attention_mask,
-            position_ids=inputs.position_ids,
-            return_type="logits",
-            use_cache=False,
-        )
+        with self._applied(intervention) as (fwd_hooks, applied):
+            # run_with_hooks calls the bridge's forward directly, past the call watcher.
+            applied.before_call((), inputs.kwargs())
+            logits = self.bridge.run_with_hooks(
+                inputs.input_ids,
+                fwd_hooks=fwd_hooks,
+                attention_mask=inputs.attention_mask,
+                position_ids=inputs.position_ids,
+                return_type="logits",
+                use_cache=False,
+            )
+            applied.after_call()
+        return logits
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Generation) -> torch.Tensor:
         eos = settings.eos_token_id
-        with self.bridge.hooks(fwd_hooks=self._hooks(intervention)):
+        with self._applied(intervention) as (fwd_hooks, applied), applied.generation(input_ids, attention_mask), self.bridge.hooks(fwd_hooks=fwd_hooks):
             out = self.bridge.generate(
                 input_ids,
                 attention_mask=attention_mask,
@@ -110,7 +122,8 @@ class TransformerLensBackend:
                 top_k=settings.top_k,
                 stop_at_eos=eos is not None,
                 eos_token_id=eos,
-                use_past_kv_cache=True,
+                # Cached, TransformerLens 4.3 disagrees with transformers 5.24 (module doc).
+                use_past_kv_cache=False,
                 return_type="tokens",
                 verbose=False,
             )
