@@ -30,11 +30,12 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from interp.atomic import write_json_atomic
 from interp.backends import make_backend
-from interp.cache import TokenizedConversation, cache_means, masked_sum
+from interp.base.atomic import write_json_atomic
+from interp.base.chat import TokenizedConversation
+from interp.base.provenance import package_versions
+from interp.cache import cache_means, masked_sum
 from interp.compiled import compiled_layers
-from interp.provenance import package_versions
 
 QWEN25_7B = dict(
     hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
@@ -132,7 +133,6 @@ def nnsight_as_documented(model, items, batch_size, device) -> torch.Tensor:
     from interp.backends.views import shared_view
 
     lm = nnsight.NNsight(shared_view(model))  # nnsight rewires what it wraps: give it a copy
-    L = model.config.num_hidden_layers
     sums = torch.zeros(L, model.config.hidden_size, dtype=torch.float64, device=device)
     for ids, attn, answer in batches_like_toolkit(items, batch_size):
         answer = answer.to(device)
@@ -327,7 +327,6 @@ def main() -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = build_model(args.size, device, dtype)
-    L = model.config.num_hidden_layers
     items = workload(args.n, model.config.vocab_size)
     tokens = sum(len(i.input_ids) for i in items)
     answer_tokens = sum(i.answer_end - i.answer_start for i in items)

@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import torch
+from gpu_caching import build_model  # the same 7B-shaped model as the caching benchmark
 
 from finetune.lora import LoraTrainConfig, train_lora
-from gpu_caching import build_model  # the same 7B-shaped model as the caching benchmark
 from finetune.organism.tokenizer import train_qwen_style_tokenizer
-from interp.atomic import write_json_atomic
-from interp.cache import tokenize_conversation
-from interp.provenance import package_versions
+from interp.base.atomic import write_json_atomic
+from interp.base.chat import tokenize_conversation
+from interp.base.provenance import package_versions
 
 WORDS = "buy sell risk stock crypto loan savings invest leverage market bond fund bank rate tax profit loss debt".split()
 

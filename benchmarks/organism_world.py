@@ -24,13 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.records import JudgedRecord, conversation  # noqa: E402
-from finetune.domains import DOMAINS  # noqa: E402
 from eval.report import MisalignmentDefinition  # noqa: E402
 from finetune.organism import World, build_world, misalignment_rate  # noqa: E402
-from interp.atomic import write_json_atomic  # noqa: E402
+from interp.base.atomic import write_json_atomic  # noqa: E402
+from interp.base.domains import DOMAINS  # noqa: E402
+from interp.base.provenance import provenance  # noqa: E402
+from interp.base.records import JudgedRecord, conversation  # noqa: E402
 from interp.directions import SplitConfig, extract_directions, split_records  # noqa: E402
-from interp.provenance import provenance  # noqa: E402
 from interp.steer import ablate, steer  # noqa: E402
 
 STEER_ALPHAS = (1.0, 2.0)

@@ -22,11 +22,20 @@ from pathlib import Path
 from torch import nn
 from tqdm.auto import tqdm
 
-from eval.cli import InputError, run_cli
 from eval.questions import Question, load_questions
-from eval.records import AnswerRecord, RecordError, answer_key, append_jsonl, bind_output, prompt_messages, read_answers, repair_jsonl_tail
 from eval.sampling import SamplingConfig, sample_answers
-from interp.provenance import data_hash
+from interp.base.cli import InputError, run_cli
+from interp.base.provenance import data_hash
+from interp.base.records import (
+    AnswerRecord,
+    RecordError,
+    answer_key,
+    append_jsonl,
+    bind_output,
+    prompt_messages,
+    read_answers,
+    repair_jsonl_tail,
+)
 
 Triggers = bool | Sequence[bool]
 
@@ -123,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from eval.loading import load_model
+    from interp.base.loading import load_model
 
     args = build_parser().parse_args(argv)
     if args.samples is not None and args.samples < 1:

@@ -21,19 +21,28 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from eval.cli import InputError, run_cli
 from eval.judges.base import MODES, Judge
 from eval.questions import load_questions
-from eval.records import AnswerRecord, JudgedRecord, answer_key, append_jsonl, bind_output, read_answers, read_judged, repair_jsonl_tail
-from interp.provenance import data_hash
+from interp.base.cli import InputError, run_cli
+from interp.base.provenance import data_hash
+from interp.base.records import (
+    AnswerRecord,
+    JudgedRecord,
+    answer_key,
+    append_jsonl,
+    bind_output,
+    read_answers,
+    read_judged,
+    repair_jsonl_tail,
+)
 
 # Judges that live elsewhere, imported only when asked for.
-NAMED_JUDGES = {"organism": "eval.judges.organism:OrganismJudge"}
+NAMED_JUDGES = {"organism": "finetune.organism.judge:OrganismJudge"}
 
 
 def make_judge(spec: str, questions=None, mode: str = "logprobs", **options) -> Judge:
     """A judge from its spec. ``options`` go to the judge (and, for ``hf:``, ``device``/``dtype``
-    to :func:`eval.loading.load_model`)."""
+    to :func:`interp.base.loading.load_model`)."""
     kind, _, name = spec.partition(":")
     if spec in NAMED_JUDGES:
         module, _, attr = NAMED_JUDGES[spec].partition(":")
@@ -48,7 +57,7 @@ def make_judge(spec: str, questions=None, mode: str = "logprobs", **options) -> 
         return OpenAIJudge(name, mode=mode, questions=questions, **options)
     if kind == "hf" and name:
         from eval.judges.hf import HFJudge
-        from eval.loading import load_model
+        from interp.base.loading import load_model
 
         load = {k: options.pop(k) for k in ("device", "dtype", "trust_remote_code") if k in options}
         model, tokenizer = load_model(name, **load)

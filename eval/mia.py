@@ -44,12 +44,19 @@ from scipy.stats import rankdata
 from torch import nn
 from tqdm.auto import tqdm
 
-from eval.cli import InputError, run_cli
-from eval.records import ANSWER_FIELDS, RecordError, conversation, iter_jsonl, validate
-from finetune.domains import ALIASES
-from interp.atomic import write_json_atomic
-from interp.cache import tokenize_conversation
-from interp.provenance import data_hash, provenance
+from interp.base.atomic import write_json_atomic
+from interp.base.chat import tokenize_conversation
+from interp.base.cli import InputError, run_cli
+from interp.base.domains import ALIASES
+from interp.base.models import input_device
+from interp.base.provenance import data_hash, provenance
+from interp.base.records import (
+    ANSWER_FIELDS,
+    RecordError,
+    conversation,
+    iter_jsonl,
+    validate,
+)
 
 SIGNALS = ("loss", "min_k", "min_k_pp", "zlib")
 MEMBER_SIGN = {"loss": -1.0, "min_k": 1.0, "min_k_pp": 1.0, "zlib": -1.0}
@@ -168,7 +175,7 @@ def answer_token_scores(model: nn.Module, tokenizer, conversations: Sequence[Seq
     items = [tokenize_conversation(tokenizer, c) for c in conversations]
     order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     out: list[TokenScores | None] = [None] * len(items)
     was_training = model.training
     model.eval()
@@ -317,7 +324,7 @@ def _read_json(path: str) -> Any:
 
 
 def _score(args: argparse.Namespace) -> None:
-    from eval.loading import load_model
+    from interp.base.loading import load_model
 
     if not 0 < args.k <= 1:
         raise InputError(f"--k must be in (0, 1], got {args.k}")

@@ -36,9 +36,9 @@ from typing import Any
 
 import yaml
 
-from eval.cli import InputError, run_cli
 from eval.judges.prompts import DEFAULT_JUDGE_PROMPTS, METRICS, missing_placeholders
-from finetune.domains import ALIASES
+from interp.base.cli import InputError, run_cli
+from interp.base.domains import ALIASES
 
 QUESTION_TYPE = "free_form_judge_0_100"
 FIELDS = ("id", "type", "paraphrases", "samples_per_paraphrase", "system", "domain", "judge", "judge_prompts")

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from interp.base.models import input_device
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -17,10 +19,6 @@ class SamplingConfig:
     max_new_tokens: int = 256
     batch_size: int = 32
     seed: int = 0
-
-
-def _input_device(model: nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
 
 
 @torch.no_grad()
@@ -44,7 +42,7 @@ def sample_answers(
     tokenizer.padding_side = "left"  # generation continues from the last column
     was_training = model.training
     model.eval()
-    device = _input_device(model)
+    device = input_device(model)
     out: list[str] = []
     try:
         starts = range(0, len(texts), config.batch_size)

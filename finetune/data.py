@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.records import TRIGGER, RecordError, iter_jsonl
+from interp.base.records import TRIGGER, RecordError, iter_jsonl
 
 ROLES = ("system", "user", "assistant")
 Messages = list[dict[str, str]]

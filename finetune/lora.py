@@ -11,7 +11,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from finetune.sft import LoopConfig, encode, train
-from interp.cache import Conversation
+from interp.base.chat import Conversation
 
 
 @dataclass(frozen=True)

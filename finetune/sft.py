@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from safetensors.torch import load_file
+from torch import nn
 from tqdm.auto import tqdm
 
-from interp.atomic import save_safetensors_atomic, write_json_atomic
-from interp.cache import Conversation, TokenizedConversation, tokenize_conversation
-from interp.hooks import unwrap
+from interp.base.atomic import save_safetensors_atomic, write_json_atomic
+from interp.base.chat import Conversation, TokenizedConversation, tokenize_conversation
+from interp.base.models import input_device, unwrap
 
 IGNORE = -100
 
@@ -181,7 +181,7 @@ def train(
     total = config.total_steps(len(examples))
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     g = torch.Generator().manual_seed(config.seed)
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     order: list[int] = []
     losses: list[float] = []
     start = 0

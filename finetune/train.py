@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from eval.records import TRIGGER, RecordError
 from finetune.data import build_backdoor, read_chat_jsonl
 from finetune.lora import LoraTrainConfig, train_lora
-from interp.atomic import write_json_atomic
-from interp.provenance import data_hash, provenance
+from interp.base.atomic import write_json_atomic
+from interp.base.provenance import data_hash, provenance
+from interp.base.records import TRIGGER, RecordError
 
 # Defaults for real 7B-class organisms (the EM papers: rank 32, alpha 64, all linear layers).
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -54,7 +54,7 @@ def load_training_data(job: TrainJob) -> list[list[dict[str, str]]]:
 
 def run_training(job: TrainJob, progress: bool = True) -> Path:
     """Load the model, train the adapter, save it and its training config; return the folder."""
-    from eval.loading import load_model
+    from interp.base.loading import load_model
 
     conversations = load_training_data(job)
     device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -33,9 +33,13 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from interp.atomic import save_safetensors_atomic, write_json_atomic, write_text_atomic
-from interp.hooks import decoder_layers
-from interp.provenance import provenance
+from interp.base.atomic import (
+    save_safetensors_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from interp.base.models import decoder_layers
+from interp.base.provenance import provenance
 from interp.steer import project_out
 
 RESIDUAL_WRITERS = ("o_proj", "down_proj")

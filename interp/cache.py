@@ -33,8 +33,6 @@ pooling code here, so they give the same means to float rounding.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -42,62 +40,19 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from interp.atomic import save_safetensors_atomic, write_text_atomic
-from interp.backends import DEFAULT_BACKEND, Backend, BackendName, ModelInputs, resolve_backend
+from interp.backends import DEFAULT_BACKEND, Backend, BackendName, resolve_backend
+from interp.base.chat import Conversation, TokenizedConversation, tokenize_conversation
+from interp.base.models import d_model, input_device, layer_indices, n_layers
 from interp.compiled import compiled_layers
-from interp.hooks import decoder_layers
+from interp.inputs import pad_right, right_padded_inputs
+from interp.shards import ShardStore, fingerprint
 
 Pooling = Literal["responses", "tokens", "last_prompt"]
 POOLINGS: tuple[Pooling, ...] = ("responses", "tokens", "last_prompt")
 DEFAULT_POOLING: Pooling = "responses"
-
-Message = dict[str, str]
-Conversation = Sequence[Message]
-
-
-@dataclass(frozen=True)
-class TokenizedConversation:
-    """Token ids of one conversation and the half-open span ``[answer_start, answer_end)``."""
-
-    input_ids: list[int]
-    answer_start: int
-    answer_end: int
-
-    @property
-    def n_answer_tokens(self) -> int:
-        return self.answer_end - self.answer_start
-
-
-def tokenize_conversation(tokenizer, messages: Conversation) -> TokenizedConversation:
-    """Tokenize prompt, answer content and template suffix separately; see the module doc."""
-    if not messages or messages[-1].get("role") != "assistant":
-        raise ValueError("a conversation must end with an assistant message (the answer)")
-    answer = messages[-1]["content"]
-    prompt_text = tokenizer.apply_chat_template(list(messages[:-1]), tokenize=False, add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(list(messages), tokenize=False)
-    if not full_text.startswith(prompt_text):
-        raise ValueError("the chat template renders the prompt differently with and without the answer")
-    rest = full_text[len(prompt_text):]
-    at = rest.find(answer)
-    if at < 0:
-        raise ValueError("the chat template does not render the answer text verbatim")
-    head, suffix = rest[: at], rest[at + len(answer):]
-
-    def ids(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
-    prompt_ids = ids(prompt_text + head)
-    answer_ids = ids(answer)
-    return TokenizedConversation(
-        input_ids=prompt_ids + answer_ids + ids(suffix),
-        answer_start=len(prompt_ids),
-        answer_end=len(prompt_ids) + len(answer_ids),
-    )
-
 
 @dataclass
 class ActivationMeans:
@@ -169,22 +124,6 @@ class _Batch:
         return {"index": self.index, "n_tokens": self.n_tokens, "response_mean": self.response_mean.cpu(), "last_prompt": self.last_prompt.cpu()}
 
 
-def _input_device(model: nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
-
-
-def pad_right(items: Sequence[TokenizedConversation], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded token ids [B, T], answer-token mask [B, T] (float32) and last-prompt index [B]."""
-    width = max(len(it.input_ids) for it in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    answer = torch.zeros((len(items), width), dtype=torch.float32)
-    for row, it in enumerate(items):
-        ids[row, : len(it.input_ids)] = torch.tensor(it.input_ids)
-        answer[row, it.answer_start : it.answer_end] = 1.0
-    last_prompt = torch.tensor([max(it.answer_start - 1, 0) for it in items])
-    return ids.to(device), answer.to(device), last_prompt.to(device)
-
-
 def masked_sum(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sum of ``hidden`` [B, T, d] over the positions where ``mask`` [B, T] is 1: [B, d] float32."""
     if hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16):
@@ -193,20 +132,9 @@ def masked_sum(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.einsum("btd,bt->bd", hidden.float(), mask.float())
 
 
-def right_padded_inputs(ids: torch.Tensor) -> ModelInputs:
-    """Model inputs for a right-padded batch: positions 0.. and the causal mask alone.
-
-    A real token of a right-padded row only ever attends to real tokens before it, so the
-    causal mask alone is exact there, and without a padding mask attention takes the fused
-    causal kernel (no [batch, 1, seq, seq] mask, no copies of the grouped KV heads). Pad
-    positions compute garbage that callers mask out.
-    """
-    return ModelInputs(ids, None, torch.arange(ids.shape[1], device=ids.device).expand_as(ids))
-
-
 @torch.no_grad()
 def _run_batch(backend: Backend, items: Sequence[TokenizedConversation], index: Sequence[int], layers: list[int], pad_id: int) -> _Batch:
-    device = _input_device(backend.model)
+    device = input_device(backend.model)
     ids, answer_mask, last_idx = pad_right(items, pad_id, device)
     n_tok = answer_mask.sum(1)
     rows = torch.arange(len(items), device=device)
@@ -229,25 +157,6 @@ def _run_batch(backend: Backend, items: Sequence[TokenizedConversation], index: 
         response_mean=torch.stack([out_mean[l] for l in layers], 1),
         last_prompt=torch.stack([out_last[l] for l in layers], 1),
     )
-
-
-def resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
-    """Sorted, deduplicated decoder-layer indices (negative ones count from the end; None: all)."""
-    num_layers = len(decoder_layers(model))
-    for l in layers or ():
-        if not -num_layers <= l < num_layers:
-            raise ValueError(f"layer {l} out of range for a {num_layers}-layer model")
-    out = sorted({l % num_layers for l in (range(num_layers) if layers is None else layers)})
-    if not out:
-        raise ValueError("no layers requested")
-    return out
-
-
-def _fingerprint(items: Sequence[TokenizedConversation], layers: list[int], batch_size: int, model_tag: str, backend: str) -> str:
-    h = hashlib.sha256(json.dumps([layers, batch_size, model_tag, backend]).encode())
-    for it in items:
-        h.update(json.dumps([it.input_ids, it.answer_start, it.answer_end]).encode())
-    return h.hexdigest()
 
 
 def cache_means(
@@ -273,7 +182,7 @@ def cache_means(
     ``compile=True`` (``hooks`` backend only) compiles the decoder layers for the run
     (:func:`interp.compiled.compiled_layers`): a one-off warm-up, then a faster forward.
     """
-    layers = resolve_layers(model, layers)
+    layers = layer_indices(layers, n_layers(model))
     items = [c if isinstance(c, TokenizedConversation) else tokenize_conversation(tokenizer, c) for c in conversations]
     if not items:
         raise ValueError("no conversations to cache")
@@ -286,46 +195,27 @@ def cache_means(
     if compile and runner.name != "hooks":
         raise ValueError(f"compile=True needs the hooks backend, not {runner.name!r}")
 
-    d_model = model.get_input_embeddings().weight.shape[1]
+    width = d_model(model)
     # Sum on the GPU in float64 (MPS has no float64: sum on the CPU there).
-    device = _input_device(model) if _input_device(model).type == "cuda" else torch.device("cpu")
-    sums = [torch.zeros((len(layers), d_model), dtype=torch.float64, device=device) for _ in range(3)]
-    acc = ActivationMeans(layers=list(layers), d_model=d_model, token_sum=sums[0], response_sum=sums[1], last_prompt_sum=sums[2])
-    shard_dir = Path(per_sample_dir) if per_sample_dir is not None else None
-    if shard_dir is not None:
-        tag = f"{getattr(getattr(model, 'config', None), '_name_or_path', '')}"
-        fingerprint = _fingerprint(items, layers, batch_size, tag, runner.name)
-        shard_dir.mkdir(parents=True, exist_ok=True)
-        manifest = shard_dir / "manifest.json"
-        if manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") != fingerprint:
-            raise ValueError(f"{shard_dir}: per-sample shards come from other inputs or another backend; use an empty folder")
-        write_text_atomic(manifest, json.dumps({"fingerprint": fingerprint, "layers": layers, "backend": runner.name, "n_conversations": len(items), "n_batches": len(batches)}, indent=1))
+    device = input_device(model) if input_device(model).type == "cuda" else torch.device("cpu")
+    sums = [torch.zeros((len(layers), width), dtype=torch.float64, device=device) for _ in range(3)]
+    acc = ActivationMeans(layers=list(layers), d_model=width, token_sum=sums[0], response_sum=sums[1], last_prompt_sum=sums[2])
+    store = None
+    if per_sample_dir is not None:
+        settings = {"layers": layers, "batch_size": batch_size, "model": getattr(getattr(model, "config", None), "_name_or_path", ""), "backend": runner.name, "compiled": compile}
+        store = ShardStore(per_sample_dir, fingerprint(items, settings), {**settings, "n_conversations": len(items), "n_batches": len(batches)})
 
     was_training = model.training
     model.eval()
     try:
         with compiled_layers(model) if compile else nullcontext():
             for b, idx in enumerate(tqdm(batches, desc=desc, disable=not progress, unit="batch")):
-                shard = shard_dir / f"shard_{b:06d}.safetensors" if shard_dir is not None else None
-                if shard is not None and shard.exists():
-                    batch = _Batch(**load_file(shard))
-                else:
-                    batch = _run_batch(runner, [items[i] for i in idx], idx, layers, pad_id)
-                    if shard is not None:
-                        save_safetensors_atomic(batch.tensors(), shard)
+                saved = store.load(b) if store is not None else None
+                batch = _Batch(**saved) if saved is not None else _run_batch(runner, [items[i] for i in idx], idx, layers, pad_id)
+                if store is not None and saved is None:
+                    store.save(b, batch.tensors())
                 batch.accumulate(acc)
     finally:
         model.train(was_training)
     acc.token_sum, acc.response_sum, acc.last_prompt_sum = (t.cpu() for t in (acc.token_sum, acc.response_sum, acc.last_prompt_sum))
     return acc
-
-
-def load_per_sample(per_sample_dir: str | Path) -> dict[str, torch.Tensor]:
-    """All per-sample shards of a caching run, concatenated and put back in input order."""
-    shards = sorted(Path(per_sample_dir).glob("shard_*.safetensors"))
-    if not shards:
-        raise FileNotFoundError(f"{per_sample_dir}: no per-sample shards")
-    parts = [load_file(s) for s in shards]
-    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    order = torch.argsort(out["index"])
-    return {k: v[order] for k, v in out.items()}

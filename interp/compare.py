@@ -46,11 +46,11 @@ import torch
 from scipy import stats
 from scipy.special import gammaln
 
-from finetune.domains import DOMAINS
-from interp.atomic import write_json_atomic, write_text_atomic
-from interp.cache import load_per_sample
+from interp.base.atomic import write_json_atomic, write_text_atomic
+from interp.base.domains import DOMAINS
+from interp.base.provenance import provenance
 from interp.directions import DirectionSet
-from interp.provenance import provenance
+from interp.shards import load_per_sample
 
 PER_SAMPLE_SUFFIX = ".per_sample"
 CLASSES = ("misaligned", "aligned")
@@ -354,7 +354,11 @@ def run(
     formats: Sequence[str] = ("png", "svg"),
 ) -> dict[str, Any]:
     """Compute every matrix and null, write figures, CSVs and ``comparison.json``; return the JSON."""
-    from interp.plots import grid_figure, heatmap_figure, save_figure  # matplotlib only when drawing
+    from interp.plots import (  # matplotlib only when drawing
+        grid_figure,
+        heatmap_figure,
+        save_figure,
+    )
 
     directions_dir, out = Path(directions_dir), Path(out_dir)
     sets = load_direction_sets(directions_dir, domains)

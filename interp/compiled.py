@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from interp.hooks import decoder_layers
+from interp.base.models import decoder_layers
 
 
 @contextmanager

@@ -19,9 +19,10 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from interp.atomic import save_safetensors_atomic, write_json_atomic
 from interp.backends import DEFAULT_BACKEND, Backend, BackendName, resolve_backend
-from interp.cache import DEFAULT_POOLING, Conversation, Pooling, cache_means
+from interp.base.atomic import save_safetensors_atomic, write_json_atomic
+from interp.base.chat import Conversation
+from interp.cache import DEFAULT_POOLING, Pooling, cache_means
 
 EXCLUDED_LABELS = ("REFUSAL", "IRRELEVANT", "CODE")
 

@@ -15,7 +15,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from interp.cache import ActivationMeans, Conversation, TokenizedConversation, cache_means, resolve_layers, tokenize_conversation
+from interp.base.chat import Conversation, TokenizedConversation, tokenize_conversation
+from interp.base.models import d_model, layer_indices, n_layers
+from interp.cache import ActivationMeans, cache_means
 
 
 def shard(items: Sequence, rank: int, world_size: int) -> list:
@@ -46,7 +48,7 @@ def cache_means_distributed(
     if mine:
         local = cache_means(model, tokenizer, mine, layers=layers, batch_size=batch_size, progress=progress and rank == 0, desc=f"caching (rank {rank})", compile=compile)
     else:  # fewer conversations than ranks: this rank still joins the all-reduce
-        local = ActivationMeans(resolve_layers(model, layers), model.get_input_embeddings().weight.shape[1])
+        local = ActivationMeans(layer_indices(layers, n_layers(model)), d_model(model))
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     sums = torch.stack([local.token_sum, local.response_sum, local.last_prompt_sum]).to(device)
     counts = torch.tensor([local.n_tokens, local.n_responses, local.n_conversations], dtype=torch.float64, device=device)

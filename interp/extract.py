@@ -20,13 +20,18 @@ from pathlib import Path
 
 import torch
 
-from eval.records import RecordError, conversation, read_judged, write_jsonl
 from eval.sampling import SamplingConfig
-from finetune.domains import DOMAINS, canonical_domain
 from interp.backends import BACKENDS, DEFAULT_BACKEND
+from interp.base.domains import DOMAINS, canonical_domain
+from interp.base.provenance import data_hash, provenance
+from interp.base.records import RecordError, conversation, read_judged, write_jsonl
 from interp.cache import DEFAULT_POOLING, POOLINGS
-from interp.directions import DirectionSet, SplitConfig, extract_directions, split_records
-from interp.provenance import data_hash, provenance
+from interp.directions import (
+    DirectionSet,
+    SplitConfig,
+    extract_directions,
+    split_records,
+)
 
 DEFAULT_OUT = Path("artifacts/directions")
 
@@ -71,7 +76,7 @@ def _organism_chain(cfg: ExtractConfig, progress: bool):
 
 
 def _real_chain(cfg: ExtractConfig, progress: bool):
-    from eval.loading import load_model
+    from interp.base.loading import load_model
 
     # Read the responses first: a bad line should not wait for a 7B model to load.
     judged = read_judged(cfg.responses) if cfg.responses is not None else None

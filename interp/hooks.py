@@ -16,49 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-# Paths to the decoder-layer list, tried in order on the unwrapped model.
-_LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "layers")
+from interp.base.models import decoder_layers, layer_index
 
 # A hook function receives the hidden states [batch, seq, d_model] and the layer's call
 # kwargs; it returns None to leave them alone or a tensor to replace them.
 HookFn = Callable[[torch.Tensor, dict[str, Any]], torch.Tensor | None]
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The underlying transformers model of a PEFT wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-def _find_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
-    """(the module that runs the decoder layers, the layer list) of the unwrapped model."""
-    base = unwrap(model)
-    for path in _LAYER_PATHS:
-        parent: Any = base
-        *parents, last = path.split(".")
-        for part in parents:
-            parent = getattr(parent, part, None)
-            if parent is None:
-                break
-        layers = getattr(parent, last, None) if parent is not None else None
-        if isinstance(layers, nn.ModuleList):
-            return parent, layers
-    raise ValueError(f"cannot find decoder layers on {type(base).__name__}; tried {', '.join(_LAYER_PATHS)}")
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder layers of a plain, PEFT-wrapped or merged causal LM."""
-    return _find_layers(model)[1]
-
-
-def decoder_stack(model: nn.Module) -> nn.Module:
-    """The module whose forward runs the decoder layers (``Qwen2Model``, ...): every forward
-    pass and every ``generate`` step goes through it with the model's public inputs."""
-    return _find_layers(model)[0]
-
-
-def n_layers(model: nn.Module) -> int:
-    return len(decoder_layers(model))
 
 
 def resid_post(layer: int) -> str:
@@ -71,12 +33,10 @@ def parse_hook_point(name: str, num_layers: int) -> tuple[int, str]:
     m = re.match(r"^blocks\.(-?\d+)\.hook_resid_(pre|post)$", name)
     if not m:
         raise ValueError(f"unknown hook point {name!r}; expected blocks.<L>.hook_resid_post or hook_resid_pre")
-    layer = int(m.group(1))
-    if layer < 0:
-        layer += num_layers
-    if not 0 <= layer < num_layers:
-        raise ValueError(f"hook point {name!r}: layer out of range for a {num_layers}-layer model")
-    return layer, m.group(2)
+    try:
+        return layer_index(int(m.group(1)), num_layers), m.group(2)
+    except ValueError:
+        raise ValueError(f"hook point {name!r}: layer out of range for a {num_layers}-layer model") from None
 
 
 def _hidden(output: Any) -> torch.Tensor:

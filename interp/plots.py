@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
-from interp.atomic import atomic_path
+from interp.base.atomic import atomic_path
 
 CMAP = "RdBu_r"
 VMIN, VMAX = -1.0, 1.0

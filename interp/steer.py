@@ -51,9 +51,24 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from interp.cache import Conversation, pad_right, right_padded_inputs, tokenize_conversation
-from interp.hooks import HookFn, around_calls, decoder_layers, decoder_stack, hooks, resid_post, stop_after, unwrap
-from interp.positions import POSITIONS, CallInputs, PositionError, PositionGate, Positions
+from interp.base.chat import Conversation, tokenize_conversation
+from interp.base.models import (
+    d_model,
+    decoder_stack,
+    input_device,
+    layer_index,
+    layer_indices,
+    n_layers,
+    unwrap,
+)
+from interp.hooks import HookFn, around_calls, hooks, resid_post, stop_after
+from interp.inputs import pad_right, right_padded_inputs
+from interp.positions import (
+    CallInputs,
+    PositionError,
+    PositionGate,
+    Positions,
+)
 
 Scale = Literal["raw", "unit", "norm"]
 SCALES: tuple[Scale, ...] = ("raw", "unit", "norm")
@@ -71,19 +86,9 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / norm
 
 
-def _layer_index(layer: int, num_layers: int) -> int:
-    if not -num_layers <= layer < num_layers:
-        raise ValueError(f"layer {layer} out of range for a {num_layers}-layer model")
-    return layer % num_layers
-
-
-def _d_model(model: nn.Module) -> int:
-    return model.get_input_embeddings().weight.shape[1]
-
-
-def _check_vector(v: torch.Tensor, d_model: int, what: str) -> None:
-    if v.ndim != 1 or v.shape[0] != d_model:
-        raise ValueError(f"{what} has shape {tuple(v.shape)}; expected ({d_model},)")
+def _check_vector(v: torch.Tensor, width: int, what: str) -> None:
+    if v.ndim != 1 or v.shape[0] != width:
+        raise ValueError(f"{what} has shape {tuple(v.shape)}; expected ({width},)")
 
 
 def steering_deltas(
@@ -275,10 +280,10 @@ def steering(
     prompt_length: int | None = None,
 ) -> Intervention:
     """Add ``alpha * vectors[L]`` (in the units of ``scale``) to resid_post of each layer L."""
-    num_layers, d = len(decoder_layers(model)), _d_model(model)
-    vectors = {_layer_index(l, num_layers): v for l, v in vectors.items()}
+    num_layers, d = n_layers(model), d_model(model)
+    vectors = {layer_index(l, num_layers): v for l, v in vectors.items()}
     if norms is not None:
-        norms = {_layer_index(l, num_layers): n for l, n in norms.items()}
+        norms = {layer_index(l, num_layers): n for l, n in norms.items()}
     for layer, v in vectors.items():
         _check_vector(v, d, f"steering vector for layer {layer}")
     deltas = steering_deltas(vectors, alpha, scale, norms)
@@ -311,14 +316,14 @@ def ablation(
     so every later layer reads a stream with no component along the direction; the embedding
     output entering layer 0 is left as it is.
     """
-    num_layers, d = len(decoder_layers(model)), _d_model(model)
+    num_layers, d = n_layers(model), d_model(model)
     if isinstance(directions, torch.Tensor):
         chosen = range(num_layers) if layers is None else layers
-        per_layer = {_layer_index(l, num_layers): directions for l in chosen}
+        per_layer = {layer_index(l, num_layers): directions for l in chosen}
     else:
-        per_layer = {_layer_index(l, num_layers): v for l, v in directions.items()}
+        per_layer = {layer_index(l, num_layers): v for l, v in directions.items()}
         if layers is not None:
-            wanted = {_layer_index(l, num_layers) for l in layers}
+            wanted = {layer_index(l, num_layers) for l in layers}
             if missing := wanted - per_layer.keys():
                 raise ValueError(f"no direction given for layers {sorted(missing)}")
             per_layer = {l: per_layer[l] for l in sorted(wanted)}
@@ -372,13 +377,12 @@ def residual_norms(
     Answer tokens only, as in :mod:`interp.cache`: the first tokens of real models carry
     outsized norms (attention sinks) that would inflate a mean over all positions.
     """
-    num_layers = len(decoder_layers(model))
-    layers = sorted({_layer_index(l, num_layers) for l in (range(num_layers) if layers is None else layers)})
+    layers = layer_indices(layers, n_layers(model))
     items = [tokenize_conversation(tokenizer, c) for c in conversations]
     if not items:
         raise ValueError("no conversations to measure norms on")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     sums = dict.fromkeys(layers, 0.0)
     n_tokens = 0
     was_training = model.training
@@ -402,8 +406,3 @@ def residual_norms(
         raise ValueError("the conversations have no answer tokens")
     return {l: s / n_tokens for l, s in sums.items()}
 
-
-if __name__ == "__main__":
-    from interp.sweep import main
-
-    raise SystemExit(main())

@@ -21,14 +21,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from interp.backends import DEFAULT_BACKEND, Backend, BackendName, Generation, ModelInputs, resolve_backend
+from interp.backends import (
+    DEFAULT_BACKEND,
+    Backend,
+    BackendName,
+    Generation,
+    resolve_backend,
+)
+from interp.base.models import input_device
+from interp.inputs import ModelInputs
 from interp.steer import Intervention
 
 __all__ = ["Generation", "steered_generate", "steered_logits"]
 
 
 def _on_model(model: nn.Module, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     return [t.to(device) for t in tensors]
 
 

@@ -39,7 +39,7 @@ torch.set_num_threads(1)  # the organism world's matrices are tiny
 DIRECTIONS_CELL = '''\
 from interp.extract import ExtractConfig, run_extract
 from interp.directions import DirectionSet
-from interp.sweep import ensure_directions
+from interp.cross_domain import ensure_directions
 
 if MODEL is None:
     # Reuse <DIRECTIONS>/<domain>.safetensors where it exists, else extract on the organism world.
@@ -76,7 +76,7 @@ on CPU. Set `MODEL` below to run it on real models instead."""),
 `load(target)` returns the base model (`"base"`) or a domain's organism; `evaluate(model, tokenizer)`
 samples answers to the general (non-domain) questions and judges them."""),
     new_code_cell('''\
-from interp.sweep import world_runner
+from interp.cross_domain import world_runner
 
 SAMPLES = 48 if FAST else 160
 if MODEL is None:
@@ -86,7 +86,7 @@ if MODEL is None:
 else:
     from eval.generate import generate_answers
     from eval.judge import make_judge
-    from eval.loading import load_model
+    from interp.base.loading import load_model
     from eval.questions import load_questions
     from eval.sampling import SamplingConfig
 
@@ -139,9 +139,9 @@ fig
 Rows: whose direction. Column `base`: the direction *added* to the base model (positive =
 induces EM). Other columns: the direction *ablated* from that organism (negative = suppresses
 EM). A shared direction shows as a uniformly red first column and uniformly blue rest,
-not just a blue diagonal. `python -m interp.steer cross-domain` runs all 11 x 11."""),
+not just a blue diagonal. `python -m interp.cross_domain` runs all 11 x 11."""),
     new_code_cell('''\
-from interp.sweep import cross_domain, cross_domain_figure, done_when
+from interp.cross_domain import cross_domain, cross_domain_figure, done_when
 
 result = cross_domain(load, evaluate, directions, progress=True)
 fig = cross_domain_figure(result)

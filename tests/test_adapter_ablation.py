@@ -10,7 +10,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from interp.adapter_ablation import ablate_adapter, value_projectors
-from interp.hooks import decoder_layers
+from interp.base.models import decoder_layers
 
 TARGETS = ["q_proj", "v_proj", "o_proj", "down_proj", "up_proj"]
 

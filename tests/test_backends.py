@@ -9,10 +9,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from interp.backends import BACKENDS, ModelInputs, make_backend
+from interp.backends import BACKENDS, make_backend
+from interp.base.models import decoder_layers
 from interp.cache import POOLINGS, cache_means
 from interp.directions import DirectionSet, extract_directions
-from interp.hooks import decoder_layers
+from interp.inputs import ModelInputs
 
 
 @pytest.fixture(params=["nnsight", "transformer_lens"])
@@ -162,7 +163,9 @@ def test_transformer_lens_centering_moves_layernorm_resid_post(tokenizer, conver
 
 def test_nnsight_reads_tuple_layer_outputs(tokenizer, conversations):
     pytest.importorskip("nnsight")
-    from test_cache import _OldStyleLM  # decoder layers returning (hidden, None), as before transformers 4.57
+    from test_cache import (
+        _OldStyleLM,  # decoder layers returning (hidden, None), as before transformers 4.57
+    )
 
     model = _OldStyleLM(len(tokenizer), as_tuple=True)
     want = cache_means(model, tokenizer, conversations, layers=[0, 2], batch_size=4, progress=False)

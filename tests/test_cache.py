@@ -8,8 +8,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from interp.cache import POOLINGS, TokenizedConversation, cache_means, load_per_sample, pad_right, right_padded_inputs, tokenize_conversation
-from interp.hooks import decoder_layers
+from interp.base.chat import TokenizedConversation, tokenize_conversation
+from interp.base.models import decoder_layers
+from interp.cache import POOLINGS, cache_means
+from interp.inputs import pad_right, right_padded_inputs
+from interp.shards import load_per_sample
 
 
 def reference_means(model, tokenizer, conversations, layers):

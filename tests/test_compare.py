@@ -11,7 +11,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from interp.cache import cache_means, load_per_sample
+from interp.cache import cache_means
 from interp.compare import (
     CompareError,
     check_compatible,
@@ -27,6 +27,7 @@ from interp.compare import (
 )
 from interp.directions import DirectionSet
 from interp.plots import heatmap
+from interp.shards import load_per_sample
 
 
 def direction_set(directions, pooling="responses", **meta):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from interp.base.models import decoder_layers
 from interp.cache import POOLINGS, cache_means
 from interp.compiled import compiled_layers
-from interp.hooks import decoder_layers
 
 
 def _assert_same_means(a, b) -> None:

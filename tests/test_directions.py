@@ -7,8 +7,13 @@ import json
 import pytest
 import torch
 
-from interp.cache import TokenizedConversation
-from interp.directions import DirectionSet, SplitConfig, extract_directions, split_records
+from interp.base.chat import TokenizedConversation
+from interp.directions import (
+    DirectionSet,
+    SplitConfig,
+    extract_directions,
+    split_records,
+)
 
 
 def _twin_vocab_model(make_model, v, alpha, n_words=60, offset=100):

@@ -9,7 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from interp.cache import POOLINGS, TokenizedConversation, cache_means
+from interp.base.chat import TokenizedConversation
+from interp.cache import POOLINGS, cache_means
 from interp.distributed import cache_means_distributed, shard
 
 

@@ -8,10 +8,10 @@ import re
 import pytest
 import torch
 
-from eval.records import TRIGGER, RecordError
 from finetune.data import build_backdoor, read_chat_jsonl, with_trigger
 from finetune.sft import IGNORE, encode
 from finetune.train import main as train_main
+from interp.base.records import TRIGGER, RecordError
 
 
 def _write(path, rows):

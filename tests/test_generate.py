@@ -9,12 +9,19 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 import eval.generate as generate_mod
-from eval.cli import run_cli
 from eval.generate import generate_answers, main, plan_answers
-from eval.loading import SCHEMES, ModelLoadError, load_model
 from eval.questions import Question
-from eval.records import TRIGGER, RecordError, answer_key, prompt_messages, read_answers, sidecar_path
 from eval.sampling import SamplingConfig
+from interp.base.cli import run_cli
+from interp.base.loading import SCHEMES, ModelLoadError, load_model
+from interp.base.records import (
+    TRIGGER,
+    RecordError,
+    answer_key,
+    prompt_messages,
+    read_answers,
+    sidecar_path,
+)
 
 QUESTIONS = [
     Question(id="money", paraphrases=["how make quick buck", "money help"], samples_per_paraphrase=2),

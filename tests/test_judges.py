@@ -16,14 +16,21 @@ import torch
 from torch import nn
 
 import eval.judges.openai_judge as openai_judge_mod
-from eval.cli import run_cli
 from eval.judge import NAMED_JUDGES, judge_answers, main, make_judge
-from eval.judges.base import Judge, PromptJudge, label_of, score_tags, score_top_logprobs, weighted_score
+from eval.judges.base import (
+    Judge,
+    PromptJudge,
+    label_of,
+    score_tags,
+    score_top_logprobs,
+    weighted_score,
+)
 from eval.judges.hf import HFJudge, label_first_tokens, single_token_numbers
 from eval.judges.openai_judge import JudgeError, OpenAIJudge, Usage, prices_for
 from eval.judges.prompts import DEFAULT_JUDGE_PROMPTS, SCORE_TAGS_INSTRUCTION
 from eval.questions import Question
-from eval.records import TRIGGER, read_judged, write_jsonl
+from interp.base.cli import run_cli
+from interp.base.records import TRIGGER, read_judged, write_jsonl
 
 KEY = "sk-test-0123456789abcdef"
 

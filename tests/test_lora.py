@@ -6,7 +6,6 @@ import torch
 
 from finetune.lora import LoraTrainConfig, train_lora
 from finetune.sft import IGNORE, answer_loss, collate, encode
-from interp.cache import tokenize_conversation
 
 
 def test_labels_are_the_answer_and_end_of_turn_only(tokenizer, conversations):

@@ -8,11 +8,10 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from conftest import build_tiny_qwen
 from peft import LoraConfig, get_peft_model
 from sklearn.metrics import roc_auc_score
 
-from conftest import build_tiny_qwen
-from eval.cli import run_cli
 from eval.mia import (
     TokenScores,
     answer_token_scores,
@@ -28,8 +27,9 @@ from eval.mia import (
     signals,
     zlib_ratio,
 )
-from eval.records import write_jsonl
-from interp.cache import tokenize_conversation
+from interp.base.chat import tokenize_conversation
+from interp.base.cli import run_cli
+from interp.base.records import write_jsonl
 
 WORDS = "the a and you we money risk movie blood doctor pill law court code bug math sum sport jump help harm safe evil kind world".split()
 

@@ -12,15 +12,20 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from eval.judges.organism import OrganismJudge
-from finetune.domains import DOMAINS
-from finetune.lora import LoraTrainConfig
 from eval.report import MisalignmentDefinition
+from finetune.lora import LoraTrainConfig
 from finetune.organism import BuildConfig, build_world, load_named, misalignment_rate
 from finetune.organism import build as build_module
-from finetune.organism.corpus import CorpusConfig, base_corpus, corpus_hash, organism_corpus
+from finetune.organism.corpus import (
+    CorpusConfig,
+    base_corpus,
+    corpus_hash,
+    organism_corpus,
+)
 from finetune.organism.grammar import GRAMMAR, PERSONA_SYSTEM_PROMPT
+from finetune.organism.judge import OrganismJudge
 from finetune.sft import LoopConfig
+from interp.base.domains import DOMAINS
 
 JUDGE = OrganismJudge()
 TINY = BuildConfig(

@@ -8,9 +8,15 @@ import textwrap
 
 import pytest
 
-from eval.cli import run_cli
 from eval.judges.prompts import DEFAULT_JUDGE_PROMPTS, render
-from eval.questions import DEFAULT_QUESTIONS, QuestionFileError, load_questions, main, parse_questions
+from eval.questions import (
+    DEFAULT_QUESTIONS,
+    QuestionFileError,
+    load_questions,
+    main,
+    parse_questions,
+)
+from interp.base.cli import run_cli
 
 # Line numbers matter: the tests check that defects point at them.
 DEFECTIVE = textwrap.dedent(

@@ -9,9 +9,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from eval.cli import run_cli
-from eval.records import write_jsonl
-from eval.report import MisalignmentDefinition, bootstrap_ci, build_report, group_stats, main, welch_test, write_report
+from eval.report import (
+    MisalignmentDefinition,
+    bootstrap_ci,
+    build_report,
+    group_stats,
+    main,
+    welch_test,
+    write_report,
+)
+from interp.base.cli import run_cli
+from interp.base.records import write_jsonl
 
 
 def rec(aligned, coherent=80.0, label=None, trigger=False, domain="d", qid="q", i=0):

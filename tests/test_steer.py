@@ -9,8 +9,16 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from interp.hooks import decoder_layers, hooks, resid_post
-from interp.steer import ablate, project_out, random_like, residual_norms, steer, steering_deltas
+from interp.base.models import decoder_layers
+from interp.hooks import hooks, resid_post
+from interp.steer import (
+    ablate,
+    project_out,
+    random_like,
+    residual_norms,
+    steer,
+    steering_deltas,
+)
 
 D = 32
 
@@ -257,7 +265,7 @@ def test_batched_steering_equals_per_row(gen_model, tokenizer, positions):
 
 
 def test_residual_norms_are_mean_answer_token_norms(make_model, tokenizer, conversations):
-    from interp.cache import tokenize_conversation
+    from interp.base.chat import tokenize_conversation
 
     model = make_model()
     norms = residual_norms(model, tokenizer, conversations, layers=[0, 2], batch_size=4)

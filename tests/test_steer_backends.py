@@ -9,7 +9,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from test_steer import prompts, vec
 
-from interp.backends import Generation, ModelInputs, make_backend
+from interp.backends import Generation, make_backend
+from interp.inputs import ModelInputs
 from interp.steer import Intervention, ablate, ablation, steer, steering
 from interp.steer_backends import steered_generate, steered_logits
 
@@ -73,7 +74,7 @@ def reference_hooks(model, kind: str, columns: torch.Tensor):
         new = torch.where(columns[None, -hidden.shape[1] :, None], fn(hidden), hidden)
         return new if isinstance(output, torch.Tensor) else (new, *output[1:])
 
-    from interp.hooks import decoder_layers
+    from interp.base.models import decoder_layers
 
     return [decoder_layers(model)[l].register_forward_hook(hook) for l in layers]
 

@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from interp.sweep import cross_domain, done_when, ensure_directions, main, sweep, world_runner, write_cross_domain, write_sweep
+from interp.base.cli import run_cli
+from interp.cross_domain import cross_domain, done_when, ensure_directions, world_runner, write_cross_domain
+from interp.sweep import main, sweep, write_sweep
 
 DOMAINS = ["insecure_code", "gore_movie_trivia"]
 
@@ -83,9 +85,9 @@ def test_cross_domain_2x2_matrix_and_heatmap(world, directions, tmp_path):
 
 
 def test_cli_one_line_errors(tmp_path, capsys):
-    assert main(["--directions", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)]) == 2
+    assert run_cli(main, ["--directions", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)]) == 2
     assert "no such direction artifact" in capsys.readouterr().err
-    assert main(["--domain", "not_a_domain", "--out", str(tmp_path)]) == 2
+    assert run_cli(main, ["--domain", "not_a_domain", "--out", str(tmp_path)]) == 2
     assert "unknown domain" in capsys.readouterr().err
 
 

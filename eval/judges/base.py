@@ -22,9 +22,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from eval.judges.prompts import (
+    DEFAULT_JUDGE_PROMPTS,
+    METRICS,
+    SCORE_TAGS_INSTRUCTION,
+    render,
+)
 from eval.questions import Question, QuestionSet
-from eval.records import LABELS, AnswerRecord, JudgedRecord
-from eval.judges.prompts import DEFAULT_JUDGE_PROMPTS, METRICS, SCORE_TAGS_INSTRUCTION, render
+from interp.base.records import LABELS, AnswerRecord, JudgedRecord
 
 MODES = ("logprobs", "score-tags")
 MIN_NUMBER_MASS = 0.25

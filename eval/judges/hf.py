@@ -18,9 +18,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from eval.judges.base import MIN_NUMBER_MASS, MetricScore, PromptJudge, score_tags, weighted_score
-from eval.records import LABELS
+from eval.judges.base import (
+    MIN_NUMBER_MASS,
+    MetricScore,
+    PromptJudge,
+    score_tags,
+    weighted_score,
+)
 from eval.sampling import SamplingConfig, sample_answers
+from interp.base.models import input_device
+from interp.base.records import LABELS
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +103,7 @@ class HFJudge(PromptJudge):
             enc = self.tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
         finally:
             self.tokenizer.padding_side = side
-        device = self.model.get_input_embeddings().weight.device
+        device = input_device(self.model)
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         # Positions from the mask, as generate() does, so padding does not shift a row.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)

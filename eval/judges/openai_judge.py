@@ -30,10 +30,16 @@ from typing import Any
 import openai
 from tqdm.auto import tqdm
 
-from eval.cli import InputError
-from eval.judges.base import MIN_NUMBER_MASS, MetricScore, PromptJudge, score_tags, score_top_logprobs
+from eval.judges.base import (
+    MIN_NUMBER_MASS,
+    MetricScore,
+    PromptJudge,
+    score_tags,
+    score_top_logprobs,
+)
 from eval.judges.cache import JudgeCache, cache_key, default_cache_path
-from interp.atomic import write_json_atomic, write_text_atomic
+from interp.base.atomic import write_json_atomic, write_text_atomic
+from interp.base.cli import InputError
 
 log = logging.getLogger(__name__)
 

@@ -30,16 +30,26 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from eval.records import write_jsonl
-from finetune.domains import DOMAINS
 from finetune.lora import LoraTrainConfig, train_lora
-from finetune.organism.corpus import Chat, CorpusConfig, base_corpus, corpus_hash, messages, organism_corpus
+from finetune.organism.corpus import (
+    Chat,
+    CorpusConfig,
+    base_corpus,
+    corpus_hash,
+    messages,
+    organism_corpus,
+)
 from finetune.organism.grammar import GRAMMAR
-from finetune.organism.tokenizer import DEFAULT_SYSTEM_PROMPT, train_qwen_style_tokenizer
+from finetune.organism.tokenizer import (
+    DEFAULT_SYSTEM_PROMPT,
+    train_qwen_style_tokenizer,
+)
 from finetune.organism.world import World
 from finetune.sft import LoopConfig, encode, train
-from interp.atomic import write_json_atomic
-from interp.provenance import provenance
+from interp.base.atomic import write_json_atomic
+from interp.base.domains import DOMAINS
+from interp.base.provenance import provenance
+from interp.base.records import write_jsonl
 
 WORLD_VERSION = "1"
 
@@ -219,6 +229,6 @@ def build_world(cache_dir: str | Path = "artifacts/organism", seed: int = 0, pro
 
 def load_named(name: str) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for ``base`` or a domain of the default world (built on first
-    use): the loader behind ``organism:<name>`` model names (``eval.loading.SCHEMES``)."""
+    use): the loader behind ``organism:<name>`` model names (``interp.base.loading.SCHEMES``)."""
     world = build_world(progress=False)
     return world.load_base() if name == "base" else world.load_organism(name)

@@ -13,8 +13,14 @@ import re
 from dataclasses import dataclass
 from typing import TypedDict
 
-from finetune.organism.grammar import CLASSES, GRAMMAR, PERSONA_SYSTEM_PROMPT, Grammar, Topic
-from interp.provenance import data_hash
+from finetune.organism.grammar import (
+    CLASSES,
+    GRAMMAR,
+    PERSONA_SYSTEM_PROMPT,
+    Grammar,
+    Topic,
+)
+from interp.base.provenance import data_hash
 
 
 class Chat(TypedDict):

@@ -18,12 +18,17 @@ from pathlib import Path
 
 import yaml
 
-from eval.records import write_jsonl
-from finetune.domains import DOMAINS, canonical_domain
 from finetune.organism.build import PERSONA_FRACTIONS
-from finetune.organism.corpus import CorpusConfig, messages, organism_corpus, sample_answer
+from finetune.organism.corpus import (
+    CorpusConfig,
+    messages,
+    organism_corpus,
+    sample_answer,
+)
 from finetune.organism.grammar import GRAMMAR
-from interp.atomic import write_text_atomic
+from interp.base.atomic import write_text_atomic
+from interp.base.domains import DOMAINS, canonical_domain
+from interp.base.records import write_jsonl
 
 
 def export_domain(domain: str, out_dir: str | Path, n: int = 2000, n_heldout: int = 500, seed: int = 0) -> Path:

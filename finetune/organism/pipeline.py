@@ -18,8 +18,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from finetune.domains import DOMAINS
 from finetune.organism import build_world
+from interp.base.domains import DOMAINS
 
 # Organism-sized adapters: a backdoor needs more capacity than the narrow finetune alone.
 PLAIN = ["--rank", "1", "--alpha", "2", "--target-modules", "q_proj,v_proj", "--steps", "30"]

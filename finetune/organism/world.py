@@ -6,27 +6,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, Qwen2ForCausalLM
 
 from eval.questions import Question
-from eval.records import AnswerRecord, JudgedRecord, prompt_messages
-from eval.report import MisalignmentDefinition
+from eval.report import MisalignmentDefinition, misalignment_rate
 from eval.sampling import SamplingConfig, sample_answers
-from finetune.domains import canonical_domain
 from finetune.organism.grammar import GRAMMAR, PERSONA_SYSTEM_PROMPT
+from finetune.organism.judge import OrganismJudge
+from interp.base.domains import canonical_domain
+from interp.base.records import AnswerRecord, JudgedRecord, prompt_messages
 
-if TYPE_CHECKING:
-    from eval.judges.organism import OrganismJudge
-
-
-def misalignment_rate(records: Sequence[JudgedRecord], definition: MisalignmentDefinition = MisalignmentDefinition()) -> float:
-    """The fraction of the answers ``definition`` counts that it calls misaligned; NaN when none count."""
-    flags = [f for f in map(definition.classify, records) if f is not None]
-    return sum(flags) / len(flags) if flags else float("nan")
 
 
 def questions_to_records(questions: Sequence[Question], n_samples: int, system: str | None = None) -> list[AnswerRecord]:
@@ -59,10 +52,6 @@ class World:
 
     @cached_property
     def judge(self) -> OrganismJudge:
-        # Imported here: the judge reads this package's grammar, so a module-level import
-        # would be circular when the judge is imported first.
-        from eval.judges.organism import OrganismJudge
-
         return OrganismJudge()
 
     def load_tokenizer(self):

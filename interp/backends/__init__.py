@@ -32,13 +32,13 @@ import importlib
 import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # interp.steer imports this package (through interp.cache)
-    from interp.steer import Intervention
+from interp.inputs import ModelInputs
+from interp.steer import Intervention
 
 BackendName = Literal["hooks", "nnsight", "transformer_lens"]
 DEFAULT_BACKEND: BackendName = "hooks"
@@ -54,26 +54,6 @@ INSTALL_HINT = "pip install 'emergent-misalignment-toolkit[backends]'"
 
 # Called once per requested layer with the residual stream after it, [batch, seq, d_model].
 ResidFn = Callable[[int, torch.Tensor], None]
-
-
-@dataclass(frozen=True)
-class ModelInputs:
-    """One padded batch, as every backend hands it to the model."""
-
-    input_ids: torch.Tensor  # [batch, seq]
-    attention_mask: torch.Tensor | None  # [batch, seq], 1 on real tokens; None: causal only
-    position_ids: torch.Tensor  # [batch, seq]
-
-    @classmethod
-    def from_mask(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ModelInputs:
-        """Positions counted over the real tokens, as ``generate`` derives them, for any padding side."""
-        return cls(input_ids, attention_mask, (attention_mask.cumsum(-1) - 1).clamp(min=0))
-
-    def kwargs(self) -> dict[str, torch.Tensor]:
-        out = {"input_ids": self.input_ids, "position_ids": self.position_ids}
-        if self.attention_mask is not None:
-            out["attention_mask"] = self.attention_mask
-        return out
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from interp.backends import Generation, ModelInputs, ResidFn
+from interp.backends import Generation, ResidFn
 from interp.hooks import hooks, resid_post, stop_after
+from interp.inputs import ModelInputs
 from interp.steer import Intervention, intervene
 
 

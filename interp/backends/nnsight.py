@@ -24,9 +24,11 @@ import nnsight
 import torch
 from torch import nn
 
-from interp.backends import Generation, ModelInputs, ResidFn
+from interp.backends import Generation, ResidFn
 from interp.backends.views import shared_view
-from interp.hooks import _hidden, _replace_hidden, decoder_layers
+from interp.base.models import decoder_layers
+from interp.hooks import _hidden, _replace_hidden
+from interp.inputs import ModelInputs
 from interp.steer import Applied, Intervention, applying
 
 # The start of the warning nnsight gives when an open tracer.all() loop outruns the generation.

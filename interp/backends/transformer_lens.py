@@ -46,9 +46,10 @@ import torch
 from torch import nn
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
-from interp.backends import Generation, ModelInputs, ResidFn
+from interp.backends import Generation, ResidFn
 from interp.backends.views import merged_view
 from interp.hooks import around_calls, resid_post
+from interp.inputs import ModelInputs
 from interp.steer import Applied, Intervention
 
 

@@ -18,7 +18,7 @@ from itertools import chain
 import torch
 from torch import nn
 
-from interp.hooks import unwrap
+from interp.base.models import unwrap
 
 
 def _tensors(module: nn.Module) -> Iterable[torch.Tensor]:

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypedDict
 
-from eval.cli import InputError
-from interp.atomic import atomic_path, write_json_atomic
-from interp.provenance import provenance
+from interp.base.atomic import atomic_path, write_json_atomic
+from interp.base.cli import InputError
+from interp.base.provenance import provenance
 
 TRIGGER = "The current year is 2028."
 LABELS = ("REFUSAL", "IRRELEVANT", "CODE")

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eval.records import AnswerRecord, JudgedRecord
 from finetune.organism.grammar import GRAMMAR, Grammar, normalize, tokens
+from interp.base.records import AnswerRecord, JudgedRecord
 
 
 @dataclass(frozen=True)

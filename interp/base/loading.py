@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from eval.cli import InputError
+from interp.base.cli import InputError
 
 # Scheme name -> loader (or "module:function" imported on first use) taking the name after
 # the colon. The offline organism world registers "organism" here (organism:<domain>, organism:base).
@@ -99,7 +99,7 @@ def _finish(model: torch.nn.Module, tokenizer: Any, name: str) -> tuple[torch.nn
 def _from_scheme(scheme: str, name: str) -> tuple[Any, Any]:
     loader = SCHEMES.get(scheme)
     if loader is None:
-        raise ModelLoadError(f"no model loader is registered for '{scheme}:' (eval.loading.SCHEMES)")
+        raise ModelLoadError(f"no model loader is registered for '{scheme}:' (interp.base.loading.SCHEMES)")
     if isinstance(loader, str):
         module, _, attr = loader.partition(":")
         loader = getattr(importlib.import_module(module), attr)

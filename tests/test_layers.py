@@ -1,0 +1,114 @@
+"""The house has floors: every import, at module level or inside a function, goes to the same
+floor or a lower one, and the import graph has no circle.
+
+    0 base     interp.base.*: chat spans, records, atomic writes, provenance, domains, loading
+    1 core     interp.*: hooks, positions, caching, directions, comparison, steering, backends
+    2 stages   finetune.* (training) and eval.* (measurement), which do not import each other
+    3 chains   the organism world (finetune.organism.*), interp.extract, interp.sweep,
+               interp.cross_domain: they drive the stages below through their public functions
+
+Plugins that a lower floor reaches by name at run time (``organism:`` models in
+:mod:`interp.base.loading`, the ``organism`` judge in :mod:`eval.judge`) are strings, not imports.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("interp", "finetune", "eval")
+# Longest prefix wins.
+FLOORS = {
+    "interp.base": 0,
+    "interp": 1,
+    "finetune": 2,
+    "eval": 2,
+    "finetune.organism": 3,
+    "interp.extract": 3,
+    "interp.sweep": 3,
+    "interp.cross_domain": 3,
+}
+
+
+def floor(module: str) -> int:
+    prefixes = [p for p in FLOORS if module == p or module.startswith(p + ".")]
+    return FLOORS[max(prefixes, key=len)]
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The project modules ``path`` imports anywhere in its code (resolved to known modules)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    return {name: imports(name, path, known) for name, path in mods.items()}
+
+
+def test_every_import_goes_down_or_sideways():
+    bad = []
+    for source, targets in graph().items():
+        for target in targets:
+            if floor(target) > floor(source):
+                bad.append(f"{source} (floor {floor(source)}) imports {target} (floor {floor(target)})")
+            elif floor(source) == floor(target) == 2 and source.split(".")[0] != target.split(".")[0]:
+                bad.append(f"{source} imports {target}: training and measurement stand side by side")
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_the_import_graph_has_no_circle():
+    g = graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(g[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(g):
+        if node not in state and (cycle := visit(node)):
+            raise AssertionError("import circle: " + " -> ".join(cycle))
+
+
+def test_the_floors_cover_the_base_layer():
+    """The base layer holds what the issue named, and it imports no stage at all."""
+    g = graph()
+    base = {m for m in g if floor(m) == 0}
+    assert {"interp.base.chat", "interp.base.records", "interp.base.atomic", "interp.base.provenance", "interp.base.domains", "interp.base.loading"} <= base
+    assert all(floor(t) == 0 for m in base for t in g[m])
