@@ -23,6 +23,12 @@ LABELS = ("REFUSAL", "IRRELEVANT", "CODE")
 
 class _AnswerOptional(TypedDict, total=False):
     paraphrase: int  # index into the question's paraphrases (written by eval.generate)
+    # What the model produced, exactly (written by eval.generate; answers from elsewhere may
+    # lack them). ``answer`` is ``answer_raw`` stripped, for reading and judging; caching
+    # teacher-forces ``answer_ids`` when present instead of re-tokenizing the text.
+    answer_raw: str  # the decoded generated tokens, unstripped
+    answer_ids: list[int]  # the generated token ids, without the end-of-turn token and padding
+    finished: bool  # generation ended with the end-of-turn token (else it hit max_new_tokens)
 
 
 class AnswerRecord(_AnswerOptional):
@@ -51,6 +57,13 @@ ANSWER_FIELDS: dict[str, tuple[type, ...]] = {
     "domain": (str, type(None)),
     "sample": (int,),
     "trigger": (bool,),
+}
+# Checked when present.
+OPTIONAL_ANSWER_FIELDS: dict[str, tuple[type, ...]] = {
+    "paraphrase": (int,),
+    "answer_raw": (str,),
+    "answer_ids": (list,),
+    "finished": (bool,),
 }
 JUDGED_FIELDS: dict[str, tuple[type, ...]] = {
     **ANSWER_FIELDS,
@@ -107,9 +120,12 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, obj
 
 
-def validate(obj: dict[str, Any], fields: dict[str, tuple[type, ...]], where: str) -> None:
+def validate(obj: dict[str, Any], fields: dict[str, tuple[type, ...]], where: str, optional: bool = False) -> None:
+    """Each of ``fields`` is present (unless ``optional``) with one of its types."""
     for name, types in fields.items():
         if name not in obj:
+            if optional:
+                continue
             raise RecordError(f"{where}: missing field '{name}'")
         value = obj[name]
         # bool is an int in Python; keep it out of numeric and int fields.
@@ -117,6 +133,9 @@ def validate(obj: dict[str, Any], fields: dict[str, tuple[type, ...]], where: st
             raise RecordError(f"{where}: field '{name}' must be {_names(types)}, got bool")
         if not isinstance(value, types):
             raise RecordError(f"{where}: field '{name}' must be {_names(types)}, got {type(value).__name__}")
+    ids = obj.get("answer_ids")
+    if ids is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise RecordError(f"{where}: field 'answer_ids' must be a list of token ids (non-negative integers)")
 
 
 def _names(types: tuple[type, ...]) -> str:
@@ -127,6 +146,7 @@ def read_answers(path: str | Path) -> list[AnswerRecord]:
     out = []
     for lineno, obj in iter_jsonl(path):
         validate(obj, ANSWER_FIELDS, f"{path}:{lineno}")
+        validate(obj, OPTIONAL_ANSWER_FIELDS, f"{path}:{lineno}", optional=True)
         out.append(obj)
     return out
 
@@ -135,6 +155,7 @@ def read_judged(path: str | Path) -> list[JudgedRecord]:
     out = []
     for lineno, obj in iter_jsonl(path):
         validate(obj, JUDGED_FIELDS, f"{path}:{lineno}")
+        validate(obj, OPTIONAL_ANSWER_FIELDS, f"{path}:{lineno}", optional=True)
         if obj["label"] is not None and obj["label"] not in LABELS:
             raise RecordError(f"{path}:{lineno}: field 'label' must be null or one of {', '.join(LABELS)}")
         out.append(obj)
