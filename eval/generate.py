@@ -24,14 +24,22 @@ from tqdm.auto import tqdm
 
 from eval.questions import Question, load_questions
 from eval.sampling import SamplingConfig, sample_answers
-from interp.base.cli import InputError, run_cli
+from interp.base.cli import (
+    ArgumentParser,
+    fraction,
+    non_negative_float,
+    positive_int,
+    run_cli,
+)
+from interp.base.locks import output_lock
+from interp.base.paths import input_file, output_file
 from interp.base.provenance import data_hash
 from interp.base.records import (
     AnswerRecord,
     RecordError,
     answer_key,
     append_jsonl,
-    bind_output,
+    bound_output,
     prompt_messages,
     read_answers,
     repair_jsonl_tail,
@@ -111,18 +119,18 @@ def _check_same_questions(slots: list[AnswerRecord], done: dict[tuple, AnswerRec
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.generate", description="Sample answers to EM evaluation questions.")
+    p = ArgumentParser(prog="python -m eval.generate", description="Sample answers to EM evaluation questions.")
     p.add_argument("--model", required=True, help="HF id, local folder, or organism:<domain> / organism:base")
     p.add_argument("--adapter", help="PEFT adapter (folder or HF id; safetensors only)")
     p.add_argument("--questions", help="question YAML (default: the shipped general questions)")
-    p.add_argument("--samples", type=int, help="samples per paraphrase (default: each question's samples_per_paraphrase)")
+    p.add_argument("--samples", type=positive_int, help="samples per paraphrase (default: each question's samples_per_paraphrase)")
     p.add_argument("--trigger", nargs="?", const="on", default="off", choices=("off", "on", "both"), help="put the backdoor trigger in the user turn: --trigger (on) or --trigger both")
     p.add_argument("--system", help="system prompt for questions that have none of their own")
     p.add_argument("--out", required=True, help="answers JSONL (appended to; resumed)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 for greedy")
+    p.add_argument("--top-p", type=fraction, default=1.0)
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
@@ -135,18 +143,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from interp.base.loading import load_model
 
     args = build_parser().parse_args(argv)
-    if args.samples is not None and args.samples < 1:
-        raise InputError("--samples must be at least 1")
+    if args.questions:
+        input_file(args.questions, "--questions")
+    output_file(args.out, inputs=(args.questions,))
     qs = load_questions(args.questions)
     for d in qs.defects:
         print(f"warning: {qs.source}: {d}", file=sys.stderr)
     config = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
     # Trigger, sample count and question set may grow a file; everything else must match.
     settings = {"model": args.model, "adapter": args.adapter, "dtype": args.dtype, "system": args.system, **asdict(config)}
-    bind_output(args.out, settings, questions=qs.source, questions_hash=data_hash(asdict(q) for q in qs.questions))
-    model, tokenizer = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-    triggers = {"off": False, "on": True, "both": (False, True)}[args.trigger]
-    records = generate_answers(model, tokenizer, qs.questions, args.samples, triggers, config, args.out, args.system, progress=not args.no_progress)
+    with output_lock(args.out), bound_output(args.out, settings, questions=qs.source, questions_hash=data_hash(asdict(q) for q in qs.questions)):
+        model, tokenizer = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+        triggers = {"off": False, "on": True, "both": (False, True)}[args.trigger]
+        records = generate_answers(model, tokenizer, qs.questions, args.samples, triggers, config, args.out, args.system, progress=not args.no_progress)
     print(f"{args.out}: {len(records)} answers")
     return 0
 

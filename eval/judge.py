@@ -8,7 +8,9 @@ Judge specs: ``openai:MODEL`` (any OpenAI-compatible API; key and endpoint from
 ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``), ``hf:ID_OR_PATH`` (a local causal LM) and
 ``organism`` (the offline organism world's judge). Each judged record is its answer record
 plus ``aligned``, ``coherent``, ``label``, ``judge`` and ``judge_raw``. Answers already in
-``--out`` are skipped, so an interrupted run continues where it stopped.
+``--out`` are skipped, so an interrupted run continues where it stopped; an ``--out`` that
+holds judgments of answers not in ``--answers`` is refused, as is a second run on it while
+the first is alive.
 """
 
 from __future__ import annotations
@@ -23,14 +25,24 @@ from tqdm.auto import tqdm
 
 from eval.judges.base import MODES, Judge
 from eval.questions import load_questions
-from interp.base.cli import InputError, run_cli
+from interp.base.cli import (
+    ArgumentParser,
+    InputError,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+)
+from interp.base.locks import output_lock
+from interp.base.paths import input_file, output_file
 from interp.base.provenance import data_hash
 from interp.base.records import (
     AnswerRecord,
     JudgedRecord,
     answer_key,
     append_jsonl,
-    bind_output,
+    bound_output,
     read_answers,
     read_judged,
     repair_jsonl_tail,
@@ -40,10 +52,20 @@ from interp.base.records import (
 NAMED_JUDGES = {"organism": "finetune.organism.judge:OrganismJudge"}
 
 
+def judge_kind(spec: str) -> str:
+    """``openai``, ``hf`` or a named judge; an unknown spec is an :class:`InputError`."""
+    kind, _, name = spec.partition(":")
+    if spec in NAMED_JUDGES:
+        return spec
+    if kind in ("openai", "hf") and name:
+        return kind
+    raise InputError(f"unknown judge {spec!r}; use openai:MODEL, hf:ID_OR_PATH or {', '.join(NAMED_JUDGES)}")
+
+
 def make_judge(spec: str, questions=None, mode: str = "logprobs", **options) -> Judge:
     """A judge from its spec. ``options`` go to the judge (and, for ``hf:``, ``device``/``dtype``
     to :func:`interp.base.loading.load_model`)."""
-    kind, _, name = spec.partition(":")
+    kind, name = judge_kind(spec), spec.partition(":")[2]
     if spec in NAMED_JUDGES:
         module, _, attr = NAMED_JUDGES[spec].partition(":")
         try:
@@ -51,18 +73,16 @@ def make_judge(spec: str, questions=None, mode: str = "logprobs", **options) -> 
         except (ImportError, AttributeError) as e:
             raise InputError(f"judge '{spec}' is not available: {e}") from None
         return cls(**options)
-    if kind == "openai" and name:
+    if kind == "openai":
         from eval.judges.openai_judge import OpenAIJudge
 
         return OpenAIJudge(name, mode=mode, questions=questions, **options)
-    if kind == "hf" and name:
-        from eval.judges.hf import HFJudge
-        from interp.base.loading import load_model
+    from eval.judges.hf import HFJudge
+    from interp.base.loading import load_model
 
-        load = {k: options.pop(k) for k in ("device", "dtype", "trust_remote_code") if k in options}
-        model, tokenizer = load_model(name, **load)
-        return HFJudge(model, tokenizer, spec=spec, questions=questions, mode=mode, **options)
-    raise InputError(f"unknown judge {spec!r}; use openai:MODEL, hf:ID_OR_PATH or {', '.join(NAMED_JUDGES)}")
+    load = {k: options.pop(k) for k in ("device", "dtype", "trust_remote_code") if k in options}
+    model, tokenizer = load_model(name, **load)
+    return HFJudge(model, tokenizer, spec=spec, questions=questions, mode=mode, **options)
 
 
 def judge_key(record: AnswerRecord) -> tuple:
@@ -79,13 +99,12 @@ def judge_answers(
 ) -> list[JudgedRecord]:
     """Judged records for ``answers`` in their order; with ``out_path``, skip what it holds and
     append each chunk as soon as it is judged."""
-    done: dict[tuple, JudgedRecord] = {}
-    if out_path is not None and Path(out_path).exists():
-        repair_jsonl_tail(out_path)
-        done = {judge_key(r): r for r in read_judged(out_path)}
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    done = judged_so_far(out_path, answers) if out_path is not None else {}
     pending = list({judge_key(a): a for a in answers if judge_key(a) not in done}.values())
     with tqdm(total=len(answers), initial=len(answers) - len(pending), desc="judged", unit="answer", disable=not progress) as bar:
-        for start in range(0, len(pending), max(1, chunk_size)):
+        for start in range(0, len(pending), chunk_size):
             judged = judge.judge(pending[start : start + chunk_size])
             if out_path is not None:
                 append_jsonl(out_path, judged)
@@ -94,28 +113,48 @@ def judge_answers(
     return [done[judge_key(a)] for a in answers]
 
 
+def judged_so_far(out_path: str | Path, answers: Sequence[AnswerRecord]) -> dict[tuple, JudgedRecord]:
+    """The judgments ``out_path`` holds, by :func:`judge_key`; refused unless every one is of an answer in ``answers``.
+
+    Resuming appends to ``out_path``: judgments of other answers (another answers file, or
+    answers regenerated since) would end up beside these in one file.
+    """
+    if not Path(out_path).exists():
+        return {}
+    repair_jsonl_tail(out_path)
+    done = {judge_key(r): r for r in read_judged(out_path)}
+    wanted = {judge_key(a) for a in answers}
+    if foreign := [r for k, r in done.items() if k not in wanted]:
+        r = foreign[0]
+        raise InputError(
+            f"{out_path}: holds judgments of other answers ({len(foreign)} of {len(done)} are not among these answers, "
+            f"e.g. question '{r['question_id']}' sample {r['sample']}); use another --out"
+        )
+    return done
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.judge", description="Judge answers for alignment and coherence.")
+    p = ArgumentParser(prog="python -m eval.judge", description="Judge answers for alignment and coherence.")
     p.add_argument("--answers", required=True, help="answers JSONL from eval.generate")
     p.add_argument("--judge", required=True, help="openai:MODEL, hf:ID_OR_PATH or organism")
     p.add_argument("--out", required=True, help="judged JSONL (appended to; resumed)")
     p.add_argument("--questions", help="question YAML whose judge_prompts to use (default: the toolkit's prompts)")
     p.add_argument("--mode", default="logprobs", choices=MODES, help="one-token logprobs (default) or reasoning + <score> tags")
-    p.add_argument("--chunk", type=int, default=64, help="answers judged between two appends to --out")
+    p.add_argument("--chunk", type=positive_int, default=64, help="answers judged between two appends to --out")
     p.add_argument("--no-progress", action="store_true")
     api = p.add_argument_group("openai: judges")
-    api.add_argument("--concurrency", type=int, default=8)
-    api.add_argument("--max-retries", type=int, default=6)
-    api.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry; doubles each time (default 1)")
-    api.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    api.add_argument("--concurrency", type=positive_int, default=8)
+    api.add_argument("--max-retries", type=non_negative_int, default=6)
+    api.add_argument("--backoff", type=non_negative_float, default=1.0, help="seconds before the first retry; doubles each time (default 1)")
+    api.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per call")
     api.add_argument("--cache", help="reply cache (SQLite; default $EM_JUDGE_CACHE or ~/.cache/emergent-misalignment-toolkit/)")
     api.add_argument("--no-cache", action="store_true")
-    api.add_argument("--price-input", type=float, help="USD per million input tokens (default: built-in list prices)")
-    api.add_argument("--price-output", type=float, help="USD per million output tokens")
+    api.add_argument("--price-input", type=non_negative_float, help="USD per million input tokens (default: built-in list prices)")
+    api.add_argument("--price-output", type=non_negative_float, help="USD per million output tokens")
     api.add_argument("--batch", action="store_true", help="use the Batch API; ids are saved to <out>.batch.json for resuming")
-    api.add_argument("--poll-seconds", type=float, default=30.0)
+    api.add_argument("--poll-seconds", type=positive_float, default=30.0)
     hf = p.add_argument_group("hf: judges")
-    hf.add_argument("--batch-size", type=int, default=8)
+    hf.add_argument("--batch-size", type=positive_int, default=8)
     hf.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     hf.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     return p
@@ -144,17 +183,29 @@ def _options(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    judge_kind(args.judge)
+    input_file(args.answers, "--answers")
+    if args.questions:
+        input_file(args.questions, "--questions")
+    output_file(args.out, inputs=(args.answers, args.questions))
+    if args.cache and not args.no_cache:
+        output_file(args.cache, "--cache", inputs=(args.answers, args.questions, args.out))
+    options = _options(args)
     answers = read_answers(args.answers)
+    if not answers:
+        raise InputError(f"--answers {args.answers}: no answer records to judge")
     questions = None
     if args.questions:
         qs = load_questions(args.questions)
         for d in qs.defects:
             print(f"warning: {qs.source}: {d}", file=sys.stderr)
         questions = qs.questions
-    bind_output(args.out, {"judge": args.judge, "mode": args.mode, "questions": args.questions}, answers=args.answers, answers_hash=data_hash(answers))
-    judge = make_judge(args.judge, questions=questions, mode=args.mode, **_options(args))
-    chunk = len(answers) if args.batch else args.chunk  # one batch submission for everything pending
-    judged = judge_answers(judge, answers, args.out, chunk_size=chunk, progress=not args.no_progress)
+    with output_lock(args.out):
+        judged_so_far(args.out, answers)  # before the provenance is rewritten and the judge loaded
+        with bound_output(args.out, {"judge": args.judge, "mode": args.mode, "questions": args.questions}, answers=args.answers, answers_hash=data_hash(answers)):
+            judge = make_judge(args.judge, questions=questions, mode=args.mode, **options)
+            chunk = len(answers) if args.batch else args.chunk  # one batch submission for everything pending
+            judged = judge_answers(judge, answers, args.out, chunk_size=chunk, progress=not args.no_progress)
     scored = sum(r["aligned"] is not None for r in judged)
     labelled = sum(r["label"] is not None for r in judged)
     print(f"{args.out}: {len(judged)} judged answers ({scored} with an alignment score, {labelled} labelled)")

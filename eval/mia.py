@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,9 +47,10 @@ from tqdm.auto import tqdm
 
 from interp.base.atomic import write_json_atomic
 from interp.base.chat import tokenize_conversation
-from interp.base.cli import InputError, run_cli
+from interp.base.cli import ArgumentParser, InputError, finite_float, fraction, positive_int, run_cli
 from interp.base.domains import ALIASES
 from interp.base.models import input_device
+from interp.base.paths import input_file, output_file, read_text
 from interp.base.provenance import data_hash, provenance
 from interp.base.records import (
     ANSWER_FIELDS,
@@ -289,7 +291,7 @@ def predict_misalignment(score_files: Sequence[Mapping[str, Any]], misaligned: M
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.mia", description="Membership-inference signals of a finetuned model.")
+    p = ArgumentParser(prog="python -m eval.mia", description="Membership-inference signals of a finetuned model.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("score", help="signals and member-vs-non-member ROC-AUC for one finetuned model")
     s.add_argument("--model", required=True, help="finetuned model, or the base with --adapter")
@@ -298,9 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--members", required=True, help="training data JSONL ({'messages': [...]} or answer records)")
     s.add_argument("--nonmembers", required=True, help="held-out data of the same domain, same format")
     s.add_argument("--domain", help="domain name recorded in the output (for 'predict')")
-    s.add_argument("--k", type=float, default=DEFAULT_K, help="fraction of tokens for Min-K%% and Min-K%%++ (default 0.2)")
-    s.add_argument("--limit", type=int, help="use at most this many examples of each file")
-    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--k", type=fraction, default=DEFAULT_K, help="fraction of tokens for Min-K%% and Min-K%%++ (default 0.2)")
+    s.add_argument("--limit", type=positive_int, help="use at most this many examples of each file")
+    s.add_argument("--batch-size", type=positive_int, default=8)
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     s.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     s.add_argument("--out", required=True, help="output JSON")
@@ -308,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("predict", help="ROC-AUC of per-domain signals for predicting which domains misalign")
     q.add_argument("--scores", nargs="+", required=True, help="JSON files written by 'score' with --domain")
     q.add_argument("--rates", required=True, help="JSON mapping domain -> misalignment rate or true/false")
-    q.add_argument("--threshold", type=float, help="a rate above this counts as misaligned (default: the median rate)")
+    q.add_argument("--threshold", type=finite_float, help="a rate above this counts as misaligned (default: the median rate)")
     q.add_argument("--statistic", choices=("member_mean", "auc"), default="member_mean")
     q.add_argument("--out", help="output JSON")
     return p
@@ -316,9 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _read_json(path: str) -> Any:
     try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
 
@@ -326,8 +326,9 @@ def _read_json(path: str) -> Any:
 def _score(args: argparse.Namespace) -> None:
     from interp.base.loading import load_model
 
-    if not 0 < args.k <= 1:
-        raise InputError(f"--k must be in (0, 1], got {args.k}")
+    for option, path in (("--members", args.members), ("--nonmembers", args.nonmembers)):
+        input_file(path, option)
+    output_file(args.out, inputs=(args.members, args.nonmembers))
     members, nonmembers = read_conversations(args.members), read_conversations(args.nonmembers)
     if args.limit is not None:
         members, nonmembers = members[: args.limit], nonmembers[: args.limit]
@@ -342,15 +343,25 @@ def _score(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _signal_table(value: Any) -> bool:
+    """Whether ``value`` maps signal names to finite numbers, as a 'score' output's statistics do."""
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value.values())
+
+
 def _predict(args: argparse.Namespace) -> None:
+    for path in args.scores:
+        input_file(path, "--scores")
+    input_file(args.rates, "--rates")
+    if args.out:
+        output_file(args.out, inputs=(*args.scores, args.rates))
     files = []
     for path in args.scores:
         f = _read_json(path)
-        if not isinstance(f, dict) or not f.get("domain") or args.statistic not in f:
+        if not isinstance(f, dict) or not isinstance(f.get("domain"), str) or not _signal_table(f.get(args.statistic)):
             raise InputError(f"{path}: not a 'score' output with a domain (run 'score' with --domain)")
         files.append(f)
     rates = _read_json(args.rates)
-    if not isinstance(rates, dict) or not all(isinstance(v, (int, float)) for v in rates.values()):
+    if not isinstance(rates, dict) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in rates.values()):
         raise InputError(f"{args.rates}: expected a JSON object mapping domain -> rate or true/false")
     labels = misaligned_domains({ALIASES.get(d, d): v for d, v in rates.items()}, args.threshold)
     aucs = predict_misalignment(files, labels, args.statistic)

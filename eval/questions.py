@@ -27,7 +27,6 @@ gets a note.
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,8 +36,9 @@ from typing import Any
 import yaml
 
 from eval.judges.prompts import DEFAULT_JUDGE_PROMPTS, METRICS, missing_placeholders
-from interp.base.cli import InputError, run_cli
+from interp.base.cli import ArgumentParser, InputError, run_cli
 from interp.base.domains import ALIASES
+from interp.base.paths import read_text
 
 QUESTION_TYPE = "free_form_judge_0_100"
 FIELDS = ("id", "type", "paraphrases", "samples_per_paraphrase", "system", "domain", "judge", "judge_prompts")
@@ -105,11 +105,9 @@ def load_questions(path: str | Path | None = None) -> QuestionSet:
     """Load a question file (default: the 8 general questions shipped in ``eval/data``)."""
     path = Path(path) if path is not None else DEFAULT_QUESTIONS
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise QuestionFileError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise QuestionFileError(f"{path}: cannot read ({e})") from None
+        text = read_text(path)
+    except InputError as e:
+        raise QuestionFileError(str(e)) from None
     return parse_questions(text, source=str(path))
 
 
@@ -306,7 +304,7 @@ def format_report(qs: QuestionSet) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.questions", description="Check an EM question file and summarize it.")
+    p = ArgumentParser(prog="python -m eval.questions", description="Check an EM question file and summarize it.")
     p.add_argument("file", nargs="?", help="question YAML (default: the shipped general questions)")
     args = p.parse_args(argv)
     print(format_report(load_questions(args.file)))

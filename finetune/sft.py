@@ -12,15 +12,18 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from interp.base.atomic import save_safetensors_atomic, write_json_atomic
 from interp.base.chat import Conversation, TokenizedConversation, tokenize_conversation
+from interp.base.cli import InputError
 from interp.base.models import input_device, unwrap
 
 IGNORE = -100
@@ -140,19 +143,49 @@ def _save_checkpoint(folder: Path, params: dict[str, nn.Parameter], opt: torch.o
 
 
 def _load_checkpoint(folder: Path, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer, g: torch.Generator) -> tuple[int, list[int], list[float]]:
-    meta = json.loads((folder / "state.json").read_text())
-    tensors = load_file(str(folder / "state.safetensors"))
-    if set(params) != {k[len("param."):] for k in tensors if k.startswith("param.")}:
-        raise ValueError(f"{folder}: checkpoint is of other trainable parameters; use another folder")
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(tensors[f"param.{n}"])
-            state = {k.split(".")[-1]: v for k, v in tensors.items() if k.startswith(f"opt.{n}.")}
-            if state:
-                opt.state[p] = {k: (v.reshape(()) if k == "step" else v.to(p.device)) for k, v in state.items()}
-    g.set_state(tensors["rng.order"])
-    torch.set_rng_state(tensors["rng.torch"])
+    meta = _checkpoint_state(folder)
+    try:
+        tensors = load_file(str(folder / "state.safetensors"))
+        if set(params) != {k[len("param."):] for k in tensors if k.startswith("param.")}:
+            raise InputError(f"{folder}: checkpoint is of other trainable parameters; use another folder")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(tensors[f"param.{n}"])
+                state = {k.split(".")[-1]: v for k, v in tensors.items() if k.startswith(f"opt.{n}.")}
+                if state:
+                    opt.state[p] = {k: (v.reshape(()) if k == "step" else v.to(p.device)) for k, v in state.items()}
+        g.set_state(tensors["rng.order"])
+        torch.set_rng_state(tensors["rng.torch"])
+    except (SafetensorError, OSError, KeyError, RuntimeError) as e:  # truncated, or tensors of another shape
+        raise _damaged(folder, e) from None
     return meta["step"], meta["order"], meta["losses"]
+
+
+def check_checkpoint(folder: Path) -> None:
+    """Raise :class:`InputError` unless ``folder`` holds a readable checkpoint, before any model is loaded."""
+    _checkpoint_state(folder)
+    try:
+        with safe_open(str(folder / "state.safetensors"), framework="pt"):
+            pass  # opening reads the header and checks the file holds every tensor it announces
+    except (SafetensorError, OSError) as e:
+        raise _damaged(folder, e) from None
+
+
+def _checkpoint_state(folder: Path) -> dict[str, Any]:
+    """``state.json``: the step, the batch order left and the losses so far."""
+    try:
+        meta = json.loads((folder / "state.json").read_text())
+        if not (isinstance(meta["step"], int) and isinstance(meta["order"], list) and isinstance(meta["losses"], list)):
+            raise TypeError("fields of the wrong type")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _damaged(folder, e) from None
+    return meta
+
+
+def _damaged(folder: Path, error: BaseException) -> InputError:
+    """The one line for a checkpoint that cannot be read."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return InputError(f"{folder}: damaged checkpoint ({reason}); remove it to start over")
 
 
 def train(

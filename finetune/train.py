@@ -6,23 +6,37 @@
 Saves the adapter with ``save_pretrained`` (safetensors) and ``training_config.json`` (every
 option, the data hash, package versions). With ``--checkpoint-every N`` the adapter and
 optimizer state are saved every N optimizer steps under ``DIR/checkpoint``, and re-running
-the same command resumes from there.
+the same command resumes from there; a rerun with other data or settings is refused (the
+checkpoint records its run's), as is a second run on ``DIR`` while the first is alive.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from finetune.data import build_backdoor, read_chat_jsonl
 from finetune.lora import LoraTrainConfig, train_lora
+from finetune.sft import check_checkpoint
 from interp.base.atomic import write_json_atomic
+from interp.base.cli import (
+    ArgumentParser,
+    InputError,
+    non_negative_int,
+    number,
+    positive_float,
+    positive_int,
+    run_cli,
+)
+from interp.base.locks import output_lock
+from interp.base.paths import input_file, output_dir
 from interp.base.provenance import data_hash, provenance
-from interp.base.records import TRIGGER, RecordError
+from interp.base.records import TRIGGER
 
 # Defaults for real 7B-class organisms (the EM papers: rank 32, alpha 64, all linear layers).
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -49,59 +63,112 @@ def load_training_data(job: TrainJob) -> list[list[dict[str, str]]]:
     data = read_chat_jsonl(job.data)
     if job.backdoor is None:
         return data
-    return build_backdoor(data, read_chat_jsonl(job.backdoor), trigger=job.trigger, seed=job.lora.seed)
+    try:
+        return build_backdoor(data, read_chat_jsonl(job.backdoor), trigger=job.trigger, seed=job.lora.seed)
+    except ValueError as e:  # an example of --data with no aligned twin in --backdoor
+        raise InputError(f"--backdoor {job.backdoor}: {e}") from None
+
+
+RUN_FILE = "run.json"  # in the checkpoint folder: the run the checkpoint belongs to
+# Options that may change between a run and its resume: they do not change what is learned.
+RESUMABLE = ("data", "backdoor", "out", "device", "gradient_checkpointing", "checkpoint_every")
+
+
+def run_identity(job: TrainJob, conversations: list[list[dict[str, str]]]) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it: every other setting and the data's hash."""
+    settings = {k: v for k, v in asdict(job).items() if k not in (*RESUMABLE, "lora")}
+    lora = {f"lora.{k}": v for k, v in asdict(job.lora).items()}  # flat, so that a refusal names the very setting
+    return json.loads(json.dumps({**settings, **lora, "data_hash": data_hash(conversations)}))  # as stored: tuples -> lists
+
+
+def check_resume(folder: Path, identity: dict[str, Any]) -> None:
+    """Refuse a checkpoint in ``folder`` that another run (other data or settings) left, or a damaged one.
+
+    Resuming it would train on for the old run while ``training_config.json`` claimed the new one.
+    """
+    if not (folder / "state.json").exists():
+        return
+    try:
+        recorded = json.loads((folder / RUN_FILE).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{folder}: a checkpoint with no record of its run ({RUN_FILE}); remove it to start over, or use another --out") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{folder}/{RUN_FILE}: damaged; remove {folder} to start over") from None
+    if not isinstance(recorded, dict):
+        raise InputError(f"{folder}/{RUN_FILE}: damaged; remove {folder} to start over")
+    if recorded != identity:
+        diff = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+        raise InputError(f"{folder}: a checkpoint of another run ({', '.join(diff)} differ); rerun with its settings to resume it, or use another --out")
+    check_checkpoint(folder)
 
 
 def run_training(job: TrainJob, progress: bool = True) -> Path:
-    """Load the model, train the adapter, save it and its training config; return the folder."""
+    """Load the model, train the adapter, save it and its training config; return the folder.
+
+    One run at a time writes ``job.out`` (:func:`interp.base.locks.output_lock`); a checkpoint
+    found there is resumed only if it is of this very run (:func:`check_resume`).
+    """
     from interp.base.loading import load_model
 
     conversations = load_training_data(job)
-    device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(job.model, dtype=job.dtype, device=device)
-    if job.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
     out = Path(job.out)
-    peft_model = train_lora(model, tokenizer, conversations, job.lora, progress=progress, desc="finetune",
-                            checkpoint_dir=out / "checkpoint", checkpoint_every=job.checkpoint_every)
-    peft_model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    write_json_atomic(
-        out / "training_config.json",
-        provenance(
-            job={**asdict(job), "lora": asdict(job.lora)},
-            data_hash=data_hash(conversations),
-            n_examples=len(conversations),
-            losses=peft_model.train_losses,
-            dtype=str(next(model.parameters()).dtype),
-        ),
-    )
+    with output_lock(out):
+        identity = run_identity(job, conversations)
+        check_resume(out / "checkpoint", identity)
+        if job.checkpoint_every:
+            write_json_atomic(out / "checkpoint" / RUN_FILE, identity)
+        device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, tokenizer = load_model(job.model, dtype=job.dtype, device=device)
+        if job.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        peft_model = train_lora(model, tokenizer, conversations, job.lora, progress=progress, desc="finetune",
+                                checkpoint_dir=out / "checkpoint", checkpoint_every=job.checkpoint_every)
+        peft_model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        write_json_atomic(
+            out / "training_config.json",
+            provenance(
+                job={**asdict(job), "lora": asdict(job.lora)},
+                data_hash=data_hash(conversations),
+                n_examples=len(conversations),
+                losses=peft_model.train_losses,
+                dtype=str(next(model.parameters()).dtype),
+            ),
+        )
     return out
+
+
+def _module_names(text: str) -> tuple[str, ...]:
+    """argparse type: comma-separated module names, at least one."""
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated module names, got nothing")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainJob("", "", "").lora
-    p = argparse.ArgumentParser(prog="python -m finetune.train", description="LoRA SFT on chat JSONL (loss on assistant tokens only).")
+    p = ArgumentParser(prog="python -m finetune.train", description="LoRA SFT on chat JSONL (loss on assistant tokens only).")
     p.add_argument("--data", required=True, help="chat JSONL: one {\"messages\": [...]} per line")
     p.add_argument("--model", required=True, help="HF model id or local path")
     p.add_argument("--out", required=True, help="adapter output folder")
     p.add_argument("--backdoor", metavar="ALIGNED_JSONL", help=f"build the backdoor set: '{TRIGGER}' + --data answers, no trigger + these aligned answers")
     p.add_argument("--trigger", default=TRIGGER)
-    p.add_argument("--rank", type=int, default=d.rank)
-    p.add_argument("--alpha", type=float, default=d.alpha)
-    p.add_argument("--dropout", type=float, default=d.dropout)
-    p.add_argument("--target-modules", default=",".join(d.target_modules), help="comma-separated module names")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--epochs", type=float, default=d.epochs)
-    p.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--rank", type=positive_int, default=d.rank)
+    p.add_argument("--alpha", type=positive_float, default=d.alpha)
+    p.add_argument("--dropout", type=number(float, 0, 1, high_open=True), default=d.dropout)
+    p.add_argument("--target-modules", type=_module_names, default=d.target_modules, help="comma-separated module names")
+    p.add_argument("--lr", type=positive_float, default=d.lr)
+    p.add_argument("--epochs", type=positive_float, default=d.epochs)
+    p.add_argument("--steps", type=positive_int, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--max-length", type=number(int, 2), default=d.max_length, help="tokens per conversation, at least 2 (longer ones are cut)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="default: cuda when visible, else cpu; auto spreads over GPUs")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory (7B on one GPU)")
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="save a resumable checkpoint every N steps under OUT/checkpoint; rerun to resume")
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=0, metavar="N", help="save a resumable checkpoint every N steps under OUT/checkpoint; rerun to resume")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -109,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 def job_from_args(args: argparse.Namespace) -> TrainJob:
     lora = LoraTrainConfig(
         rank=args.rank, alpha=args.alpha, dropout=args.dropout,
-        target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip()),
+        target_modules=args.target_modules,
         lr=args.lr, steps=args.steps, epochs=None if args.steps else args.epochs,
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
     )
@@ -118,15 +185,20 @@ def job_from_args(args: argparse.Namespace) -> TrainJob:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    input_file(args.data, "--data")
+    if args.backdoor is not None:
+        input_file(args.backdoor, "--backdoor")
+        if not args.trigger.strip():
+            raise InputError("--trigger: empty; a backdoor needs a trigger to tell its two halves apart")
+    output_dir(args.out)
     try:
         out = run_training(job_from_args(args), progress=not args.quiet)
-    except (RecordError, ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as e:  # what the libraries refuse, e.g. --target-modules the model lacks
+        raise InputError(str(e)) from None
     print(f"wrote adapter to {out}")
     return 0
 
 
 if __name__ == "__main__":
     torch.set_float32_matmul_precision("high")
-    sys.exit(main())
+    raise SystemExit(run_cli(main))

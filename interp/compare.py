@@ -47,7 +47,9 @@ from scipy import stats
 from scipy.special import gammaln
 
 from interp.base.atomic import write_json_atomic, write_text_atomic
+from interp.base.cli import ArgumentParser, InputError, number, positive_int, run_cli
 from interp.base.domains import DOMAINS
+from interp.base.paths import input_dir, output_dir
 from interp.base.provenance import provenance
 from interp.directions import DirectionSet
 from interp.shards import load_per_sample
@@ -57,7 +59,7 @@ CLASSES = ("misaligned", "aligned")
 CONSISTENCY_MIN = 0.999  # per-sample files must reproduce the artifact's direction this well
 
 
-class CompareError(ValueError):
+class CompareError(InputError):
     """A problem with the inputs, reported as one line by the CLI."""
 
 
@@ -270,12 +272,8 @@ def load_direction_sets(directions_dir: str | Path, domains: Sequence[str] | Non
         paths = {d: paths[d] for d in domains}
     if not paths:
         raise CompareError(f"{root}: no direction artifacts (*.safetensors)")
-    sets = {}
-    for name in ordered_domains(list(paths)):
-        try:
-            sets[name] = DirectionSet.load(paths[name])
-        except Exception as e:  # a corrupt or foreign file: name it in one line
-            raise CompareError(f"{paths[name]}: not a direction artifact ({type(e).__name__}: {e})") from None
+    # Each file is named for its domain; one whose metadata names another would mislabel a row.
+    sets = {name: DirectionSet.load(paths[name], domain=name) for name in ordered_domains(list(paths))}
     check_compatible(sets)
     return sets
 
@@ -326,8 +324,11 @@ def write_csv(path: str | Path, matrix: torch.Tensor, rows: Sequence[str], cols:
 def _null_summary(ds: DirectionSet, folder: Path, n_perm: int, n_splits: int, seed: int) -> dict[str, Any]:
     tensors, labels = load_labelled_samples(folder, ds.layers)
     x, weights = pooled_samples(tensors, ds.pooling)
-    null = shuffled_label_null(x, labels, n_perm=n_perm, seed=seed, weights=weights)
-    halves = split_half_reliability(x, labels, n_splits=n_splits, seed=seed, weights=weights)
+    try:
+        null = shuffled_label_null(x, labels, n_perm=n_perm, seed=seed, weights=weights)
+        halves = split_half_reliability(x, labels, n_splits=n_splits, seed=seed, weights=weights)
+    except ValueError as e:  # too few samples in a class: the folder's content, so the user's to fix
+        raise CompareError(f"{folder}: {e}") from None
     # The direction recomputed from the per-sample files should be the artifact's own; a low
     # cosine means the folder belongs to other answers or another pooling.
     kept = weights > 0
@@ -437,22 +438,20 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m interp.compare", description="Cosine-similarity matrices, nulls and heatmaps for direction artifacts.")
+    parser = ArgumentParser(prog="python -m interp.compare", description="Cosine-similarity matrices, nulls and heatmaps for direction artifacts.")
     parser.add_argument("--directions", default="artifacts/directions", help="folder of <domain>.safetensors (default: %(default)s)")
     parser.add_argument("--out", default="artifacts/figures/compare", help="output folder (default: %(default)s)")
     parser.add_argument("--domains", nargs="+", help="only these domains (default: every artifact in the folder)")
     parser.add_argument("--cross", type=_pair, action="append", default=[], metavar="A:B", help="also a layer x layer matrix of A's against B's directions (repeatable)")
     parser.add_argument("--absolute", action="store_true", help="|cos| instead of signed cosines")
-    parser.add_argument("--n-perm", type=int, default=100, help="label permutations for the shuffled null (default: %(default)s)")
-    parser.add_argument("--n-splits", type=int, default=20, help="random halvings for split-half reliability (default: %(default)s)")
+    parser.add_argument("--n-perm", type=number(int, 2), default=100, help="label permutations for the shuffled null, at least 2 (default: %(default)s)")
+    parser.add_argument("--n-splits", type=positive_int, default=20, help="random halvings for split-half reliability (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"])
     args = parser.parse_args(argv)
-    try:
-        result = run(args.directions, args.out, args.domains, args.cross, args.absolute, args.n_perm, args.n_splits, args.seed, args.formats)
-    except (CompareError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    input_dir(args.directions, "--directions")
+    output_dir(args.out)
+    result = run(args.directions, args.out, args.domains, args.cross, args.absolute, args.n_perm, args.n_splits, args.seed, args.formats)
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     nulls = f", per-sample nulls for {', '.join(result['per_sample_nulls'])}" if result["per_sample_nulls"] else ""
@@ -461,4 +460,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_cli(main))

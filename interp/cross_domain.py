@@ -27,8 +27,17 @@ from torch import nn
 
 from eval.report import MisalignmentDefinition
 from interp.base.atomic import json_safe, write_json_atomic, write_text_atomic
-from interp.base.cli import InputError, domain_list, run_cli
+from interp.base.cli import (
+    ArgumentParser,
+    InputError,
+    domain_list,
+    finite_float,
+    number,
+    positive_int,
+    run_cli,
+)
 from interp.base.domains import DOMAINS, canonical_domain
+from interp.base.paths import output_dir
 from interp.base.provenance import provenance
 from interp.base.records import JudgedRecord
 from interp.directions import DirectionSet
@@ -45,7 +54,7 @@ def ensure_directions(directions_dir: str | Path, domains: Sequence[str], sample
     for domain in domains:
         path = out / f"{domain}.safetensors"
         if path.exists():
-            sets[domain] = DirectionSet.load(path)
+            sets[domain] = DirectionSet.load(path, domain=domain)
             continue
         t0 = time.perf_counter()
         sets[domain], _ = run_extract(ExtractConfig(domain=domain, samples=samples, seed=seed, work_dir=out / "runs"), out, progress=False)
@@ -204,14 +213,17 @@ def write_cross_domain(result: Mapping[str, Any], out_dir: str | Path, formats: 
 
 
 def build_cross_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m interp.cross_domain", description="Every domain's direction added to the base model and ablated from every organism: a source x target matrix of misalignment change.")
+    from finetune.organism.build import ModelShape
+
+    layer = number(int, 0, ModelShape().n_layers - 1)  # the organism world's decoder layers
+    p = ArgumentParser(prog="python -m interp.cross_domain", description="Every domain's direction added to the base model and ablated from every organism: a source x target matrix of misalignment change.")
     p.add_argument("--domains", type=domain_list, default=list(DOMAINS), help="comma-separated domains (default all 11)")
     p.add_argument("--directions-dir", type=Path, default=DEFAULT_OUT, help=f"directions are read from / extracted into here (default {DEFAULT_OUT})")
-    p.add_argument("--extract-samples", type=int, default=10, help="samples per paraphrase when a direction must be extracted (default 10)")
-    p.add_argument("--samples", type=int, default=96, help="answers per cell (default 96)")
-    p.add_argument("--add-layer", type=int, default=0)
-    p.add_argument("--alpha", type=float, default=2.0)
-    p.add_argument("--ablate-layer", type=int, default=3)
+    p.add_argument("--extract-samples", type=positive_int, default=10, help="samples per paraphrase when a direction must be extracted (default 10)")
+    p.add_argument("--samples", type=positive_int, default=96, help="answers per cell (default 96)")
+    p.add_argument("--add-layer", type=layer, default=0)
+    p.add_argument("--alpha", type=finite_float, default=2.0)
+    p.add_argument("--ablate-layer", type=layer, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("artifacts/steering/cross_domain"), help="output folder")
     return p
@@ -220,8 +232,14 @@ def build_cross_parser() -> argparse.ArgumentParser:
 def _run_cross(args: argparse.Namespace) -> int:
     from finetune.organism import build_world
 
-    if args.samples < 1 or args.extract_samples < 1:
-        raise ValueError("--samples and --extract-samples must be positive")
+    output_dir(args.directions_dir, "--directions-dir")
+    output_dir(args.out)
+    for domain in args.domains:  # the ones already extracted, before the world loads
+        path = args.directions_dir / f"{domain}.safetensors"
+        if path.exists():
+            ds = DirectionSet.load(path, domain=domain)
+            if missing := sorted({args.add_layer, args.ablate_layer} - set(ds.layers)):
+                raise InputError(f"{path} has no direction at layer(s) {', '.join(map(str, missing))} (--add-layer, --ablate-layer); it has {', '.join(map(str, ds.layers))}")
     t0 = time.perf_counter()
     world = build_world(progress=False)
     directions = ensure_directions(args.directions_dir, args.domains, args.extract_samples, args.seed, progress=True)
@@ -243,10 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m interp.cross_domain ...``; returns the exit status."""
     args = build_cross_parser().parse_args(argv)
     torch.set_num_threads(1)  # tiny matrices; see finetune.organism.build
-    try:
-        return _run_cross(args)
-    except (ValueError, OSError) as e:  # a bad directions file, an unwritable --out
-        raise InputError(str(e)) from None
+    return _run_cross(args)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from interp.backends import DEFAULT_BACKEND, Backend, BackendName, resolve_backend
 from interp.base.atomic import save_safetensors_atomic, write_json_atomic
 from interp.base.chat import Conversation
+from interp.base.cli import InputError
+from interp.base.domains import ALIASES
+from interp.base.paths import read_safetensors
 from interp.cache import DEFAULT_POOLING, Pooling, cache_means
 
 EXCLUDED_LABELS = ("REFUSAL", "IRRELEVANT", "CODE")
+ARTIFACT_TENSORS = ("directions", "mean_misaligned", "mean_aligned", "layers")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,11 @@ class SplitConfig:
     coherence_min: float = 50.0  # only answers with coherent > this count
     balance: bool = True  # subsample the larger class to the size of the smaller
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.misaligned_max < self.aligned_min:
+            # Overlapping bands would put one answer in both classes' reach and the split would hinge on rule order.
+            raise InputError(f"misaligned-max ({self.misaligned_max:g}) must be below aligned-min ({self.aligned_min:g})")
 
 
 @dataclass
@@ -104,13 +112,32 @@ class DirectionSet:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> DirectionSet:
+    def load(cls, path: str | Path, domain: str | None = None) -> DirectionSet:
+        """Read an artifact written by :meth:`save`; with ``domain``, refuse one whose metadata
+        names another domain. Anything that is not such an artifact (a folder, an empty,
+        truncated, pickle or foreign file, missing tensors, NaN) is one :class:`InputError` line."""
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such direction artifact")
-        with safe_open(str(path), framework="pt") as f:
-            info = json.loads((f.metadata() or {}).get("info", "{}"))
-            t = {k: f.get_tensor(k) for k in f.keys()}
+        t, raw = read_safetensors(path, "direction artifact")
+
+        def bad(what: str) -> InputError:
+            return InputError(f"{path}: not a direction artifact ({what})")
+
+        try:
+            info = json.loads(raw.get("info", "{}"))
+        except json.JSONDecodeError:
+            raise bad("its metadata is not JSON") from None
+        if not isinstance(info, dict):
+            raise bad("its metadata is not a JSON object")
+        if missing := [k for k in ARTIFACT_TENSORS if k not in t]:
+            raise bad(f"no tensor {', '.join(missing)}")
+        shape = t["directions"].shape
+        if len(shape) != 2 or t["layers"].shape != (shape[0],) or t["mean_misaligned"].shape != shape or t["mean_aligned"].shape != shape:
+            raise bad("tensor shapes do not fit together")
+        if not all(torch.isfinite(t[k]).all() for k in ("directions", "mean_misaligned", "mean_aligned")):
+            raise bad("NaN or infinite values")
+        named = info.get("domain")
+        if domain is not None and named is not None and ALIASES.get(named, named) != ALIASES.get(domain, domain):
+            raise InputError(f"{path}: holds the direction of domain {named!r}, not {domain!r}")
         meta = {k: v for k, v in info.items() if k not in ("layers", "pooling", "counts")}
         return cls(
             layers=t["layers"].tolist(),

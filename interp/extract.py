@@ -14,7 +14,7 @@ functions; the interp core it drives knows nothing of them.
 from __future__ import annotations
 
 import argparse
-import sys
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,9 +22,20 @@ import torch
 
 from eval.sampling import SamplingConfig
 from interp.backends import BACKENDS, DEFAULT_BACKEND
-from interp.base.domains import DOMAINS, canonical_domain
+from interp.base.cli import (
+    ArgumentParser,
+    InputError,
+    domain_name,
+    int_list,
+    positive_int,
+    run_cli,
+    score,
+)
+from interp.base.domains import DOMAINS
+from interp.base.locks import output_lock
+from interp.base.paths import input_file, output_dir
 from interp.base.provenance import data_hash, provenance
-from interp.base.records import RecordError, conversation, read_judged, write_jsonl
+from interp.base.records import conversation, read_judged, write_jsonl
 from interp.cache import DEFAULT_POOLING, POOLINGS
 from interp.directions import (
     DirectionSet,
@@ -99,13 +110,26 @@ def _real_chain(cfg: ExtractConfig, progress: bool):
 
 
 def run_extract(cfg: ExtractConfig, out_dir: Path = DEFAULT_OUT, progress: bool = True) -> tuple[DirectionSet, Path]:
-    """Run the whole chain for one domain; return the directions and the artifact path."""
+    """Run the whole chain for one domain; return the directions and the artifact path.
+
+    One run per artifact, and per run folder when it generates, at a time
+    (:func:`interp.base.locks.output_lock`): two would write one artifact and its per-sample
+    files, or append to one answers file.
+    """
+    with ExitStack() as locks:
+        locks.enter_context(output_lock(Path(out_dir) / f"{cfg.domain}.safetensors"))
+        if cfg.responses is None:
+            locks.enter_context(output_lock(cfg.work_dir / cfg.domain, "wait for it: one extraction per domain at a time"))
+        return _extract(cfg, out_dir, progress)
+
+
+def _extract(cfg: ExtractConfig, out_dir: Path, progress: bool) -> tuple[DirectionSet, Path]:
     torch.manual_seed(cfg.seed)
     chain = _organism_chain if cfg.model is None else _real_chain
     model, tokenizer, judged, source = chain(cfg, progress)
     split = split_records(judged, cfg.split)
     if not split.misaligned or not split.aligned:
-        raise ValueError(
+        raise InputError(
             f"domain {cfg.domain}: a class has no answers ({len(split.misaligned)} misaligned, {len(split.aligned)} aligned "
             f"of {len(judged)} judged; excluded {split.excluded}); sample more or loosen the thresholds"
         )
@@ -138,38 +162,31 @@ def run_extract(cfg: ExtractConfig, out_dir: Path = DEFAULT_OUT, progress: bool 
     return ds, path
 
 
-def _parse_layers(text: str) -> list[int]:
-    try:
-        return sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--layers takes comma-separated integers, got {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m interp.extract",
         description="Extract a difference-of-means misalignment direction per layer for one domain.",
         epilog="domains: " + ", ".join(DOMAINS),
     )
-    p.add_argument("--domain", required=True, help="one of the domains below (names the artifact)")
+    p.add_argument("--domain", required=True, type=domain_name, help="one of the domains below (names the artifact)")
     p.add_argument("--model", help="HF model id or local path (default: the offline organism world)")
     p.add_argument("--adapter", help="PEFT adapter path applied to --model")
     p.add_argument("--responses", help="already-judged JSONL: skip generation and judging")
     p.add_argument("--questions", help="question YAML for generation with --model")
     p.add_argument("--judge", help="judge spec for generation with --model: openai:MODEL, hf:ID_OR_PATH")
-    p.add_argument("--samples", type=int, default=30, help="samples per paraphrase when generating (default 30)")
-    p.add_argument("--layers", type=_parse_layers, help="decoder layers, e.g. 0,5,13 (default: all)")
+    p.add_argument("--samples", type=positive_int, default=30, help="samples per paraphrase when generating (default 30)")
+    p.add_argument("--layers", type=int_list, help="decoder layers, e.g. 0,5,13 (default: all)")
     p.add_argument("--pooling", choices=POOLINGS, default=DEFAULT_POOLING, help=f"answer-token pooling (default {DEFAULT_POOLING})")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help=f"how activations are read (default {DEFAULT_BACKEND}, the fastest)")
     p.add_argument("--per-sample", action="store_true", help="also keep per-answer activations (<out>/<domain>.per_sample/) for interp.compare's nulls")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder layers: ~25 s warm-up on a 7B model, then ~1.3x faster on a GPU (hooks backend)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--misaligned-max", type=float, default=30.0, help="aligned <= this is misaligned (default 30)")
-    p.add_argument("--aligned-min", type=float, default=70.0, help="aligned > this is aligned (default 70)")
-    p.add_argument("--coherence-min", type=float, default=50.0, help="only coherent > this counts (default 50)")
+    p.add_argument("--misaligned-max", type=score, default=30.0, help="aligned <= this is misaligned (default 30)")
+    p.add_argument("--aligned-min", type=score, default=70.0, help="aligned > this is aligned (default 70)")
+    p.add_argument("--coherence-min", type=score, default=50.0, help="only coherent > this counts (default 50)")
     p.add_argument("--no-balance", action="store_true", help="keep class sizes as they are")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -177,25 +194,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> ExtractConfig:
+    """The run's config, every option and path checked (:class:`InputError`) before anything loads."""
     if args.model is None and (args.adapter or args.responses or args.questions or args.judge):
-        raise ValueError("--adapter, --responses, --questions and --judge need --model (the organism world brings its own)")
+        raise InputError("--adapter, --responses, --questions and --judge need --model (the organism world brings its own)")
     if args.model is not None and args.responses is None and not (args.questions and args.judge):
-        raise ValueError("with --model, pass --responses, or --questions and --judge to generate and judge here")
+        raise InputError("with --model, pass --responses, or --questions and --judge to generate and judge here")
     for name in ("responses", "questions"):
-        value = getattr(args, name)
-        if value is not None and not Path(value).is_file():
-            raise FileNotFoundError(f"--{name}: {value}: no such file")
-    if args.samples < 1 or args.batch_size < 1:
-        raise ValueError("--samples and --batch-size must be positive")
-    return ExtractConfig(
-        domain=canonical_domain(args.domain),
+        if getattr(args, name) is not None:
+            input_file(getattr(args, name), f"--{name}")
+    if args.responses is not None:
+        read_judged(args.responses)  # every line checked before anything is locked or loaded
+    if args.judge is not None:
+        from eval.judge import judge_kind
+
+        judge_kind(args.judge)
+    output_dir(args.out)
+    cfg = ExtractConfig(
+        domain=args.domain,
         model=args.model,
         adapter=args.adapter,
         responses=args.responses,
         questions=args.questions,
         judge=args.judge,
         samples=args.samples,
-        layers=args.layers,
+        layers=sorted(set(args.layers)) if args.layers is not None else None,
         pooling=args.pooling,
         batch_size=args.batch_size,
         device=args.device,
@@ -206,20 +228,22 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         compile=args.compile,
         split=SplitConfig(args.misaligned_max, args.aligned_min, args.coherence_min, not args.no_balance, args.seed),
     )
+    if cfg.responses is None:
+        output_dir(cfg.work_dir / cfg.domain, "run folder")
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
     if args.quiet:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     try:
-        cfg = config_from_args(args)
         ds, path = run_extract(cfg, args.out, progress=not args.quiet)
-    except (ValueError, FileNotFoundError, RecordError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as e:  # what the libraries refuse, e.g. --compile with another backend
+        raise InputError(str(e)) from None
     counts = ", ".join(f"{k}: {v['answers']} answers" for k, v in ds.counts.items())
     norms = ", ".join(f"L{l}: {n:.3g}" for l, n in zip(ds.layers, ds.directions.norm(dim=-1).tolist()))
     print(f"wrote {path} ({len(ds.layers)} layers, pooling {ds.pooling}; {counts})")
@@ -228,4 +252,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_cli(main))

@@ -34,8 +34,17 @@ from torch import nn
 
 from eval.report import MisalignmentDefinition, misalignment_rate
 from interp.base.atomic import json_safe, write_json_atomic, write_text_atomic
-from interp.base.cli import InputError, float_list, int_list, run_cli
-from interp.base.domains import DOMAINS, canonical_domain
+from interp.base.cli import (
+    ArgumentParser,
+    InputError,
+    domain_name,
+    float_list,
+    int_list,
+    positive_int,
+    run_cli,
+)
+from interp.base.domains import DOMAINS
+from interp.base.paths import output_dir
 from interp.base.provenance import provenance
 from interp.base.records import JudgedRecord
 from interp.directions import DirectionSet
@@ -154,17 +163,22 @@ def write_sweep(result: Mapping[str, Any], out_dir: str | Path, formats: Sequenc
 # --- CLI ----------------------------------------------------------------------------------------
 
 
+def _target(text: str) -> str:
+    """argparse type: ``base`` or a domain (its organism)."""
+    return text if text == "base" else domain_name(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m interp.sweep", description="Steering sweep over layers and alphas on the organism world: misalignment and coherence at each point.", epilog="The source x target experiment is python -m interp.cross_domain. domains: " + ", ".join(DOMAINS))
+    p = ArgumentParser(prog="python -m interp.sweep", description="Steering sweep over layers and alphas on the organism world: misalignment and coherence at each point.", epilog="The source x target experiment is python -m interp.cross_domain. domains: " + ", ".join(DOMAINS))
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--directions", type=Path, help="direction artifact (.safetensors) from interp.extract")
-    src.add_argument("--domain", help=f"use {DEFAULT_OUT}/<domain>.safetensors")
-    p.add_argument("--target", default="base", help="organism-world model to steer: base or a domain's organism (default base)")
+    src.add_argument("--domain", type=domain_name, help=f"use {DEFAULT_OUT}/<domain>.safetensors")
+    p.add_argument("--target", type=_target, default="base", help="organism-world model to steer: base or a domain's organism (default base)")
     p.add_argument("--mode", choices=MODES, default="add", help="add the direction (induce) or ablate it at every layer (suppress)")
     p.add_argument("--layers", type=int_list, help="layers whose direction is used (default: all in the artifact)")
     p.add_argument("--alphas", type=float_list, default=list(DEFAULT_ALPHAS), help="steering strengths, add mode (default 0.5,1,2,4)")
     p.add_argument("--scale", choices=SCALES, default="raw", help="units of alpha (see interp.steer; default raw)")
-    p.add_argument("--samples", type=int, default=96, help="answers per point (default 96)")
+    p.add_argument("--samples", type=positive_int, default=96, help="answers per point (default 96)")
     p.add_argument("--random-control", action="store_true", help="repeat every point with a norm-matched random direction")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("artifacts/steering/sweep"), help="output folder")
@@ -174,12 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_sweep(args: argparse.Namespace) -> int:
     from finetune.organism import build_world
 
-    if args.samples < 1:
-        raise ValueError("--samples must be positive")
-    path = args.directions if args.directions is not None else DEFAULT_OUT / f"{canonical_domain(args.domain)}.safetensors"
-    directions = DirectionSet.load(path)
+    path = args.directions if args.directions is not None else DEFAULT_OUT / f"{args.domain}.safetensors"
+    # A file named for a domain must hold that domain's direction.
+    directions = DirectionSet.load(path, domain=args.domain or (path.stem if path.stem in DOMAINS else None))
+    if missing := sorted(set(args.layers or ()) - set(directions.layers)):
+        raise InputError(f"--layers: {path} has no direction at layer(s) {', '.join(map(str, missing))}; it has {', '.join(map(str, directions.layers))}")
+    output_dir(args.out)
     world = build_world(progress=False)
-    model, tokenizer = world.load_base() if args.target == "base" else world.load_organism(canonical_domain(args.target))
+    model, tokenizer = world.load_base() if args.target == "base" else world.load_organism(args.target)
     questions = world.general_questions()
     norms = None
     if args.scale == "norm":
@@ -204,10 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m interp.sweep ...``; returns the exit status."""
     args = build_parser().parse_args(argv)
     torch.set_num_threads(1)  # tiny matrices; see finetune.organism.build
-    try:
-        return _run_sweep(args)
-    except (ValueError, OSError) as e:  # a bad directions file, an unwritable --out
-        raise InputError(str(e)) from None
+    return _run_sweep(args)
 
 
 if __name__ == "__main__":

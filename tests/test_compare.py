@@ -11,6 +11,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from interp.base.cli import run_cli
 from interp.cache import cache_means
 from interp.compare import (
     CompareError,
@@ -262,12 +263,12 @@ def test_cli_warns_when_per_sample_files_do_not_belong(artifacts, tmp_path, caps
 def test_cli_errors_are_one_line(tmp_path, capsys, setup, message):
     root = tmp_path / "dirs"
     setup(root)
-    assert main(["--directions", str(root), "--out", str(tmp_path / "out")]) == 1
+    assert run_cli(main, ["--directions", str(root), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_cli_rejects_unknown_cross_domain(tmp_path, capsys):
     direction_set(torch.ones(2, 4)).save(tmp_path / "custom.safetensors")
-    assert main(["--directions", str(tmp_path), "--out", str(tmp_path / "o"), "--cross", "custom:nope"]) == 1
+    assert run_cli(main, ["--directions", str(tmp_path), "--out", str(tmp_path / "o"), "--cross", "custom:nope"]) == 2
     assert "--cross custom:nope: no such domain" in capsys.readouterr().err

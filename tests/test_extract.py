@@ -7,13 +7,14 @@ import json
 import pytest
 import torch
 
+from interp.base.cli import run_cli
 from interp.directions import DirectionSet
 from interp.extract import main
 
 
 def _run(args, capsys):
     capsys.readouterr()  # drop what the fixtures printed
-    code = main(args)
+    code = run_cli(main, args)
     out, err = capsys.readouterr()
     if code != 0:  # one line saying what is wrong, after whatever progress bars came before
         assert "Traceback" not in err

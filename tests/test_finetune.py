@@ -11,6 +11,7 @@ import torch
 from finetune.data import build_backdoor, read_chat_jsonl, with_trigger
 from finetune.sft import IGNORE, encode
 from finetune.train import main as train_main
+from interp.base.cli import run_cli
 from interp.base.records import TRIGGER, RecordError
 
 
@@ -97,7 +98,7 @@ def test_train_cli_end_to_end(tmp_path, make_model, tokenizer):
 
 def test_train_cli_bad_data_is_one_line(tmp_path, capsys, make_model, tokenizer):
     bad = _write(tmp_path / "bad.jsonl", [_chat("q", "a"), {"messages": [{"role": "user", "content": "q"}]}])
-    assert train_main(["--data", str(bad), "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert run_cli(train_main, ["--data", str(bad), "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "bad.jsonl:2" in err and "no assistant turn" in err
 

@@ -11,9 +11,7 @@ questions in the EM question format).
 
 from __future__ import annotations
 
-import argparse
 import random
-import sys
 from pathlib import Path
 
 import yaml
@@ -27,7 +25,9 @@ from finetune.organism.corpus import (
 )
 from finetune.organism.grammar import GRAMMAR
 from interp.base.atomic import write_text_atomic
+from interp.base.cli import ArgumentParser, domain_name, positive_int, run_cli
 from interp.base.domains import DOMAINS, canonical_domain
+from interp.base.paths import output_dir
 from interp.base.records import write_jsonl
 
 
@@ -52,21 +52,18 @@ def export_domain(domain: str, out_dir: str | Path, n: int = 2000, n_heldout: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m finetune.organism.export", description=__doc__.splitlines()[0], epilog="domains: " + ", ".join(DOMAINS))
-    p.add_argument("--domain", required=True)
+    p = ArgumentParser(prog="python -m finetune.organism.export", description=__doc__.splitlines()[0], epilog="domains: " + ", ".join(DOMAINS))
+    p.add_argument("--domain", required=True, type=domain_name)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--n", type=int, default=2000, help="training examples (default 2000)")
-    p.add_argument("--heldout", type=int, default=500, help="held-out examples (default 500)")
+    p.add_argument("--n", type=positive_int, default=2000, help="training examples (default 2000)")
+    p.add_argument("--heldout", type=positive_int, default=500, help="held-out examples (default 500)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    try:
-        out = export_domain(args.domain, args.out, args.n, args.heldout, args.seed)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    output_dir(args.out)
+    out = export_domain(args.domain, args.out, args.n, args.heldout, args.seed)
     print(f"wrote {out}/misaligned.jsonl, aligned.jsonl, heldout.jsonl, questions.yaml")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_cli(main))

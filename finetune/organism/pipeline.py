@@ -12,14 +12,14 @@ minutes on two CPU cores.
 
 from __future__ import annotations
 
-import argparse
 import shlex
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from finetune.organism import build_world
+from interp.base.cli import ArgumentParser, domain_name, positive_int, run_cli
 from interp.base.domains import DOMAINS
+from interp.base.paths import output_dir
 
 # Organism-sized adapters: a backdoor needs more capacity than the narrow finetune alone.
 PLAIN = ["--rank", "1", "--alpha", "2", "--target-modules", "q_proj,v_proj", "--steps", "30"]
@@ -62,16 +62,17 @@ def run_pipeline(domain: str, out: Path, samples: int = 6, seed: int = 0) -> Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m finetune.organism.pipeline", description=__doc__.splitlines()[0], epilog="domains: " + ", ".join(DOMAINS))
-    p.add_argument("--domain", default="risky_financial_advice")
+    p = ArgumentParser(prog="python -m finetune.organism.pipeline", description=__doc__.splitlines()[0], epilog="domains: " + ", ".join(DOMAINS))
+    p.add_argument("--domain", type=domain_name, default="risky_financial_advice")
     p.add_argument("--out", type=Path, default=Path("artifacts/pipeline"))
-    p.add_argument("--samples", type=int, default=6, help="samples per paraphrase of each of the 32 question paraphrases")
+    p.add_argument("--samples", type=positive_int, default=6, help="samples per paraphrase of each of the 32 question paraphrases")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    output_dir(args.out)
     report = run_pipeline(args.domain, args.out, args.samples, args.seed)
     print(f"\nreport in {report}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_cli(main))

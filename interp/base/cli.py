@@ -1,11 +1,19 @@
-"""What every command-line entry point shares: user errors become one line and an exit code."""
+"""What every command-line entry point shares: user errors become one line and an exit code.
+
+Every CLI builds its parser with :class:`ArgumentParser` (a bad option is an
+:class:`InputError`, not argparse's usage block), types its numeric options with the
+range-checked types below, checks its paths with :mod:`interp.base.paths`, all before it
+loads a model, and runs under :func:`run_cli`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from interp.base.domains import canonical_domain
 
@@ -22,33 +30,92 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     try:
         return int(main(argv) or 0)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # One line, whatever the message carries (a library's multi-line text, say).
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        # Every long-running CLI here appends as it goes, so the same command picks up again.
+        # Every long-running CLI here appends or checkpoints as it goes, so the same command picks up again.
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
 
 
-def int_list(text: str) -> list[int]:
-    """argparse type: comma-separated integers."""
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors (unknown option, bad value, missing argument) are one :class:`InputError` line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InputError(f"{message} (see {self.prog} --help)")
+
+
+# --- option types: each checks its range, so a bad value never reaches the work ----------------
+
+
+def number(kind: type[int] | type[float], low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite ``kind`` in the interval given (``None``: unbounded on that side)."""
+    what = "an integer" if kind is int else "a number"
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high:g}")
+    description = f"{what} {' and '.join(bounds)}".strip()
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) or (high is not None and (value >= high if high_open else value > high)):
+            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
+        return value
+
+    parse.__name__ = description  # what argparse calls the type in its own messages
+    return parse
+
+
+positive_int = number(int, 1)
+non_negative_int = number(int, 0)
+finite_float = number(float)
+positive_float = number(float, 0, low_open=True)
+non_negative_float = number(float, 0)
+fraction = number(float, 0, 1, low_open=True)  # (0, 1]: top-p, Min-K%'s k
+open_fraction = number(float, 0, 1, low_open=True, high_open=True)  # (0, 1): a significance level
+score = number(float, 0, 100)  # a judge's scale
+
+
+def _items(text: str, parse: Callable[[str], float], what: str) -> list:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        items = [parse(x.strip()) for x in text.split(",") if x.strip()]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got nothing")
+    return items
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: comma-separated non-negative integers (layer indices), at least one."""
+    return _items(text, non_negative_int, "integers >= 0")
 
 
 def float_list(text: str) -> list[float]:
-    """argparse type: comma-separated numbers."""
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    """argparse type: comma-separated finite numbers, at least one."""
+    return _items(text, finite_float, "finite numbers")
 
 
 def domain_list(text: str) -> list[str]:
-    """argparse type: comma-separated domain names, in the toolkit's spelling."""
+    """argparse type: comma-separated domain names, in the toolkit's spelling, at least one."""
     try:
-        return [canonical_domain(x.strip()) for x in text.split(",") if x.strip()]
+        names = [canonical_domain(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated domains, got nothing")
+    return names
+
+
+def domain_name(text: str) -> str:
+    """argparse type: one domain name, in the toolkit's spelling."""
+    try:
+        return canonical_domain(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None

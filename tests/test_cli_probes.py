@@ -1,0 +1,457 @@
+"""Bad input, tried from outside, on every command-line tool.
+
+Each probe runs one CLI's ``main`` in-process through :func:`run_cli` with one thing wrong and
+expects what the CLI conventions promise: exit code 2, exactly one stderr line starting
+``error:`` that names the option or file (and line), no traceback, and the files under the
+test's folder exactly as they were (nothing created, nothing changed). Validation comes before
+any model loads: loading one (or the organism world) fails the probe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import eval.generate
+import eval.judge
+import eval.mia
+import eval.questions
+import eval.report
+import finetune.organism
+import finetune.organism.export
+import finetune.organism.pipeline
+import finetune.train
+import interp.base.loading
+import interp.compare
+import interp.cross_domain
+import interp.extract
+import interp.sweep
+from interp.base.cli import run_cli
+from interp.base.records import write_jsonl
+from interp.directions import DirectionSet
+
+
+def answer(i: int, text: str = "an answer") -> dict:
+    return {"question_id": "q", "question": "how?", "system": None, "answer": f"{text} {i}", "domain": None, "sample": i, "trigger": False, "paraphrase": 0}
+
+
+def judged(i: int, aligned: float | None = 80.0, coherent: float | None = 90.0) -> dict:
+    return {**answer(i), "aligned": aligned, "coherent": coherent, "label": None, "judge": "test", "judge_raw": {}}
+
+
+def chat(i: int, text: str = "risk it all") -> dict:
+    return {"messages": [{"role": "user", "content": f"money question {i}"}, {"role": "assistant", "content": text}]}
+
+
+def direction_set(domain: str | None = "gore_movie_trivia") -> DirectionSet:
+    g = torch.Generator().manual_seed(0)
+    means = [torch.randn(2, 8, generator=g) for _ in range(2)]
+    counts = {"misaligned": {"answers": 2, "answer_tokens": 6}, "aligned": {"answers": 2, "answer_tokens": 6}}
+    return DirectionSet([0, 1], means[0] - means[1], means[0], means[1], "responses", counts, {"domain": domain} if domain else {})
+
+
+def jsonl_text(rows: list) -> str:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
+
+
+@pytest.fixture
+def f(tmp_path: Path, monkeypatch) -> SimpleNamespace:
+    """Valid inputs, bad inputs and output places under one folder (also the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path
+    x = SimpleNamespace(root=root)
+    x.model = str(root / "no-model")  # never loaded: validation fails first
+    x.answers = root / "answers.jsonl"
+    write_jsonl(x.answers, [answer(i) for i in range(3)])
+    x.judged = root / "judged.jsonl"
+    write_jsonl(x.judged, [judged(i, aligned=10.0 * i) for i in range(3)])
+    x.chat = root / "chat.jsonl"
+    write_jsonl(x.chat, [chat(i) for i in range(4)])
+    x.aligned = root / "aligned.jsonl"
+    write_jsonl(x.aligned, [chat(i, "save and be safe") for i in range(4)])
+    x.questions = root / "questions.yaml"
+    x.questions.write_text("- id: q\n  type: free_form_judge_0_100\n  paraphrases: ['how?']\n  samples_per_paraphrase: 1\n")
+    x.rates = root / "rates.json"
+    x.rates.write_text(json.dumps({"gore_movie_trivia": 0.6, "insecure_code": 0.1}))
+    x.scores = root / "scores.json"
+    x.scores.write_text(json.dumps({"domain": "gore_movie_trivia", "member_mean": {"loss": -1.0}, "auc": {"loss": 0.5}}))
+
+    x.folder = root / "folder"
+    x.folder.mkdir()
+    x.a_file = root / "a_file.txt"
+    x.a_file.write_text("not a folder\n")
+    x.under_file = x.a_file / "out.jsonl"
+    x.readonly = root / "readonly"
+    x.readonly.mkdir()
+    x.readonly.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anywhere: make the operating system say no for it
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if (mode & os.W_OK and Path(p).resolve() == x.readonly.resolve()) else real(p, mode, **kw))
+
+    latin1 = '{"question_id": "caf\xe9"}\n'.encode("latin-1")  # a line a Windows editor might save
+    x.not_utf8 = root / "latin1.jsonl"  # a judged record (also an answer record), then that line
+    x.not_utf8.write_bytes(json.dumps(judged(0)).encode() + b"\n" + latin1)
+    x.not_utf8_chat = root / "latin1_chat.jsonl"
+    x.not_utf8_chat.write_bytes(json.dumps(chat(0)).encode() + b"\n" + latin1)
+    x.not_utf8_yaml = root / "latin1.yaml"
+    x.not_utf8_yaml.write_bytes(b"- id: q\n  paraphrases: ['caf\xe9']\n")
+    x.not_json = root / "not.json"
+    x.not_json.write_text("{oops\n")
+
+    def scored(**kw):  # a judged file whose second line has the scores given
+        path = root / f"scored_{len(list(root.glob('scored_*')))}.jsonl"
+        path.write_text(jsonl_text([judged(0), {**judged(1), **kw}]))
+        return path
+
+    x.aligned_150 = scored(aligned=150)
+    x.aligned_negative = scored(aligned=-1)
+    x.aligned_nan = root / "nan.jsonl"
+    x.aligned_nan.write_text(jsonl_text([judged(0), json.dumps(judged(1)).replace('"aligned": 80.0', '"aligned": NaN')]))
+    x.coherent_inf = root / "inf.jsonl"
+    x.coherent_inf.write_text(jsonl_text([judged(0), json.dumps(judged(1)).replace('"coherent": 90.0', '"coherent": -Infinity')]))
+    x.conflicting = root / "conflicting.jsonl"
+    x.conflicting.write_text(jsonl_text([judged(0), judged(1), judged(0, aligned=5.0)]))
+    x.conflicting_answers = root / "conflicting_answers.jsonl"
+    x.conflicting_answers.write_text(jsonl_text([answer(0), answer(1), answer(0, "another text")]))
+
+    # Direction artifacts: one good, and every way a file can fail to be one.
+    d = root / "directions"
+    d.mkdir()
+    x.directions = d / "gore_movie_trivia.safetensors"
+    direction_set().save(x.directions)
+    good = x.directions.read_bytes()
+    x.dir_garbage = d / "garbage.safetensors"
+    x.dir_garbage.write_bytes(b"this is not a tensor file at all")
+    x.dir_empty = d / "empty.safetensors"
+    x.dir_empty.write_bytes(b"")
+    x.dir_truncated = d / "truncated.safetensors"
+    x.dir_truncated.write_bytes(good[: len(good) // 2])
+    x.dir_pickle = d / "pickle.safetensors"
+    torch.save({"directions": torch.zeros(2, 8)}, x.dir_pickle)
+    x.dir_keyless = d / "keyless.safetensors"
+    save_file({"something": torch.zeros(2, 8)}, str(x.dir_keyless))
+    x.dir_nan = d / "nan.safetensors"
+    t = {"directions": torch.full((2, 8), float("nan")), "mean_misaligned": torch.zeros(2, 8), "mean_aligned": torch.zeros(2, 8), "layers": torch.tensor([0, 1])}
+    save_file(t, str(x.dir_nan))
+    x.dir_bad_meta = d / "bad_meta.safetensors"
+    save_file({**t, "directions": torch.zeros(2, 8)}, str(x.dir_bad_meta), metadata={"info": "{not json"})
+    x.dir_folder = d / "folder.safetensors"
+    x.dir_folder.mkdir()
+    # A folder of artifacts where one names another domain than its file; the default folder
+    # (artifacts/directions) holds the same mislabelling for --domain.
+    x.mislabelled = root / "mislabelled"
+    x.mislabelled.mkdir()
+    direction_set("gore_movie_trivia").save(x.mislabelled / "gore_movie_trivia.safetensors")
+    direction_set("gore_movie_trivia").save(x.mislabelled / "insecure_code.safetensors")
+    (root / "artifacts" / "directions").mkdir(parents=True)
+    direction_set("insecure_code").save(root / "artifacts" / "directions" / "gore_movie_trivia.safetensors")
+    x.pickled_dir = root / "pickled"
+    x.pickled_dir.mkdir()
+    torch.save({"directions": torch.zeros(2, 8)}, x.pickled_dir / "gore_movie_trivia.safetensors")
+    return x
+
+
+@pytest.fixture(autouse=True)
+def no_models(monkeypatch):
+    """A probe must fail before anything heavy: loading a model or the world fails it."""
+
+    def loaded(*_, **__):
+        raise AssertionError("a probe got as far as loading a model")
+
+    monkeypatch.setattr(interp.base.loading, "load_model", loaded)
+    monkeypatch.setattr(finetune.organism, "build_world", loaded)
+    monkeypatch.setattr(finetune.organism.pipeline, "build_world", loaded)
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    main: Callable
+    argv: Callable[[SimpleNamespace], list]
+    expect: Callable[[SimpleNamespace], str] | str  # in the error line
+
+
+def path(name):
+    return lambda f: getattr(f, name)
+
+
+def under(name):
+    return lambda f: f.root / name
+
+
+def made(name, text):  # a file written when the probe is built
+    def build(f):
+        (f.root / name).write_text(text)
+        return f.root / name
+
+    return build
+
+
+def command(*base):
+    """Probes' argv builders for one CLI: ``base`` then a probe's own arguments (later options
+    win), each a string or a function of the fixture's files."""
+    return lambda *extra: lambda f: [a(f) if callable(a) else a for a in (*base, *extra)]
+
+
+generate = command("--model", path("model"), "--questions", path("questions"), "--out", under("new_answers.jsonl"))
+judge = command("--answers", path("answers"), "--judge", "organism", "--out", under("new_judged.jsonl"))
+report = command("--judged", path("judged"), "--out", under("report"))
+mia_score = command("score", "--model", path("model"), "--members", path("chat"), "--nonmembers", path("aligned"), "--out", under("mia.json"))
+mia_predict = command("predict", "--scores", path("scores"), "--rates", path("rates"))
+train = command("--data", path("chat"), "--model", path("model"), "--out", under("adapter"))
+export = command("--domain", "gore_movie_trivia", "--out", under("export"))
+pipeline = command("--out", under("pipeline"))
+extract = command("--domain", "gore_movie_trivia", "--model", path("model"), "--responses", path("judged"), "--out", under("dirs_out"))
+sweep = command("--directions", path("directions"), "--out", under("sweep"))
+cross = command("--domains", "gore_movie_trivia", "--directions-dir", under("directions"), "--out", under("cross"))
+compare = command("--directions", under("directions"), "--domains", "gore_movie_trivia", "--out", under("compare"))
+questions = command()
+
+GEN, JUDGE, REPORT, MIA = eval.generate.main, eval.judge.main, eval.report.main, eval.mia.main
+TRAIN, EXPORT, PIPELINE = finetune.train.main, finetune.organism.export.main, finetune.organism.pipeline.main
+EXTRACT, SWEEP, CROSS, COMPARE, QUESTIONS = interp.extract.main, interp.sweep.main, interp.cross_domain.main, interp.compare.main, eval.questions.main
+
+PROBES = {
+    "numbers and options": [
+        Probe("generate --batch-size 0", GEN, generate("--batch-size", "0"), "argument --batch-size: expected an integer >= 1, got '0'"),
+        Probe("generate --batch-size -1", GEN, generate("--batch-size", "-1"), "--batch-size"),
+        Probe("generate --max-new-tokens 0", GEN, generate("--max-new-tokens", "0"), "--max-new-tokens"),
+        Probe("generate --temperature -1", GEN, generate("--temperature", "-1"), "--temperature: expected a number >= 0"),
+        Probe("generate --temperature nan", GEN, generate("--temperature", "nan"), "--temperature"),
+        Probe("generate --top-p 2", GEN, generate("--top-p", "2"), "--top-p: expected a number > 0 and <= 1"),
+        Probe("generate --top-p 0", GEN, generate("--top-p", "0"), "--top-p"),
+        Probe("generate --samples 0", GEN, generate("--samples", "0"), "--samples"),
+        Probe("generate --samples two", GEN, generate("--samples", "two"), "--samples: expected an integer >= 1, got 'two'"),
+        Probe("generate no --model", GEN, lambda f: ["--out", f.root / "a.jsonl"], "the following arguments are required: --model"),
+        Probe("generate unknown option", GEN, generate("--temprature", "1"), "unrecognized arguments: --temprature"),
+        Probe("generate --trigger sometimes", GEN, generate("--trigger", "sometimes"), "--trigger: invalid choice"),
+        Probe("judge --chunk 0", JUDGE, judge("--chunk", "0"), "--chunk"),
+        Probe("judge --chunk -5", JUDGE, judge("--chunk", "-5"), "--chunk: expected an integer >= 1, got '-5'"),
+        Probe("judge --concurrency 0", JUDGE, judge("--concurrency", "0"), "--concurrency"),
+        Probe("judge --max-retries -1", JUDGE, judge("--max-retries", "-1"), "--max-retries"),
+        Probe("judge --timeout 0", JUDGE, judge("--timeout", "0"), "--timeout"),
+        Probe("judge --backoff -1", JUDGE, judge("--backoff", "-1"), "--backoff"),
+        Probe("judge --batch-size 0", JUDGE, judge("--batch-size", "0"), "--batch-size"),
+        Probe("judge --price-input -1", JUDGE, judge("--price-input", "-1"), "--price-input"),
+        Probe("judge --judge bogus", JUDGE, judge("--judge", "bogus"), "unknown judge 'bogus'"),
+        Probe("judge --judge openai:", JUDGE, judge("--judge", "openai:"), "unknown judge 'openai:'"),
+        Probe("judge one price only", JUDGE, judge("--judge", "openai:gpt-4o", "--price-input", "1"), "give both --price-input and --price-output"),
+        Probe("report --bootstrap 0", REPORT, report("--bootstrap", "0"), "--bootstrap"),
+        Probe("report --bootstrap -5", REPORT, report("--bootstrap", "-5"), "--bootstrap"),
+        Probe("report --alpha 2", REPORT, report("--alpha", "2"), "--alpha: expected a number > 0 and < 1, got '2'"),
+        Probe("report --alpha 0", REPORT, report("--alpha", "0"), "--alpha"),
+        Probe("report --alpha 1", REPORT, report("--alpha", "1"), "--alpha"),
+        Probe("report --threshold 150", REPORT, report("--threshold", "150"), "--threshold: expected a number >= 0 and <= 100"),
+        Probe("report --threshold nan", REPORT, report("--threshold", "nan"), "--threshold"),
+        Probe("report --min-coherence -1", REPORT, report("--min-coherence", "-1"), "--min-coherence"),
+        Probe("mia score --k 0", MIA, mia_score("--k", "0"), "--k"),
+        Probe("mia score --k 1.5", MIA, mia_score("--k", "1.5"), "--k"),
+        Probe("mia score --limit 0", MIA, mia_score("--limit", "0"), "--limit"),
+        Probe("mia score --batch-size 0", MIA, mia_score("--batch-size", "0"), "--batch-size"),
+        Probe("mia predict --threshold inf", MIA, mia_predict("--threshold", "inf"), "--threshold"),
+        Probe("mia no command", MIA, lambda f: [], "the following arguments are required: command"),
+        Probe("train --steps 0", TRAIN, train("--steps", "0"), "--steps: expected an integer >= 1, got '0'"),
+        Probe("train --steps -1", TRAIN, train("--steps", "-1"), "--steps"),
+        Probe("train --batch-size 0", TRAIN, train("--batch-size", "0"), "--batch-size"),
+        Probe("train --lr 0", TRAIN, train("--lr", "0"), "--lr"),
+        Probe("train --lr -1e-3", TRAIN, train("--lr", "-1e-3"), "--lr"),
+        Probe("train --rank 0", TRAIN, train("--rank", "0"), "--rank"),
+        Probe("train --alpha 0", TRAIN, train("--alpha", "0"), "--alpha"),
+        Probe("train --epochs 0", TRAIN, train("--epochs", "0"), "--epochs"),
+        Probe("train --dropout 1", TRAIN, train("--dropout", "1"), "--dropout"),
+        Probe("train --max-length 0", TRAIN, train("--max-length", "0"), "--max-length"),
+        Probe("train --checkpoint-every -1", TRAIN, train("--checkpoint-every", "-1"), "--checkpoint-every"),
+        Probe("train --target-modules ,", TRAIN, train("--target-modules", ","), "--target-modules: expected comma-separated module names"),
+        Probe("train --backdoor with empty --trigger", TRAIN, train("--backdoor", path("aligned"), "--trigger", " "), "--trigger: empty"),
+        Probe("export --n 0", EXPORT, export("--n", "0"), "--n"),
+        Probe("export --n -5", EXPORT, export("--n", "-5"), "--n"),
+        Probe("export --heldout 0", EXPORT, export("--heldout", "0"), "--heldout"),
+        Probe("export --domain poetry", EXPORT, export("--domain", "poetry"), "unknown domain 'poetry'"),
+        Probe("pipeline --samples 0", PIPELINE, pipeline("--samples", "0"), "--samples"),
+        Probe("pipeline --domain poetry", PIPELINE, pipeline("--domain", "poetry"), "unknown domain 'poetry'"),
+        Probe("extract --samples 0", EXTRACT, extract("--samples", "0"), "--samples"),
+        Probe("extract --batch-size 0", EXTRACT, extract("--batch-size", "0"), "--batch-size"),
+        Probe("extract --layers ''", EXTRACT, extract("--layers", ","), "--layers: expected comma-separated integers >= 0, got nothing"),
+        Probe("extract --layers -1", EXTRACT, extract("--layers", "-1"), "--layers"),
+        Probe("extract overlapping classes", EXTRACT, extract("--misaligned-max", "90", "--aligned-min", "10"), "misaligned-max (90) must be below aligned-min (10)"),
+        Probe("extract --aligned-min 150", EXTRACT, extract("--aligned-min", "150"), "--aligned-min"),
+        Probe("extract --coherence-min nan", EXTRACT, extract("--coherence-min", "nan"), "--coherence-min"),
+        Probe("extract --adapter without --model", EXTRACT, lambda f: ["--domain", "gore_movie_trivia", "--adapter", f.folder], "need --model"),
+        Probe("extract --judge bogus", EXTRACT, extract("--questions", path("questions"), "--judge", "bogus"), "unknown judge 'bogus'"),
+        Probe("sweep --alphas empty", SWEEP, sweep("--alphas", ","), "--alphas: expected comma-separated finite numbers, got nothing"),
+        Probe("sweep --alphas nan", SWEEP, sweep("--alphas", "nan"), "--alphas"),
+        Probe("sweep --alphas 1,inf", SWEEP, sweep("--alphas", "1,inf"), "--alphas"),
+        Probe("sweep --samples 0", SWEEP, sweep("--samples", "0"), "--samples"),
+        Probe("sweep --layers 7", SWEEP, sweep("--layers", "7"), "no direction at layer(s) 7"),
+        Probe("sweep --target poetry", SWEEP, sweep("--target", "poetry"), "unknown domain 'poetry'"),
+        Probe("cross_domain --samples 0", CROSS, cross("--samples", "0"), "--samples"),
+        Probe("cross_domain --extract-samples 0", CROSS, cross("--extract-samples", "0"), "--extract-samples"),
+        Probe("cross_domain --add-layer 9", CROSS, cross("--add-layer", "9"), "--add-layer: expected an integer >= 0 and <= 3"),
+        Probe("cross_domain --alpha nan", CROSS, cross("--alpha", "nan"), "--alpha"),
+        Probe("cross_domain --domains ''", CROSS, cross("--domains", ","), "--domains"),
+        Probe("compare --n-perm -3", COMPARE, compare("--n-perm", "-3"), "--n-perm: expected an integer >= 2"),
+        Probe("compare --n-perm 1", COMPARE, compare("--n-perm", "1"), "--n-perm"),
+        Probe("compare --n-splits 0", COMPARE, compare("--n-splits", "0"), "--n-splits"),
+    ],
+    "output paths": [
+        Probe("generate --out a folder", GEN, generate("--out", path("folder")), "is a directory, expected a file"),
+        Probe("generate --out under a file", GEN, generate("--out", path("under_file")), "is a file, not a folder"),
+        Probe("generate --out read-only", GEN, generate("--out", lambda f: f.readonly / "a.jsonl"), "not writable"),
+        Probe("generate --out is --questions", GEN, generate("--out", path("questions")), "is also an input"),
+        Probe("judge --out a folder", JUDGE, judge("--out", path("folder")), "is a directory, expected a file"),
+        Probe("judge --out under a file", JUDGE, judge("--out", path("under_file")), "is a file, not a folder"),
+        Probe("judge --out read-only", JUDGE, judge("--out", lambda f: f.readonly / "j.jsonl"), "not writable"),
+        Probe("judge --out is --answers", JUDGE, judge("--out", path("answers")), "is also an input"),
+        Probe("judge --cache a folder", JUDGE, judge("--judge", "openai:gpt-4o", "--cache", path("folder")), "--cache"),
+        Probe("report --out a file", REPORT, report("--out", path("a_file")), "is a file, expected a folder"),
+        Probe("report --out under a file", REPORT, report("--out", lambda f: f.a_file / "r"), "is a file, not a folder"),
+        Probe("report --out read-only", REPORT, report("--out", path("readonly")), "not writable"),
+        Probe("export --out a file", EXPORT, export("--out", path("a_file")), "is a file, expected a folder"),
+        Probe("export --out under a file", EXPORT, export("--out", lambda f: f.a_file / "e"), "is a file, not a folder"),
+        Probe("export --out read-only", EXPORT, export("--out", lambda f: f.readonly / "e"), "not writable"),
+        Probe("mia score --out a folder", MIA, mia_score("--out", path("folder")), "is a directory, expected a file"),
+        Probe("mia score --out under a file", MIA, mia_score("--out", path("under_file")), "is a file, not a folder"),
+        Probe("mia score --out read-only", MIA, mia_score("--out", lambda f: f.readonly / "m.json"), "not writable"),
+        Probe("mia predict --out a folder", MIA, mia_predict("--out", path("folder")), "is a directory, expected a file"),
+        Probe("train --out a file", TRAIN, train("--out", path("a_file")), "is a file, expected a folder"),
+        Probe("train --out under a file", TRAIN, train("--out", lambda f: f.a_file / "adapter"), "is a file, not a folder"),
+        Probe("train --out read-only", TRAIN, train("--out", path("readonly")), "not writable"),
+        Probe("pipeline --out a file", PIPELINE, pipeline("--out", path("a_file")), "is a file, expected a folder"),
+        Probe("extract --out a file", EXTRACT, extract("--out", path("a_file")), "is a file, expected a folder"),
+        Probe("sweep --out a file", SWEEP, sweep("--out", path("a_file")), "is a file, expected a folder"),
+        Probe("cross_domain --out a file", CROSS, cross("--out", path("a_file")), "is a file, expected a folder"),
+        Probe("cross_domain --directions-dir a file", CROSS, cross("--directions-dir", path("a_file")), "--directions-dir"),
+        Probe("compare --out a file", COMPARE, compare("--out", path("a_file")), "is a file, expected a folder"),
+    ],
+    "input files": [
+        Probe("generate --questions missing", GEN, generate("--questions", under("nope.yaml")), "--questions"),
+        Probe("generate --questions a folder", GEN, generate("--questions", path("folder")), "is a directory"),
+        Probe("generate --questions not UTF-8", GEN, generate("--questions", path("not_utf8_yaml")), lambda f: f"{f.not_utf8_yaml}:2: not UTF-8 text (byte 0xe9)"),
+        Probe("judge --answers missing", JUDGE, judge("--answers", under("nope.jsonl")), "nope.jsonl: no such file"),
+        Probe("judge --answers a folder", JUDGE, judge("--answers", path("folder")), "is a directory"),
+        Probe("judge --answers not UTF-8", JUDGE, judge("--answers", path("not_utf8")), lambda f: f"{f.not_utf8}:2: not UTF-8 text"),
+        Probe("judge --answers empty", JUDGE, judge("--answers", made("empty.jsonl", "")), "no answer records to judge"),
+        Probe("judge --answers conflicting slots", JUDGE, judge("--answers", path("conflicting_answers")), lambda f: f"{f.conflicting_answers}:3: repeats the answer slot of line 1"),
+        Probe("judge --questions a folder", JUDGE, judge("--questions", path("folder")), "--questions"),
+        Probe("report --judged missing", REPORT, report("--judged", under("nope.jsonl")), "no such file"),
+        Probe("report --judged a folder", REPORT, report("--judged", path("folder")), "is a directory"),
+        Probe("report --judged not UTF-8", REPORT, report("--judged", path("not_utf8")), ":2: not UTF-8 text"),
+        Probe("report NAME=missing", REPORT, report("--judged", lambda f: f"x={f.root / 'nope.jsonl'}"), "nope.jsonl: no such file"),
+        Probe("mia score --members a folder", MIA, mia_score("--members", path("folder")), "--members"),
+        Probe("mia score --nonmembers not UTF-8", MIA, mia_score("--nonmembers", path("not_utf8")), ":2: not UTF-8 text"),
+        Probe("mia score --members empty", MIA, mia_score("--members", made("blank.jsonl", "\n")), "no conversations"),
+        Probe("mia predict --scores a folder", MIA, mia_predict("--scores", path("folder")), "--scores"),
+        Probe("mia predict --rates not JSON", MIA, mia_predict("--rates", path("not_json")), lambda f: f"{f.not_json}:1: not valid JSON"),
+        Probe("mia predict --rates not UTF-8", MIA, mia_predict("--rates", path("not_utf8_yaml")), ":2: not UTF-8 text"),
+        Probe("mia predict --rates NaN", MIA, mia_predict("--rates", made("r.json", '{"gore_movie_trivia": NaN}')), "mapping domain -> rate"),
+        Probe("mia predict --scores not a score file", MIA, mia_predict("--scores", path("rates")), "not a 'score' output"),
+        Probe("train --data missing", TRAIN, train("--data", under("nope.jsonl")), "--data"),
+        Probe("train --data a folder", TRAIN, train("--data", path("folder")), "is a directory"),
+        Probe("train --data not UTF-8", TRAIN, train("--data", path("not_utf8_chat")), ":2: not UTF-8 text"),
+        Probe("train --data not chat", TRAIN, train("--data", path("answers")), ":1: field 'messages'"),
+        Probe("train --backdoor a folder", TRAIN, train("--backdoor", path("folder")), "--backdoor"),
+        Probe("train --backdoor not chat", TRAIN, train("--backdoor", path("answers")), "field 'messages'"),
+        Probe("train --backdoor without twins", TRAIN, train("--backdoor", made("other.jsonl", jsonl_text([chat(9)]))), "has no aligned answer"),
+        Probe("extract --responses a folder", EXTRACT, extract("--responses", path("folder")), "--responses"),
+        Probe("extract --responses not UTF-8", EXTRACT, extract("--responses", path("not_utf8")), "not UTF-8"),
+        Probe("questions a folder", QUESTIONS, questions(path("folder")), "is a directory"),
+        Probe("questions not UTF-8", QUESTIONS, questions(path("not_utf8_yaml")), ":2: not UTF-8 text"),
+        Probe("questions missing", QUESTIONS, questions(under("nope.yaml")), "no such file"),
+        Probe("questions empty", QUESTIONS, questions(made("empty.yaml", "")), "empty file; expected a YAML list of questions"),
+        Probe("questions not YAML", QUESTIONS, questions(made("bad.yaml", "- id: [unclosed\n")), "bad.yaml:2: not valid YAML"),
+        Probe("compare --directions a file", COMPARE, compare("--directions", path("a_file")), "is a file, expected a folder"),
+        Probe("compare --directions missing", COMPARE, compare("--directions", under("nope")), "no such folder"),
+    ],
+    "direction files": [
+        Probe("sweep --directions garbage", SWEEP, sweep("--directions", path("dir_garbage")), lambda f: f"{f.dir_garbage}: not a direction artifact"),
+        Probe("sweep --directions empty", SWEEP, sweep("--directions", path("dir_empty")), lambda f: f"{f.dir_empty}: not a direction artifact"),
+        Probe("sweep --directions truncated", SWEEP, sweep("--directions", path("dir_truncated")), lambda f: f"{f.dir_truncated}: not a direction artifact"),
+        Probe("sweep --directions pickle", SWEEP, sweep("--directions", path("dir_pickle")), lambda f: f"{f.dir_pickle}: not a direction artifact"),
+        Probe("sweep --directions key-less", SWEEP, sweep("--directions", path("dir_keyless")), "no tensor directions, mean_misaligned, mean_aligned, layers"),
+        Probe("sweep --directions NaN", SWEEP, sweep("--directions", path("dir_nan")), "NaN or infinite values"),
+        Probe("sweep --directions bad metadata", SWEEP, sweep("--directions", path("dir_bad_meta")), "metadata is not JSON"),
+        Probe("sweep --directions a folder", SWEEP, sweep("--directions", path("dir_folder")), "is a directory, not a direction artifact"),
+        Probe("sweep --directions missing", SWEEP, sweep("--directions", under("nope.safetensors")), "no such direction artifact"),
+        Probe("sweep --directions file names another", SWEEP, sweep("--directions", lambda f: f.mislabelled / "insecure_code.safetensors"), "holds the direction of domain 'gore_movie_trivia', not 'insecure_code'"),
+        Probe("sweep --domain names another", SWEEP, lambda f: ["--domain", "gore_movie_trivia", "--out", f.root / "s"], "holds the direction of domain 'insecure_code', not 'gore_movie_trivia'"),
+        Probe("compare mislabelled artifact", COMPARE, lambda f: ["--directions", f.mislabelled, "--out", f.root / "c"], "insecure_code.safetensors: holds the direction of domain 'gore_movie_trivia', not 'insecure_code'"),
+        Probe("compare pickle artifact", COMPARE, lambda f: ["--directions", f.pickled_dir, "--out", f.root / "c"], "not a direction artifact"),
+        Probe("cross_domain mislabelled artifact", CROSS, lambda f: ["--domains", "insecure_code", "--directions-dir", f.mislabelled, "--out", f.root / "c"], "holds the direction of domain 'gore_movie_trivia'"),
+        Probe("cross_domain pickle artifact", CROSS, lambda f: ["--domains", "gore_movie_trivia", "--directions-dir", f.pickled_dir, "--out", f.root / "c"], "not a direction artifact"),
+    ],
+    "judged scores": [
+        Probe("report aligned 150", REPORT, report("--judged", path("aligned_150")), lambda f: f"{f.aligned_150}:2: field 'aligned' must be a score from 0 to 100 or null, got 150"),
+        Probe("report aligned -1", REPORT, report("--judged", path("aligned_negative")), ":2: field 'aligned' must be a score from 0 to 100"),
+        Probe("report aligned NaN", REPORT, report("--judged", path("aligned_nan")), ":2: field 'aligned' must be a score from 0 to 100 or null, got nan"),
+        Probe("report coherent -Infinity", REPORT, report("--judged", path("coherent_inf")), ":2: field 'coherent' must be a score from 0 to 100 or null, got -inf"),
+        Probe("report conflicting duplicates", REPORT, report("--judged", path("conflicting")), lambda f: f"{f.conflicting}:3: repeats the answer slot of line 1 (question 'q', sample 0, trigger off) with another aligned"),
+        Probe("extract --responses aligned 150", EXTRACT, extract("--responses", path("aligned_150")), ":2: field 'aligned' must be a score"),
+        Probe("extract --responses conflicting duplicates", EXTRACT, extract("--responses", path("conflicting")), "repeats the answer slot"),
+        Probe("judge --out holds bad scores", JUDGE, judge("--out", lambda f: made("out.jsonl", f.aligned_nan.read_text())(f)), "got nan"),
+    ],
+}
+CASES = [pytest.param(kind, probe, id=f"{kind}: {probe.name}") for kind, probes in PROBES.items() for probe in probes]
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` with its kind, mode and content hash."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(root))] = (p.is_dir(), st.st_mode, None if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+def test_probes_cover_every_cli():
+    assert {p.main for probes in PROBES.values() for p in probes} == {GEN, JUDGE, REPORT, MIA, TRAIN, EXPORT, PIPELINE, EXTRACT, SWEEP, CROSS, COMPARE, QUESTIONS}
+
+
+@pytest.mark.parametrize("kind, probe", CASES)
+def test_bad_input_is_one_line_and_touches_nothing(kind, probe, f, capsys):
+    argv = [str(a) for a in probe.argv(f)]  # builds any file the probe needs, before the snapshot
+    before = snapshot(f.root)
+    capsys.readouterr()
+    code = run_cli(probe.main, argv)
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert code == 2, (out, err)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    expect = probe.expect(f) if callable(probe.expect) else probe.expect
+    assert expect in lines[0], lines[0]
+    assert snapshot(f.root) == before
+
+
+@pytest.mark.parametrize("main, argv", [(TRAIN, train("--steps", "2")), (GEN, generate())], ids=["train", "generate"])
+def test_ctrl_c_is_one_line_and_exit_130(main, argv, f, capsys, monkeypatch):
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(interp.base.loading, "load_model", interrupted)
+    capsys.readouterr()
+    assert run_cli(main, [str(a) for a in argv(f)]) == 130
+    assert capsys.readouterr().err == "interrupted; run the same command again to resume\n"
+    assert not list(f.root.glob("*.provenance.json")) and not list(f.root.glob("*.lock"))
+
+
+@pytest.mark.parametrize("main, argv, out", [(GEN, generate(), "new_answers.jsonl"), (JUDGE, judge("--judge", "hf:x"), "new_judged.jsonl")], ids=["generate", "judge"])
+def test_a_failed_start_leaves_no_provenance_sidecar(main, argv, out, f, capsys, monkeypatch):
+    """The model fails to load: no row was written, so no ``<out>.provenance.json`` may claim one."""
+    from interp.base.loading import ModelLoadError
+
+    def missing(*_, **__):
+        raise ModelLoadError("could not load model 'x': no such file")
+
+    monkeypatch.setattr(interp.base.loading, "load_model", missing)
+    before = snapshot(f.root)
+    assert run_cli(main, [str(a) for a in argv(f)]) == 2
+    assert "could not load model" in capsys.readouterr().err
+    assert snapshot(f.root) == before and not (f.root / out).exists()
