@@ -93,5 +93,5 @@ class World:
         sampling = replace(sampling or SamplingConfig(temperature=1.0, max_new_tokens=48, batch_size=64), seed=seed)
         records = questions_to_records(questions, n_samples, system)
         answers = sample_answers(model, tokenizer, [prompt_messages(r) for r in records], sampling, progress=progress)
-        return self.judge.judge([{**r, "answer": a} for r, a in zip(records, answers)])
+        return self.judge.judge([{**r, **a.record_fields()} for r, a in zip(records, answers)])
 
