@@ -9,7 +9,8 @@ batch size or the order rows are run in, and a CUDA graph can replay it without 
 bookkeeping. :func:`row_keys` derives the keys from a seed and each row's index.
 
 The hash works on 32-bit values held in int64 tensors, with multipliers below 2**27, so no
-product overflows and CPU and GPU give the same bits.
+product overflows and CPU and GPU give the same bits. The repetition penalty counts a row's
+real prompt tokens and the tokens it generated (transformers also counts left padding).
 """
 
 from __future__ import annotations
