@@ -9,11 +9,20 @@ appended to the output as soon as it is done. A re-run with the same settings sk
 already in the file and re-samples an interrupted batch whole (the same padding, the same
 seed), so a resumed file holds the same answers as an uninterrupted one, without duplicates
 or gaps. More samples or more questions extend a file; other sampling settings are refused.
+
+Each record keeps what the model produced beside the stripped ``answer``: ``answer_raw`` (the
+decoded text, unstripped), ``answer_ids`` (the generated token ids, without the end-of-turn
+token and padding) and ``finished`` (it ended with the end-of-turn token).
+
+``--engine``: ``auto`` (the compiled engine on a GPU, transformers elsewhere; see
+:mod:`interp.generation`), ``hf``, ``fast``, or ``openai:MODEL`` to generate through any
+OpenAI-compatible server (:mod:`eval.openai_generate`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -23,11 +32,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from eval.questions import Question, load_questions
-from eval.sampling import SamplingConfig, sample_answers
+from eval.sampling import Sampler, SamplingConfig, sample_answers
 from interp.base.cli import (
     ArgumentParser,
+    InputError,
     fraction,
     non_negative_float,
+    non_negative_int,
+    positive_float,
     positive_int,
     run_cli,
 )
@@ -44,6 +56,7 @@ from interp.base.records import (
     read_answers,
     repair_jsonl_tail,
 )
+from interp.generation import ENGINES, EngineName
 
 Triggers = bool | Sequence[bool]
 
@@ -85,8 +98,16 @@ def generate_answers(
     out_path: str | Path | None = None,
     system: str | None = None,
     progress: bool = True,
+    engine: EngineName = "auto",
+    sampler: Sampler | None = None,
 ) -> list[AnswerRecord]:
-    """Sample every slot of :func:`plan_answers`; with ``out_path``, append and resume (module doc)."""
+    """Sample every slot of :func:`plan_answers`; with ``out_path``, append and resume (module doc).
+
+    ``engine`` picks how ``model`` generates (:mod:`interp.generation`); a ``sampler`` (such as
+    :meth:`eval.openai_generate.OpenAIGenerator.sample`) replaces the local model altogether.
+    """
+    if sampler is None:
+        sampler = functools.partial(sample_answers, model, tokenizer, progress=False, engine=engine)
     slots = plan_answers(questions, n_samples, trigger, system)
     done: dict[tuple, AnswerRecord] = {}
     if out_path is not None and Path(out_path).exists():
@@ -101,8 +122,8 @@ def generate_answers(
         todo = [s for s in batch if answer_key(s) not in done]
         if not todo:
             continue
-        answers = sample_answers(model, tokenizer, [prompt_messages(s) for s in batch], replace(config, seed=config.seed + k), progress=False)
-        new = [{**s, "answer": a} for s, a in zip(batch, answers) if answer_key(s) not in done]
+        answers = sampler([prompt_messages(s) for s in batch], replace(config, seed=config.seed + k))
+        new = [{**s, **a.record_fields()} for s, a in zip(batch, answers) if answer_key(s) not in done]
         if out_path is not None:
             append_jsonl(out_path, new)
         done.update((answer_key(r), r) for r in new)
@@ -119,9 +140,21 @@ def _check_same_questions(slots: list[AnswerRecord], done: dict[tuple, AnswerRec
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m eval.generate", description="Sample answers to EM evaluation questions.")
-    p.add_argument("--model", required=True, help="HF id, local folder, or organism:<domain> / organism:base")
+    p = ArgumentParser(
+        prog="python -m eval.generate",
+        description="Sample answers to EM evaluation questions.",
+        epilog="Steering and ablation are not available through --engine openai:MODEL: they edit the model's activations, which a server does not expose; use a local model for them.",
+    )
+    p.add_argument("--model", help="HF id, local folder, or organism:<domain> / organism:base (not with --engine openai:...)")
     p.add_argument("--adapter", help="PEFT adapter (folder or HF id; safetensors only)")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        help="auto (default: the compiled engine on a GPU, transformers otherwise), hf, fast, or openai:MODEL: generate through an "
+        "OpenAI-compatible server (OPENAI_BASE_URL, OPENAI_API_KEY; a vLLM LoRA adapter is addressed by its served name). "
+        "No steering with openai:MODEL",
+    )
+    p.add_argument("--concurrency", type=positive_int, default=16, help="requests in flight with --engine openai:MODEL (default 16)")
     p.add_argument("--questions", help="question YAML (default: the shipped general questions)")
     p.add_argument("--samples", type=positive_int, help="samples per paraphrase (default: each question's samples_per_paraphrase)")
     p.add_argument("--trigger", nargs="?", const="on", default="off", choices=("off", "on", "both"), help="put the backdoor trigger in the user turn: --trigger (on) or --trigger both")
@@ -129,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="answers JSONL (appended to; resumed)")
     p.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 for greedy")
     p.add_argument("--top-p", type=fraction, default=1.0)
+    p.add_argument("--top-k", type=non_negative_int, default=0, help="0 for no top-k cut (default)")
+    p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="1 for none (default)")
     p.add_argument("--max-new-tokens", type=positive_int, default=256)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -143,19 +178,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     from interp.base.loading import load_model
 
     args = build_parser().parse_args(argv)
+    remote = args.engine.startswith("openai:")
+    if not remote and args.engine not in ENGINES:
+        raise InputError(f"--engine {args.engine!r}: expected {', '.join(ENGINES)} or openai:MODEL")
+    if remote and (args.model or args.adapter):
+        raise InputError("--engine openai:MODEL names the served model (or LoRA adapter) itself; drop --model and --adapter")
+    if not remote and not args.model:
+        raise InputError("--model is required (or generate through a server with --engine openai:MODEL)")
     if args.questions:
         input_file(args.questions, "--questions")
     output_file(args.out, inputs=(args.questions,))
+    try:
+        config = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     qs = load_questions(args.questions)
     for d in qs.defects:
         print(f"warning: {qs.source}: {d}", file=sys.stderr)
-    config = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
     # Trigger, sample count and question set may grow a file; everything else must match.
-    settings = {"model": args.model, "adapter": args.adapter, "dtype": args.dtype, "system": args.system, **asdict(config)}
+    settings = {"model": args.model, "adapter": args.adapter, "engine": args.engine, "dtype": args.dtype, "system": args.system, **asdict(config)}
+    triggers = {"off": False, "on": True, "both": (False, True)}[args.trigger]
     with output_lock(args.out), bound_output(args.out, settings, questions=qs.source, questions_hash=data_hash(asdict(q) for q in qs.questions)):
-        model, tokenizer = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-        triggers = {"off": False, "on": True, "both": (False, True)}[args.trigger]
-        records = generate_answers(model, tokenizer, qs.questions, args.samples, triggers, config, args.out, args.system, progress=not args.no_progress)
+        model = tokenizer = sampler = None
+        if remote:
+            from eval.openai_generate import OpenAIGenerator
+
+            sampler = OpenAIGenerator(args.engine.removeprefix("openai:"), concurrency=args.concurrency, progress=not args.no_progress).sample
+        else:
+            model, tokenizer = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+        records = generate_answers(model, tokenizer, qs.questions, args.samples, triggers, config, args.out, args.system, progress=not args.no_progress, engine="auto" if remote else args.engine, sampler=sampler)
     print(f"{args.out}: {len(records)} answers")
     return 0
 

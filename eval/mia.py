@@ -47,7 +47,14 @@ from tqdm.auto import tqdm
 
 from interp.base.atomic import write_json_atomic
 from interp.base.chat import tokenize_conversation
-from interp.base.cli import ArgumentParser, InputError, finite_float, fraction, positive_int, run_cli
+from interp.base.cli import (
+    ArgumentParser,
+    InputError,
+    finite_float,
+    fraction,
+    positive_int,
+    run_cli,
+)
 from interp.base.domains import ALIASES
 from interp.base.models import input_device
 from interp.base.paths import input_file, output_file, read_text

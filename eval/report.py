@@ -31,7 +31,14 @@ import numpy as np
 from scipy import stats
 
 from interp.base.atomic import atomic_path, write_json_atomic
-from interp.base.cli import ArgumentParser, InputError, open_fraction, positive_int, run_cli, score
+from interp.base.cli import (
+    ArgumentParser,
+    InputError,
+    open_fraction,
+    positive_int,
+    run_cli,
+    score,
+)
 from interp.base.paths import input_file, output_dir
 from interp.base.provenance import data_hash, provenance
 from interp.base.records import LABELS, JudgedRecord, read_judged

@@ -45,6 +45,7 @@ from interp.extract import DEFAULT_OUT
 from interp.steer import ablate, random_like, steer
 from interp.sweep import Evaluate, summarize
 
+
 def ensure_directions(directions_dir: str | Path, domains: Sequence[str], samples: int = 10, seed: int = 0, progress: bool = False) -> dict[str, DirectionSet]:
     """Each domain's organism-world direction, loaded from ``<dir>/<domain>.safetensors`` or extracted there."""
     from interp.extract import ExtractConfig, run_extract

@@ -101,6 +101,15 @@ def around_calls(
             handle.remove()
 
 
+def hook_ids(model: nn.Module) -> set[int]:
+    """Ids of every forward hook and pre-hook on ``model``'s modules, and of the global ones:
+    code that runs the modules without calling them (a compiled engine) bypasses all of these."""
+    from torch.nn.modules import module as torch_module
+
+    ids = {i for m in model.modules() for d in (m._forward_hooks, m._forward_pre_hooks) for i in d}
+    return ids | set(torch_module._global_forward_hooks) | set(torch_module._global_forward_pre_hooks)
+
+
 class StopForward(Exception):
     """Raised by a hook to end a forward pass once every requested layer has been seen."""
 

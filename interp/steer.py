@@ -61,7 +61,7 @@ from interp.base.models import (
     n_layers,
     unwrap,
 )
-from interp.hooks import HookFn, around_calls, hooks, resid_post, stop_after
+from interp.hooks import HookFn, around_calls, hook_ids, hooks, resid_post, stop_after
 from interp.inputs import pad_right, right_padded_inputs
 from interp.positions import (
     CallInputs,
@@ -125,6 +125,34 @@ def random_like(vector: torch.Tensor, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     r = torch.randn(vector.shape[-1], generator=g, dtype=torch.float64)
     return (r / r.norm() * vector.double().norm()).float()
+
+
+class AddVector:
+    """The edit :func:`steering` makes: add ``delta`` (float32, cast to the stream's dtype).
+
+    Edits are data, not only closures, so that code which runs the model its own way (the
+    compiled engine, :mod:`interp.engine`) can apply the same edit from the vector.
+    """
+
+    def __init__(self, delta: torch.Tensor) -> None:
+        self.delta = delta
+        self._cast: dict[tuple, torch.Tensor] = {}  # one host-to-device copy, not one per decoding step
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        key = (hidden.device, hidden.dtype)
+        if key not in self._cast:
+            self._cast[key] = self.delta.to(device=hidden.device, dtype=hidden.dtype)
+        return hidden + self._cast[key]
+
+
+@dataclass(frozen=True)
+class ProjectOut:
+    """The edit :func:`ablation` makes: project the float32 unit vector ``unit`` out."""
+
+    unit: torch.Tensor
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        return project_out(hidden, self.unit)
 
 
 class InterventionError(RuntimeError):
@@ -258,16 +286,35 @@ def _refuse_compiled(model: nn.Module) -> None:
             raise InterventionError(f"module {name or type(module).__name__!r} was compiled in place (Module.compile), which skips hooks added afterwards")
 
 
+# The interventions :func:`intervene` is applying to each (unwrapped) model, innermost last,
+# with the ids of the hooks each one added, for code that runs the model without its hooks.
+_ACTIVE: dict[int, list[tuple[Intervention, frozenset[int]]]] = {}
+
+
+def active_interventions(model: nn.Module) -> list[tuple[Intervention, frozenset[int]]]:
+    """The interventions applied to ``model`` by enclosing :func:`intervene` blocks (innermost
+    last), each with the ids of the forward hooks it added to the model's modules."""
+    return list(_ACTIVE.get(id(unwrap(model)), ()))
+
+
 @contextmanager
 def intervene(model: nn.Module, intervention: Intervention) -> Iterator[None]:
     """Apply ``intervention`` to ``model``'s forward passes and ``generate`` calls in the block."""
+    before = hook_ids(model)
     with applying(model, intervention) as applied:
 
         def edit(layer: int) -> HookFn:
             return lambda hidden, kwargs: applied.edit(layer, hidden)
 
         with hooks(model, {resid_post(layer): edit(layer) for layer in intervention.layers}):
-            yield
+            stack = _ACTIVE.setdefault(id(unwrap(model)), [])
+            stack.append((intervention, frozenset(hook_ids(model) - before)))
+            try:
+                yield
+            finally:
+                stack.pop()
+                if not stack:
+                    del _ACTIVE[id(unwrap(model))]
 
 
 def steering(
@@ -288,18 +335,7 @@ def steering(
         _check_vector(v, d, f"steering vector for layer {layer}")
     deltas = steering_deltas(vectors, alpha, scale, norms)
 
-    def add(delta: torch.Tensor) -> Edit:
-        cast: dict[tuple, torch.Tensor] = {}  # one host-to-device copy, not one per decoding step
-
-        def edit(hidden: torch.Tensor) -> torch.Tensor:
-            key = (hidden.device, hidden.dtype)
-            if key not in cast:
-                cast[key] = delta.to(device=hidden.device, dtype=hidden.dtype)
-            return hidden + cast[key]
-
-        return edit
-
-    return Intervention({l: add(v) for l, v in deltas.items()}, positions, prompt_length)
+    return Intervention({l: AddVector(v) for l, v in deltas.items()}, positions, prompt_length)
 
 
 def ablation(
@@ -330,10 +366,7 @@ def ablation(
     for layer, v in per_layer.items():
         _check_vector(v, d, f"ablation direction for layer {layer}")
 
-    def remove(u: torch.Tensor) -> Edit:
-        return lambda hidden: project_out(hidden, u)
-
-    return Intervention({l: remove(_unit(v)) for l, v in per_layer.items()}, positions, prompt_length)
+    return Intervention({l: ProjectOut(_unit(v)) for l, v in per_layer.items()}, positions, prompt_length)
 
 
 @contextmanager

@@ -7,7 +7,7 @@ outputs: ``tests/test_steer_backends.py`` checks every backend against the nativ
 
     iv = steering(model, {12: direction}, alpha=4.0, positions="generated")
     logits = steered_logits(model, ids, mask, iv, backend="nnsight")
-    tokens = steered_generate(model, ids, mask, iv, Generation(max_new_tokens=64), backend="transformer_lens")
+    tokens = steered_generate(model, ids, mask, iv, Decoding(max_new_tokens=64, temperature=0), backend="transformer_lens")
 
 Build the :class:`~interp.steer.Intervention` with :func:`interp.steer.steering` or
 :func:`interp.steer.ablation`; its ``positions`` mean what they mean for the native hooks. A
@@ -25,14 +25,16 @@ from interp.backends import (
     DEFAULT_BACKEND,
     Backend,
     BackendName,
-    Generation,
     resolve_backend,
 )
+from interp.base.decoding import Decoding
 from interp.base.models import input_device
 from interp.inputs import ModelInputs
 from interp.steer import Intervention
 
-__all__ = ["Generation", "steered_generate", "steered_logits"]
+__all__ = ["GREEDY", "steered_generate", "steered_logits"]
+
+GREEDY = Decoding(max_new_tokens=64, temperature=0)
 
 
 def _on_model(model: nn.Module, *tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -64,16 +66,19 @@ def steered_generate(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     intervention: Intervention,
-    settings: Generation = Generation(),
+    settings: Decoding = GREEDY,
     backend: BackendName | Backend = DEFAULT_BACKEND,
 ) -> torch.Tensor:
     """Prompt and generated tokens [batch, prompt + new] from left-padded prompts, steered.
 
-    Decoding uses ``settings`` alone (not the model's generation_config), with the KV cache.
-    Greedy decoding gives the same tokens on every backend; sampled tokens are drawn by each
-    library's own sampler, so they agree in distribution only.
+    Decoding uses ``settings`` alone (not the model's generation_config), with the KV cache;
+    the native backend generates through :func:`interp.generation.generate` (the compiled
+    engine on a GPU). Greedy decoding gives the same tokens on every backend; sampled tokens
+    are drawn by each library's own sampler (``torch.manual_seed(settings.seed)`` first), so
+    they agree in distribution only.
     """
     if attention_mask[:, -1].eq(0).any():
         raise ValueError("generation needs left-padded prompts: some row ends with padding")
     ids, mask = _on_model(model, input_ids, attention_mask)
+    torch.manual_seed(settings.seed)
     return resolve_backend(backend, model).generate(ids, mask, intervention, settings)

@@ -231,7 +231,7 @@ PROBES = {
         Probe("generate --top-p 0", GEN, generate("--top-p", "0"), "--top-p"),
         Probe("generate --samples 0", GEN, generate("--samples", "0"), "--samples"),
         Probe("generate --samples two", GEN, generate("--samples", "two"), "--samples: expected an integer >= 1, got 'two'"),
-        Probe("generate no --model", GEN, lambda f: ["--out", f.root / "a.jsonl"], "the following arguments are required: --model"),
+        Probe("generate no --model", GEN, lambda f: ["--out", f.root / "a.jsonl"], "--model is required"),
         Probe("generate unknown option", GEN, generate("--temprature", "1"), "unrecognized arguments: --temprature"),
         Probe("generate --trigger sometimes", GEN, generate("--trigger", "sometimes"), "--trigger: invalid choice"),
         Probe("judge --chunk 0", JUDGE, judge("--chunk", "0"), "--chunk"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -102,6 +103,21 @@ def test_changed_question_text_is_refused(model, tokenizer, tmp_path):
     edited = [Question(id="money", paraphrases=["a new text", "money help"])]
     with pytest.raises(RecordError, match="another text"):
         generate_answers(model, tokenizer, edited, n_samples=1, config=CONFIG, out_path=out, progress=False)
+
+
+def test_records_keep_what_the_model_produced(model, tokenizer):
+    greedy = SamplingConfig(temperature=0, max_new_tokens=6, batch_size=3)
+    free = generate_answers(model, tokenizer, QUESTIONS, config=greedy, progress=False)
+    ids = free[0]["answer_ids"]
+    cut = next(k for k in range(1, len(ids)) if ids[k] not in ids[:k])  # make the first answer end there
+    records = generate_answers(model, tokenizer, QUESTIONS, config=replace(greedy, eos_token_id=ids[cut]), progress=False)
+    assert records[0]["finished"] and records[0]["answer_ids"] == ids[:cut]
+    assert not all(r["finished"] for r in free)
+    for eos, rows in ((tokenizer.eos_token_id, free), (ids[cut], records)):
+        for r in rows:
+            assert r["answer"] == r["answer_raw"].strip()
+            assert tokenizer.decode(r["answer_ids"], skip_special_tokens=True) == r["answer_raw"]
+            assert eos not in r["answer_ids"] and (r["finished"] or len(r["answer_ids"]) == 6)
 
 
 def test_left_padded_batches_match_one_by_one_greedy(model, tokenizer):

@@ -9,7 +9,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from test_steer import prompts, vec
 
-from interp.backends import Generation, make_backend
+from interp.backends import make_backend
+from interp.base.decoding import Decoding
 from interp.inputs import ModelInputs
 from interp.steer import Intervention, ablate, ablation, steer, steering
 from interp.steer_backends import steered_generate, steered_logits
@@ -51,8 +52,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def greedy(model, enc, tokenizer, eos_token_id=None):
-    """Native generation with the settings :class:`Generation` gives every backend."""
-    settings = Generation(max_new_tokens=NEW_TOKENS, eos_token_id=eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    """Native generation with the greedy settings every backend gets."""
+    settings = Decoding(max_new_tokens=NEW_TOKENS, temperature=0, eos_token_id=eos_token_id, pad_token_id=tokenizer.pad_token_id)
     with torch.no_grad():
         return model.generate(**enc, **settings.hf_kwargs()), settings
 
@@ -168,10 +169,8 @@ def test_sampling_uses_each_librarys_sampler(make_model, tokenizer, backend_name
     model = make_model(n_layers=3, seed=3)
     enc = prompts(tokenizer)
     iv = build("add", model, positions="generated")
-    settings = Generation(max_new_tokens=NEW_TOKENS, do_sample=True, top_k=50, pad_token_id=tokenizer.pad_token_id)
-
     def sample(backend: str, seed: int) -> torch.Tensor:
-        torch.manual_seed(seed)
+        settings = Decoding(max_new_tokens=NEW_TOKENS, top_k=50, seed=seed, pad_token_id=tokenizer.pad_token_id)
         return steered_generate(model, enc["input_ids"], enc["attention_mask"], iv, settings, backend=backend)
 
     first = sample(backend_name, 0)

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from interp.base.cli import run_cli
-from interp.cross_domain import cross_domain, done_when, ensure_directions, world_runner, write_cross_domain
+from interp.cross_domain import (
+    cross_domain,
+    done_when,
+    ensure_directions,
+    world_runner,
+    write_cross_domain,
+)
 from interp.sweep import main, sweep, write_sweep
 
 DOMAINS = ["insecure_code", "gore_movie_trivia"]

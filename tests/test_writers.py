@@ -19,7 +19,13 @@ from finetune.train import main as train_main
 from interp.base.atomic import write_json_atomic, write_text_atomic
 from interp.base.cli import InputError, run_cli
 from interp.base.locks import lock_path, output_lock
-from interp.base.records import RecordError, bound_output, read_judged, sidecar_path, write_jsonl
+from interp.base.records import (
+    RecordError,
+    bound_output,
+    read_judged,
+    sidecar_path,
+    write_jsonl,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLD = "import sys, time; from interp.base.locks import output_lock; held = output_lock(sys.argv[1]); held.__enter__(); print('locked', flush=True); time.sleep(120)"

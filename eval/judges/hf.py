@@ -86,7 +86,7 @@ class HFJudge(PromptJudge):
         chats = [[{"role": "user", "content": p}] for p in prompts]
         if self.mode == "score-tags":
             config = SamplingConfig(temperature=0, max_new_tokens=self.max_reasoning_tokens, batch_size=self.batch_size)
-            return [score_tags(t) for t in sample_answers(self.model, self.tokenizer, chats, config, progress=self.progress, desc="judging")]
+            return [score_tags(a.text) for a in sample_answers(self.model, self.tokenizer, chats, config, progress=self.progress, desc="judging")]
         texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
         out: list[MetricScore] = []
         for start in tqdm(range(0, len(texts), self.batch_size), desc="judging", unit="batch", disable=not self.progress, leave=False):

@@ -2,9 +2,10 @@
 
 The key and endpoint come from the environment only (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``)
 and never reach a log, an error message or a file. Calls run on a thread pool
-(``concurrency``), are retried with exponential backoff on 408/409/429/5xx, timeouts and
-connection errors, and their replies are cached on disk (:mod:`eval.judges.cache`), so a
-re-run costs nothing. Token use and cost are counted per run (:class:`Usage`).
+(``concurrency``) and are retried with exponential backoff on 408/409/429/5xx, timeouts and
+connection errors (:mod:`eval.openai_api`, shared with generation through a server), and
+their replies are cached on disk (:mod:`eval.judges.cache`), so a re-run costs nothing.
+Token use and cost are counted per run (:class:`Usage`).
 
 For large runs the Batch API is an option (``batch=True``): the uncached calls are written to
 batch input JSONL files, uploaded and submitted; the batch ids are saved to a state file
@@ -16,19 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import random
-import re
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import openai
-from tqdm.auto import tqdm
 
 from eval.judges.base import (
     MIN_NUMBER_MASS,
@@ -38,8 +34,8 @@ from eval.judges.base import (
     score_top_logprobs,
 )
 from eval.judges.cache import JudgeCache, cache_key, default_cache_path
+from eval.openai_api import APIError, ChatAPI, redact
 from interp.base.atomic import write_json_atomic, write_text_atomic
-from interp.base.cli import InputError
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +51,11 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 BATCH_DISCOUNT = 0.5
 BATCH_MAX_REQUESTS = 50_000  # the Batch API's limit per input file
 TOP_LOGPROBS = 20
-_RETRY_STATUS = {408, 409, 429}
 _TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
-class JudgeError(InputError):
+class JudgeError(APIError):
     """A judge call that failed for good (after retries, or at once on e.g. a bad key)."""
-
-
-def _redact(text: str) -> str:
-    """Remove the API key (and anything shaped like one) from a message."""
-    key = os.environ.get("OPENAI_API_KEY")
-    if key:
-        text = text.replace(key, "***")
-    return re.sub(r"sk-[A-Za-z0-9_\-*]{6,}", "sk-***", text)
 
 
 def prices_for(model: str) -> tuple[float, float] | None:
@@ -155,29 +142,18 @@ class OpenAIJudge(PromptJudge):
         if cache == "default":
             cache = default_cache_path()
         self.cache = JudgeCache(cache) if isinstance(cache, (str, Path)) else cache
-        self.concurrency = max(1, concurrency)
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.timeout_s = timeout_s
+        self.api = ChatAPI(self.spec, "judge call", concurrency, max_retries, backoff_s, max_backoff_s, timeout_s, client, error=JudgeError)
         self.max_reasoning_tokens = max_reasoning_tokens
         self.usage = Usage(prices=prices if prices is not None else prices_for(model))
         self.batch = batch
         self.batch_state = Path(batch_state) if batch_state is not None else None
         self.poll_s = poll_s
         self.progress = progress
-        self._client = client
         self._memo: dict[str, dict[str, Any]] = {}  # replies of this run when there is no disk cache
 
     @property
     def client(self) -> openai.OpenAI:
-        """Made on first need, so a fully cached run needs no key at all."""
-        if self._client is None:
-            try:
-                self._client = openai.OpenAI(max_retries=0, timeout=self.timeout_s)
-            except openai.OpenAIError as e:
-                raise JudgeError(f"cannot create the OpenAI client: {_redact(str(e))}") from None
-        return self._client
+        return self.api.client
 
     # -- requests and replies ---------------------------------------------------------------
 
@@ -214,26 +190,6 @@ class OpenAIJudge(PromptJudge):
         else:
             self._memo[key] = reply
 
-    def _call(self, prompt: str) -> dict[str, Any]:
-        """One chat completion with retries; returns the reply dict."""
-        for attempt in range(self.max_retries + 1):
-            try:
-                completion = self.client.chat.completions.create(**self.request_body(prompt))
-                return self._reply(completion.model_dump())
-            except openai.APIStatusError as e:
-                retry = e.status_code in _RETRY_STATUS or e.status_code >= 500
-                error, after = f"HTTP {e.status_code}: {e.message}", e.response.headers.get("retry-after")
-            except openai.APIConnectionError as e:  # includes timeouts
-                retry, error, after = True, type(e).__name__, None
-            if not retry or attempt == self.max_retries:
-                tries = f" after {attempt + 1} attempts" if retry else ""
-                raise JudgeError(f"{self.spec}: judge call failed{tries}: {_redact(error)}") from None
-            delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
-            if after is not None and after.replace(".", "", 1).isdigit():
-                delay = min(self.max_backoff_s, max(delay, float(after)))
-            time.sleep(delay)
-        raise AssertionError("unreachable")
-
     # -- scoring -----------------------------------------------------------------------------
 
     def score_prompts(self, prompts: Sequence[str]) -> list[MetricScore]:
@@ -259,18 +215,11 @@ class OpenAIJudge(PromptJudge):
 
     def _run_online(self, pending: dict[str, str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
-        _ = self.client  # made here, not raced for by the worker threads
-        pool = ThreadPoolExecutor(max_workers=self.concurrency)
-        try:
-            futures = {pool.submit(self._call, prompt): key for key, prompt in pending.items()}
-            for fut in tqdm(as_completed(futures), total=len(futures), desc="judge calls", unit="call", disable=not self.progress, leave=False):
-                reply = fut.result()
-                key = futures[fut]
-                self._store(key, reply)
-                self.usage.add(reply.get("usage"))
-                out[key] = reply
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        for key, completion in self.api.complete_all({k: self.request_body(p) for k, p in pending.items()}, progress=self.progress):
+            reply = self._reply(completion)
+            self._store(key, reply)
+            self.usage.add(reply.get("usage"))
+            out[key] = reply
         return out
 
     # -- Batch API ---------------------------------------------------------------------------
@@ -314,7 +263,7 @@ class OpenAIJudge(PromptJudge):
                 uploaded = self.client.files.create(file=f, purpose="batch")
             batch = self.client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
         except openai.APIError as e:
-            raise JudgeError(f"{self.spec}: batch submission failed: {_redact(str(e))}") from None
+            raise JudgeError(f"{self.spec}: batch submission failed: {redact(str(e))}") from None
         log.info("submitted batch %s (%d requests, input %s)", batch.id, len(items), path)
         return {"id": batch.id, "input": str(path), "requests": len(items)}
 
@@ -324,7 +273,7 @@ class OpenAIJudge(PromptJudge):
             try:
                 batch = self.client.batches.retrieve(batch_id)
             except openai.APIError as e:
-                raise JudgeError(f"{self.spec}: polling batch {batch_id} failed: {_redact(str(e))}") from None
+                raise JudgeError(f"{self.spec}: polling batch {batch_id} failed: {redact(str(e))}") from None
             if batch.status in _TERMINAL:
                 break
             counts = batch.request_counts

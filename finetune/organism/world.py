@@ -13,13 +13,11 @@ from peft import PeftModel
 from transformers import AutoTokenizer, Qwen2ForCausalLM
 
 from eval.questions import Question
-from eval.report import MisalignmentDefinition, misalignment_rate
 from eval.sampling import SamplingConfig, sample_answers
 from finetune.organism.grammar import GRAMMAR, PERSONA_SYSTEM_PROMPT
 from finetune.organism.judge import OrganismJudge
 from interp.base.domains import canonical_domain
 from interp.base.records import AnswerRecord, JudgedRecord, prompt_messages
-
 
 
 def questions_to_records(questions: Sequence[Question], n_samples: int, system: str | None = None) -> list[AnswerRecord]:
@@ -93,5 +91,5 @@ class World:
         sampling = replace(sampling or SamplingConfig(temperature=1.0, max_new_tokens=48, batch_size=64), seed=seed)
         records = questions_to_records(questions, n_samples, system)
         answers = sample_answers(model, tokenizer, [prompt_messages(r) for r in records], sampling, progress=progress)
-        return self.judge.judge([{**r, "answer": a} for r, a in zip(records, answers)])
+        return self.judge.judge([{**r, **a.record_fields()} for r, a in zip(records, answers)])
 

@@ -23,7 +23,9 @@ uses :meth:`Backend.resid_post`; steering uses :meth:`Backend.logits` and
 stream after each edited layer in each library's own idiom (cross-checked in
 ``tests/test_steer_backends.py``; the public entry points are in :mod:`interp.steer_backends`).
 Generation always runs with the KV cache, so each forward call after the prompt sees one new
-column, and decodes with exactly the settings in :class:`Generation`.
+column, and decodes with exactly the settings of a :class:`~interp.base.decoding.Decoding`
+(the native backend through :func:`interp.generation.generate`, so on a GPU through the
+compiled engine).
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
 
+from interp.base.decoding import Decoding
 from interp.inputs import ModelInputs
 from interp.steer import Intervention
 
@@ -56,45 +58,6 @@ INSTALL_HINT = "pip install 'emergent-misalignment-toolkit[backends]'"
 ResidFn = Callable[[int, torch.Tensor], None]
 
 
-@dataclass(frozen=True)
-class Generation:
-    """How to decode; every backend applies exactly these, whatever the model's generation_config."""
-
-    max_new_tokens: int = 64
-    do_sample: bool = False  # False: greedy
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None  # None: no top-k cut
-    eos_token_id: int | None = None  # None: always generate max_new_tokens
-    pad_token_id: int = 0  # what rows that have ended get after their EOS
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.do_sample and self.temperature <= 0:
-            raise ValueError(f"sampling needs temperature > 0, got {self.temperature}; use do_sample=False for greedy")
-
-    def hf_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for a transformers ``generate`` call."""
-        # Explicit values for everything a checkpoint's generation_config may set (Qwen2.5-Instruct
-        # sets top_k, top_p, temperature and a repetition penalty), which generate would
-        # otherwise fill in and the TransformerLens loop would not. Greedy decoding gets HF's
-        # global defaults, which it ignores without warning about them.
-        if self.do_sample:
-            sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k or 0}
-        else:
-            sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": self.do_sample,
-            **sampling,
-            "repetition_penalty": 1.0,
-            "eos_token_id": self.eos_token_id,
-            "pad_token_id": self.pad_token_id,
-            "use_cache": True,
-        }
-
-
 class Backend(Protocol):
     """A way to run one model; see the module docstring."""
 
@@ -109,7 +72,7 @@ class Backend(Protocol):
         """The logits [batch, seq, vocab] of one forward pass with ``intervention`` applied."""
         ...
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Generation) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Decoding) -> torch.Tensor:
         """Prompt and new tokens [batch, prompt + new] of a generation with ``intervention``.
 
         Prompts are left-padded; rows that end early are filled with ``settings.pad_token_id``.

@@ -1,4 +1,5 @@
-"""The native backend: forward hooks on the caller's model, stopping after the deepest layer."""
+"""The native backend: forward hooks on the caller's model, stopping after the deepest layer;
+generation through :func:`interp.generation.generate`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from interp.backends import Generation, ResidFn
+from interp.backends import ResidFn
+from interp.base.decoding import Decoding
+from interp.generation import generate
 from interp.hooks import hooks, resid_post, stop_after
 from interp.inputs import ModelInputs
 from interp.steer import Intervention, intervene
@@ -36,6 +39,7 @@ class HooksBackend:
         with intervene(self.model, intervention):
             return self.model(**inputs.kwargs(), use_cache=False).logits
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Generation) -> torch.Tensor:
-        with intervene(self.model, intervention):
-            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings.hf_kwargs())
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Decoding) -> torch.Tensor:
+        # The compiled engine on a GPU (the edits inside its step), the hooks elsewhere.
+        new = generate(self.model, input_ids, attention_mask, settings, intervention=intervention)
+        return torch.cat([input_ids, new.to(input_ids.device)], 1)

@@ -24,8 +24,9 @@ import nnsight
 import torch
 from torch import nn
 
-from interp.backends import Generation, ResidFn
+from interp.backends import ResidFn
 from interp.backends.views import shared_view
+from interp.base.decoding import Decoding, check_generation_config
 from interp.base.models import decoder_layers
 from interp.hooks import _hidden, _replace_hidden
 from interp.inputs import ModelInputs
@@ -71,7 +72,8 @@ class NNsightBackend:
             saved.append(nnsight.save(self.envoy.output.logits))
         return saved[0]
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Generation) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Decoding) -> torch.Tensor:
+        check_generation_config(self._view)
         saved: list = []
         with applying(self._view, intervention) as applied, warnings.catch_warnings():
             # The settings ride on fn: keyword arguments to trace() would count as an input row

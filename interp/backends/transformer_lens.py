@@ -46,8 +46,9 @@ import torch
 from torch import nn
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
-from interp.backends import Generation, ResidFn
+from interp.backends import ResidFn
 from interp.backends.views import merged_view
+from interp.base.decoding import Decoding
 from interp.hooks import around_calls, resid_post
 from interp.inputs import ModelInputs
 from interp.steer import Applied, Intervention
@@ -110,26 +111,27 @@ class TransformerLensBackend:
             applied.after_call()
         return logits
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Generation) -> torch.Tensor:
-        eos = settings.eos_token_id
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Decoding) -> torch.Tensor:
+        eos = list(settings.eos_ids)
         with self._applied(intervention) as (fwd_hooks, applied), applied.generation(input_ids, attention_mask), self.bridge.hooks(fwd_hooks=fwd_hooks):
             out = self.bridge.generate(
                 input_ids,
                 attention_mask=attention_mask,
                 max_new_tokens=settings.max_new_tokens,
-                do_sample=settings.do_sample,
-                temperature=settings.temperature,
+                do_sample=not settings.greedy,
+                temperature=settings.temperature if not settings.greedy else 1.0,
                 top_p=settings.top_p if settings.top_p < 1 else None,
-                top_k=settings.top_k,
-                stop_at_eos=eos is not None,
-                eos_token_id=eos,
+                top_k=settings.top_k or None,
+                repetition_penalty=settings.repetition_penalty,
+                stop_at_eos=bool(eos),
+                eos_token_id=eos or None,
                 # Cached, TransformerLens 4.3 disagrees with transformers 5.24 (module doc).
                 use_past_kv_cache=False,
                 return_type="tokens",
                 verbose=False,
             )
-        if eos is not None:
+        if eos:
             new = out[:, input_ids.shape[1] :]  # a view: written through into out
-            is_eos = (new == eos).int()
-            new[is_eos.cumsum(-1) - is_eos > 0] = settings.pad_token_id  # after each row's first EOS
+            is_eos = torch.isin(new, torch.tensor(eos, device=new.device)).int()
+            new[is_eos.cumsum(-1) - is_eos > 0] = settings.pad_id  # after each row's first EOS
         return out

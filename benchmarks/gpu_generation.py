@@ -1,0 +1,287 @@
+"""Generation speed on a Qwen2.5-7B-shaped model (random bf16 weights): the weights-read floor,
+transformers' default ``generate`` and the engine, unsteered and steered, at several batch sizes.
+
+    python benchmarks/gpu_generation.py                         # one GPU: floor, HF default, engine
+    python benchmarks/gpu_generation.py --size tiny             # a CPU dry run of the same code
+    torchrun --nproc_per_node=2 benchmarks/gpu_generation.py --sharded   # sharded vs one GPU
+
+Workload: random 60-token prompts, greedy, 64 new tokens (no EOS, so every row runs to the
+end). ``ms_per_step`` is the wall time of a whole generation call (prefill included) over
+the number of new tokens, for every engine alike; ``tokens_per_s`` is batch x new tokens
+over that time. The decoding step alone is measured too: a call that generates one token
+(the prefill and the first token) is timed the same way, and ``decode_ms_per_step`` is
+(whole call - that call) / (new tokens - 1), ``decode_tokens_per_s`` the batch over it. The floor is the model's weight bytes over the device-to-device copy
+bandwidth measured in the same run (bytes read + written). Steering adds a random vector
+(x4) after the middle layer on generated positions, as ``benchmarks/gpu_caching.py`` does;
+steered and unsteered engine runs alternate back to back and the best of ``--repeats``
+pairs counts. Each engine configuration is warmed up once (compilation, graph capture)
+before it is timed; the warm-up seconds are in the JSON.
+
+The checks: the engine's greedy tokens are the argmax of the model's own logits
+(transformers, teacher-forced over the engine's sequence, with the same steering through
+the native hooks) at almost every step, and steering changes the tokens.
+
+JSON: ``benchmarks/results/gpu_generation_<gpu>.json`` (``--results-dir``) with
+``floor_ms_per_step`` and ``rows: [{engine, batch_size, steered, ms_per_step, tokens_per_s}]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # this checkout's packages, and gpu_caching beside it
+from gpu_caching import build_model, sync  # noqa: E402
+
+from interp.base.atomic import write_json_atomic  # noqa: E402
+from interp.base.decoding import Decoding  # noqa: E402
+from interp.base.provenance import package_versions  # noqa: E402
+from interp.engine import engine_for  # noqa: E402
+from interp.generation import generate  # noqa: E402
+from interp.steer import intervene, steering  # noqa: E402
+
+PROMPT_LEN = 60
+
+
+def copy_bandwidth(device: str, gib: float = 4.0, reps: int = 10) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    n = int(gib * 2**30) // 2
+    src = torch.randn(n, device=device, dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        dst.copy_(src)
+    sync(device)
+    return 2 * src.numel() * src.element_size() * reps / (time.perf_counter() - t0)
+
+
+def prompts(batch: int, vocab: int, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(10, vocab, (batch, PROMPT_LEN), generator=g)
+    return ids.to(device), torch.ones_like(ids).to(device)
+
+
+def timed(fn, device: str) -> tuple[float, torch.Tensor]:
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+@torch.no_grad()
+def argmax_agreement(model, ids, mask, new: torch.Tensor, iv, rows: int = 8) -> dict:
+    """How often each generated token is the argmax of the model's own (teacher-forced) logits,
+    on the first ``rows`` rows."""
+    ids, new = ids[:rows], new[:rows]
+    full = torch.cat([ids, new], 1)
+    fmask = torch.ones_like(full)
+    with intervene(model, iv) if iv is not None else torch.no_grad():
+        logits = model(input_ids=full, attention_mask=fmask, position_ids=(fmask.cumsum(-1) - 1)).logits[:, ids.shape[1] - 1 : -1].float()
+    chosen = logits.gather(-1, new[..., None])[..., 0]
+    gap = logits.max(-1).values - chosen
+    return {"argmax_fraction": float((gap == 0).float().mean()), "max_gap_over_logit_std": float(gap.max() / logits.std())}
+
+
+def row(engine: str, bs: int, steered: bool, sec: float, new_tokens: int, first_sec: float) -> dict:
+    """One timed call: ``sec`` for ``new_tokens`` tokens, ``first_sec`` for a call that makes one."""
+    decode_ms = 1e3 * (sec - first_sec) / (new_tokens - 1)
+    r = {"engine": engine, "batch_size": bs, "steered": steered, "ms_per_step": 1e3 * sec / new_tokens, "tokens_per_s": bs * new_tokens / sec,
+         "first_token_ms": 1e3 * first_sec, "decode_ms_per_step": decode_ms, "decode_tokens_per_s": 1e3 * bs / decode_ms}
+    print(f"  {engine:<10} bs={bs:<4} {'steered' if steered else 'plain':<8} {r['ms_per_step']:8.2f} ms/step {r['tokens_per_s']:>10,.0f} tok/s"
+          f"   decode {decode_ms:7.2f} ms/step {r['decode_tokens_per_s']:>10,.0f} tok/s (first token {1e3 * first_sec:.1f} ms)", flush=True)
+    return r
+
+
+def one_device(model, args, device: str, info: dict) -> list[dict]:
+    t0 = time.perf_counter()
+    engine = engine_for(model, **({} if args.compile == "auto" else {"compile": None if args.compile == "none" else args.compile}))
+    info["engine"] = {"compile": engine.code.backend, "cuda_graphs": engine.cuda_graphs, "build_seconds": time.perf_counter() - t0, "verify_errors": engine.verify_errors}
+    info["warmup_seconds"], info["checks"] = {}, {}
+    print(f"  engine: {info['engine']}", flush=True)
+    rows: list[dict] = []
+    for bs in args.batch_sizes:
+        try:
+            rows += one_batch_size(model, args, device, info, bs)
+        except Exception as e:  # report and go on: one failing size must not lose the others
+            traceback.print_exc()
+            info.setdefault("errors", {})[f"bs={bs}"] = f"{type(e).__name__}: {e}"
+    return rows
+
+
+def one_batch_size(model, args, device: str, info: dict, bs: int) -> list[dict]:
+    layer = model.config.num_hidden_layers // 2
+    vec = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    iv = steering(model, {layer: vec}, alpha=4.0, positions="generated")
+    # The same edit for a teacher-forced pass, whose prompt ends at column PROMPT_LEN.
+    iv_forced = steering(model, {layer: vec}, alpha=4.0, positions="generated", prompt_length=PROMPT_LEN)
+    decoding = Decoding(max_new_tokens=args.new_tokens, temperature=0)
+    first = Decoding(max_new_tokens=1, temperature=0)  # the prefill and the first token
+    ids, mask = prompts(bs, model.config.vocab_size, device)
+    rows: list[dict] = []
+
+    def measure(name: str, steered: bool, r: int, fn) -> dict:
+        first_sec = timed(lambda: fn(first), device)[0]
+        return {**row(name, bs, steered, timed(lambda: fn(decoding), device)[0], args.new_tokens, first_sec), "repeat": r}
+
+    if "hf" in args.parts:
+        hf = lambda d: generate(model, ids, mask, d, engine="hf")  # noqa: E731
+        timed(lambda: hf(decoding), device)  # warm
+        for r in range(args.hf_repeats):
+            rows.append(measure("hf", False, r, hf))
+    if "engine" not in args.parts:
+        return rows
+    runs = {False: lambda d: generate(model, ids, mask, d, engine="fast"), True: lambda d: generate(model, ids, mask, d, intervention=iv, engine="fast")}
+    outs = {}
+    for steered, fn in runs.items():  # compile and capture
+        info["warmup_seconds"][f"bs={bs} {'steered' if steered else 'plain'}"], outs[steered] = timed(lambda: fn(decoding), device)
+        timed(lambda: fn(first), device)
+    check = {"steering_changes_tokens": not torch.equal(outs[False], outs[True])}
+    for steered in (False, True):
+        check["steered" if steered else "plain"] = argmax_agreement(model, ids, mask, outs[steered].to(device), iv_forced if steered else None)
+    info["checks"][f"bs={bs}"] = check
+    print(f"  checks bs={bs}: {json.dumps(check)}  warm-up {info['warmup_seconds']}", flush=True)
+    for r in range(args.repeats):
+        for steered, fn in runs.items():
+            rows.append(measure("engine", steered, r, fn))
+    return rows
+
+
+def ratios(rows: list[dict], floor: float | None) -> dict:
+    """The issue's figures, whole call and decoding step alone: engine over the floor, engine
+    over HF default (tokens/s), steered over unsteered (best of each)."""
+    by = {(r["engine"], r["batch_size"], r["steered"]): r for r in rows}
+    out = {}
+    for (engine, bs, steered), r in by.items():
+        if engine != "engine" or steered:
+            continue
+        entry = {}
+        for kind, ms, tps in (("call", "ms_per_step", "tokens_per_s"), ("decode", "decode_ms_per_step", "decode_tokens_per_s")):
+            if floor:
+                entry[f"{kind}_vs_floor"] = r[ms] / floor
+            if ("hf", bs, False) in by:
+                entry[f"{kind}_vs_hf_tokens_per_s"] = r[tps] / by[("hf", bs, False)][tps]
+            if ("engine", bs, True) in by:
+                entry[f"{kind}_steered_vs_plain"] = by[("engine", bs, True)][tps] / r[tps]
+        out[f"bs={bs}"] = entry
+    return out
+
+
+def best(rows: list[dict]) -> list[dict]:
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["engine"], r["batch_size"], r["steered"])
+        if key not in out or r["ms_per_step"] < out[key]["ms_per_step"]:
+            out[key] = r
+    return list(out.values())
+
+
+def sharded(model, args, device: str, rank: int, world: int) -> list[dict]:
+    """The whole workload on one GPU (rank 0 alone), then sharded over every rank."""
+    import torch.distributed as dist
+
+    from interp.distributed import generate_distributed
+
+    decoding = Decoding(max_new_tokens=args.new_tokens, temperature=0)
+    ids, mask = prompts(args.sharded_prompts, model.config.vocab_size, device)
+    rows = []
+    for name, fn in (("one GPU", lambda: generate(model, ids, mask, decoding, engine="fast")), (f"sharded x{world}", lambda: generate_distributed(model, ids, mask, decoding, engine="fast"))):
+        if name == "one GPU" and rank != 0:
+            dist.barrier()
+            continue
+        fn()  # warm-up: compile and capture every shape
+        for r in range(args.repeats):
+            sec, _ = timed(fn, device)
+            rows.append({"engine": name, "batch_size": args.sharded_prompts, "steered": False, "ms_per_step": 1e3 * sec / args.new_tokens, "tokens_per_s": args.sharded_prompts * args.new_tokens / sec, "repeat": r})
+            if rank == 0:
+                print(f"  {name:<12} {rows[-1]['tokens_per_s']:>10,.0f} tok/s", flush=True)
+        if name == "one GPU":
+            dist.barrier()
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=["7b", "tiny"], default="7b")
+    p.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 64, 256])
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs (engine: back-to-back pairs); the best counts")
+    p.add_argument("--hf-repeats", type=int, default=2)
+    p.add_argument("--parts", nargs="*", default=["floor", "hf", "engine"], help="subset of: floor hf engine")
+    p.add_argument("--compile", default="auto", help="torch.compile backend of the engine, or none (default auto: inductor on a GPU, none on the CPU)")
+    p.add_argument("--sharded", action="store_true", help="under torchrun: the whole workload on one GPU, then sharded over every rank")
+    p.add_argument("--sharded-prompts", type=int, default=1024)
+    p.add_argument("--results-dir", type=Path, default=None, help="default: benchmarks/results on a GPU, artifacts/benchmarks on the CPU")
+    args = p.parse_args()
+
+    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    if distributed:
+        from interp.distributed import init_process_group
+
+        rank, world, device = init_process_group()
+    else:
+        rank, world = 0, 1
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = build_model(args.size, device, dtype)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    info = {
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "date": dt.date.today().isoformat(),
+        "versions": package_versions(),
+        "model": f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}",
+        "prompt_tokens": PROMPT_LEN, "new_tokens": args.new_tokens, "weight_bytes": weight_bytes, "world_size": world,
+        "command": " ".join(sys.argv),
+    }
+    result: dict = {"info": info}
+    if distributed:
+        rows = sharded(model, args, device, rank, world)
+        result["rows"] = best(rows)
+        one = next(r for r in result["rows"] if r["engine"] == "one GPU") if rank == 0 else None
+        if one:
+            shard = next(r for r in result["rows"] if r["engine"].startswith("sharded"))
+            result["speedup"] = shard["tokens_per_s"] / one["tokens_per_s"]
+            print(f"sharded generation: {result['speedup']:.2f}x one GPU", flush=True)
+    else:
+        if "floor" in args.parts:
+            bw = copy_bandwidth(device, gib=4.0 if device.startswith("cuda") else 0.25)
+            info["copy_bytes_per_s"] = bw
+            result["floor_ms_per_step"] = 1e3 * weight_bytes / bw
+            print(f"copy bandwidth {bw / 1e12:.2f} TB/s; weights {weight_bytes / 1e9:.2f} GB; floor {result['floor_ms_per_step']:.2f} ms/step", flush=True)
+        rows = one_device(model, args, device, info)
+        result["rows"] = best(rows)
+        result["runs"] = rows
+        floor = result.get("floor_ms_per_step")
+        print("\nbest of repeats (whole call; decoding step alone):")
+        for r in result["rows"]:
+            vs = f"  {r['ms_per_step'] / floor:5.2f}x / {r['decode_ms_per_step'] / floor:5.2f}x floor" if floor else ""
+            print(f"  {r['engine']:<8} bs={r['batch_size']:<4} {'steered' if r['steered'] else 'plain':<8} {r['ms_per_step']:8.2f} ms/step {r['tokens_per_s']:>10,.0f} tok/s;"
+                  f" {r['decode_ms_per_step']:8.2f} ms/step {r['decode_tokens_per_s']:>10,.0f} tok/s{vs}")
+        result["ratios"] = ratios(result["rows"], floor)
+        print(json.dumps(result["ratios"], indent=1))
+    if rank == 0:
+        gpu = info["device"].split()[1].lower() if device.startswith("cuda") and len(info["device"].split()) > 1 else "cpu"
+        name = f"gpu_generation_{gpu}{'_sharded' if distributed else ''}.json"
+        out = args.results_dir or Path("benchmarks/results" if device.startswith("cuda") else "artifacts/benchmarks")
+        write_json_atomic(out / name, result)
+        print(f"wrote {out / name}")
+    if distributed:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

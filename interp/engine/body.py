@@ -1,0 +1,151 @@
+"""The decoder forward pass the engine runs, from the model's own modules, on a static KV cache.
+
+The engine does not call the model's ``forward``: it calls the embedding, each decoder
+layer's norms, projections (plain or PEFT LoRA) and MLP, the final norm and the LM head
+itself, and does attention against a static cache it owns. So nothing in transformers'
+private decoder-layer interface (renamed between 5.17 and 5.24) is in the way, the position
+of every token is a tensor the step computes, and an :class:`~interp.engine.edits.EditPlan`
+is applied after each layer inside the compiled code, never through a hook.
+
+Supported: the Llama-style decoder layer of Qwen2 / Qwen2.5 and Llama (full attention, rotary
+positions, grouped-query attention); :meth:`Body.of` refuses anything else, and the engine
+checks its logits against the model's own forward pass before first use.
+
+Layout: every row of a batch is left-padded to the same width ``W``; the prompt fills cache
+columns ``0..W-1`` and generated token ``t`` column ``W + t``. ``valid`` [batch, columns]
+marks the columns a row may attend to (its real prompt tokens and everything generated).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from interp.base.models import unwrap
+from interp.engine.edits import Kind
+from interp.steer import project_out
+
+SUPPORTED_TYPES = ("qwen2", "llama")
+
+
+class EngineUnsupported(ValueError):
+    """A model (or a setting) the engine cannot run; callers fall back to transformers' generate."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Attention geometry, the same for every layer (constants of the compiled code)."""
+
+    n_heads: int
+    n_kv: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
+class Body:
+    """The modules of a supported model that the engine calls, and its attention geometry."""
+
+    embed: nn.Module
+    layers: tuple[nn.Module, ...]
+    norm: nn.Module
+    head: nn.Module
+    rotary: nn.Module
+    shape: Shape
+
+    @classmethod
+    def of(cls, model: nn.Module) -> Body:
+        base = unwrap(model)
+        config = getattr(base, "config", None)
+        kind = getattr(config, "model_type", None)
+        if kind not in SUPPORTED_TYPES:
+            raise EngineUnsupported(f"the engine runs {', '.join(SUPPORTED_TYPES)} models, not {kind!r}")
+        inner = getattr(base, "model", None)
+        parts = [getattr(inner, n, None) for n in ("embed_tokens", "layers", "norm", "rotary_emb")]
+        if any(p is None for p in parts) or base.get_output_embeddings() is None:
+            raise EngineUnsupported(f"{type(base).__name__} does not have the expected decoder layout")
+        embed, layers, norm, rotary = parts
+        for layer in layers:
+            if getattr(layer.self_attn, "sliding_window", None) is not None:
+                raise EngineUnsupported("sliding-window attention is not supported by the engine")
+        if len({p.device for p in base.parameters()}) > 1:
+            raise EngineUnsupported("the model is spread over several devices")
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = Shape(config.num_attention_heads, config.num_key_value_heads, head_dim)
+        return cls(embed, tuple(layers), norm, base.get_output_embeddings(), rotary, shape)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.embed.weight
+
+    def kv_cache(self, batch: int, columns: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Zeroed key and value tensors [batch, kv heads, columns, head_dim] per layer."""
+        s, w = self.shape, self.weight
+        return [tuple(torch.zeros(batch, s.n_kv, columns, s.head_dim, dtype=w.dtype, device=w.device) for _ in range(2)) for _ in self.layers]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 [batch, vocab] logits of the last column of ``hidden`` [batch, seq, d]."""
+        return self.head(self.norm(hidden[:, -1:]))[:, -1].float()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _qkv(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, shape: Shape) -> tuple[torch.Tensor, ...]:
+    """Queries [B, heads, T, hd], rotated keys and values [B, kv heads, T, hd] of ``x`` [B, T, d]."""
+    attn = layer.self_attn
+    h = layer.input_layernorm(x)
+    b, t = x.shape[:2]
+    q = attn.q_proj(h).view(b, t, shape.n_heads, shape.head_dim)
+    k = attn.k_proj(h).view(b, t, shape.n_kv, shape.head_dim)
+    v = attn.v_proj(h).view(b, t, shape.n_kv, shape.head_dim).transpose(1, 2)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
+    cos, sin = cos[:, None], sin[:, None]
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
+
+def _finish(layer: nn.Module, x: torch.Tensor, attended: torch.Tensor, gate: torch.Tensor, vector: torch.Tensor, kind: Kind) -> torch.Tensor:
+    """Output projection, MLP, and the plan's edit of resid_post where ``gate`` [B, T] is set."""
+    b, t = x.shape[:2]
+    x = x + layer.self_attn.o_proj(attended.transpose(1, 2).reshape(b, t, -1))
+    x = x + layer.mlp(layer.post_attention_layernorm(x))
+    if kind == "add":
+        return torch.where(gate[..., None], x + vector, x)
+    if kind == "ablate":
+        return torch.where(gate[..., None], project_out(x, vector), x)
+    return x
+
+
+def prefill_layer(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
+                  mask: torch.Tensor, gate: torch.Tensor, vector: torch.Tensor, kind: Kind, shape: Shape) -> torch.Tensor:
+    """One decoder layer over the prompts ``x`` [B, W, d]; writes their keys and values to cache
+    columns ``0..W-1``. ``mask`` [B, 1, W, W] is causal over real tokens (each padding query
+    sees itself, so nothing is NaN)."""
+    q, k, v = _qkv(layer, x, cos, sin, shape)
+    width = x.shape[1]
+    cache[0][:, :, :width].copy_(k)
+    cache[1][:, :, :width].copy_(v)
+    groups = shape.n_heads // shape.n_kv
+    attended = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), attn_mask=mask, scale=layer.self_attn.scaling)
+    return _finish(layer, x, attended, gate, vector, kind)
+
+
+def decode_layer(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
+                 column: torch.Tensor, bias: torch.Tensor, gate: torch.Tensor, vector: torch.Tensor, kind: Kind, shape: Shape) -> torch.Tensor:
+    """One decoder layer for one new token per row, ``x`` [B, 1, d], written to cache column
+    ``column`` [1]; ``bias`` [B, 1, 1, columns] is 0 where a row may attend and -inf elsewhere.
+
+    Grouped-query attention reads each cached key and value once (no repeated heads)."""
+    q, k, v = _qkv(layer, x, cos, sin, shape)
+    keys, values = cache
+    keys.index_copy_(2, column, k)
+    values.index_copy_(2, column, v)
+    b, groups = x.shape[0], shape.n_heads // shape.n_kv
+    q = q.reshape(b, shape.n_kv, groups, shape.head_dim)
+    scores = torch.matmul(q, keys.transpose(2, 3)).float() * layer.self_attn.scaling + bias
+    attended = torch.matmul(scores.softmax(-1).to(values.dtype), values)  # [B, kv heads, groups, hd]
+    return _finish(layer, x, attended.reshape(b, shape.n_heads, 1, shape.head_dim), gate, vector, kind)

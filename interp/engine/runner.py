@@ -1,0 +1,389 @@
+"""The engine: bucketed batches, a compiled decoding step on a static cache, CUDA graphs.
+
+One :class:`Engine` serves one model. :meth:`Engine.generate` takes left-padded prompts the
+way transformers' ``generate`` does and returns the same thing, the generated tokens with
+padding after each row's EOS, decoded by a :class:`~interp.base.decoding.Decoding` with an
+:class:`~interp.engine.edits.EditPlan` applied inside every forward pass.
+
+How it is fast:
+
+- **Buckets.** Rows are sorted by prompt length and cut into batches of at most
+  ``max_batch``; each batch is left-padded to a multiple of 16 columns and its row count
+  rounded up to a power of two (spare rows are born finished), so a few shapes serve a run.
+- **Static cache, compiled step.** Keys and values live in per-shape tensors that never
+  move; the decoder layer, the sampler and the bookkeeping are compiled with
+  ``torch.compile`` (one compiled layer serves every layer: its weights are inputs).
+- **CUDA graphs.** On a GPU the whole decoding step (embedding, every layer with its edit,
+  the LM head, the sampler, the position counters) is captured once per shape and replayed:
+  one launch per token, no host synchronisation except an "all rows done?" check every
+  few steps.
+
+Edits are data (per-layer vectors, per-row position bounds) written into the step's static
+buffers before each batch, so changing layers, alphas or positions never recompiles or
+recaptures, and a compiled step can never skip an edit the way it skips a hook.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils._triton import has_triton
+
+from interp.base.decoding import Decoding
+from interp.base.models import unwrap
+from interp.engine.body import Body, EngineUnsupported, decode_layer, prefill_layer
+from interp.engine.edits import NO_EDITS, EditPlan, Kind, gate_prompt_lengths
+from interp.engine.sampler import SamplerSpec, choose
+
+WIDTH_STEP = 16  # prompts are padded to a multiple of this many columns
+COLUMN_STEP = 64  # cache lengths are rounded up to a multiple of this
+CHECK_EVERY = 8  # decoding steps between checks whether every row has finished
+MAX_SHAPES = 4  # (rows, columns) shapes whose caches and graphs are kept
+# Relative logit error allowed by the self-check. A misread model is off by order 1; in half
+# precision the step's own rounding (attention scores in bf16) already gave 0.039 on a
+# random-weight 7B model, whose 28 layers amplify every rounding difference.
+_LOGIT_TOLERANCE = {torch.float32: 1e-4, torch.float16: 0.1, torch.bfloat16: 0.1}
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+@dataclass
+class _Slots:
+    """The static buffers of one (rows, columns) shape; every captured graph reads these."""
+
+    tokens: torch.Tensor  # [B, 1] the token each row feeds next
+    positions: torch.Tensor  # [B, 1] its position
+    column: torch.Tensor  # [1] the cache column it is written to
+    step: torch.Tensor  # [1] how many tokens have been generated
+    valid: torch.Tensor  # [B, columns] cache columns each row attends to
+    lo: torch.Tensor  # [B] edit bounds in position space
+    hi: torch.Tensor
+    keys: torch.Tensor  # [B] sampling keys
+    finished: torch.Tensor  # [B]
+    out: torch.Tensor  # [B, columns] generated tokens
+    cache: list[tuple[torch.Tensor, torch.Tensor]]
+    vectors: dict[Kind, list[torch.Tensor]] = field(default_factory=dict)
+    seen: torch.Tensor | None = None  # [B, vocab] tokens a row has seen (repetition penalty)
+    graphs: dict[_Variant, torch.cuda.CUDAGraph] = field(default_factory=dict)
+    stops: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)  # EOS ids as the graphs read them
+    plan: EditPlan = NO_EDITS  # the edits loaded into ``vectors``, ``lo`` and ``hi``
+
+    @classmethod
+    def allocate(cls, body: Body, rows: int, columns: int) -> _Slots:
+        device = body.weight.device
+
+        def zeros(*shape, dtype=torch.long):
+            return torch.zeros(*shape, dtype=dtype, device=device)
+
+        return cls(
+            tokens=zeros(rows, 1), positions=zeros(rows, 1), column=zeros(1), step=zeros(1),
+            valid=zeros(rows, columns, dtype=torch.bool), lo=zeros(rows), hi=zeros(rows), keys=zeros(rows),
+            finished=zeros(rows, dtype=torch.bool), out=zeros(rows, columns), cache=body.kv_cache(rows, columns),
+        )
+
+    @property
+    def rows(self) -> int:
+        return self.tokens.shape[0]
+
+
+@dataclass(frozen=True)
+class _Variant:
+    """What one compiled step does (static): the edit kind, the sampler, the stop tokens."""
+
+    kind: Kind
+    sampler: SamplerSpec
+    eos: tuple[int, ...]
+    pad: int
+
+
+def _tail(variant: _Variant, logits: torch.Tensor, s: _Slots, eos: torch.Tensor) -> None:
+    """Choose each row's next token and advance the row's bookkeeping, all on the device."""
+    nxt = choose(variant.sampler, logits, s.keys, s.step, s.seen)
+    nxt = torch.where(s.finished, variant.pad, nxt)
+    s.out.index_copy_(1, s.step, nxt[:, None])
+    s.finished |= torch.isin(nxt, eos)
+    if variant.sampler.tracks_seen:
+        s.seen.scatter_(1, nxt[:, None], True)
+    s.tokens.copy_(nxt[:, None])
+    s.step += 1
+
+
+@dataclass(frozen=True)
+class _Code:
+    """The functions a step runs: compiled, or the same functions eagerly."""
+
+    prefill_layer: Callable
+    decode_layer: Callable
+    tails: dict = field(default_factory=dict)  # _Variant -> compiled tail
+    backend: str | Callable | None = None
+
+    def tail(self, variant: _Variant) -> Callable:
+        if variant not in self.tails:
+            fn = functools.partial(_tail, variant)
+            self.tails[variant] = fn if self.backend is None else torch.compile(fn, backend=self.backend, fullgraph=True)
+        return self.tails[variant]
+
+    @classmethod
+    def build(cls, backend: str | Callable | None) -> _Code:
+        if backend is None:
+            return cls(prefill_layer, decode_layer)
+        _allow_recompiles()
+        # One compiled layer serves every layer (its weights are inputs). The prefill turns to
+        # dynamic shapes once a second prompt width comes; the decoding step is compiled per shape.
+        return cls(
+            torch.compile(prefill_layer, backend=backend, fullgraph=True),
+            torch.compile(decode_layer, backend=backend, dynamic=False, fullgraph=True),
+            backend=backend,
+        )
+
+
+class Engine:
+    """Fast generation for one model (see the module doc); build with :func:`interp.engine.engine_for`.
+
+    ``compile`` is a ``torch.compile`` backend (a name or a callable), None to run the same step uncompiled, or
+    ``"auto"``: inductor on a CUDA device with Triton, uncompiled elsewhere. CUDA graphs are
+    used on CUDA devices unless ``cuda_graphs=False``.
+    """
+
+    def __init__(self, model: nn.Module, compile: str | Callable | None = "auto", cuda_graphs: bool | None = None, max_batch: int = 256) -> None:
+        self._model = weakref.ref(model)  # the engine lives as long as its model, not longer
+        self.body = Body.of(model)
+        self.device = self.body.weight.device
+        if compile == "auto":
+            compile = "inductor" if self.device.type == "cuda" and has_triton() else None
+        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and self.device.type != "cuda":
+            raise EngineUnsupported("CUDA graphs need a CUDA device")
+        self.max_batch = max_batch
+        self.code = _Code.build(compile)
+        self._slots: dict[tuple[int, int], _Slots] = {}
+        self._pool = None
+        self._state = _fingerprint(model)
+        self._verify()
+
+    @property
+    def model(self) -> nn.Module:
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the engine's model is gone")
+        return model
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoding: Decoding, keys: torch.Tensor, edits: EditPlan = NO_EDITS) -> torch.Tensor:
+        """Generated tokens [batch, new] of left-padded prompts, padded after each row's EOS (what
+        transformers returns after the prompt columns); ``keys`` [batch] are the rows' sampling
+        keys (:func:`interp.engine.sampler.row_keys`)."""
+        if attention_mask[:, -1].eq(0).any():
+            raise ValueError("generation needs left-padded prompts: some row ends with padding")
+        self._refresh()
+        variant = _Variant(edits.kind, SamplerSpec.of(decoding), decoding.eos_ids, decoding.pad_id)
+        gate_lengths = gate_prompt_lengths(edits, attention_mask.cpu())
+        prompts = [row[m].tolist() for row, m in zip(input_ids.cpu(), attention_mask.bool().cpu())]
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        results: dict[int, list[int]] = {}
+        for start in range(0, len(order), self.max_batch):
+            chunk = order[start : start + self.max_batch]
+            rows = self._run([prompts[i] for i in chunk], gate_lengths[chunk], keys.cpu()[chunk], decoding, variant, edits)
+            results.update(zip(chunk, rows))
+        out = torch.full((len(prompts), max(len(r) for r in results.values())), decoding.pad_id, dtype=torch.long)
+        for i, row in results.items():
+            out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return out.to(input_ids.device)
+
+    # -- one bucket ---------------------------------------------------------------------------
+
+    def _run(self, prompts: list[list[int]], gate_lengths: torch.Tensor, keys: torch.Tensor, decoding: Decoding, variant: _Variant, edits: EditPlan) -> list[list[int]]:
+        """Generate for at most ``max_batch`` prompts: each row's tokens up to and including its EOS."""
+        n = len(prompts)
+        width = _round_up(max(len(p) for p in prompts), WIDTH_STEP)
+        s = self._slots_for(min(1 << (n - 1).bit_length(), max(self.max_batch, n)), _round_up(width + decoding.max_new_tokens, COLUMN_STEP))
+        self._load(s, variant, edits)
+        if variant.eos not in s.stops:  # kept: a captured graph reads this very tensor
+            s.stops[variant.eos] = torch.tensor(variant.eos or (-1,), device=self.device)
+        eos = s.stops[variant.eos]
+        graph = self._graph(s, variant, eos) if self.cuda_graphs else None
+        ids, positions = self._fill(s, prompts, gate_lengths, keys, width)
+        self._prefill(s, variant, ids, positions, eos, self.code)
+        steps = 1
+        while steps < decoding.max_new_tokens:
+            if graph is not None:
+                graph.replay()
+            else:
+                self._decode(s, variant, eos, self.code)
+            steps += 1
+            if variant.eos and steps % CHECK_EVERY == 0 and bool(s.finished[:n].all()):
+                break
+        out = s.out[:n, :steps].tolist()
+        return [row[: next((i + 1 for i, t in enumerate(row) if t in variant.eos), steps)] for row in out]
+
+    def _fill(self, s: _Slots, prompts: list[list[int]], gate_lengths: torch.Tensor, keys: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write a bucket's prompts into the static buffers; returns the prefill's ids and positions.
+
+        Spare rows (the bucket has more rows than prompts) get one real token and start finished."""
+        n, rows = len(prompts), s.rows
+        ids = torch.zeros(rows, width, dtype=torch.long)
+        valid = torch.zeros(s.valid.shape, dtype=torch.bool)
+        valid[:, width:] = True
+        valid[n:, width - 1] = True
+        lengths = torch.ones(rows, dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p) :] = torch.tensor(p)
+            valid[r, width - len(p) : width] = True
+            lengths[r] = len(p)
+        gates = torch.ones(rows, dtype=torch.long)
+        gates[:n] = gate_lengths
+        lo, hi = s.plan.bounds(gates)
+        padded_keys = torch.zeros(rows, dtype=torch.long)
+        padded_keys[:n] = keys
+        for buf, value in ((s.valid, valid), (s.lo, lo), (s.hi, hi), (s.keys, padded_keys), (s.finished, torch.arange(rows) >= n), (s.positions, lengths[:, None])):
+            buf.copy_(value)
+        s.column.fill_(width)
+        s.step.zero_()
+        ids = ids.to(self.device)
+        if s.seen is not None:
+            s.seen.zero_()
+            r, c = valid[:, :width].nonzero(as_tuple=True)
+            s.seen[r.to(self.device), ids[r, c].to(self.device)] = True
+        return ids, (valid[:, :width].long().cumsum(-1) - 1).clamp(min=0).to(self.device)
+
+    def _load(self, s: _Slots, variant: _Variant, edits: EditPlan) -> None:
+        """The plan's vectors into their static buffers (allocated per kind on first use)."""
+        s.plan = edits
+        if variant.kind != "none":
+            d, dtype = self.body.weight.shape[1], self.body.weight.dtype
+            vectors = edits.layer_vectors(len(self.body.layers), d, dtype, self.device)
+            if variant.kind in s.vectors:
+                for buf, v in zip(s.vectors[variant.kind], vectors):
+                    buf.copy_(v)
+            else:
+                s.vectors[variant.kind] = vectors
+        if variant.sampler.tracks_seen and s.seen is None:
+            s.seen = torch.zeros(s.rows, self.body.weight.shape[0], dtype=torch.bool, device=self.device)
+
+    # -- the forward passes -----------------------------------------------------------------
+
+    def _vectors(self, s: _Slots, kind: Kind) -> list[torch.Tensor]:
+        # Without edits the layer ignores its vector; any tensor will do.
+        return s.vectors[kind] if kind != "none" else [s.lo] * len(self.body.layers)
+
+    def _prefill(self, s: _Slots, variant: _Variant, ids: torch.Tensor, positions: torch.Tensor, eos: torch.Tensor, code: _Code) -> torch.Tensor:
+        """The prompts through every layer into the cache, then the first token; returns its logits."""
+        width = ids.shape[1]
+        x = self.body.embed(ids)
+        cos, sin = self.body.rotary(x, positions)
+        causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
+        mask = (causal & s.valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=self.device)
+        gate = (positions >= s.lo[:, None]) & (positions < s.hi[:, None])
+        for layer, cache, vector in zip(self.body.layers, s.cache, self._vectors(s, variant.kind)):
+            x = code.prefill_layer(layer, x, cos, sin, cache, mask[:, None], gate, vector, variant.kind, self.body.shape)
+        logits = self.body.logits(x)
+        code.tail(variant)(logits, s, eos)
+        return logits
+
+    def _decode(self, s: _Slots, variant: _Variant, eos: torch.Tensor, code: _Code) -> torch.Tensor:
+        """One decoding step from the static buffers alone (what a CUDA graph captures); returns its logits."""
+        x = self.body.embed(s.tokens)
+        cos, sin = self.body.rotary(x, s.positions)
+        columns = torch.arange(s.valid.shape[1], device=self.device)
+        bias = torch.zeros(s.valid.shape, device=self.device).masked_fill(~(s.valid & (columns <= s.column)), float("-inf"))[:, None, None]
+        gate = (s.positions >= s.lo[:, None]) & (s.positions < s.hi[:, None])
+        for layer, cache, vector in zip(self.body.layers, s.cache, self._vectors(s, variant.kind)):
+            x = code.decode_layer(layer, x, cos, sin, cache, s.column, bias, gate, vector, variant.kind, self.body.shape)
+        logits = self.body.logits(x)
+        code.tail(variant)(logits, s, eos)
+        s.positions += 1
+        s.column += 1
+        return logits
+
+    def _graph(self, s: _Slots, variant: _Variant, eos: torch.Tensor) -> torch.cuda.CUDAGraph:
+        """The decoding step of ``variant`` captured on shape ``s``, once; :meth:`_fill` resets
+        every buffer the warm-up steps moved."""
+        if variant not in s.graphs:
+            # Warm-up steps run for real: start them at column 0 (a used shape's counters point
+            # at its last column, past which a step would write) and with every column visible
+            # (a fully masked row would compute NaNs).
+            for counter in (s.tokens, s.positions, s.column, s.step):
+                counter.zero_()
+            s.valid.fill_(True)
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # compile and warm up outside the capture
+                    self._decode(s, variant, eos, self.code)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            self._pool = self._pool or torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                self._decode(s, variant, eos, self.code)
+            s.graphs[variant] = graph
+        return s.graphs[variant]
+
+    # -- shapes, staleness, checks ----------------------------------------------------------
+
+    def _slots_for(self, rows: int, columns: int) -> _Slots:
+        """The buffers (and graphs) of a shape; the least recently used shape beyond
+        :data:`MAX_SHAPES` is dropped, so a long run over many shapes does not pile up caches."""
+        key = (rows, columns)
+        s = self._slots.pop(key, None) or _Slots.allocate(self.body, rows, columns)
+        self._slots[key] = s  # most recently used last
+        while len(self._slots) > MAX_SHAPES:
+            del self._slots[next(iter(self._slots))]
+        return s
+
+    def _refresh(self) -> None:
+        """Drop captured graphs and buffers when the model changed under them (weights moved,
+        adapters switched, merged or disabled): a graph replays the pointers it captured."""
+        state = _fingerprint(self.model)
+        if state != self._state:
+            self.body = Body.of(self.model)
+            self._slots.clear()
+            self._state = state
+            self._verify()
+
+    @torch.no_grad()
+    def _verify(self) -> None:
+        """The engine's logits equal the model's own forward pass (prefill and one decoding step,
+        eager, left padding): a model the engine misreads is refused, never decoded wrongly."""
+        vocab = self.body.weight.shape[0]
+        s = _Slots.allocate(self.body, 2, COLUMN_STEP)
+        variant = _Variant("none", SamplerSpec(True, 0.0, 0, 1.0, 1.0), (), 0)
+        self._load(s, variant, NO_EDITS)
+        eos = torch.tensor([-1], device=self.device)
+        zeros = torch.zeros(2, dtype=torch.long)
+        ids, positions = self._fill(s, [[3 % vocab, 5 % vocab, 7 % vocab], [11 % vocab, 13 % vocab]], zeros, zeros, WIDTH_STEP)
+        eager = _Code.build(None)
+        got = [self._prefill(s, variant, ids, positions, eos, eager)]
+        full = torch.cat([ids, s.tokens], 1)
+        got.append(self._decode(s, variant, eos, eager))
+        mask = torch.cat([s.valid[:, : ids.shape[1]], torch.ones_like(s.tokens, dtype=torch.bool)], 1).long()
+        want = self.model(input_ids=full, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.float()
+        refs = [want[:, ids.shape[1] - 1 + k] for k in range(len(got))]
+        self.verify_errors = [float((logits - ref).norm() / ref.norm()) for logits, ref in zip(got, refs)]
+        if not all(math.isfinite(e) and e <= _LOGIT_TOLERANCE.get(self.body.weight.dtype, 5e-2) for e in self.verify_errors):
+            raise EngineUnsupported(f"the engine's logits differ from the model's own (relative errors {self.verify_errors}); this model is not supported")
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    """What a captured step depends on: where every weight lives, and the adapters' switches."""
+    weights = tuple((p.data_ptr(), p.dtype, p.device) for p in model.parameters())
+    switches = tuple(
+        (getattr(m, "disable_adapters", None), tuple(getattr(m, "active_adapters", None) or ()), tuple(getattr(m, "merged_adapters", None) or ()))
+        for m in unwrap(model).modules()
+        if hasattr(m, "merged_adapters")
+    )
+    return weights, switches, model.training
+
+
+def _allow_recompiles() -> None:
+    """One compiled layer is specialised per shape and edit kind: more than dynamo's default 8."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 64))

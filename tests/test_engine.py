@@ -1,0 +1,177 @@
+"""The compiled engine on the CPU (tiny Qwen2 models, float32): its real fast path, forced on
+with a torch.compile backend that records every graph it is given (CUDA graphs are GPU-only).
+
+A compiled step must never drop an edit silently: steered tokens differ from unsteered ones
+and equal the eager reference (native hooks + transformers' generate), for add and ablate,
+positions generated/prompt/all, a left-padded batch and a PEFT LoRA model, and the edit is
+read inside the compiled graphs, not by a hook."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import build_tiny_qwen
+from peft import LoraConfig, get_peft_model
+from test_steer import prompts, vec
+from test_steer_backends import build
+
+from interp.base.decoding import Decoding
+from interp.engine import EngineUnsupported, engine_for
+from interp.generation import generate
+from interp.hooks import hooks, resid_post
+from interp.steer import steer
+
+NEW = 6
+
+
+class Recorder:
+    """A ``torch.compile`` backend that runs graphs as traced and keeps them for inspection."""
+
+    def __init__(self) -> None:
+        self.graphs: list[torch.fx.GraphModule] = []
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs) -> object:
+        self.graphs.append(gm)
+        return gm.forward
+
+    def read_vectors(self) -> bool:
+        """Some compiled graph takes a per-layer edit vector as an input (and so uses it)."""
+        return any("vector" in node.name for gm in self.graphs for node in gm.graph.nodes if node.op == "placeholder")
+
+
+def _tiny(tokenizer, peft: bool):
+    model = build_tiny_qwen(len(tokenizer), n_layers=3, seed=3)
+    if peft:
+        torch.manual_seed(1)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+    return model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: a second intra-op thread only adds waiting (see finetune.organism.build)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _compiled(tokenizer, peft: bool):
+    """(model, recorder): a model whose engine compiles through a recording backend."""
+    model = _tiny(tokenizer, peft)
+    recorder = Recorder()
+    engine_for(model, compile=recorder)
+    return model, recorder
+
+
+@pytest.fixture(scope="module")
+def plain(tokenizer):
+    return _compiled(tokenizer, peft=False)
+
+
+@pytest.fixture(scope="module")
+def peft(tokenizer):
+    return _compiled(tokenizer, peft=True)
+
+
+@pytest.fixture(params=["plain", "peft"])
+def compiled(request):
+    return request.getfixturevalue(request.param)
+
+
+def greedy(tokenizer, eos=None) -> Decoding:
+    return Decoding(max_new_tokens=NEW, temperature=0, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+
+
+def run(model, enc, decoding, intervention=None, engine="fast"):
+    return generate(model, enc["input_ids"], enc["attention_mask"], decoding, intervention, engine=engine)
+
+
+@pytest.mark.parametrize("kind", ["add", "ablate"])
+def test_steering_runs_inside_the_compiled_step(compiled, tokenizer, kind):
+    model, recorder = compiled
+    enc = prompts(tokenizer)  # left-padded, rows of different lengths
+    assert enc["attention_mask"][:, 0].eq(0).any()
+    settings = greedy(tokenizer)
+    clean = run(model, enc, settings)
+    assert torch.equal(clean, run(model, enc, settings, engine="hf"))
+    for positions in ("generated", "prompt", "all"):
+        graphs = len(recorder.graphs)
+        got = run(model, enc, settings, build(kind, model, positions=positions))
+        want = run(model, enc, settings, build(kind, model, positions=positions), engine="hf")  # native hooks
+        assert not torch.equal(got, clean), positions  # the edit was applied...
+        assert torch.equal(got, want), positions  # ...with the hooks' meaning
+        if positions != "generated":  # positions are data: no new graph for them
+            assert len(recorder.graphs) == graphs, positions
+    assert recorder.read_vectors()  # the edit is an input of the compiled graphs, not a hook
+
+
+def test_steer_context_reaches_the_engine(plain, tokenizer):
+    """``with steer(...)`` around a generation (as the sweeps do) runs in the compiled step."""
+    model, _ = plain
+    enc = prompts(tokenizer)
+    settings = greedy(tokenizer)
+    with steer(model, {1: vec(7)}, alpha=0.1, scale="unit", positions="generated"):
+        inside = run(model, enc, settings)
+        native = run(model, enc, settings, engine="hf")
+    assert torch.equal(inside, native) and not torch.equal(inside, run(model, enc, settings))
+
+
+def test_rows_end_at_their_eos_like_transformers(plain, tokenizer):
+    model, _ = plain
+    enc = prompts(tokenizer)
+    free = run(model, enc, greedy(tokenizer))
+    eos = int(free[1, 1])  # row 1 ends at its second new token
+    got = run(model, enc, greedy(tokenizer, eos))
+    assert torch.equal(got, run(model, enc, greedy(tokenizer, eos), engine="hf"))
+    assert (got[1, 2:] == tokenizer.pad_token_id).all()
+
+
+def test_sampling_is_reproducible_per_row(plain, tokenizer):
+    model, _ = plain
+    enc = prompts(tokenizer)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    settings = Decoding(max_new_tokens=NEW, top_k=50, top_p=0.95, repetition_penalty=1.2, seed=5, pad_token_id=tokenizer.pad_token_id)
+    first = generate(model, ids, mask, settings, engine="fast")
+    assert torch.equal(first, generate(model, ids, mask, settings, engine="fast"))
+    other = generate(model, ids, mask, replace(settings, seed=6), engine="fast")
+    assert not torch.equal(first, other)
+    # Row 2 alone, re-padded, keeps its key: the same tokens whatever else is in the batch.
+    alone = prompts(tokenizer, rows=(2,))
+    solo = generate(model, alone["input_ids"], alone["attention_mask"], settings, engine="fast", rows=torch.tensor([2]))
+    assert torch.equal(solo[0, : first.shape[1]], first[2, : solo.shape[1]])
+
+
+def test_foreign_hooks_send_generation_to_transformers(plain, tokenizer):
+    model, _ = plain
+    enc = prompts(tokenizer)
+    with hooks(model, {resid_post(0): lambda h, kw: h * 1.5}):
+        with pytest.raises(EngineUnsupported, match="forward hook"):
+            run(model, enc, greedy(tokenizer))
+        auto = run(model, enc, greedy(tokenizer), engine="auto")  # the hook runs there
+    assert not torch.equal(auto, run(model, enc, greedy(tokenizer), engine="auto"))
+
+
+def test_adapters_switched_off_are_seen(tokenizer):
+    model = _tiny(tokenizer, peft=True)
+    engine_for(model, compile=None)
+    enc = prompts(tokenizer)
+    with_lora = run(model, enc, greedy(tokenizer))
+    with model.disable_adapter():
+        without = run(model, enc, greedy(tokenizer))
+        assert torch.equal(without, run(model, enc, greedy(tokenizer), engine="hf"))
+    assert not torch.equal(with_lora, without)
+    assert torch.equal(with_lora, run(model, enc, greedy(tokenizer)))
+
+
+def test_unsupported_models_are_refused(tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tokenizer))).eval()
+    with pytest.raises(EngineUnsupported, match="gpt2"):
+        engine_for(gpt2)
+    model = _tiny(tokenizer, peft=False).train()
+    with pytest.raises(EngineUnsupported, match="training mode"):
+        run(model, prompts(tokenizer), greedy(tokenizer))
