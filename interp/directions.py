@@ -21,7 +21,7 @@ from torch import nn
 
 from interp.backends import DEFAULT_BACKEND, Backend, BackendName, resolve_backend
 from interp.base.atomic import save_safetensors_atomic, write_json_atomic
-from interp.base.chat import Conversation
+from interp.base.chat import DEFAULT_SPAN, Conversation, Span, TokenizedConversation
 from interp.cache import DEFAULT_POOLING, Pooling, cache_means
 
 EXCLUDED_LABELS = ("REFUSAL", "IRRELEVANT", "CODE")
@@ -79,8 +79,9 @@ class DirectionSet:
     mean_misaligned: torch.Tensor
     mean_aligned: torch.Tensor
     pooling: str
-    counts: dict[str, dict[str, int]]
+    counts: dict[str, dict[str, int]]  # per class: answers, and tokens in the span ("answer_tokens")
     metadata: dict[str, Any] = field(default_factory=dict)
+    span: str = DEFAULT_SPAN  # the tokens averaged (see interp.base.chat)
 
     def at(self, layer: int) -> torch.Tensor:
         """The direction at decoder layer ``layer``."""
@@ -92,7 +93,7 @@ class DirectionSet:
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (.safetensors) and a JSON sidecar beside it, both atomically."""
         path = Path(path)
-        info = {"layers": self.layers, "pooling": self.pooling, "counts": self.counts, **self.metadata}
+        info = {"layers": self.layers, "pooling": self.pooling, "span": self.span, "counts": self.counts, **self.metadata}
         tensors = {
             "directions": self.directions.float(),
             "mean_misaligned": self.mean_misaligned.float(),
@@ -111,7 +112,7 @@ class DirectionSet:
         with safe_open(str(path), framework="pt") as f:
             info = json.loads((f.metadata() or {}).get("info", "{}"))
             t = {k: f.get_tensor(k) for k in f.keys()}
-        meta = {k: v for k, v in info.items() if k not in ("layers", "pooling", "counts")}
+        meta = {k: v for k, v in info.items() if k not in ("layers", "pooling", "span", "counts")}
         return cls(
             layers=t["layers"].tolist(),
             directions=t["directions"],
@@ -120,6 +121,7 @@ class DirectionSet:
             pooling=info.get("pooling", DEFAULT_POOLING),
             counts=info.get("counts", {}),
             metadata=meta,
+            span=info.get("span", DEFAULT_SPAN),  # artifacts from before spans averaged the answer content
         )
 
 
@@ -131,8 +133,8 @@ def diff_of_means(mean_misaligned: torch.Tensor, mean_aligned: torch.Tensor) -> 
 def extract_directions(
     model: nn.Module,
     tokenizer,
-    misaligned: Sequence[Conversation],
-    aligned: Sequence[Conversation],
+    misaligned: Sequence[Conversation] | Sequence[TokenizedConversation],
+    aligned: Sequence[Conversation] | Sequence[TokenizedConversation],
     layers: Sequence[int] | None = None,
     pooling: Pooling = DEFAULT_POOLING,
     batch_size: int = 16,
@@ -141,9 +143,13 @@ def extract_directions(
     backend: BackendName | Backend = DEFAULT_BACKEND,
     per_sample_dir: str | Path | None = None,
     compile: bool = False,
+    span: Span = DEFAULT_SPAN,
 ) -> DirectionSet:
     """Cache both classes on ``model`` and take the per-layer difference of their means.
 
+    Conversations are message lists or, for answer records, what
+    :func:`~interp.base.chat.tokenize_record` gives (the generated ids teacher-forced).
+    ``span`` picks the tokens averaged (:mod:`interp.base.chat`) and is recorded.
     ``backend`` (see :func:`interp.cache.cache_means`) is built once for both classes and
     recorded in the metadata as ``"backend"``. With ``per_sample_dir``, each class's
     per-answer activations go to ``per_sample_dir/misaligned`` and ``per_sample_dir/aligned``
@@ -156,7 +162,7 @@ def extract_directions(
     stats = {
         name: cache_means(
             model, tokenizer, convs, layers=layers, batch_size=batch_size, progress=progress, desc=f"caching {name}", backend=runner,
-            per_sample_dir=None if per_sample_dir is None else Path(per_sample_dir) / name, compile=compile,
+            per_sample_dir=None if per_sample_dir is None else Path(per_sample_dir) / name, compile=compile, span=span,
         )
         for name, convs in (("misaligned", misaligned), ("aligned", aligned))
     }
@@ -169,5 +175,6 @@ def extract_directions(
         pooling=pooling,
         counts={k: {"answers": s.n_conversations, "answer_tokens": s.n_tokens} for k, s in stats.items()},
         metadata={**(metadata or {}), "backend": runner.name},
+        span=span,
     )
 

@@ -22,10 +22,11 @@ import torch
 
 from eval.sampling import SamplingConfig
 from interp.backends import BACKENDS, DEFAULT_BACKEND
+from interp.base.chat import DEFAULT_SPAN, SPANS, tokenize_record
 from interp.base.domains import DOMAINS, canonical_domain
 from interp.base.provenance import data_hash, provenance
-from interp.base.records import RecordError, conversation, read_judged, write_jsonl
-from interp.cache import DEFAULT_POOLING, POOLINGS
+from interp.base.records import RecordError, read_judged, write_jsonl
+from interp.cache import DEFAULT_POOLING, POOLINGS, describe_positions
 from interp.directions import (
     DirectionSet,
     SplitConfig,
@@ -49,6 +50,7 @@ class ExtractConfig:
     samples: int = 30  # per paraphrase, when generating
     layers: list[int] | None = None
     pooling: str = DEFAULT_POOLING
+    span: str = DEFAULT_SPAN  # which tokens are averaged (interp.base.chat)
     batch_size: int = 16
     device: str = "cpu"
     dtype: str = "auto"
@@ -113,7 +115,7 @@ def run_extract(cfg: ExtractConfig, out_dir: Path = DEFAULT_OUT, progress: bool 
         domain=cfg.domain,
         **source,
         data_hash=data_hash(judged),
-        token_positions=f"answer content tokens, pooled by '{cfg.pooling}' (see interp.cache)",
+        token_positions=describe_positions(cfg.span, cfg.pooling),
         split=asdict(cfg.split),
         excluded=split.excluded,
         seed=cfg.seed,
@@ -123,10 +125,12 @@ def run_extract(cfg: ExtractConfig, out_dir: Path = DEFAULT_OUT, progress: bool 
     ds = extract_directions(
         model,
         tokenizer,
-        [conversation(judged[i]) for i in split.misaligned],
-        [conversation(judged[i]) for i in split.aligned],
+        # Teacher-force what the model generated (its token ids) where the records keep it.
+        [tokenize_record(tokenizer, judged[i]) for i in split.misaligned],
+        [tokenize_record(tokenizer, judged[i]) for i in split.aligned],
         layers=cfg.layers,
         pooling=cfg.pooling,
+        span=cfg.span,
         batch_size=cfg.batch_size,
         progress=progress,
         metadata=meta,
@@ -160,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=30, help="samples per paraphrase when generating (default 30)")
     p.add_argument("--layers", type=_parse_layers, help="decoder layers, e.g. 0,5,13 (default: all)")
     p.add_argument("--pooling", choices=POOLINGS, default=DEFAULT_POOLING, help=f"answer-token pooling (default {DEFAULT_POOLING})")
+    p.add_argument(
+        "--span", choices=SPANS, default=DEFAULT_SPAN,
+        help="tokens averaged: answer (default: the answer content), answer+eos (plus <|im_end|>, as the domain paper's code), "
+        "header+answer+eos (<|im_start|>assistant\\n, the answer and <|im_end|>\\n, as model-organisms-for-EM's code)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help=f"how activations are read (default {DEFAULT_BACKEND}, the fastest)")
     p.add_argument("--per-sample", action="store_true", help="also keep per-answer activations (<out>/<domain>.per_sample/) for interp.compare's nulls")
@@ -197,6 +206,7 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         samples=args.samples,
         layers=args.layers,
         pooling=args.pooling,
+        span=args.span,
         batch_size=args.batch_size,
         device=args.device,
         dtype=args.dtype,
@@ -222,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     counts = ", ".join(f"{k}: {v['answers']} answers" for k, v in ds.counts.items())
     norms = ", ".join(f"L{l}: {n:.3g}" for l, n in zip(ds.layers, ds.directions.norm(dim=-1).tolist()))
-    print(f"wrote {path} ({len(ds.layers)} layers, pooling {ds.pooling}; {counts})")
+    print(f"wrote {path} ({len(ds.layers)} layers, span {ds.span}, pooling {ds.pooling}; {counts})")
     print(f"direction norms: {norms}")
     return 0
 

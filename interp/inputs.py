@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.base.chat import TokenizedConversation
+from interp.base.chat import DEFAULT_SPAN, Span, TokenizedConversation
 
 
 @dataclass(frozen=True)
@@ -30,14 +30,17 @@ class ModelInputs:
         return out
 
 
-def pad_right(items: Sequence[TokenizedConversation], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded token ids [B, T], answer-token mask [B, T] (float32) and last-prompt index [B]."""
+def pad_right(
+    items: Sequence[TokenizedConversation], pad_id: int, device: torch.device, span: Span = DEFAULT_SPAN
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded token ids [B, T], mask of the ``span`` tokens [B, T] (float32) and last-prompt index [B]."""
     width = max(len(it.input_ids) for it in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     answer = torch.zeros((len(items), width), dtype=torch.float32)
     for row, it in enumerate(items):
         ids[row, : len(it.input_ids)] = torch.tensor(it.input_ids)
-        answer[row, it.answer_start : it.answer_end] = 1.0
+        start, end = it.span(span)
+        answer[row, start:end] = 1.0
     last_prompt = torch.tensor([max(it.answer_start - 1, 0) for it in items])
     return ids.to(device), answer.to(device), last_prompt.to(device)
 

@@ -51,7 +51,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from interp.base.chat import Conversation, tokenize_conversation
+from interp.base.chat import (
+    DEFAULT_SPAN,
+    Conversation,
+    Span,
+    TokenizedConversation,
+    as_tokenized,
+    check_span,
+)
 from interp.base.models import (
     d_model,
     decoder_stack,
@@ -368,17 +375,20 @@ def ablate(
 def residual_norms(
     model: nn.Module,
     tokenizer,
-    conversations: Sequence[Conversation],
+    conversations: Sequence[Conversation] | Sequence[TokenizedConversation],
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
+    span: Span = DEFAULT_SPAN,
 ) -> dict[int, float]:
     """Mean L2 norm of resid_post at each layer over answer tokens (the typical stream size).
 
-    Answer tokens only, as in :mod:`interp.cache`: the first tokens of real models carry
+    Answer tokens only, as in :mod:`interp.cache` (``span`` as there; pass answer records
+    through :func:`~interp.base.chat.tokenize_record`): the first tokens of real models carry
     outsized norms (attention sinks) that would inflate a mean over all positions.
     """
     layers = layer_indices(layers, n_layers(model))
-    items = [tokenize_conversation(tokenizer, c) for c in conversations]
+    check_span(span)
+    items = [as_tokenized(tokenizer, c) for c in conversations]
     if not items:
         raise ValueError("no conversations to measure norms on")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -389,7 +399,7 @@ def residual_norms(
     model.eval()
     try:
         for start in range(0, len(items), batch_size):
-            ids, answer, _ = pad_right(items[start : start + batch_size], pad_id, device)
+            ids, answer, _ = pad_right(items[start : start + batch_size], pad_id, device, span)
 
             def grab(layer: int, answer=answer):
                 def fn(hidden: torch.Tensor, kwargs: dict[str, Any]) -> None:
