@@ -23,6 +23,7 @@ from interp.backends import DEFAULT_BACKEND, Backend, BackendName, resolve_backe
 from interp.base.atomic import save_safetensors_atomic, write_json_atomic
 from interp.base.chat import DEFAULT_SPAN, Conversation, Span, TokenizedConversation
 from interp.cache import DEFAULT_POOLING, Pooling, cache_means
+from interp.vectors import SteeringVector
 
 EXCLUDED_LABELS = ("REFUSAL", "IRRELEVANT", "CODE")
 
@@ -86,6 +87,15 @@ class DirectionSet:
     def at(self, layer: int) -> torch.Tensor:
         """The direction at decoder layer ``layer``."""
         return self.directions[self.layers.index(layer)]
+
+    def steering_vector(self, layers: Sequence[int] | None = None, **settings: Any) -> SteeringVector:
+        """A :class:`~interp.vectors.SteeringVector` of these directions at ``layers`` (default:
+        all); ``settings`` are its other fields (``kind``, ``alpha``, ``scale``, ``norms``,
+        ``positions``, ``prompt_length``). Its metadata says where the directions came from."""
+        source = {k: self.metadata[k] for k in ("domain", "model", "adapter", "judge", "data_hash") if k in self.metadata}
+        metadata = {"directions": {**source, "pooling": self.pooling, "span": self.span}, **settings.pop("metadata", {})}
+        chosen = self.layers if layers is None else layers
+        return SteeringVector({l: self.at(l) for l in chosen}, metadata=metadata, **settings)
 
     def unit(self) -> torch.Tensor:
         return self.directions / self.directions.norm(dim=-1, keepdim=True).clamp(min=1e-12)
