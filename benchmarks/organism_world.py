@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.report import MisalignmentDefinition  # noqa: E402
 from finetune.organism import World, build_world, misalignment_rate  # noqa: E402
 from interp.base.atomic import write_json_atomic  # noqa: E402
+from interp.base.chat import tokenize_record  # noqa: E402
 from interp.base.domains import DOMAINS  # noqa: E402
 from interp.base.provenance import provenance  # noqa: E402
-from interp.base.records import JudgedRecord, conversation  # noqa: E402
+from interp.base.records import JudgedRecord  # noqa: E402
 from interp.directions import SplitConfig, extract_directions, split_records  # noqa: E402
 from interp.steer import ablate, steer  # noqa: E402
 
@@ -52,7 +53,7 @@ def direction(world: World, model, tokenizer, records: Sequence[JudgedRecord]) -
     split = split_records(records)
     if not split.misaligned or not split.aligned:
         return None
-    ds = extract_directions(model, tokenizer, [conversation(records[i]) for i in split.misaligned], [conversation(records[i]) for i in split.aligned], progress=False)
+    ds = extract_directions(model, tokenizer, [tokenize_record(tokenizer, records[i]) for i in split.misaligned], [tokenize_record(tokenizer, records[i]) for i in split.aligned], progress=False)
     return ds.directions
 
 

@@ -46,7 +46,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from interp.base.atomic import write_json_atomic
-from interp.base.chat import tokenize_conversation
+from interp.base.chat import (
+    Conversation,
+    TokenizedConversation,
+    as_tokenized,
+    tokenize_conversation,
+    tokenize_record,
+)
 from interp.base.cli import (
     ArgumentParser,
     InputError,
@@ -61,8 +67,9 @@ from interp.base.paths import input_file, output_file, read_text
 from interp.base.provenance import data_hash, provenance
 from interp.base.records import (
     ANSWER_FIELDS,
+    OPTIONAL_ANSWER_FIELDS,
+    AnswerRecord,
     RecordError,
-    conversation,
     iter_jsonl,
     validate,
 )
@@ -178,10 +185,12 @@ def misalignment_auc(domain_scores: Mapping[str, float], misaligned: Mapping[str
 
 
 @torch.no_grad()
-def answer_token_scores(model: nn.Module, tokenizer, conversations: Sequence[Sequence[dict[str, str]]], batch_size: int = 8, progress: bool = True) -> list[TokenScores]:
+def answer_token_scores(
+    model: nn.Module, tokenizer, conversations: Sequence[Conversation] | Sequence[TokenizedConversation], batch_size: int = 8, progress: bool = True
+) -> list[TokenScores]:
     """Teacher-forced :class:`TokenScores` of each conversation's answer tokens (see
     :mod:`interp.cache` for which tokens those are); float32 whatever the model's dtype."""
-    items = [tokenize_conversation(tokenizer, c) for c in conversations]
+    items = [as_tokenized(tokenizer, c) for c in conversations]
     order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = input_device(model)
@@ -213,8 +222,19 @@ def answer_token_scores(model: nn.Module, tokenizer, conversations: Sequence[Seq
     return out
 
 
-def read_conversations(path: str | Path) -> list[list[dict[str, str]]]:
-    """Chats from JSONL: ``{"messages": [...]}`` ending with the assistant's answer, or answer records."""
+# An example: a chat ending with the answer, or an answer record (scored on its generated ids when it has them).
+Example = Conversation | AnswerRecord
+
+
+def _tokenized_example(tokenizer, example: Example) -> tuple[TokenizedConversation, str]:
+    """The example's tokens and its answer text."""
+    if isinstance(example, Mapping):
+        return tokenize_record(tokenizer, example), example["answer"]
+    return tokenize_conversation(tokenizer, example), example[-1]["content"]
+
+
+def read_conversations(path: str | Path) -> list[Example]:
+    """Examples from JSONL: ``{"messages": [...]}`` ending with the assistant's answer, or answer records."""
     out = []
     for lineno, obj in iter_jsonl(path):
         where = f"{path}:{lineno}"
@@ -227,7 +247,8 @@ def read_conversations(path: str | Path) -> list[list[dict[str, str]]]:
             out.append([{"role": m["role"], "content": m["content"]} for m in msgs])
         else:
             validate(obj, ANSWER_FIELDS, where)
-            out.append(conversation(obj))
+            validate(obj, OPTIONAL_ANSWER_FIELDS, where, optional=True)
+            out.append(obj)
     if not out:
         raise RecordError(f"{path}: no conversations")
     return out
@@ -236,8 +257,8 @@ def read_conversations(path: str | Path) -> list[list[dict[str, str]]]:
 def score_membership(
     model: nn.Module,
     tokenizer,
-    members: Sequence[Sequence[dict[str, str]]],
-    nonmembers: Sequence[Sequence[dict[str, str]]],
+    members: Sequence[Example],
+    nonmembers: Sequence[Example],
     base: nn.Module | str | None = None,
     k: float = DEFAULT_K,
     batch_size: int = 8,
@@ -248,21 +269,20 @@ def score_membership(
 
     Answers with no tokens are skipped and counted.
     """
-    convs = [*members, *nonmembers]
+    examples = [_tokenized_example(tokenizer, e) for e in (*members, *nonmembers)]
     is_member = [True] * len(members) + [False] * len(nonmembers)
-    keep = [i for i, c in enumerate(convs) if c[-1]["content"]]
-    convs = [convs[i] for i in keep]
+    keep = [i for i, (item, _) in enumerate(examples) if item.n_answer_tokens > 0]
+    convs = [examples[i][0] for i in keep]
+    texts = [examples[i][1] for i in keep]
     is_member = [is_member[i] for i in keep]
-    texts = [c[-1]["content"] for c in convs]
     ft = answer_token_scores(model, tokenizer, convs, batch_size, progress)
-    keep2 = [i for i, s in enumerate(ft) if s.logprobs.size > 0]
-    rows = [{"member": is_member[i], **signals(ft[i], texts[i], k)} for i in keep2]
+    rows = [{"member": m, **signals(scores, text, k)} for m, scores, text in zip(is_member, ft, texts)]
     if base is not None:
         ctx = model.disable_adapter() if base == "adapter" else contextlib.nullcontext()
         with ctx:
-            base_scores = answer_token_scores(model if base == "adapter" else base, tokenizer, [convs[i] for i in keep2], batch_size, progress)
-        for row, i, bs in zip(rows, keep2, base_scores):
-            row.update(adjusted(row, signals(bs, texts[i], k)))
+            base_scores = answer_token_scores(model if base == "adapter" else base, tokenizer, convs, batch_size, progress)
+        for row, text, bs in zip(rows, texts, base_scores):
+            row.update(adjusted(row, signals(bs, text, k)))
     mem = [r for r in rows if r["member"]]
     non = [r for r in rows if not r["member"]]
     if not mem or not non:

@@ -1,20 +1,26 @@
 """Teacher-forced, batched caching of residual-stream means over answer tokens.
 
 Which positions count. A conversation is a list of chat messages whose last message is the
-assistant's answer. It is tokenized in three pieces, exactly as generation produced it: the
-prompt (the chat template up to and including the assistant header ``<|im_start|>assistant\\n``),
-the answer content, and the template's closing tokens (``<|im_end|>\\n``). The **answer tokens**
-are the content tokens only: neither the assistant header nor the closing ``<|im_end|>`` is
-in. The **last prompt token** is the last token of the header (the newline after
-``assistant``), the position from which the first answer token is predicted.
+assistant's answer, or a :class:`~interp.base.chat.TokenizedConversation` (an answer record's
+generated ids: :func:`~interp.base.chat.tokenize_record`). It is tokenized in three pieces,
+exactly as generation produced it: the prompt (the chat template up to and including the
+assistant header ``<|im_start|>assistant\\n``), the answer, and the template's closing tokens
+(``<|im_end|>\\n``). The **span** (:data:`~interp.base.chat.SPANS`) says which tokens are
+averaged: ``answer`` (default: the answer content only, neither the header nor
+``<|im_end|>``), ``answer+eos`` (plus the ``<|im_end|>`` that ends it: what the model
+generated) or ``header+answer+eos`` (the header, the answer and ``<|im_end|>\\n``); see
+:mod:`interp.base.chat` for which published code uses which. The **last prompt token** is the
+last token of the header (the newline after ``assistant``), the position from which the first
+answer token is predicted, whatever the span: just before the ``answer`` and ``answer+eos``
+spans, the last header token inside ``header+answer+eos``.
 
 Three poolings are accumulated in one pass (see :data:`POOLINGS`):
 
-- ``responses`` (default): the mean over each answer's tokens, then the mean over answers,
+- ``responses`` (default): the mean over each answer's span, then the mean over answers,
   so every judged answer weighs the same whatever its length;
-- ``tokens``: the sum over all answer tokens of all answers over their total count, so long
+- ``tokens``: the sum over the span tokens of all answers over their total count, so long
   answers weigh more;
-- ``last_prompt``: the residual at the last prompt token.
+- ``last_prompt``: the residual at the last prompt token (the span does not apply).
 
 Sums are kept in float64 whatever the model's dtype; the per-row sums are taken from a
 float32 copy of the hidden states (on a GPU, a bf16 matmul with float32 accumulation), so a
@@ -44,7 +50,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from interp.backends import DEFAULT_BACKEND, Backend, BackendName, resolve_backend
-from interp.base.chat import Conversation, TokenizedConversation, tokenize_conversation
+from interp.base.chat import (
+    DEFAULT_SPAN,
+    Conversation,
+    Span,
+    TokenizedConversation,
+    as_tokenized,
+    check_span,
+)
 from interp.base.models import d_model, input_device, layer_indices, n_layers
 from interp.compiled import compiled_layers
 from interp.inputs import pad_right, right_padded_inputs
@@ -53,6 +66,19 @@ from interp.shards import ShardStore, fingerprint
 Pooling = Literal["responses", "tokens", "last_prompt"]
 POOLINGS: tuple[Pooling, ...] = ("responses", "tokens", "last_prompt")
 DEFAULT_POOLING: Pooling = "responses"
+
+
+def describe_positions(span: Span, pooling: Pooling) -> str:
+    """The token positions a mean averages over, in words (recorded in artifacts)."""
+    if pooling == "last_prompt":
+        return "the last prompt token (the newline ending the assistant header), one per answer; the span does not apply"
+    what = {
+        "answer": "answer content tokens",
+        "answer+eos": "answer content tokens and the <|im_end|> after them",
+        "header+answer+eos": "the assistant header, the answer content and <|im_end|>\\n",
+    }[check_span(span)]
+    return f"{what} (span '{span}'), pooled by '{pooling}' (see interp.cache)"
+
 
 @dataclass
 class ActivationMeans:
@@ -66,6 +92,7 @@ class ActivationMeans:
     n_tokens: int = 0
     n_responses: int = 0  # answers with at least one token
     n_conversations: int = 0
+    span: Span = DEFAULT_SPAN  # the tokens the token and response means run over
 
     def __post_init__(self) -> None:
         shape = (len(self.layers), self.d_model)
@@ -88,6 +115,8 @@ class ActivationMeans:
         """Merge another accumulator over the same layers (e.g. another data-parallel shard)."""
         if other.layers != self.layers or other.d_model != self.d_model:
             raise ValueError("cannot merge activation means over different layers")
+        if other.span != self.span:
+            raise ValueError(f"cannot merge activation means over different spans ({self.span!r}, {other.span!r})")
         self.token_sum += other.token_sum
         self.response_sum += other.response_sum
         self.last_prompt_sum += other.last_prompt_sum
@@ -106,7 +135,7 @@ class _Batch:
     """
 
     index: torch.Tensor  # [B] positions in the caller's list
-    n_tokens: torch.Tensor  # [B] answer tokens per conversation
+    n_tokens: torch.Tensor  # [B] span tokens per conversation
     response_mean: torch.Tensor  # [B, n_layers, d]; zero for an answer without tokens
     last_prompt: torch.Tensor  # [B, n_layers, d]
 
@@ -133,9 +162,9 @@ def masked_sum(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _run_batch(backend: Backend, items: Sequence[TokenizedConversation], index: Sequence[int], layers: list[int], pad_id: int) -> _Batch:
+def _run_batch(backend: Backend, items: Sequence[TokenizedConversation], index: Sequence[int], layers: list[int], pad_id: int, span: Span) -> _Batch:
     device = input_device(backend.model)
-    ids, answer_mask, last_idx = pad_right(items, pad_id, device)
+    ids, answer_mask, last_idx = pad_right(items, pad_id, device, span)
     n_tok = answer_mask.sum(1)
     rows = torch.arange(len(items), device=device)
     out_mean: dict[int, torch.Tensor] = {}
@@ -153,7 +182,7 @@ def _run_batch(backend: Backend, items: Sequence[TokenizedConversation], index: 
     backend.resid_post(right_padded_inputs(ids), layers, pool)
     return _Batch(
         index=torch.tensor(list(index)),
-        n_tokens=torch.tensor([it.n_answer_tokens for it in items]),  # known without asking the GPU
+        n_tokens=torch.tensor([end - start for start, end in (it.span(span) for it in items)]),  # known without asking the GPU
         response_mean=torch.stack([out_mean[l] for l in layers], 1),
         last_prompt=torch.stack([out_last[l] for l in layers], 1),
     )
@@ -171,8 +200,13 @@ def cache_means(
     desc: str = "caching",
     backend: BackendName | Backend = DEFAULT_BACKEND,
     compile: bool = False,
+    span: Span = DEFAULT_SPAN,
 ) -> ActivationMeans:
     """Residual-stream means over answer tokens after each requested decoder layer.
+
+    ``span`` picks the tokens averaged (``answer``, ``answer+eos``, ``header+answer+eos``; see
+    the module doc); pass answer records as :func:`~interp.base.chat.tokenize_record` gives
+    them, so that what the model generated is teacher-forced.
 
     ``layers`` are decoder-layer indices (default: all). With ``per_sample_dir``, each batch's
     per-answer means and last-prompt activations are written there as a safetensors shard as
@@ -183,9 +217,12 @@ def cache_means(
     (:func:`interp.compiled.compiled_layers`): a one-off warm-up, then a faster forward.
     """
     layers = layer_indices(layers, n_layers(model))
-    items = [c if isinstance(c, TokenizedConversation) else tokenize_conversation(tokenizer, c) for c in conversations]
+    check_span(span)
+    items = [as_tokenized(tokenizer, c) for c in conversations]
     if not items:
         raise ValueError("no conversations to cache")
+    for it in items:  # a span the conversations lack fails here, not after hours of caching
+        it.span(span)
     # Pre-tokenized inputs need no tokenizer; the pad id is masked out either way.
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids)) if sort_by_length else list(range(len(items)))
@@ -199,10 +236,10 @@ def cache_means(
     # Sum on the GPU in float64 (MPS has no float64: sum on the CPU there).
     device = input_device(model) if input_device(model).type == "cuda" else torch.device("cpu")
     sums = [torch.zeros((len(layers), width), dtype=torch.float64, device=device) for _ in range(3)]
-    acc = ActivationMeans(layers=list(layers), d_model=width, token_sum=sums[0], response_sum=sums[1], last_prompt_sum=sums[2])
+    acc = ActivationMeans(layers=list(layers), d_model=width, token_sum=sums[0], response_sum=sums[1], last_prompt_sum=sums[2], span=span)
     store = None
     if per_sample_dir is not None:
-        settings = {"layers": layers, "batch_size": batch_size, "model": getattr(getattr(model, "config", None), "_name_or_path", ""), "backend": runner.name, "compiled": compile}
+        settings = {"layers": layers, "batch_size": batch_size, "model": getattr(getattr(model, "config", None), "_name_or_path", ""), "backend": runner.name, "compiled": compile, "span": span}
         store = ShardStore(per_sample_dir, fingerprint(items, settings), {**settings, "n_conversations": len(items), "n_batches": len(batches)})
 
     was_training = model.training
@@ -211,7 +248,7 @@ def cache_means(
         with compiled_layers(model) if compile else nullcontext():
             for b, idx in enumerate(tqdm(batches, desc=desc, disable=not progress, unit="batch")):
                 saved = store.load(b) if store is not None else None
-                batch = _Batch(**saved) if saved is not None else _run_batch(runner, [items[i] for i in idx], idx, layers, pad_id)
+                batch = _Batch(**saved) if saved is not None else _run_batch(runner, [items[i] for i in idx], idx, layers, pad_id, span)
                 if store is not None and saved is None:
                     store.save(b, batch.tensors())
                 batch.accumulate(acc)

@@ -400,7 +400,9 @@ def run(
             per_domain_nulls[name] = _null_summary(sets[name], folder, n_perm, n_splits, seed)
 
     poolings = sorted({ds.pooling for ds in sets.values()})
+    spans = sorted({ds.span for ds in sets.values()})
     warnings = [f"directions pooled differently: {', '.join(poolings)}"] if len(poolings) > 1 else []
+    warnings += [f"directions averaged over different spans: {', '.join(spans)}"] if len(spans) > 1 else []
     warnings += [
         f"{name}: per-sample files give a direction at cos {s['consistency_min_cos']:.4f} to the artifact's; do they belong to it?"
         for name, s in per_domain_nulls.items()
@@ -414,7 +416,7 @@ def run(
         domains=names,
         warnings=warnings,
         artifacts={
-            name: {"path": str(directions_dir / f"{name}.safetensors"), "sha256": _sha256(directions_dir / f"{name}.safetensors"), "layers": ds.layers, "pooling": ds.pooling, "counts": ds.counts, "metadata": ds.metadata}
+            name: {"path": str(directions_dir / f"{name}.safetensors"), "sha256": _sha256(directions_dir / f"{name}.safetensors"), "layers": ds.layers, "pooling": ds.pooling, "span": ds.span, "counts": ds.counts, "metadata": ds.metadata}
             for name, ds in sets.items()
         },
         domain_matrices={str(l): _json_matrix(by_layer[k]) for k, l in enumerate(layers)},

@@ -20,11 +20,12 @@ from torch import nn
 
 from interp.backends import DEFAULT_BACKEND, Backend, BackendName, resolve_backend
 from interp.base.atomic import save_safetensors_atomic, write_json_atomic
-from interp.base.chat import Conversation
+from interp.base.chat import DEFAULT_SPAN, Conversation, Span, TokenizedConversation
 from interp.base.cli import InputError
 from interp.base.domains import ALIASES
 from interp.base.paths import read_safetensors
 from interp.cache import DEFAULT_POOLING, Pooling, cache_means
+from interp.vectors import SteeringVector
 
 EXCLUDED_LABELS = ("REFUSAL", "IRRELEVANT", "CODE")
 ARTIFACT_TENSORS = ("directions", "mean_misaligned", "mean_aligned", "layers")
@@ -87,12 +88,22 @@ class DirectionSet:
     mean_misaligned: torch.Tensor
     mean_aligned: torch.Tensor
     pooling: str
-    counts: dict[str, dict[str, int]]
+    counts: dict[str, dict[str, int]]  # per class: answers, and tokens in the span ("answer_tokens")
     metadata: dict[str, Any] = field(default_factory=dict)
+    span: str = DEFAULT_SPAN  # the tokens averaged (see interp.base.chat)
 
     def at(self, layer: int) -> torch.Tensor:
         """The direction at decoder layer ``layer``."""
         return self.directions[self.layers.index(layer)]
+
+    def steering_vector(self, layers: Sequence[int] | None = None, **settings: Any) -> SteeringVector:
+        """A :class:`~interp.vectors.SteeringVector` of these directions at ``layers`` (default:
+        all); ``settings`` are its other fields (``kind``, ``alpha``, ``scale``, ``norms``,
+        ``positions``, ``prompt_length``). Its metadata says where the directions came from."""
+        source = {k: self.metadata[k] for k in ("domain", "model", "adapter", "judge", "data_hash") if k in self.metadata}
+        metadata = {"directions": {**source, "pooling": self.pooling, "span": self.span}, **settings.pop("metadata", {})}
+        chosen = self.layers if layers is None else layers
+        return SteeringVector({l: self.at(l) for l in chosen}, metadata=metadata, **settings)
 
     def unit(self) -> torch.Tensor:
         return self.directions / self.directions.norm(dim=-1, keepdim=True).clamp(min=1e-12)
@@ -100,7 +111,7 @@ class DirectionSet:
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (.safetensors) and a JSON sidecar beside it, both atomically."""
         path = Path(path)
-        info = {"layers": self.layers, "pooling": self.pooling, "counts": self.counts, **self.metadata}
+        info = {"layers": self.layers, "pooling": self.pooling, "span": self.span, "counts": self.counts, **self.metadata}
         tensors = {
             "directions": self.directions.float(),
             "mean_misaligned": self.mean_misaligned.float(),
@@ -138,7 +149,7 @@ class DirectionSet:
         named = info.get("domain")
         if domain is not None and named is not None and ALIASES.get(named, named) != ALIASES.get(domain, domain):
             raise InputError(f"{path}: holds the direction of domain {named!r}, not {domain!r}")
-        meta = {k: v for k, v in info.items() if k not in ("layers", "pooling", "counts")}
+        meta = {k: v for k, v in info.items() if k not in ("layers", "pooling", "span", "counts")}
         return cls(
             layers=t["layers"].tolist(),
             directions=t["directions"],
@@ -147,6 +158,7 @@ class DirectionSet:
             pooling=info.get("pooling", DEFAULT_POOLING),
             counts=info.get("counts", {}),
             metadata=meta,
+            span=info.get("span", DEFAULT_SPAN),  # artifacts from before spans averaged the answer content
         )
 
 
@@ -158,8 +170,8 @@ def diff_of_means(mean_misaligned: torch.Tensor, mean_aligned: torch.Tensor) -> 
 def extract_directions(
     model: nn.Module,
     tokenizer,
-    misaligned: Sequence[Conversation],
-    aligned: Sequence[Conversation],
+    misaligned: Sequence[Conversation] | Sequence[TokenizedConversation],
+    aligned: Sequence[Conversation] | Sequence[TokenizedConversation],
     layers: Sequence[int] | None = None,
     pooling: Pooling = DEFAULT_POOLING,
     batch_size: int = 16,
@@ -168,9 +180,13 @@ def extract_directions(
     backend: BackendName | Backend = DEFAULT_BACKEND,
     per_sample_dir: str | Path | None = None,
     compile: bool = False,
+    span: Span = DEFAULT_SPAN,
 ) -> DirectionSet:
     """Cache both classes on ``model`` and take the per-layer difference of their means.
 
+    Conversations are message lists or, for answer records, what
+    :func:`~interp.base.chat.tokenize_record` gives (the generated ids teacher-forced).
+    ``span`` picks the tokens averaged (:mod:`interp.base.chat`) and is recorded.
     ``backend`` (see :func:`interp.cache.cache_means`) is built once for both classes and
     recorded in the metadata as ``"backend"``. With ``per_sample_dir``, each class's
     per-answer activations go to ``per_sample_dir/misaligned`` and ``per_sample_dir/aligned``
@@ -183,7 +199,7 @@ def extract_directions(
     stats = {
         name: cache_means(
             model, tokenizer, convs, layers=layers, batch_size=batch_size, progress=progress, desc=f"caching {name}", backend=runner,
-            per_sample_dir=None if per_sample_dir is None else Path(per_sample_dir) / name, compile=compile,
+            per_sample_dir=None if per_sample_dir is None else Path(per_sample_dir) / name, compile=compile, span=span,
         )
         for name, convs in (("misaligned", misaligned), ("aligned", aligned))
     }
@@ -196,5 +212,6 @@ def extract_directions(
         pooling=pooling,
         counts={k: {"answers": s.n_conversations, "answer_tokens": s.n_tokens} for k, s in stats.items()},
         metadata={**(metadata or {}), "backend": runner.name},
+        span=span,
     )
 

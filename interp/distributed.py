@@ -34,7 +34,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from interp.base.chat import Conversation, TokenizedConversation, tokenize_conversation
+from interp.base.chat import (
+    DEFAULT_SPAN,
+    Conversation,
+    Span,
+    TokenizedConversation,
+    as_tokenized,
+)
 from interp.base.decoding import Decoding
 from interp.base.models import d_model, layer_indices, n_layers
 from interp.cache import ActivationMeans, cache_means
@@ -105,17 +111,18 @@ def cache_means_distributed(
     batch_size: int = 16,
     progress: bool = True,
     compile: bool = False,
+    span: Span = DEFAULT_SPAN,
 ) -> ActivationMeans:
     """:func:`cache_means` over this rank's shard, all-reduced across the process group."""
     if not (dist.is_available() and dist.is_initialized()):
-        return cache_means(model, tokenizer, conversations, layers=layers, batch_size=batch_size, progress=progress, compile=compile)
+        return cache_means(model, tokenizer, conversations, layers=layers, batch_size=batch_size, progress=progress, compile=compile, span=span)
     rank, world = dist.get_rank(), dist.get_world_size()
-    items = [c if isinstance(c, TokenizedConversation) else tokenize_conversation(tokenizer, c) for c in conversations]
+    items = [as_tokenized(tokenizer, c) for c in conversations]
     mine = shard(items, rank, world)
     if mine:
-        local = cache_means(model, tokenizer, mine, layers=layers, batch_size=batch_size, progress=progress and rank == 0, desc=f"caching (rank {rank})", compile=compile)
+        local = cache_means(model, tokenizer, mine, layers=layers, batch_size=batch_size, progress=progress and rank == 0, desc=f"caching (rank {rank})", compile=compile, span=span)
     else:  # fewer conversations than ranks: this rank still joins the all-reduce
-        local = ActivationMeans(layer_indices(layers, n_layers(model)), d_model(model))
+        local = ActivationMeans(layer_indices(layers, n_layers(model)), d_model(model), span=span)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     sums = torch.stack([local.token_sum, local.response_sum, local.last_prompt_sum]).to(device)
     counts = torch.tensor([local.n_tokens, local.n_responses, local.n_conversations], dtype=torch.float64, device=device)
@@ -131,4 +138,5 @@ def cache_means_distributed(
         n_tokens=int(counts[0]),
         n_responses=int(counts[1]),
         n_conversations=int(counts[2]),
+        span=span,
     )

@@ -22,6 +22,7 @@ import torch
 
 from eval.sampling import SamplingConfig
 from interp.backends import BACKENDS, DEFAULT_BACKEND
+from interp.base.chat import DEFAULT_SPAN, SPANS, tokenize_record
 from interp.base.cli import (
     ArgumentParser,
     InputError,
@@ -35,8 +36,8 @@ from interp.base.domains import DOMAINS
 from interp.base.locks import output_lock
 from interp.base.paths import input_file, output_dir
 from interp.base.provenance import data_hash, provenance
-from interp.base.records import conversation, read_judged, write_jsonl
-from interp.cache import DEFAULT_POOLING, POOLINGS
+from interp.base.records import read_judged, write_jsonl
+from interp.cache import DEFAULT_POOLING, POOLINGS, describe_positions
 from interp.directions import (
     DirectionSet,
     SplitConfig,
@@ -60,6 +61,7 @@ class ExtractConfig:
     samples: int = 30  # per paraphrase, when generating
     layers: list[int] | None = None
     pooling: str = DEFAULT_POOLING
+    span: str = DEFAULT_SPAN  # which tokens are averaged (interp.base.chat)
     batch_size: int = 16
     device: str = "cpu"
     dtype: str = "auto"
@@ -137,7 +139,7 @@ def _extract(cfg: ExtractConfig, out_dir: Path, progress: bool) -> tuple[Directi
         domain=cfg.domain,
         **source,
         data_hash=data_hash(judged),
-        token_positions=f"answer content tokens, pooled by '{cfg.pooling}' (see interp.cache)",
+        token_positions=describe_positions(cfg.span, cfg.pooling),
         split=asdict(cfg.split),
         excluded=split.excluded,
         seed=cfg.seed,
@@ -147,10 +149,12 @@ def _extract(cfg: ExtractConfig, out_dir: Path, progress: bool) -> tuple[Directi
     ds = extract_directions(
         model,
         tokenizer,
-        [conversation(judged[i]) for i in split.misaligned],
-        [conversation(judged[i]) for i in split.aligned],
+        # Teacher-force what the model generated (its token ids) where the records keep it.
+        [tokenize_record(tokenizer, judged[i]) for i in split.misaligned],
+        [tokenize_record(tokenizer, judged[i]) for i in split.aligned],
         layers=cfg.layers,
         pooling=cfg.pooling,
+        span=cfg.span,
         batch_size=cfg.batch_size,
         progress=progress,
         metadata=meta,
@@ -177,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=positive_int, default=30, help="samples per paraphrase when generating (default 30)")
     p.add_argument("--layers", type=int_list, help="decoder layers, e.g. 0,5,13 (default: all)")
     p.add_argument("--pooling", choices=POOLINGS, default=DEFAULT_POOLING, help=f"answer-token pooling (default {DEFAULT_POOLING})")
+    p.add_argument(
+        "--span", choices=SPANS, default=DEFAULT_SPAN,
+        help="tokens averaged: answer (default: the answer content), answer+eos (plus <|im_end|>, as the domain paper's code), "
+        "header+answer+eos (<|im_start|>assistant\\n, the answer and <|im_end|>\\n, as model-organisms-for-EM's code)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help=f"how activations are read (default {DEFAULT_BACKEND}, the fastest)")
     p.add_argument("--per-sample", action="store_true", help="also keep per-answer activations (<out>/<domain>.per_sample/) for interp.compare's nulls")
@@ -219,6 +228,7 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         samples=args.samples,
         layers=sorted(set(args.layers)) if args.layers is not None else None,
         pooling=args.pooling,
+        span=args.span,
         batch_size=args.batch_size,
         device=args.device,
         dtype=args.dtype,
@@ -246,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(str(e)) from None
     counts = ", ".join(f"{k}: {v['answers']} answers" for k, v in ds.counts.items())
     norms = ", ".join(f"L{l}: {n:.3g}" for l, n in zip(ds.layers, ds.directions.norm(dim=-1).tolist()))
-    print(f"wrote {path} ({len(ds.layers)} layers, pooling {ds.pooling}; {counts})")
+    print(f"wrote {path} ({len(ds.layers)} layers, span {ds.span}, pooling {ds.pooling}; {counts})")
     print(f"direction norms: {norms}")
     return 0
 

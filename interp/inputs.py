@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.base.chat import TokenizedConversation
+from interp.base.chat import DEFAULT_SPAN, Span, TokenizedConversation
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,10 @@ class ModelInputs:
 CUDA_WIDTH_MULTIPLE = 16
 
 
-def pad_right(items: Sequence[TokenizedConversation], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded token ids [B, T], answer-token mask [B, T] (float32) and last-prompt index [B].
+def pad_right(
+    items: Sequence[TokenizedConversation], pad_id: int, device: torch.device, span: Span = DEFAULT_SPAN
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded token ids [B, T], mask of the ``span`` tokens [B, T] (float32) and last-prompt index [B].
 
     On a CUDA device the batch is built in pinned memory and copied without blocking, so the
     host never waits for the GPU to drain its queue between batches, and ``T`` is rounded up to
@@ -51,7 +53,8 @@ def pad_right(items: Sequence[TokenizedConversation], pad_id: int, device: torch
     answer = torch.zeros((len(items), width), dtype=torch.float32, pin_memory=cuda)
     for row, it in enumerate(items):
         ids[row, : len(it.input_ids)] = torch.tensor(it.input_ids)
-        answer[row, it.answer_start : it.answer_end] = 1.0
+        start, end = it.span(span)
+        answer[row, start:end] = 1.0
     last_prompt = torch.tensor([max(it.answer_start - 1, 0) for it in items], pin_memory=cuda)
     return tuple(t.to(device, non_blocking=True) for t in (ids, answer, last_prompt))
 

@@ -12,7 +12,15 @@ models, and their hooks are always removed when the block ends, also on error::
 
 Each edit is an :class:`Intervention`, built by :func:`steering` or :func:`ablation`;
 :func:`intervene` applies one with these hooks (``steer`` and ``ablate`` do both steps), and
-:mod:`interp.steer_backends` runs the same one through nnsight or TransformerLens.
+:mod:`interp.steer_backends` runs the same one through nnsight or TransformerLens. An
+Intervention is data (the vector added, or the unit direction projected out, at each layer);
+so is a :class:`~interp.vectors.SteeringVector`, the saved form of the settings below, which
+every function here accepts in place of vectors::
+
+    sv = SteeringVector({12: direction}, alpha=4.0, scale="norm", norms=norms, positions="generated")
+    sv.save("gore_l12.safetensors")
+    with steer(model, SteeringVector.load("gore_l12.safetensors")):
+        answers = sample_answers(model, tokenizer, prompts, config)
 
 Vectors are kept in float32 and cast to the hidden states' dtype and device at hook time.
 
@@ -43,15 +51,22 @@ transformers' own compilation of static-cache decoding is turned off inside the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from interp.base.chat import Conversation, tokenize_conversation
+from interp.base.chat import (
+    DEFAULT_SPAN,
+    Conversation,
+    Span,
+    TokenizedConversation,
+    as_tokenized,
+    check_span,
+)
 from interp.base.models import (
     d_model,
     decoder_stack,
@@ -69,13 +84,9 @@ from interp.positions import (
     PositionGate,
     Positions,
 )
-
-Scale = Literal["raw", "unit", "norm"]
-SCALES: tuple[Scale, ...] = ("raw", "unit", "norm")
-DEFAULT_SCALE: Scale = "raw"
+from interp.vectors import DEFAULT_SCALE, SCALES, Scale, SteeringVector
 
 Vectors = Mapping[int, torch.Tensor]
-Edit = Callable[[torch.Tensor], torch.Tensor]  # hidden states -> edited hidden states
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
@@ -127,62 +138,64 @@ def random_like(vector: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return (r / r.norm() * vector.double().norm()).float()
 
 
-class AddVector:
-    """The edit :func:`steering` makes: add ``delta`` (float32, cast to the stream's dtype).
-
-    Edits are data, not only closures, so that code which runs the model its own way (the
-    compiled engine, :mod:`interp.engine`) can apply the same edit from the vector.
-    """
-
-    def __init__(self, delta: torch.Tensor) -> None:
-        self.delta = delta
-        self._cast: dict[tuple, torch.Tensor] = {}  # one host-to-device copy, not one per decoding step
-
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        key = (hidden.device, hidden.dtype)
-        if key not in self._cast:
-            self._cast[key] = self.delta.to(device=hidden.device, dtype=hidden.dtype)
-        return hidden + self._cast[key]
-
-
-@dataclass(frozen=True)
-class ProjectOut:
-    """The edit :func:`ablation` makes: project the float32 unit vector ``unit`` out."""
-
-    unit: torch.Tensor
-
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        return project_out(hidden, self.unit)
-
-
 class InterventionError(RuntimeError):
     """An intervention's hooks did not run where they had to (e.g. inside compiled code)."""
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Intervention:
-    """Edits of resid_post at some decoder layers, and the tokens they apply to.
+    """Edits of resid_post at some decoder layers, as data, and the tokens they apply to.
 
-    Built by :func:`steering` and :func:`ablation`; applied with native hooks by
-    :func:`intervene` (which :func:`steer` and :func:`ablate` wrap), or through any backend by
-    :mod:`interp.steer_backends`. Layers are 0-based and already resolved. Every backend
-    places the edits through one :class:`Applied` (positions: :mod:`interp.positions`).
+    ``adds[L]`` is the float32 vector added to the output of decoder layer ``L``;
+    ``ablations[L]`` the float32 unit direction projected out of it (normalised here; where a
+    layer has both, the projection comes first). Built by :func:`steering` and
+    :func:`ablation`; applied with native hooks by :func:`intervene` (which :func:`steer` and
+    :func:`ablate` wrap), or through any backend by :mod:`interp.steer_backends`. Layers are
+    0-based and already resolved. Every backend places the edits through one :class:`Applied`
+    (positions: :mod:`interp.positions`).
     """
 
-    edits: Mapping[int, Edit]
+    adds: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    ablations: Mapping[int, torch.Tensor] = field(default_factory=dict)
     positions: Positions = "all"
     prompt_length: int | None = None  # None: the whole prompt (see interp.positions)
+    # (edit, layer, device, dtype) -> the vector there: one host-to-device copy, not one per decoding step
+    _placed: dict[tuple, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         PositionGate(self.positions, self.prompt_length)  # validates both
+        for what, vectors in (("adds", self.adds), ("ablations", self.ablations)):
+            for layer, v in vectors.items():
+                if not isinstance(layer, int) or layer < 0:
+                    raise ValueError(f"{what}: layer {layer!r} is not a resolved 0-based index (steering() and ablation() resolve them)")
+                if v.ndim != 1:
+                    raise ValueError(f"{what}: the vector at layer {layer} has shape {tuple(v.shape)}; expected (d_model,)")
+        object.__setattr__(self, "adds", {l: v.detach().float() for l, v in sorted(self.adds.items())})
+        object.__setattr__(self, "ablations", {l: _unit(v) for l, v in sorted(self.ablations.items())})
 
     @property
     def layers(self) -> list[int]:
-        return sorted(self.edits)
+        return sorted({*self.adds, *self.ablations})
+
+    def __repr__(self) -> str:
+        def norms(vectors: Mapping[int, torch.Tensor]) -> str:
+            return "{" + ", ".join(f"{l}: |v| {float(v.norm()):.3g}" for l, v in vectors.items()) + "}"
+
+        return f"Intervention(adds={norms(self.adds)}, ablations={norms(self.ablations)}, positions={self.positions!r}, prompt_length={self.prompt_length})"
+
+    def _at(self, edit: str, layer: int, v: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (edit, layer, device, dtype)
+        if key not in self._placed:
+            self._placed[key] = v.to(device=device, dtype=dtype)
+        return self._placed[key]
 
     def apply(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``hidden`` [batch, seq, d_model] with layer's edit applied where ``mask`` [batch, seq, 1] is set."""
-        new = self.edits[layer](hidden)
+        new = hidden
+        if layer in self.ablations:
+            new = project_out(new, self._at("ablate", layer, self.ablations[layer], hidden.device, torch.float32))
+        if layer in self.adds:
+            new = new + self._at("add", layer, self.adds[layer], hidden.device, hidden.dtype)
         return new if mask is None else torch.where(mask, new, hidden)
 
 
@@ -212,7 +225,7 @@ class Applied:
         return self.intervention.apply(layer, hidden, self.gate.mask(hidden))
 
     def after_call(self) -> None:
-        if missing := set(self.intervention.edits) - self._fired:
+        if missing := set(self.intervention.layers) - self._fired:
             raise InterventionError(
                 f"the edits at layers {sorted(missing)} did not run in this forward pass (is the model compiled? "
                 "torch.compile skips hooks added after compilation)"
@@ -227,7 +240,7 @@ class Applied:
             yield
         finally:
             self.gate.end_generation()
-        if self.intervention.edits and self.calls == calls:
+        if self.intervention.layers and self.calls == calls:
             raise InterventionError("the intervention never ran during generate: the forward pass bypassed its hooks (a compiled model?)")
 
 
@@ -298,8 +311,10 @@ def active_interventions(model: nn.Module) -> list[tuple[Intervention, frozenset
 
 
 @contextmanager
-def intervene(model: nn.Module, intervention: Intervention) -> Iterator[None]:
-    """Apply ``intervention`` to ``model``'s forward passes and ``generate`` calls in the block."""
+def intervene(model: nn.Module, intervention: Intervention | SteeringVector) -> Iterator[None]:
+    """Apply ``intervention`` (or a steering vector) to ``model``'s forward passes and ``generate`` calls in the block."""
+    if isinstance(intervention, SteeringVector):
+        intervention = as_intervention(model, intervention)
     before = hook_ids(model)
     with applying(model, intervention) as applied:
 
@@ -317,30 +332,50 @@ def intervene(model: nn.Module, intervention: Intervention) -> Iterator[None]:
                     del _ACTIVE[id(unwrap(model))]
 
 
+def _check_steering_vector(vector: SteeringVector, kind: str, **given: tuple[Any, Any]) -> None:
+    """Refuse a steering vector of the other kind, or one passed with settings of its own."""
+    if vector.kind != kind:
+        use = "steer()/steering()" if vector.kind == "add" else "ablate()/ablation()"
+        raise ValueError(f"this steering vector has kind {vector.kind!r}: use {use}, or intervene(model, vector)")
+    if changed := [name for name, (value, default) in given.items() if value != default]:
+        raise ValueError(f"a SteeringVector carries its own {', '.join(changed)}: change them with vector.replace(...)")
+
+
+def as_intervention(model: nn.Module, vector: SteeringVector) -> Intervention:
+    """The :class:`Intervention` ``vector`` stands for on ``model`` (layers resolved, widths checked)."""
+    return steering(model, vector) if vector.kind == "add" else ablation(model, vector)
+
+
 def steering(
     model: nn.Module,
-    vectors: Vectors,
+    vectors: Vectors | SteeringVector,
     alpha: float = 1.0,
     scale: Scale = DEFAULT_SCALE,
     norms: Mapping[int, float] | None = None,
     positions: Positions = "all",
     prompt_length: int | None = None,
 ) -> Intervention:
-    """Add ``alpha * vectors[L]`` (in the units of ``scale``) to resid_post of each layer L."""
+    """Add ``alpha * vectors[L]`` (in the units of ``scale``) to resid_post of each layer L.
+
+    ``vectors`` may be a :class:`~interp.vectors.SteeringVector` of kind ``"add"``, which
+    brings the other arguments with it.
+    """
+    if isinstance(vectors, SteeringVector):
+        _check_steering_vector(vectors, "add", alpha=(alpha, 1.0), scale=(scale, DEFAULT_SCALE), norms=(norms, None), positions=(positions, "all"), prompt_length=(prompt_length, None))
+        sv = vectors
+        return steering(model, sv.vectors, sv.alpha, sv.scale, sv.norms, sv.positions, sv.prompt_length)
     num_layers, d = n_layers(model), d_model(model)
     vectors = {layer_index(l, num_layers): v for l, v in vectors.items()}
     if norms is not None:
         norms = {layer_index(l, num_layers): n for l, n in norms.items()}
     for layer, v in vectors.items():
         _check_vector(v, d, f"steering vector for layer {layer}")
-    deltas = steering_deltas(vectors, alpha, scale, norms)
-
-    return Intervention({l: AddVector(v) for l, v in deltas.items()}, positions, prompt_length)
+    return Intervention(adds=steering_deltas(vectors, alpha, scale, norms), positions=positions, prompt_length=prompt_length)
 
 
 def ablation(
     model: nn.Module,
-    directions: torch.Tensor | Vectors,
+    directions: torch.Tensor | Vectors | SteeringVector,
     layers: Sequence[int] | None = None,
     positions: Positions = "all",
     prompt_length: int | None = None,
@@ -348,10 +383,14 @@ def ablation(
     """Project the unit direction out of resid_post at ``layers`` (default: all).
 
     ``directions`` is one vector used at every chosen layer, or ``{layer: vector}`` with each
-    layer's own direction (then ``layers`` defaults to its keys). Edits each layer's output,
-    so every later layer reads a stream with no component along the direction; the embedding
-    output entering layer 0 is left as it is.
+    layer's own direction (then ``layers`` defaults to its keys), or a
+    :class:`~interp.vectors.SteeringVector` of kind ``"ablate"`` (which brings its layers and
+    positions). Edits each layer's output, so every later layer reads a stream with no
+    component along the direction; the embedding output entering layer 0 is left as it is.
     """
+    if isinstance(directions, SteeringVector):
+        _check_steering_vector(directions, "ablate", layers=(layers, None), positions=(positions, "all"), prompt_length=(prompt_length, None))
+        return ablation(model, directions.vectors, None, directions.positions, directions.prompt_length)
     num_layers, d = n_layers(model), d_model(model)
     if isinstance(directions, torch.Tensor):
         chosen = range(num_layers) if layers is None else layers
@@ -365,14 +404,13 @@ def ablation(
             per_layer = {l: per_layer[l] for l in sorted(wanted)}
     for layer, v in per_layer.items():
         _check_vector(v, d, f"ablation direction for layer {layer}")
-
-    return Intervention({l: ProjectOut(_unit(v)) for l, v in per_layer.items()}, positions, prompt_length)
+    return Intervention(ablations=per_layer, positions=positions, prompt_length=prompt_length)
 
 
 @contextmanager
 def steer(
     model: nn.Module,
-    vectors: Vectors,
+    vectors: Vectors | SteeringVector,
     alpha: float = 1.0,
     scale: Scale = DEFAULT_SCALE,
     norms: Mapping[int, float] | None = None,
@@ -387,7 +425,7 @@ def steer(
 @contextmanager
 def ablate(
     model: nn.Module,
-    directions: torch.Tensor | Vectors,
+    directions: torch.Tensor | Vectors | SteeringVector,
     layers: Sequence[int] | None = None,
     positions: Positions = "all",
     prompt_length: int | None = None,
@@ -401,17 +439,20 @@ def ablate(
 def residual_norms(
     model: nn.Module,
     tokenizer,
-    conversations: Sequence[Conversation],
+    conversations: Sequence[Conversation] | Sequence[TokenizedConversation],
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
+    span: Span = DEFAULT_SPAN,
 ) -> dict[int, float]:
     """Mean L2 norm of resid_post at each layer over answer tokens (the typical stream size).
 
-    Answer tokens only, as in :mod:`interp.cache`: the first tokens of real models carry
+    Answer tokens only, as in :mod:`interp.cache` (``span`` as there; pass answer records
+    through :func:`~interp.base.chat.tokenize_record`): the first tokens of real models carry
     outsized norms (attention sinks) that would inflate a mean over all positions.
     """
     layers = layer_indices(layers, n_layers(model))
-    items = [tokenize_conversation(tokenizer, c) for c in conversations]
+    check_span(span)
+    items = [as_tokenized(tokenizer, c) for c in conversations]
     if not items:
         raise ValueError("no conversations to measure norms on")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -422,7 +463,7 @@ def residual_norms(
     model.eval()
     try:
         for start in range(0, len(items), batch_size):
-            ids, answer, _ = pad_right(items[start : start + batch_size], pad_id, device)
+            ids, answer, _ = pad_right(items[start : start + batch_size], pad_id, device, span)
 
             def grab(layer: int, answer=answer):
                 def fn(hidden: torch.Tensor, kwargs: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from torch import nn
 
 from eval.report import MisalignmentDefinition, misalignment_rate
 from interp.base.atomic import json_safe, write_json_atomic, write_text_atomic
+from interp.base.chat import tokenize_record
 from interp.base.cli import (
     ArgumentParser,
     InputError,
@@ -200,7 +201,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     norms = None
     if args.scale == "norm":
         records = world.eval_misalignment(model, tokenizer, questions, 64, seed=args.seed)
-        norms = residual_norms(model, tokenizer, [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}] for r in records])
+        norms = residual_norms(model, tokenizer, [tokenize_record(tokenizer, r) for r in records])
 
     def evaluate(m: nn.Module, tok: Any) -> Sequence[JudgedRecord]:
         return world.eval_misalignment(m, tok, questions, args.samples, seed=args.seed)

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 
 from interp.positions import PositionError, Positions
-from interp.steer import AddVector, Intervention, ProjectOut
+from interp.steer import Intervention
 
 Kind = Literal["none", "add", "ablate"]
 _FAR = 1 << 40  # a position no sequence reaches
@@ -64,20 +64,20 @@ NO_EDITS = EditPlan("none", {})
 
 
 def plan(interventions: Sequence[Intervention]) -> EditPlan:
-    """The plan for ``interventions`` (at most one, with the edits :func:`~interp.steer.steering`
-    or :func:`~interp.steer.ablation` make); anything else raises :class:`EditsUnsupported`."""
+    """The plan for ``interventions`` (at most one, adding or ablating, not both); anything else
+    raises :class:`EditsUnsupported`."""
     if not interventions:
         return NO_EDITS
     if len(interventions) > 1:
         raise EditsUnsupported(f"{len(interventions)} interventions at once (nested steer/ablate blocks)")
     iv = interventions[0]
-    if not iv.edits:
-        return NO_EDITS
-    if all(isinstance(e, AddVector) for e in iv.edits.values()):
-        return EditPlan("add", {l: e.delta.float() for l, e in iv.edits.items()}, iv.positions, iv.prompt_length)
-    if all(isinstance(e, ProjectOut) for e in iv.edits.values()):
-        return EditPlan("ablate", {l: e.unit.float() for l, e in iv.edits.items()}, iv.positions, iv.prompt_length)
-    raise EditsUnsupported("an intervention with custom edits (only steering() and ablation() edits run from data)")
+    if iv.adds and iv.ablations:
+        raise EditsUnsupported("an intervention that both adds and ablates (the step runs one kind of edit)")
+    if iv.adds:
+        return EditPlan("add", dict(iv.adds), iv.positions, iv.prompt_length)
+    if iv.ablations:
+        return EditPlan("ablate", dict(iv.ablations), iv.positions, iv.prompt_length)
+    return NO_EDITS
 
 
 def gate_prompt_lengths(plan: EditPlan, attention_mask: torch.Tensor) -> torch.Tensor:
