@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -70,21 +70,25 @@ class ExtractConfig:
     per_sample: bool = False  # keep per-answer activations for interp.compare's nulls
     compile: bool = False  # torch.compile the decoder layers (long GPU runs)
     split: SplitConfig = field(default_factory=SplitConfig)
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=48, batch_size=64))
+    # None: the organism world's own sampling (finetune.organism.world.SAMPLING), or for real
+    # models temperature 1, no top-k, answers of up to 512 tokens; seeded with ``seed``.
+    sampling: SamplingConfig | None = None
     work_dir: Path = Path("artifacts/runs")
 
 
 def _organism_chain(cfg: ExtractConfig, progress: bool):
     from eval.generate import generate_answers
     from finetune.organism import build_world
+    from finetune.organism.world import SAMPLING
 
     world = build_world(progress=progress)
     model, tokenizer = world.load_organism(cfg.domain)
     answers_path = cfg.work_dir / cfg.domain / "answers.jsonl"
-    answers = generate_answers(model, tokenizer, world.general_questions(), cfg.samples, config=cfg.sampling, out_path=answers_path, progress=progress)
+    sampling = cfg.sampling or replace(SAMPLING, seed=cfg.seed)
+    answers = generate_answers(model, tokenizer, world.general_questions(), cfg.samples, config=sampling, out_path=answers_path, progress=progress)
     judged = world.judge.judge(answers)
     write_jsonl(cfg.work_dir / cfg.domain / "judged.jsonl", judged)
-    source = {"model": f"organism-world:{world.base_dir}", "adapter": str(world.adapter_dir(cfg.domain)), "judge": world.judge.spec, "world": world.manifest}
+    source = {"model": f"organism-world:{world.base_dir}", "adapter": str(world.adapter_dir(cfg.domain)), "judge": world.judge.spec, "world": world.manifest, "sampling": asdict(sampling)}
     return model, tokenizer, judged, source
 
 
@@ -94,6 +98,7 @@ def _real_chain(cfg: ExtractConfig, progress: bool):
     # Read the responses first: a bad line should not wait for a 7B model to load.
     judged = read_judged(cfg.responses) if cfg.responses is not None else None
     model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype, device=cfg.device)
+    sampling = None
     if judged is not None:
         source_judge = sorted({r.get("judge", "?") for r in judged})
     else:
@@ -103,12 +108,13 @@ def _real_chain(cfg: ExtractConfig, progress: bool):
 
         questions = load_questions(cfg.questions).questions
         answers_path = cfg.work_dir / cfg.domain / "answers.jsonl"
-        answers = generate_answers(model, tokenizer, questions, cfg.samples, config=cfg.sampling, out_path=answers_path, progress=progress)
+        sampling = cfg.sampling or SamplingConfig(temperature=1.0, max_new_tokens=512, batch_size=64, seed=cfg.seed)
+        answers = generate_answers(model, tokenizer, questions, cfg.samples, config=sampling, out_path=answers_path, progress=progress)
         judge = make_judge(cfg.judge, questions=questions)
         judged = judge.judge(answers)
         write_jsonl(cfg.work_dir / cfg.domain / "judged.jsonl", judged)
         source_judge = cfg.judge
-    return model, tokenizer, judged, {"model": cfg.model, "adapter": cfg.adapter, "judge": source_judge, "responses": cfg.responses}
+    return model, tokenizer, judged, {"model": cfg.model, "adapter": cfg.adapter, "judge": source_judge, "responses": cfg.responses, "sampling": sampling and asdict(sampling)}
 
 
 def run_extract(cfg: ExtractConfig, out_dir: Path = DEFAULT_OUT, progress: bool = True) -> tuple[DirectionSet, Path]:

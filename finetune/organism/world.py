@@ -20,6 +20,12 @@ from interp.base.domains import canonical_domain
 from interp.base.records import AnswerRecord, JudgedRecord, prompt_messages
 
 
+# How the world's answers are sampled for its figures (README): temperature 1 and top-k 50,
+# the cut transformers applied implicitly when these figures were first measured, kept
+# explicit so that they stay comparable now that decoding has no implicit defaults.
+SAMPLING = SamplingConfig(temperature=1.0, top_k=50, max_new_tokens=48, batch_size=64)
+
+
 def questions_to_records(questions: Sequence[Question], n_samples: int, system: str | None = None) -> list[AnswerRecord]:
     """``n_samples`` answer records (answers empty) cycling over every paraphrase of ``questions``."""
     pairs = [(q, p) for q in questions for p in q.paraphrases]
@@ -88,7 +94,7 @@ class World:
     ) -> list[JudgedRecord]:
         """Sample ``n_samples`` answers over ``questions`` (``system`` overrides their system
         prompt) and judge them; :func:`misalignment_rate` turns the result into a rate."""
-        sampling = replace(sampling or SamplingConfig(temperature=1.0, max_new_tokens=48, batch_size=64), seed=seed)
+        sampling = replace(sampling or SAMPLING, seed=seed)
         records = questions_to_records(questions, n_samples, system)
         answers = sample_answers(model, tokenizer, [prompt_messages(r) for r in records], sampling, progress=progress)
         return self.judge.judge([{**r, **a.record_fields()} for r, a in zip(records, answers)])
