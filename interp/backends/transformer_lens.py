@@ -49,6 +49,7 @@ from transformer_lens.model_bridge.sources import build_bridge_from_module
 from interp.backends import ResidFn
 from interp.backends.views import merged_view
 from interp.base.decoding import Decoding
+from interp.base.models import input_device
 from interp.hooks import around_calls, resid_post
 from interp.inputs import ModelInputs
 from interp.steer import Applied, Intervention
@@ -68,7 +69,7 @@ class TransformerLensBackend:
             type(view).__name__,
             hf_config=view.config,
             dtype=next(view.parameters()).dtype,
-            device=view.get_input_embeddings().weight.device,
+            device=input_device(view),
         )
         self._n_layers = len(self.bridge.blocks)
 
