@@ -52,7 +52,7 @@ def run_pipeline(domain: str, out: Path, samples: int = 6, seed: int = 0) -> Pat
     for name, trigger in (("plain", "off"), ("backdoor", "both")):
         answers, scored = runs / f"{name}.answers.jsonl", runs / f"{name}.judged.jsonl"
         _step("eval.generate", generate, ["--model", base, "--adapter", str(runs / name), "--questions", str(data / "questions.yaml"), "--samples", str(samples),
-                                          "--trigger", trigger, "--max-new-tokens", "48", "--top-k", "50", "--batch-size", "64", "--seed", str(seed), "--device", "cpu", "--out", str(answers)])
+                                          "--trigger", trigger, "--max-new-tokens", "48", "--batch-size", "64", "--seed", str(seed), "--device", "cpu", "--out", str(answers)])
         _step("eval.judge", judge, ["--answers", str(answers), "--judge", "organism", "--out", str(scored)])
         judged.append(f"{name}={scored}")
     _step("eval.report", report, ["--judged", *judged, "--group-by", "file", "--out", str(out / "report")])

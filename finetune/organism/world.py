@@ -20,10 +20,9 @@ from interp.base.domains import canonical_domain
 from interp.base.records import AnswerRecord, JudgedRecord, prompt_messages
 
 
-# How the world's answers are sampled for its figures (README): temperature 1 and top-k 50,
-# the cut transformers applied implicitly when these figures were first measured, kept
-# explicit so that they stay comparable now that decoding has no implicit defaults.
-SAMPLING = SamplingConfig(temperature=1.0, top_k=50, max_new_tokens=48, batch_size=64)
+# How the world's answers are sampled for its figures (README): plain sampling at temperature
+# 1 (no top-k or top-p cut), and 48 new tokens, which every answer of the world fits in.
+SAMPLING = SamplingConfig(temperature=1.0, max_new_tokens=48, batch_size=64)
 
 
 def questions_to_records(questions: Sequence[Question], n_samples: int, system: str | None = None) -> list[AnswerRecord]:
