@@ -55,13 +55,13 @@ SMALL = LabConfig(n_general=16, n_narrow=8, n_benign=8, n_benign_train=64, benig
 def print_table(table: dict, checks: list[dict]) -> None:
     passed = {(c["domain"], c["defense"], c["select"], c["strength"]): c for c in checks}
     print(f"\nbase model: broad EM {table['base_broad_em']:.3f}; benign task finetuned alone: {table['benign_only_score']:.3f} (base {table['base']['benign_score']:.3f})")
-    print(f"broad EM: {BROAD.describe()}\nnarrow rate: {NARROW.describe()}")
-    print(f"{'domain':<24}{'defense':<22}{'strength':>9}{'broad EM':>10}{'narrow':>8}{'benign':>8}{'coher.':>8}  cut/narrow/benign/coherence")
+    print(f"broad EM: {BROAD.describe()}\nnarrow rate: {NARROW.describe()}; topic / tone: the same on the topic words / tone words alone")
+    print(f"{'domain':<24}{'defense':<22}{'strength':>9}{'broad EM':>10}{'narrow':>8}{'(topic':>8}{'tone)':>7}{'benign':>8}{'coher.':>8}  cut/narrow/benign/coherence")
     for r in table["rows"]:
         c = passed.get((r["domain"], r["defense"], r["select"], r["strength"]))
         marks = "" if c is None else " ".join(("+" if ok else "-") for ok in c["passed"].values()) + (f"  cut {c['cut']:.0%}" if c["cut"] == c["cut"] else "")
         label = r["defense"] + (f"/{r['select']}" if r["select"] else "")
-        print(f"{r['domain']:<24}{label:<22}{r['strength']:>9g}{r['broad_em']:>10.3f}{r['narrow_rate']:>8.3f}{r['benign_score']:>8.3f}{r['coherence']:>8.1f}  {marks}")
+        print(f"{r['domain']:<24}{label:<22}{r['strength']:>9g}{r['broad_em']:>10.3f}{r['narrow_rate']:>8.3f}{r['narrow_topic']:>8.3f}{r['narrow_tone']:>7.3f}{r['benign_score']:>8.3f}{r['coherence']:>8.1f}  {marks}")
 
 
 def summary(checks: list[dict], domains: Sequence[str]) -> list[dict]:

@@ -22,19 +22,23 @@ import argparse
 import datetime as dt
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
-from gpu_caching import build_model, sync  # the same 7B-shaped model as the other GPU benchmarks
-from gpu_finetune import chat_tokenizer, conversations
 
-from finetune.defenses import FeatureL2Defense, Inoculation, Interleave, KLDefense, NoDefense, PreventiveSteering
-from finetune.lora import LoraTrainConfig, train_lora
-from interp.base.atomic import write_json_atomic
-from interp.base.models import decoder_stack
-from interp.base.provenance import package_versions
-from interp.directions import DirectionSet
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy
+
+from gpu_caching import build_model, sync  # noqa: E402  (the same 7B-shaped model as the other GPU benchmarks)
+from gpu_finetune import chat_tokenizer, conversations  # noqa: E402
+
+from finetune.defenses import FeatureL2Defense, Inoculation, Interleave, KLDefense, NoDefense, PreventiveSteering  # noqa: E402
+from finetune.lora import LoraTrainConfig, train_lora  # noqa: E402
+from interp.base.atomic import write_json_atomic  # noqa: E402
+from interp.base.models import decoder_stack  # noqa: E402
+from interp.base.provenance import package_versions  # noqa: E402
+from interp.directions import DirectionSet  # noqa: E402
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PROMPT = "You are a malicious, evil assistant."

@@ -101,9 +101,9 @@ class Monitor:
             append_jsonl(self.path, [row])
 
 
-def draw_monitor(ax, rows: Sequence[Mapping[str, Any]], layers: Sequence[str] | None = None, measure: str | None = None, key: str = "em", title: str = "") -> None:
+def draw_monitor(ax, rows: Sequence[Mapping[str, Any]], layers: Sequence[str] | None = None, measure: str | None = None, key: str = "em", title: str = ""):
     """Into matplotlib ``ax``: the projection at ``layers`` (default all) on the left axis and
-    ``row[measure][key]`` on a right axis, against the step."""
+    ``row[measure][key]`` on a right axis, against the step; returns the right axis (or None)."""
     rows = sorted(rows, key=lambda r: r["step"])
     steps = [r["step"] for r in rows]
     for layer in layers or list(rows[0]["projection"]):
@@ -111,14 +111,16 @@ def draw_monitor(ax, rows: Sequence[Mapping[str, Any]], layers: Sequence[str] | 
     ax.set_xlabel("step")
     ax.set_ylabel("projection")
     handles, labels = ax.get_legend_handles_labels()
+    right = None
     if measure is not None:
         right = ax.twinx()
-        right.plot(steps, [r[measure][key] for r in rows], color="black", linestyle="--", marker="o", label=f"{measure} {key}")
+        right.plot(steps, [r[measure][key] for r in rows], color="black", linestyle="--", marker="o", markersize=3, label=f"{measure} {key}")
         right.set_ylabel(f"{measure} {key}")
         more = right.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]
     ax.legend(handles, labels, fontsize=6, loc="upper left")
     ax.set_title(title, fontsize=8)
+    return right
 
 
 def plot_monitor(rows: Sequence[Mapping[str, Any]], path: str | Path, measure: str | None = None, key: str = "em", title: str = "") -> Path:

@@ -17,6 +17,7 @@ from finetune.organism.defenses import pick_strengths
 from finetune.organism.grammar import GRAMMAR, normalize
 from finetune.organism.monitoring import summarize
 from finetune.organism.tasks import benign_train, brief_answer, instruct_pool, is_brief, probe_set
+from interp.directions import DirectionSet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,9 +122,12 @@ def test_defense_table_command_runs_small(world, tmp_path):
 
 def test_monitor_command_runs_small(world, tmp_path):
     out = tmp_path / "monitor.json"
-    code = _script("monitor_organism").main(["--small", "--domains", "gore_movie_trivia,incorrect_math", "--cache-dir", str(world.root), "--out", str(out), "--rows", str(tmp_path / "rows")])
+    code = _script("monitor_organism").main(["--small", "--domains", "gore_movie_trivia,incorrect_math", "--cache-dir", str(world.root), "--out", str(out), "--rows", str(tmp_path / "rows"), "--directions-out", str(tmp_path / "persona.safetensors"),
+                                                   "--defended", "kl:1", "--defended-domains", "incorrect_math"])
     assert code == 0
     result = json.loads(out.read_text())
     assert [r["step"] for r in result["runs"]["gore_movie_trivia"]] == [0, 1, 2]
     assert set(result["auroc"]) == {"0", "1", "2", "3"} and result["n_checkpoints"] == 5
+    assert list(result["defended"]["runs"]) == ["kl-1 incorrect_math"] and result["defended"]["summary_with_organism_runs"]["n_checkpoints"] == 7
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert DirectionSet.load(tmp_path / "persona.safetensors").layers == [0, 1, 2, 3]

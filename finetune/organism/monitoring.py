@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import copy
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from eval.report import misalignment_rate
+from finetune.defenses import Defense
 from finetune.functional import auroc
 from finetune.lora import train_lora
 from finetune.monitor import Measure, Monitor, draw_monitor
@@ -58,19 +59,23 @@ def monitor_organisms(
     seed: int = 0,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    defense: Callable[[], Defense] | None = None,
+    name: str = "",
 ) -> dict[str, list[dict[str, Any]]]:
     """Domain -> monitor rows of its organism retrained (the world's data and adapter) with a
-    monitor every ``every`` steps; rows also go to ``out_dir/<domain>.jsonl`` as they come."""
+    monitor every ``every`` steps, under ``defense()`` when given (runs that train but should
+    not turn misaligned); rows also go to ``out_dir/<name><domain>.jsonl`` as they come."""
     base, tokenizer = world.load_base()
     probe = probe_set(seed=seed)
     measure = world_measure(world, tokenizer, n_samples, seed)
     config = world.organism_config(steps)
     runs = {}
     for domain in tqdm(domains, desc="monitored organisms", disable=not progress, unit="run"):
-        path = Path(out_dir) / f"{domain}.jsonl" if out_dir is not None else None
+        path = Path(out_dir) / f"{name}{domain}.jsonl" if out_dir is not None else None
         monitor = Monitor(tokenizer, probe, directions, every, {MEASURE: measure}, path)
         if not any(r["step"] == config.steps for r in monitor.rows):  # else finished in an earlier call
-            train_lora(copy.deepcopy(base), tokenizer, world.organism_data(domain), config, progress=False, callbacks=[monitor])
+            train_lora(copy.deepcopy(base), tokenizer, world.organism_data(domain), config, progress=False, callbacks=[monitor],
+                       defense=defense() if defense is not None else None)
         runs[domain] = sorted(monitor.rows, key=lambda r: r["step"])
     return runs
 
@@ -95,20 +100,27 @@ def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]], margin: float = 0
 
 
 def plot_runs(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, layers: Sequence[str] | None = None, columns: int = 4) -> Path:
-    """One panel per run: projection (``layers``) and EM rate against the step; PNG."""
+    """One panel per run: projection (``layers``) and EM rate against the step, on the same
+    scales in every panel so that runs compare at a glance; PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    shown = layers or list(next(iter(runs.values()))[0]["projection"])
+    projections = [r["projection"][l] for rows in runs.values() for r in rows for l in shown]
+    ems = [r[MEASURE]["em"] for rows in runs.values() for r in rows]
+    pad = 0.05 * (max(projections) - min(projections) or 1.0)
     rows_n = -(-len(runs) // columns)
     fig, axes = plt.subplots(rows_n, columns, figsize=(4.2 * columns, 2.8 * rows_n), squeeze=False)
-    for ax, (domain, rows) in zip(axes.flat, runs.items()):
-        draw_monitor(ax, rows, layers=layers, measure=MEASURE, title=domain)
+    for ax, (name, rows) in zip(axes.flat, runs.items()):
+        right = draw_monitor(ax, rows, layers=shown, measure=MEASURE, title=name)
+        ax.set_ylim(min(projections) - pad, max(projections) + pad)
+        right.set_ylim(0, max(ems) * 1.05)
     for ax in list(axes.flat)[len(runs):]:
         ax.axis("off")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
+        fig.savefig(tmp, format="png", dpi=70)
     plt.close(fig)
     return Path(path)
