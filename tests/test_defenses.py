@@ -3,8 +3,8 @@ tiny models, checked against computations that do not use the code under test.""
 
 from __future__ import annotations
 
-import copy
 import json
+import math
 import re
 
 import pytest
@@ -115,6 +115,14 @@ def test_kl_equals_a_hand_computation_and_its_gradient_reaches_the_adapter(token
     assert grads and all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
 
 
+def _logits_pair(model, batch):
+    with torch.no_grad():
+        tuned = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][batch["labels"][:, 1:] != IGNORE]
+        with model.disable_adapter():
+            ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][batch["labels"][:, 1:] != IGNORE]
+    return tuned, ref
+
+
 def test_kl_on_general_data_uses_a_general_batch(tokenizer, conversations, make_model):
     model = _peft(make_model())
     _randomize_adapter(model)
@@ -126,14 +134,6 @@ def test_kl_on_general_data_uses_a_general_batch(tokenizer, conversations, make_
     drawn = kl._batches.at(7, 4)
     assert float(parts["kl"]) == pytest.approx(float(token_kl(*_logits_pair(model, drawn))), rel=1e-5)
     assert torch.equal(kl._batches.at(7, 4)["input_ids"], drawn["input_ids"])  # a pure function of the step
-
-
-def _logits_pair(model, batch):
-    with torch.no_grad():
-        tuned = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][batch["labels"][:, 1:] != IGNORE]
-        with model.disable_adapter():
-            ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][batch["labels"][:, 1:] != IGNORE]
-    return tuned, ref
 
 
 def test_feature_l2_equals_a_hand_computation(tokenizer, conversations, make_model):
@@ -299,7 +299,7 @@ def test_auroc_equals_sklearn():
     scores = torch.randint(0, 6, (200,), generator=g).tolist()  # many ties
     labels = (torch.rand(200, generator=g) < 0.3).tolist()
     assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-    assert auroc([1.0, 2.0], [True, True]) != auroc([1.0, 2.0], [True, True])  # NaN: one class only
+    assert math.isnan(auroc([1.0, 2.0], [True, True]))  # one class only
 
 
 def _chat(q, a, system=None):
@@ -323,12 +323,12 @@ def data(tmp_path):
 
 
 def test_train_cli_records_the_defense(tmp_path, model_dir, data):
-    common = ["--data", str(data), "--model", str(model_dir), "--steps", "2", "--batch-size", "4", "--rank", "2", "--target-modules", "q_proj,v_proj", "--device", "cpu", "--quiet"]
+    common = ["--data", str(data), "--model", str(model_dir), "--steps", "2", "--batch-size", "4", "--rank", "2", "--target-modules", "q_proj,v_proj", "--lr", "1e-2", "--device", "cpu", "--quiet"]
     out = tmp_path / "kl"
     assert train_main([*common, "--out", str(out), "--defense", "kl", "--defense-strength", "0.5"]) == 0
     cfg = json.loads((out / "training_config.json").read_text())
     assert cfg["job"]["defense"]["name"] == "kl" and cfg["defense"] == {"name": "kl", "strength": 0.5, "on": "train"}
-    assert cfg["defense_terms"]["kl"][0] == 0.0 and len(cfg["defense_terms"]["kl"]) == 2
+    assert cfg["defense_terms"]["kl"][0] == 0.0 and cfg["defense_terms"]["kl"][1] > 0  # after one step the adapter moved
     out = tmp_path / "steer"
     assert train_main([*common, "--out", str(out), "--defense", "preventive-steering", "--steer-persona", PERSONA, "--defense-layers", "1"]) == 0
     record = json.loads((out / "training_config.json").read_text())["defense"]
@@ -376,3 +376,26 @@ def test_spec_builds_each_defense(tmp_path, data):
         "kl": "KLDefense", "feature-l2": "FeatureL2Defense", "preventive-steering": "PreventiveSteering", "interleave": "Interleave", "inoculation": "Inoculation"}
     assert built["kl"].strength == 2.0 and built["interleave"].strength == 0.2 and built["inoculation"].strength == 1.0
     assert re.search("dirs.safetensors", built["preventive-steering"].source["file"])
+
+
+@pytest.mark.parametrize("make_defense", [lambda ds: KLDefense(1.0), lambda ds: FeatureL2Defense(1.0, layers=[0, 1]), lambda ds: PreventiveSteering(2.0, directions=ds, layer=1)], ids=["kl", "feature-l2", "steering"])
+def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, conversations, make_model, make_defense):
+    """Checkpointing re-runs layers in the backward pass, after a defense's hooks are gone."""
+    batch = _batch(tokenizer, conversations)
+    ds = _direction_set(32, layer=1, seed=2)
+    grads = []
+    for checkpointing in (False, True):
+        model = make_model()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model = _peft(model)
+        _randomize_adapter(model)
+        model.train()
+        defense = make_defense(ds)
+        defense.prepare(model, tokenizer, conversations)
+        defense.objective(model, batch, 0)[0].backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if "lora_" in n})
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        torch.testing.assert_close(g, grads[1][name], rtol=1e-5, atol=1e-7)

@@ -263,7 +263,7 @@ def calibrate(lab: DefenseLab, domain: str, grids: Mapping[str, Sequence[float]]
             "strength": s, "broad_em": row["broad_em"], "cut": (none["broad_em"] - row["broad_em"]) / excess if excess > 0 else float("nan"),
             "narrow_rate": row["narrow_rate"], "narrow_ratio": row["narrow_rate"] / none["narrow_rate"], "coherence": row["coherence"],
         })
-    for label, entry in out["defenses"].items():
+    for entry in out["defenses"].values():
         entry["low"], entry["high"] = pick_strengths([(p["strength"], p["cut"]) for p in entry["points"]])
         # Not used to pick: the trade-off, the largest cut that keeps >= 80% of the narrow rate.
         kept = [p["cut"] for p in entry["points"] if p["narrow_ratio"] >= 0.8]
