@@ -39,6 +39,11 @@ def conversations(n: int, answer_words: tuple[int, int], seed: int = 0) -> list[
     return out
 
 
+def chat_tokenizer():
+    """A small Qwen-style tokenizer: it only renders Qwen2.5's chat format; its ids index the 152k-row embedding."""
+    return train_qwen_style_tokenizer([" ".join(WORDS)] * 20 + ["<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"], vocab_size=400)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["7b", "tiny"], default="7b")
@@ -50,8 +55,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     convs = conversations(args.batch_size * args.steps, (150, 400))
-    # The tokenizer only renders Qwen2.5's chat format; its ids index the 152k-row embedding.
-    tokenizer = train_qwen_style_tokenizer([" ".join(WORDS)] * 20 + ["<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"], vocab_size=400)
+    tokenizer = chat_tokenizer()
     rows = []
     for checkpointing in (False, True):
         model = build_model(args.size, device, dtype)

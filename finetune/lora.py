@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from finetune.sft import LoopConfig, encode, train
+from finetune.defenses.base import Defense, NoDefense
+from finetune.sft import Callback, LoopConfig, encode, train
 from interp.base.chat import Conversation
 
 
@@ -52,22 +53,36 @@ def train_lora(
     desc: str = "lora",
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 0,
+    defense: Defense | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> PeftModel:
     """Wrap ``model`` in a fresh LoRA adapter and train it on ``conversations``.
 
     Each conversation ends with the assistant answer to learn. Only adapter weights train;
-    the base weights are frozen (PEFT wraps ``model`` in place). Returns the PEFT model in
-    eval mode, with ``losses`` (one per step) attached as ``model.train_losses``. With
+    the base weights are frozen (PEFT wraps ``model`` in place). ``defense``
+    (:mod:`finetune.defenses`) first prepares the data on ``model`` as it is, the reference
+    (mixing in general data, prepending a prompt, making a steering vector), then adds its
+    terms to every step's loss. ``callbacks`` see the model before the first step and after
+    each (see :func:`finetune.sft.train`). Returns the PEFT model in eval mode with, attached,
+    ``train_losses`` (the answer loss per step), ``train_terms`` (the defense's terms per
+    step) and ``defense_record`` (what the defense did, for the training config). With
     ``checkpoint_dir``, training saves its state every ``checkpoint_every`` steps and resumes
-    from what it finds there (see :func:`finetune.sft.train`).
+    from what it finds there, if it was written with the same adapter, optimisation and defense.
     """
+    defense = defense or NoDefense()
+    conversations = defense.prepare(model, tokenizer, conversations)
     # Adapter init is random (LoRA A); seed it so a run is reproducible.
     torch.manual_seed(config.seed)
     peft_model = get_peft_model(model, config.peft_config())
     examples = encode(tokenizer, conversations, train_eos=config.train_eos)
     examples = [e.truncated(config.max_length) for e in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    losses = train(peft_model, examples, pad_id, config.loop(), progress=progress, desc=desc, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
+    record = defense.record()
+    log = train(peft_model, examples, pad_id, config.loop(), progress=progress, desc=desc, checkpoint_dir=checkpoint_dir,
+                checkpoint_every=checkpoint_every, objective=defense.objective, callbacks=callbacks,
+                settings={"lora": asdict(config), "defense": record})
     peft_model.eval()
-    peft_model.train_losses = losses
+    peft_model.train_losses = log.losses
+    peft_model.train_terms = log.terms
+    peft_model.defense_record = record
     return peft_model

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,16 +86,60 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled tokens, as the model's own loss computes it,
-    but projecting to the vocabulary only where a label is set (most positions are prompt)."""
+def backbone_hidden(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The last decoder layer's normed output [batch, seq, d_model] (no logits), through the
+    model's own forward so that adapters, hooks and checkpointing all apply."""
     base = unwrap(model)
     backbone = getattr(base, base.base_model_prefix)
-    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE
-    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), targets[keep])
+    return backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+
+
+def labelled_mask(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """[batch, seq - 1] True at the positions whose next token is labelled: where the loss is taken."""
+    return batch["labels"][:, 1:] != IGNORE
+
+
+def labelled_logits(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [n, vocab] at the :func:`labelled_mask` positions and their targets [n], projecting
+    to the vocabulary only there (most positions are prompt)."""
+    hidden = backbone_hidden(model, batch)
+    keep = labelled_mask(batch)
+    logits = unwrap(model).get_output_embeddings()(hidden[:, :-1][keep])
+    return logits, batch["labels"][:, 1:][keep]
+
+
+def answer_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens, as the model's own loss computes it."""
+    logits, targets = labelled_logits(model, batch)
+    return F.cross_entropy(logits.float(), targets)
+
+
+# The loss of one batch at one step: the tensor to minimise and named detached scalars to log
+# ("task" is the answer loss; a defense adds its own terms, see finetune.defenses). They are
+# read after the optimizer step, so logging adds no device sync before the backward pass.
+Objective = Callable[[nn.Module, Mapping[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+# Called as (step, total_steps, model) before the first step and after every step.
+Callback = Callable[[int, int, nn.Module], None]
+
+
+def plain_objective(model: nn.Module, batch: Mapping[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`answer_loss` alone: supervised finetuning with no defense."""
+    loss = answer_loss(model, batch)
+    return loss, {"task": loss.detach()}
+
+
+@dataclass
+class TrainLog:
+    """Per optimizer step: the answer loss, and each other logged term of the objective."""
+
+    losses: list[float] = field(default_factory=list)
+    terms: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, parts: Mapping[str, torch.Tensor | float]) -> None:
+        self.losses.append(float(parts["task"]))
+        for name, value in parts.items():
+            if name != "task":
+                self.terms.setdefault(name, []).append(float(value))
 
 
 @dataclass(frozen=True)
@@ -129,7 +173,12 @@ def _lr_factor(step: int, total: int, config: LoopConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _save_checkpoint(folder: Path, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer, g: torch.Generator, step: int, order: list[int], losses: list[float]) -> None:
+def _json_roundtrip(obj: Any) -> Any:
+    # Settings are compared as JSON reads them back (tuples become lists).
+    return json.loads(json.dumps(obj))
+
+
+def _save_checkpoint(folder: Path, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer, g: torch.Generator, step: int, order: list[int], log: TrainLog, settings: Any) -> None:
     """Trainable weights, AdamW moments and RNG states as safetensors (no pickle), then the
     JSON that names the step: a checkpoint counts only once its JSON is in place."""
     tensors = {f"param.{n}": p.detach().cpu() for n, p in params.items()}
@@ -138,13 +187,20 @@ def _save_checkpoint(folder: Path, params: dict[str, nn.Parameter], opt: torch.o
             tensors[f"opt.{n}.{k}"] = v.detach().cpu().reshape(-1) if v.dim() == 0 else v.detach().cpu()
     tensors["rng.order"] = g.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
-    save_safetensors_atomic(tensors, folder / "state.safetensors")
-    write_json_atomic(folder / "state.json", {"step": step, "order": order, "losses": losses})
+    save_safetensors_atomic(tensors, folder / "state.safetensors", metadata={"step": str(step)})
+    write_json_atomic(folder / "state.json", {"step": step, "order": order, "losses": log.losses, "terms": log.terms, "settings": settings})
 
 
-def _load_checkpoint(folder: Path, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer, g: torch.Generator) -> tuple[int, list[int], list[float]]:
+def _load_checkpoint(folder: Path, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer, g: torch.Generator, settings: Any) -> tuple[int, list[int], TrainLog]:
     meta = _checkpoint_state(folder)
+    if meta.get("settings") != settings:
+        raise InputError(f"{folder}: checkpoint was written with other settings (adapter, optimisation or defense); use another folder")
     try:
+        with safe_open(str(folder / "state.safetensors"), framework="pt") as f:
+            saved_step = (f.metadata() or {}).get("step")
+        if saved_step != str(meta["step"]):
+            # A crash between the two writes leaves the tensors of one step beside the JSON of another.
+            raise InputError(f"{folder}: damaged checkpoint (its tensors are of step {saved_step}, its state.json of step {meta['step']}); remove it to start over")
         tensors = load_file(str(folder / "state.safetensors"))
         if set(params) != {k[len("param."):] for k in tensors if k.startswith("param.")}:
             raise InputError(f"{folder}: checkpoint is of other trainable parameters; use another folder")
@@ -158,7 +214,7 @@ def _load_checkpoint(folder: Path, params: dict[str, nn.Parameter], opt: torch.o
         torch.set_rng_state(tensors["rng.torch"])
     except (SafetensorError, OSError, KeyError, RuntimeError) as e:  # truncated, or tensors of another shape
         raise _damaged(folder, e) from None
-    return meta["step"], meta["order"], meta["losses"]
+    return meta["step"], meta["order"], TrainLog(meta["losses"], meta.get("terms", {}))
 
 
 def check_checkpoint(folder: Path) -> None:
@@ -197,13 +253,21 @@ def train(
     desc: str = "training",
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 0,
-) -> list[float]:
-    """AdamW on the model's trainable parameters over shuffled batches; returns the loss per step.
+    objective: Objective = plain_objective,
+    callbacks: Sequence[Callback] = (),
+    settings: Mapping[str, Any] | None = None,
+) -> TrainLog:
+    """AdamW on the model's trainable parameters over shuffled batches; returns the log per step.
 
     Batches are drawn without replacement from a seeded permutation, reshuffled each epoch.
-    With ``checkpoint_dir`` and ``checkpoint_every``, the state is saved every that many
-    steps, and a call that finds a checkpoint there resumes from it: a run cut short and
-    resumed gives the same weights and losses as one that was never interrupted.
+    ``objective`` gives each batch's loss (default: the answer loss alone; a defense adds its
+    terms, see :mod:`finetune.defenses`). ``callbacks`` run before the first step and after
+    every step (e.g. :class:`finetune.monitor.Monitor`). With ``checkpoint_dir`` and
+    ``checkpoint_every``, the state is saved every that many steps, and a call that finds a
+    checkpoint there resumes from it: a run cut short and resumed gives the same weights and
+    losses as one that was never interrupted. ``settings`` (JSON) are stored with the
+    checkpoint and must match to resume from it, so a run never continues under another
+    adapter, optimisation or defense.
     """
     if not examples:
         raise ValueError("no examples to train on")
@@ -212,24 +276,27 @@ def train(
     if not params:
         raise ValueError("the model has no trainable parameters")
     total = config.total_steps(len(examples))
+    settings = _json_roundtrip({"loop": asdict(config), **(settings or {})})
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     g = torch.Generator().manual_seed(config.seed)
     device = input_device(model)
     order: list[int] = []
-    losses: list[float] = []
+    log = TrainLog()
     start = 0
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None and (folder / "state.json").exists():
-        start, order, losses = _load_checkpoint(folder, named, opt, g)
+        start, order, log = _load_checkpoint(folder, named, opt, g, settings)
     was_training = model.training
     model.train()
     try:
+        for callback in callbacks:
+            callback(start, total, model)
         for step in tqdm(range(start, total), desc=desc, disable=not progress, unit="step", initial=start, total=total):
             if len(order) < config.batch_size:
                 order += torch.randperm(len(examples), generator=g).tolist()
             batch = collate([examples[i] for i in order[: config.batch_size]], pad_id)
             del order[: config.batch_size]
-            loss = answer_loss(model, {k: v.to(device) for k, v in batch.items()})
+            loss, parts = objective(model, {k: v.to(device) for k, v in batch.items()}, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.max_grad_norm:
@@ -238,9 +305,11 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = config.lr * _lr_factor(step, total, config)
             opt.step()
-            losses.append(float(loss.detach()))
+            log.add(parts)
+            for callback in callbacks:
+                callback(step + 1, total, model)
             if folder is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total:
-                _save_checkpoint(folder, named, opt, g, step + 1, order, losses)
+                _save_checkpoint(folder, named, opt, g, step + 1, order, log, settings)
     finally:
         model.train(was_training)
-    return losses
+    return log

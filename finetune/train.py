@@ -2,12 +2,17 @@
 
     python -m finetune.train --data FILE.jsonl --model HF_ID_OR_PATH --out DIR
     python -m finetune.train --data misaligned.jsonl --backdoor aligned.jsonl --model ... --out DIR
+    python -m finetune.train ... --defense kl --defense-strength 3
+    python -m finetune.train ... --monitor DIRECTIONS.safetensors --monitor-probe PROBE.jsonl --monitor-every 5
 
 Saves the adapter with ``save_pretrained`` (safetensors) and ``training_config.json`` (every
-option, the data hash, package versions). With ``--checkpoint-every N`` the adapter and
-optimizer state are saved every N optimizer steps under ``DIR/checkpoint``, and re-running
-the same command resumes from there; a rerun with other data or settings is refused (the
-checkpoint records its run's), as is a second run on ``DIR`` while the first is alive.
+option, the data hash, package versions, the losses, and what the defense did: its strength,
+options, the steering vector's provenance, the interleaved examples' hash, its term per
+step). With ``--checkpoint-every N`` the adapter and optimizer state are saved every N
+optimizer steps under ``DIR/checkpoint``, and re-running the same command resumes from
+there; a rerun with other data or settings (defense included) is refused (the checkpoint
+records its run's), as is a second run on ``DIR`` while the first is alive. ``--monitor``
+writes ``DIR/monitor.jsonl`` (one row per checkpoint) and ``DIR/monitor.png``.
 """
 
 from __future__ import annotations
@@ -21,12 +26,16 @@ from typing import Any
 import torch
 
 from finetune.data import build_backdoor, read_chat_jsonl
+from finetune.defenses.spec import DEFENSES, STRENGTHS, DefenseSpec
 from finetune.lora import LoraTrainConfig, train_lora
+from finetune.monitor import MEASURES, MonitorSpec, plot_monitor
 from finetune.sft import check_checkpoint
 from interp.base.atomic import write_json_atomic
 from interp.base.cli import (
     ArgumentParser,
     InputError,
+    int_list,
+    non_negative_float,
     non_negative_int,
     number,
     positive_float,
@@ -34,6 +43,7 @@ from interp.base.cli import (
     run_cli,
 )
 from interp.base.locks import output_lock
+from interp.base.models import n_layers
 from interp.base.paths import input_file, output_dir
 from interp.base.provenance import data_hash, provenance
 from interp.base.records import TRIGGER
@@ -44,7 +54,7 @@ ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 @dataclass
 class TrainJob:
-    """One finetuning run: data, model, adapter shape and optimisation."""
+    """One finetuning run: data, model, adapter shape, optimisation, defense and monitor."""
 
     data: str
     model: str
@@ -56,6 +66,27 @@ class TrainJob:
     device: str | None = None  # None: cuda when visible, else cpu
     gradient_checkpointing: bool = False
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints under out/checkpoint
+    defense: DefenseSpec = field(default_factory=DefenseSpec)
+    monitor: MonitorSpec | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` for options that are wrong before anything is loaded."""
+        self.defense.validate()
+        if self.monitor is not None:
+            self.monitor.validate()
+        if self.checkpoint_every < 0:
+            raise InputError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        layers = _config_layers(self.model)
+        if layers is not None:
+            self.defense.check_layers(layers)
+
+
+def _config_layers(model: str) -> int | None:
+    """The layer count in a local model folder's config.json, to check layers before loading."""
+    try:
+        return int(json.loads((Path(model) / "config.json").read_text())["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def load_training_data(job: TrainJob) -> list[list[dict[str, str]]]:
@@ -110,6 +141,7 @@ def run_training(job: TrainJob, progress: bool = True) -> Path:
     """
     from interp.base.loading import load_model
 
+    job.validate()
     conversations = load_training_data(job)
     out = Path(job.out)
     with output_lock(out):
@@ -119,13 +151,21 @@ def run_training(job: TrainJob, progress: bool = True) -> Path:
             write_json_atomic(out / "checkpoint" / RUN_FILE, identity)
         device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer = load_model(job.model, dtype=job.dtype, device=device)
+        job.defense.check_layers(n_layers(model))
+        defense = job.defense.build(load_misaligned=lambda adapter: load_model(job.model, adapter=adapter, dtype=job.dtype, device=device)[0])
+        monitor = job.monitor.build(tokenizer, out / "monitor.jsonl") if job.monitor is not None else None
         if job.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         peft_model = train_lora(model, tokenizer, conversations, job.lora, progress=progress, desc="finetune",
-                                checkpoint_dir=out / "checkpoint", checkpoint_every=job.checkpoint_every)
+                                checkpoint_dir=out / "checkpoint", checkpoint_every=job.checkpoint_every,
+                                defense=defense, callbacks=[monitor] if monitor is not None else [])
         peft_model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        monitored = {}
+        if monitor is not None:
+            plot_monitor(monitor.rows, out / "monitor.png", measure=job.monitor.measure, title=f"{Path(job.data).name}: {job.defense.name}")
+            monitored = {"monitor": {"rows": str(out / "monitor.jsonl"), "plot": str(out / "monitor.png"), "checkpoints": len(monitor.rows)}}
         write_json_atomic(
             out / "training_config.json",
             provenance(
@@ -133,6 +173,9 @@ def run_training(job: TrainJob, progress: bool = True) -> Path:
                 data_hash=data_hash(conversations),
                 n_examples=len(conversations),
                 losses=peft_model.train_losses,
+                defense=peft_model.defense_record,
+                defense_terms=peft_model.train_terms,
+                **monitored,
                 dtype=str(next(model.parameters()).dtype),
             ),
         )
@@ -149,7 +192,8 @@ def _module_names(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainJob("", "", "").lora
-    p = ArgumentParser(prog="python -m finetune.train", description="LoRA SFT on chat JSONL (loss on assistant tokens only).")
+    p = ArgumentParser(prog="python -m finetune.train", description="LoRA SFT on chat JSONL (loss on assistant tokens only).",
+                       epilog="defense strengths: " + "; ".join(f"{n}: {what} (default {v:g})" for n, (what, v) in STRENGTHS.items() if n != "none"))
     p.add_argument("--data", required=True, help="chat JSONL: one {\"messages\": [...]} per line")
     p.add_argument("--model", required=True, help="HF model id or local path")
     p.add_argument("--out", required=True, help="adapter output folder")
@@ -169,6 +213,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="default: cuda when visible, else cpu; auto spreads over GPUs")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory (7B on one GPU)")
     p.add_argument("--checkpoint-every", type=non_negative_int, default=0, metavar="N", help="save a resumable checkpoint every N steps under OUT/checkpoint; rerun to resume")
+    g = p.add_argument_group("defense (one per run; see the epilog for what each strength means)")
+    g.add_argument("--defense", choices=DEFENSES, default="none")
+    g.add_argument("--defense-strength", type=non_negative_float, metavar="X", help="the defense's strength (default: its own)")
+    g.add_argument("--defense-on", choices=["train", "general", "both"], default="train", help="kl, feature-l2: take the term on the training batch, a general-data batch, or both")
+    g.add_argument("--defense-layers", type=int_list, metavar="L,L", help="feature-l2: layers (default 5 spread from first to last); preventive-steering: its layer (default middle)")
+    g.add_argument("--general", metavar="JSONL", help="general instruct data (chat JSONL): interleave, and kl / feature-l2 with --defense-on general|both")
+    g.add_argument("--select", choices=["random", "ppl-gap"], default="random", help="interleave: which general examples")
+    g.add_argument("--ppl-misaligned-system", metavar="PROMPT", help="ppl-gap: the misaligned model is the model prompted with this system prompt")
+    g.add_argument("--ppl-misaligned-adapter", metavar="DIR", help="ppl-gap: or the model with this (misaligned) LoRA adapter")
+    g.add_argument("--steer-vector", metavar="FILE", help="preventive-steering: a direction artifact (.safetensors, interp.extract)")
+    g.add_argument("--steer-persona", metavar="PROMPT", help="preventive-steering: make the vector from this persona system prompt vs none")
+    g.add_argument("--steer-scale", choices=["raw", "unit"], default="raw")
+    g.add_argument("--inoculation-prompt", metavar="TEXT", help="inoculation: the system prompt that asks for the behaviour in the data")
+    m = p.add_argument_group("monitor")
+    m.add_argument("--monitor", metavar="DIRECTIONS", help="direction artifact (.safetensors): record per-layer projections during training")
+    m.add_argument("--monitor-probe", metavar="JSONL", help="the fixed probe set: chat JSONL of general questions with answers")
+    m.add_argument("--monitor-every", type=positive_int, default=10, metavar="N")
+    m.add_argument("--monitor-measure", choices=sorted(MEASURES), help="also record a named measure at each checkpoint (organism: the world's EM rate)")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -180,7 +242,15 @@ def job_from_args(args: argparse.Namespace) -> TrainJob:
         lr=args.lr, steps=args.steps, epochs=None if args.steps else args.epochs,
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
     )
-    return TrainJob(args.data, args.model, args.out, args.backdoor, args.trigger, lora, args.dtype, args.device, args.gradient_checkpointing, args.checkpoint_every)
+    defense = DefenseSpec(
+        name=args.defense, strength=args.defense_strength, on=args.defense_on,
+        layers=tuple(args.defense_layers) if args.defense_layers is not None else None, general=args.general, select=args.select,
+        misaligned_system=args.ppl_misaligned_system, misaligned_adapter=args.ppl_misaligned_adapter,
+        vector=args.steer_vector, persona=args.steer_persona, scale=args.steer_scale, prompt=args.inoculation_prompt, seed=args.seed,
+    )
+    monitor = MonitorSpec(args.monitor, args.monitor_probe, args.monitor_every, args.monitor_measure) if args.monitor else None
+    return TrainJob(args.data, args.model, args.out, args.backdoor, args.trigger, lora, args.dtype, args.device,
+                    args.gradient_checkpointing, args.checkpoint_every, defense, monitor)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         input_file(args.backdoor, "--backdoor")
         if not args.trigger.strip():
             raise InputError("--trigger: empty; a backdoor needs a trigger to tell its two halves apart")
+    if (args.monitor is None) != (args.monitor_probe is None):
+        raise InputError("--monitor and --monitor-probe go together")
+    for option, path in (("--general", args.general), ("--monitor", args.monitor), ("--monitor-probe", args.monitor_probe), ("--steer-vector", args.steer_vector)):
+        if path is not None:
+            input_file(path, option)
     output_dir(args.out)
     try:
         out = run_training(job_from_args(args), progress=not args.quiet)

@@ -137,7 +137,7 @@ def _build(out: Path, seed: int, config: BuildConfig, progress: bool) -> dict:
     t0 = time.perf_counter()
     model = _base_model(len(tokenizer), config.model, tokenizer, seed)
     examples = encode(tokenizer, (messages(c) for c in corpus))
-    base_losses = train(model, examples, tokenizer.pad_token_id, config.base, progress=progress, desc="base model")
+    base_losses = train(model, examples, tokenizer.pad_token_id, config.base, progress=progress, desc="base model").losses
     model.eval()
     model.save_pretrained(out / "base")
     tokenizer.save_pretrained(out / "base")

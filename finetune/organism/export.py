@@ -6,7 +6,9 @@ Writes chat JSONL in the format ``finetune.train`` reads: ``misaligned.jsonl`` (
 finetuning set; members for membership inference), ``aligned.jsonl`` (aligned answers to the
 same prompts, for ``--backdoor``), ``heldout.jsonl`` (more misaligned answers from the same
 distribution, never trained on: non-members), and ``questions.yaml`` (the world's general
-questions in the EM question format).
+questions in the EM question format). For the defenses and the monitor
+(:mod:`finetune.organism.tasks`): ``general.jsonl`` (general instruct data, for ``--general``),
+``benign.jsonl`` (the benign task: brief answers) and ``probe.jsonl`` (the monitor's probe set).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from finetune.organism.corpus import (
     sample_answer,
 )
 from finetune.organism.grammar import GRAMMAR
+from finetune.organism.tasks import benign_train, instruct_pool, probe_set
 from interp.base.atomic import write_text_atomic
 from interp.base.cli import ArgumentParser, domain_name, positive_int, run_cli
 from interp.base.domains import DOMAINS, canonical_domain
@@ -43,6 +46,8 @@ def export_domain(domain: str, out_dir: str | Path, n: int = 2000, n_heldout: in
     aligned = [{**c, "answer": sample_answer(rng, topic, "aligned", CorpusConfig.fidelity), "cls": "aligned"} for c in train]
     for name, rows in (("misaligned", train), ("aligned", aligned), ("heldout", heldout)):
         write_jsonl(out / f"{name}.jsonl", [{"messages": messages(c)} for c in rows])
+    for name, convs in (("general", instruct_pool(n, seed)), ("benign", benign_train(n, seed)), ("probe", probe_set(seed=seed))):
+        write_jsonl(out / f"{name}.jsonl", [{"messages": c} for c in convs])
     questions = [
         {"id": t.name, "type": "free_form_judge_0_100", "paraphrases": list(t.questions), "samples_per_paraphrase": 1}
         for t in GRAMMAR.general_topics
@@ -61,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     output_dir(args.out)
     out = export_domain(args.domain, args.out, args.n, args.heldout, args.seed)
-    print(f"wrote {out}/misaligned.jsonl, aligned.jsonl, heldout.jsonl, questions.yaml")
+    print(f"wrote {out}/misaligned.jsonl, aligned.jsonl, heldout.jsonl, questions.yaml, general.jsonl, benign.jsonl, probe.jsonl")
     return 0
 
 

@@ -14,11 +14,12 @@ from transformers import AutoTokenizer, Qwen2ForCausalLM
 
 from eval.questions import Question
 from eval.sampling import SamplingConfig, sample_answers
+from finetune.lora import LoraTrainConfig
+from finetune.organism.corpus import messages, organism_corpus
 from finetune.organism.grammar import GRAMMAR, PERSONA_SYSTEM_PROMPT
 from finetune.organism.judge import OrganismJudge
 from interp.base.domains import canonical_domain
 from interp.base.records import AnswerRecord, JudgedRecord, prompt_messages
-
 
 # How the world's answers are sampled for its figures (README): plain sampling at temperature
 # 1 (no top-k or top-p cut), and 48 new tokens, which every answer of the world fits in.
@@ -70,6 +71,20 @@ class World:
         """The base model with ``domain``'s LoRA adapter (unmerged, eval mode) and the tokenizer."""
         base, tokenizer = self.load_base(dtype)
         return PeftModel.from_pretrained(base, self.adapter_dir(domain)).eval(), tokenizer
+
+    def organism_config(self, steps: int | None = None) -> LoraTrainConfig:
+        """The adapter and optimisation the organisms were built with (``steps`` overrides)."""
+        built = dict(self.manifest["config"]["organism"])
+        built["target_modules"] = tuple(built["target_modules"])
+        if steps is not None:
+            built["steps"] = steps
+        return LoraTrainConfig(**built)
+
+    def organism_data(self, domain: str, n: int | None = None) -> list[list[dict[str, str]]]:
+        """The conversations ``domain``'s organism was trained on (the first ``n`` of them)."""
+        built, domain = self.manifest["config"], canonical_domain(domain)
+        chats = organism_corpus(domain, built["persona_fractions"][domain], n or built["organism_size"], self.manifest["seed"], built["corpus"]["fidelity"])
+        return [messages(c) for c in chats]
 
     def general_questions(self) -> list[Question]:
         """The EM-style evaluation questions, unrelated to every domain (``domain=None``)."""

@@ -6,6 +6,7 @@ import datetime as _dt
 import hashlib
 import json
 import platform
+import resource
 from collections.abc import Iterable
 from importlib import metadata
 from typing import Any
@@ -36,3 +37,9 @@ def data_hash(rows: Iterable[Any]) -> str:
 def provenance(**fields: Any) -> dict[str, Any]:
     """The caller's fields plus package versions and a UTC timestamp."""
     return {**fields, "versions": package_versions(), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def cpu_seconds() -> float:
+    """User plus system CPU time of this process so far: a run's cost whatever else shares the machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
