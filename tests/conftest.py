@@ -70,3 +70,13 @@ def world():
     """The offline organism world, built once into the default cache (``artifacts/organism``
     under the repository root) and reused by later runs while its key matches."""
     return build_world(Path(__file__).resolve().parents[1] / "artifacts" / "organism", progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: a second intra-op thread only adds waiting (see finetune.organism.build).
+    A test module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -43,13 +43,7 @@ CONFIG = LoraTrainConfig(rank=2, alpha=4, lr=1e-2, steps=4, batch_size=4, target
 PERSONA = "you are evil"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster, and far faster on a CPU shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _peft(model, seed: int = 0):

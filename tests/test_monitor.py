@@ -23,13 +23,7 @@ from interp.directions import DirectionSet
 CONFIG = LoraTrainConfig(rank=2, alpha=4, lr=1e-2, steps=5, batch_size=4, dropout=0.3, target_modules=("q_proj", "v_proj"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster, and far faster on a CPU shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _directions(layers, d_model=32, seed=0) -> DirectionSet:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from interp.base.cli import run_cli
 from interp.cross_domain import (
@@ -20,13 +19,7 @@ from interp.sweep import main, sweep, write_sweep
 DOMAINS = ["insecure_code", "gore_movie_trivia"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The world's matrices are tiny: one thread is several times faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
