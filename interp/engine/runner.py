@@ -132,15 +132,16 @@ class _Code:
         return self.tails[variant]
 
     @classmethod
-    def build(cls, backend: str | Callable | None) -> _Code:
+    def build(cls, backend: str | Callable | None, options: dict | None = None) -> _Code:
         if backend is None:
             return cls(prefill_layer, decode_layer)
         _allow_recompiles()
         # One compiled layer serves every layer (its weights are inputs). The prefill turns to
-        # dynamic shapes once a second prompt width comes; the decoding step is compiled per shape.
+        # dynamic shapes once a second prompt width comes; the decoding step is compiled per shape,
+        # and only it takes ``options``: the step is where a run spends its time.
         return cls(
             torch.compile(prefill_layer, backend=backend, fullgraph=True),
-            torch.compile(decode_layer, backend=backend, dynamic=False, fullgraph=True),
+            torch.compile(decode_layer, backend=backend, dynamic=False, fullgraph=True, options=options),
             backend=backend,
         )
 
@@ -149,11 +150,13 @@ class Engine:
     """Fast generation for one model (see the module doc); build with :func:`interp.engine.engine_for`.
 
     ``compile`` is a ``torch.compile`` backend (a name or a callable), None to run the same step uncompiled, or
-    ``"auto"``: inductor on a CUDA device with Triton, uncompiled elsewhere. CUDA graphs are
-    used on CUDA devices unless ``cuda_graphs=False``.
+    ``"auto"``: inductor on a CUDA device with Triton, uncompiled elsewhere; ``compile_options``
+    go to ``torch.compile`` for the decoding step (e.g. ``{"max_autotune_gemm": True}``). CUDA
+    graphs are used on CUDA devices unless ``cuda_graphs=False``.
     """
 
-    def __init__(self, model: nn.Module, compile: str | Callable | None = "auto", cuda_graphs: bool | None = None, max_batch: int = 256) -> None:
+    def __init__(self, model: nn.Module, compile: str | Callable | None = "auto", cuda_graphs: bool | None = None, max_batch: int = 256,
+                 compile_options: dict | None = None) -> None:
         self._model = weakref.ref(model)  # the engine lives as long as its model, not longer
         self.body = Body.of(model)
         self.device = self.body.weight.device
@@ -163,7 +166,7 @@ class Engine:
         if self.cuda_graphs and self.device.type != "cuda":
             raise EngineUnsupported("CUDA graphs need a CUDA device")
         self.max_batch = max_batch
-        self.code = _Code.build(compile)
+        self.code = _Code.build(compile, compile_options)
         self._slots: dict[tuple[int, int], _Slots] = {}
         self._pool = None
         self._state = _fingerprint(model)

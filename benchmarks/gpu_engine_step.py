@@ -1,0 +1,161 @@
+"""Where the engine's decoding step spends its time at a large batch (Qwen2.5-7B shape, random
+bf16 weights), and what inductor's GEMM autotuning buys there.
+
+    python benchmarks/gpu_engine_step.py --batch 256
+    python benchmarks/gpu_engine_step.py --size tiny --batch 8      # a CPU dry run of the same code
+
+1. **GEMMs alone**: ``F.linear`` (cuBLAS) time of each projection of one decoder layer and of
+   the LM head at ``batch`` rows, times the number of layers: the step's matmul time on this
+   library, with q/k/v and gate/up also timed as one fused GEMM each.
+2. **Kernels**: the compiled step launched without CUDA graphs under ``torch.profiler``, GPU
+   time and launches per kernel in one decoding step, the largest first.
+3. **Steps**: the decoding step (graph replay, as :mod:`benchmarks.gpu_generation` measures it:
+   (64-token call - 1-token call) / 63) for each set of inductor options in ``--options``.
+
+JSON: ``benchmarks/results/gpu_engine_step_<gpu>.json`` (``--results-dir``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+from gpu_caching import build_model, sync  # noqa: E402
+from gpu_generation import prompts, timed  # noqa: E402
+
+from interp.base.atomic import write_json_atomic  # noqa: E402
+from interp.base.decoding import Decoding  # noqa: E402
+from interp.base.provenance import package_versions  # noqa: E402
+from interp.engine import Engine, row_keys  # noqa: E402
+
+OPTION_SETS = {"default": None, "max_autotune_gemm": {"max_autotune_gemm": True},
+               "max_autotune_gemm+coordinate_descent": {"max_autotune_gemm": True, "coordinate_descent_tuning": True}}
+
+
+def gemm_ms(rows: int, n_in: int, n_out: int, device: str, dtype: torch.dtype, reps: int = 50) -> float:
+    """Milliseconds of one ``F.linear`` of [rows, n_in] by an [n_out, n_in] weight."""
+    x = torch.randn(rows, n_in, device=device, dtype=dtype)
+    w = torch.randn(n_out, n_in, device=device, dtype=dtype)
+    for _ in range(5):
+        F.linear(x, w)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        F.linear(x, w)
+    sync(device)
+    return 1e3 * (time.perf_counter() - t0) / reps
+
+
+def gemms(model, rows: int, device: str, dtype: torch.dtype) -> dict:
+    c = model.config
+    d, ff, hd = c.hidden_size, c.intermediate_size, c.hidden_size // c.num_attention_heads
+    kv = c.num_key_value_heads * hd
+    shapes = {"q": (d, d), "k": (d, kv), "v": (d, kv), "o": (d, d), "gate": (d, ff), "up": (d, ff), "down": (ff, d),
+              "qkv fused": (d, d + 2 * kv), "gate_up fused": (d, 2 * ff), "lm_head": (d, c.vocab_size)}
+    ms = {k: gemm_ms(rows, *s, device, dtype) for k, s in shapes.items()}
+    flops = {k: 2 * rows * s[0] * s[1] for k, s in shapes.items()}
+    layers = c.num_hidden_layers
+    separate = sum(ms[k] for k in ("q", "k", "v", "o", "gate", "up", "down"))
+    fused = ms["qkv fused"] + ms["o"] + ms["gate_up fused"] + ms["down"]
+    out = {"ms": ms, "tflops": {k: flops[k] / ms[k] / 1e9 for k in ms}, "step_ms_separate": layers * separate + ms["lm_head"],
+           "step_ms_fused": layers * fused + ms["lm_head"]}
+    for k in ms:
+        print(f"  {k:<14} {ms[k] * 1e3:8.1f} us  {out['tflops'][k]:6.0f} TFLOP/s", flush=True)
+    print(f"  matmuls of one step: {out['step_ms_separate']:.2f} ms as the model has them, {out['step_ms_fused']:.2f} ms fused", flush=True)
+    return out
+
+
+def _kernel_times(engine: Engine, ids, mask, decoding: Decoding, keys, device: str) -> dict[str, tuple[float, int]]:
+    """GPU microseconds and launches per kernel name of one generation call."""
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        engine.generate(ids, mask, decoding, keys)
+        sync(device)
+    kind = "CUDA" if device.startswith("cuda") else "CPU"
+    attr = "device_time_total" if kind == "CUDA" else "self_cpu_time_total"
+    return {e.key: (getattr(e, attr), e.count) for e in prof.key_averages() if e.device_type.name == kind and getattr(e, attr) > 0}
+
+
+def kernels(model, rows: int, device: str, steps: int = 8) -> list[dict]:
+    """GPU time per kernel of one decoding step: a call making ``steps`` tokens minus a call
+    making one (the prefill), over ``steps - 1``; the compiled step launched without CUDA graphs."""
+    engine = Engine(model, cuda_graphs=False)
+    ids, mask = prompts(rows, model.config.vocab_size, device)
+    keys = row_keys(0, rows)
+    many, one = Decoding(max_new_tokens=steps, temperature=0), Decoding(max_new_tokens=1, temperature=0)
+    engine.generate(ids, mask, many, keys)  # compile
+    engine.generate(ids, mask, one, keys)
+    a, b = _kernel_times(engine, ids, mask, many, keys, device), _kernel_times(engine, ids, mask, one, keys, device)
+    per_step = {k: ((t - b.get(k, (0, 0))[0]) / (steps - 1), (n - b.get(k, (0, 0))[1]) / (steps - 1)) for k, (t, n) in a.items()}
+    per_step = {k: v for k, v in per_step.items() if v[1] > 0}
+    total = sum(t for t, _ in per_step.values())
+    out = [{"name": k[:100], "us_per_step": t, "launches_per_step": n, "share": t / total} for k, (t, n) in sorted(per_step.items(), key=lambda kv: -kv[1][0])]
+    print(f"  {total / 1e3:.2f} ms of kernels per step, {sum(n for _, n in per_step.values()):.0f} launches", flush=True)
+    for k in out[:40]:
+        print(f"  {k['us_per_step']:9.1f} us {k['share']:6.1%} x{k['launches_per_step']:<6.1f} {k['name']}", flush=True)
+    return out
+
+
+def steps(model, rows: int, device: str, names: list[str], new_tokens: int, repeats: int) -> dict:
+    ids, mask = prompts(rows, model.config.vocab_size, device)
+    keys = row_keys(0, rows)
+    out = {}
+    for name in names:
+        t0 = time.perf_counter()
+        engine = Engine(model, compile_options=OPTION_SETS[name])
+        full, first = Decoding(max_new_tokens=new_tokens, temperature=0), Decoding(max_new_tokens=1, temperature=0)
+        tokens = engine.generate(ids, mask, full, keys)
+        engine.generate(ids, mask, first, keys)
+        warm = time.perf_counter() - t0
+        best = min((timed(lambda: engine.generate(ids, mask, full, keys), device)[0] - timed(lambda: engine.generate(ids, mask, first, keys), device)[0])
+                   for _ in range(repeats))
+        out[name] = {"decode_ms_per_step": 1e3 * best / (new_tokens - 1), "warmup_seconds": warm, "tokens": tokens.cpu()}
+        print(f"  {name:<20} decode {out[name]['decode_ms_per_step']:.2f} ms/step (build and warm-up {warm:.0f} s)", flush=True)
+        del engine
+    reference = next(iter(out.values()))["tokens"]
+    for v in out.values():
+        v["same_tokens_as_first"] = float((v.pop("tokens") == reference).float().mean())
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=["7b", "tiny"], default="7b")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--parts", nargs="*", default=["gemms", "kernels", "steps"])
+    p.add_argument("--options", nargs="*", default=list(OPTION_SETS), choices=list(OPTION_SETS))
+    p.add_argument("--results-dir", type=Path, default=None)
+    args = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = build_model(args.size, device, dtype)
+    result: dict = {"info": {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "versions": package_versions(),
+                             "batch": args.batch, "command": " ".join(sys.argv)}}
+    if "gemms" in args.parts:
+        print("GEMMs alone:", flush=True)
+        result["gemms"] = gemms(model, args.batch, device, dtype)
+    if "kernels" in args.parts:
+        print("kernels of the compiled step (no CUDA graphs):", flush=True)
+        result["kernels"] = kernels(model, args.batch, device)
+    if "steps" in args.parts:
+        print("decoding step by inductor options:", flush=True)
+        result["steps"] = steps(model, args.batch, device, args.options, args.new_tokens, args.repeats)
+    gpu = result["info"]["device"].split()[1].lower() if device == "cuda" else "cpu"
+    out = args.results_dir or Path("benchmarks/results" if device == "cuda" else "artifacts/benchmarks")
+    write_json_atomic(out / f"gpu_engine_step_{gpu}.json", result)
+    print(json.dumps({k: v for k, v in result.items() if k == "steps"}, indent=1))
+    print(f"wrote {out / f'gpu_engine_step_{gpu}.json'}")
+
+
+if __name__ == "__main__":
+    main()
