@@ -102,6 +102,23 @@ def test_steering_runs_inside_the_compiled_step(compiled, tokenizer, kind):
     assert recorder.read_vectors()  # the edit is an input of the compiled graphs, not a hook
 
 
+def test_compile_options_reach_the_decoding_step_only(tokenizer):
+    """``compile_options`` go to the compilation of the decoding step (the graphs that take the
+    cache column), and to no other compiled function."""
+    calls: list[tuple[bool, object]] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs, **kwargs) -> object:
+        calls.append((any("column" in n.name for n in gm.graph.nodes if n.op == "placeholder"), kwargs.get("options")))
+        return gm.forward
+
+    model = _tiny(tokenizer, peft=False)
+    engine_for(model, compile=backend, compile_options={"max_autotune_gemm": True})
+    enc = prompts(tokenizer)
+    run(model, enc, greedy(tokenizer))
+    assert {decoding for decoding, _ in calls} == {True, False}
+    assert all((options == {"max_autotune_gemm": True}) == decoding for decoding, options in calls)
+
+
 def test_steer_context_reaches_the_engine(plain, tokenizer):
     """``with steer(...)`` around a generation (as the sweeps do) runs in the compiled step."""
     model, _ = plain
