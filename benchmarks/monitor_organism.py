@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         direction="persona: base with the persona system prompt minus without, answer-token means of general instruct chats",
         probe="general questions, 2 aligned answers per paraphrase (finetune.organism.tasks.probe_set)",
         primary_layer=primary, primary_auroc=result["auroc"][primary], **result, plot=str(plot), runs=runs,
-        defended={"arms": [{"defense": a.defense, "select": a.select, "strength": a.strength} for a in defended], "domains": args.defended_domains,
+        defended={"arms": [{"defense": a.defense, "select": a.select, "on": a.on, "strength": a.strength} for a in defended], "domains": args.defended_domains,
                   "summary_with_organism_runs": with_defended, "runs": defended_runs}, seconds=time.perf_counter() - t0, cpu_seconds=cpu_seconds(),
     ))
     print(f"wrote {args.out} and {plot} in {time.perf_counter() - t0:.0f} s")

@@ -113,7 +113,8 @@ def test_defense_table_command_runs_small(world, tmp_path):
     assert {"base_broad_em", "benign_only_score", "rows", "strengths", "calibration", "broad_definition"} <= set(result)
     rows = result["rows"]
     assert {r["defense"] for r in rows} == {"none", "kl", "feature-l2", "preventive-steering", "interleave", "inoculation"}
-    assert len(rows) == 1 + 2 * 6 and all(r["domain"] == "incorrect_math" for r in rows)
+    assert {r["on"] for r in rows if r["defense"] in ("kl", "feature-l2")} == {None, "general"}  # the term on training and on general batches
+    assert len(rows) == 1 + 2 * 8 and all(r["domain"] == "incorrect_math" for r in rows)
     for r in rows:
         assert {"defense", "strength", "domain", "broad_em", "narrow_rate", "benign_score", "coherence"} <= set(r)
         assert 0 <= r["broad_em"] <= 1 and 0 <= r["benign_score"] <= 1
