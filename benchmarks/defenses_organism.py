@@ -12,7 +12,8 @@
    and the benign task (brief answers) finetuned under each setting. Then the issue's bar per
    setting and domain.
 
-Prints the table and writes ``--out`` (default benchmarks/results/defenses_organism.json);
+Prints the table and writes ``--out`` (default benchmarks/results/defenses_organism.json) and,
+beside it, a PNG of the trade-off between the broad-EM cut and the narrow rate kept;
 finished runs are kept in ``--rows`` as they come and reused by a rerun with the same settings.
 """
 
@@ -44,6 +45,7 @@ from finetune.organism.defenses import (  # noqa: E402
     calibrate,
     defense_table,
     label_of,
+    plot_tradeoff,
 )
 from interp.base.atomic import write_json_atomic  # noqa: E402
 from interp.base.cli import InputError, domain_list, run_cli  # noqa: E402
@@ -127,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=asdict(config), organism_config=asdict(lab.organism), strengths=strengths, calibration=calibration,
         **table, assessment=checks, summary=settings, seconds={"calibration": t_cal, "total": time.perf_counter() - t0, "cpu": cpu_seconds()},
     ))
-    print(f"\nwrote {args.out} in {time.perf_counter() - t0:.0f} s ({cpu_seconds():.0f} s of CPU)")
+    plot = plot_tradeoff(calibration, checks, args.out.with_suffix(".png"))
+    print(f"\nwrote {args.out} and {plot} in {time.perf_counter() - t0:.0f} s ({cpu_seconds():.0f} s of CPU)")
     return 0
 
 

@@ -119,6 +119,7 @@ def test_defense_table_command_runs_small(world, tmp_path):
         assert {"defense", "strength", "domain", "broad_em", "narrow_rate", "benign_score", "coherence"} <= set(r)
         assert 0 <= r["broad_em"] <= 1 and 0 <= r["benign_score"] <= 1
     assert result["strengths"]["inoculation"] == [0.5, 1.0]
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_monitor_command_runs_small(world, tmp_path):

@@ -56,6 +56,7 @@ from finetune.lora import LoraTrainConfig, train_lora
 from finetune.organism.grammar import PERSONA_SYSTEM_PROMPT
 from finetune.organism.tasks import benign_train, instruct_pool, is_brief
 from finetune.organism.world import SAMPLING, World, questions_to_records
+from interp.base.atomic import atomic_path
 from interp.base.records import append_jsonl, prompt_messages, write_jsonl
 from interp.directions import DirectionSet
 
@@ -331,3 +332,43 @@ def assess(table: Mapping[str, Any], cut_min: float = 0.7, narrow_min: float = 0
         }
         out.append({"defense": r["defense"], "select": r["select"], "on": r["on"], "strength": r["strength"], "domain": r["domain"], **checks, "passed": passed, "all": all(passed.values())})
     return out
+
+
+def plot_tradeoff(calibration: Mapping[str, Any], checks: Sequence[Mapping[str, Any]], path: str | Path, cut_min: float = 0.7, narrow_min: float = 0.8) -> Path:
+    """The bar's two competing criteria at a glance; PNG. Left: each defense's grid on the
+    calibration domain (broad-EM cut against narrow rate kept, strengths marked). Right: every
+    setting in every reported domain (filled where the benign task was kept too). The shaded
+    corner is where a setting would meet both."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(calibration["defenses"]) + sorted({label_of(c) for c in checks} - set(calibration["defenses"]))
+    colors = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), sharex=True, sharey=True)
+    for label, entry in calibration["defenses"].items():
+        points = entry["points"]
+        left.plot([p["cut"] for p in points], [p["narrow_ratio"] for p in points], "o-", color=colors[label], label=label, markersize=4)
+        for p in points:
+            left.annotate(f"{p['strength']:g}", (p["cut"], p["narrow_ratio"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for c in checks:
+        color = colors[label_of(c)]
+        right.scatter(c["cut"], c["narrow_ratio"], color=color if c["passed"]["benign"] else "none", edgecolors=color, s=30)
+    for label in labels:
+        right.scatter([], [], color=colors[label], label=label, s=30)
+    for ax, title in ((left, f"calibration: {calibration['domain']}"), (right, "reported domains (filled: benign task kept)")):
+        ax.fill_between([cut_min, 1.2], narrow_min, 1.1, color="green", alpha=0.12, label=f"bar: cut >= {cut_min:.0%}, narrow >= {narrow_min:.0%}" if ax is left else None)
+        ax.set_xlim(-0.1, 1.2)
+        ax.set_ylim(0, 1.1)
+        ax.set_xlabel("broad-EM cut (share of the undefended excess over the base)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    left.set_ylabel("narrow rate kept (over undefended)")
+    left.legend(fontsize=7, loc="lower left")
+    right.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return Path(path)
