@@ -114,6 +114,9 @@ def test_defense_table_command_runs_small(world, tmp_path):
     rows = result["rows"]
     assert {r["defense"] for r in rows} == {"none", "kl", "feature-l2", "preventive-steering", "interleave", "inoculation"}
     assert {r["on"] for r in rows if r["defense"] in ("kl", "feature-l2")} == {None, "general"}  # the term on training and on general batches
+    for r in rows:  # the trained defense took its term where the row says (general batches drawn from data)
+        if r["defense"] in ("kl", "feature-l2"):
+            assert r["defense_record"]["on"] == (r["on"] or "train") and (r["defense_record"].get("n_general", 0) > 0) == (r["on"] is not None)
     assert len(rows) == 1 + 2 * 8 and all(r["domain"] == "incorrect_math" for r in rows)
     for r in rows:
         assert {"defense", "strength", "domain", "broad_em", "narrow_rate", "benign_score", "coherence"} <= set(r)
