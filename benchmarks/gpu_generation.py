@@ -108,8 +108,10 @@ def row(engine: str, bs: int, steered: bool, sec: float, new_tokens: int, first_
 def one_device(model, args, device: str, info: dict) -> list[dict]:
     t0 = time.perf_counter()
     options = {} if args.compile == "auto" else {"compile": None if args.compile == "none" else args.compile}
+    if args.spans is not None:
+        options["spans"] = args.spans
     engine = engine_for(model, **options, compile_options=json.loads(args.compile_options) if args.compile_options else None)
-    info["engine"] = {"compile": engine.code.backend, "compile_options": args.compile_options, "cuda_graphs": engine.cuda_graphs, "build_seconds": time.perf_counter() - t0, "verify_errors": engine.verify_errors}
+    info["engine"] = {"compile": engine.code.backend, "compile_options": args.compile_options, "spans": engine.spans, "cuda_graphs": engine.cuda_graphs, "build_seconds": time.perf_counter() - t0, "verify_errors": engine.verify_errors}
     info["warmup_seconds"], info["checks"] = {}, {}
     print(f"  engine: {info['engine']}", flush=True)
     rows: list[dict] = []
@@ -223,6 +225,7 @@ def main() -> None:
     p.add_argument("--parts", nargs="*", default=["floor", "hf", "engine"], help="subset of: floor hf engine")
     p.add_argument("--compile", default="auto", help="torch.compile backend of the engine, or none (default auto: inductor on a GPU, none on the CPU)")
     p.add_argument("--compile-options", default=None, help='torch.compile options of the engine\'s decoding step, as JSON (e.g. \'{"max_autotune_gemm": true}\')')
+    p.add_argument("--spans", type=int, default=None, help="attention lengths per shape the engine's step is captured for (default: the engine's; 1: the whole cache always)")
     p.add_argument("--sharded", action="store_true", help="under torchrun: the whole workload on one GPU, then sharded over every rank")
     p.add_argument("--sharded-prompts", type=int, default=1024)
     p.add_argument("--results-dir", type=Path, default=None, help="default: benchmarks/results on a GPU, artifacts/benchmarks on the CPU")

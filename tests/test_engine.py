@@ -177,6 +177,46 @@ def test_adapters_switched_off_are_seen(tokenizer):
     assert torch.equal(with_lora, run(model, enc, greedy(tokenizer)))
 
 
+def test_fused_qkv_follow_weights_changed_in_place(tokenizer):
+    """Plain q/k/v projections run on a fused copy of their weights; a weight changed in place
+    between calls (same memory, so no rebuild) is seen by the next call. PEFT-wrapped
+    projections are not fused."""
+    model, _ = _compiled(tokenizer, peft=False)
+    engine = engine_for(model)
+    assert all(f is not None for f in engine.body.qkv)
+    enc = prompts(tokenizer)
+    before = run(model, enc, greedy(tokenizer))
+    with torch.no_grad():
+        model.model.layers[0].self_attn.v_proj.weight.mul_(-5)
+    after = run(model, enc, greedy(tokenizer))
+    assert not torch.equal(after, before)
+    assert torch.equal(after, run(model, enc, greedy(tokenizer), engine="hf"))
+    peft_model, _ = _compiled(tokenizer, peft=True)
+    assert all(f is None for f in engine_for(peft_model).body.qkv)
+
+
+def test_attention_reads_only_the_columns_written(tokenizer):
+    """Over a long generation the decoding step attends to a growing span of the cache (one
+    compiled step per span), and the tokens stay transformers' own, steered or not."""
+    model, recorder = _compiled(tokenizer, peft=False)
+    enc = prompts(tokenizer)
+    settings = replace(greedy(tokenizer), max_new_tokens=40)
+    iv = build("add", model, positions="generated")
+    assert torch.equal(run(model, enc, settings), run(model, enc, settings, engine="hf"))
+    assert torch.equal(run(model, enc, settings, iv), run(model, enc, settings, iv, engine="hf"))
+    assert len(_decoding_spans(recorder)) >= 3
+    whole = Recorder()
+    engine_for(model, compile=whole, spans=1)  # one span: the whole cache, every step
+    assert torch.equal(run(model, enc, settings, iv), run(model, enc, settings, iv, engine="hf"))
+    assert len(_decoding_spans(whole)) == 1
+
+
+def _decoding_spans(recorder: Recorder) -> set[int]:
+    """The cache lengths the recorded decoding-step graphs (those taking the cache column) read."""
+    return {n.meta["example_value"].shape[2] for gm in recorder.graphs for n in gm.graph.nodes
+            if n.op == "placeholder" and n.name.startswith("l_cache") and any(m.name == "l_column_" for m in gm.graph.nodes)}
+
+
 def test_unsupported_models_are_refused(tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -17,6 +17,10 @@ How it is fast:
   the LM head, the sampler, the position counters) is captured once per shape and replayed:
   one launch per token, no host synchronisation except an "all rows done?" check every
   few steps.
+- **Attention reads only the columns written so far**, rounded up to one of at most
+  ``spans`` lengths per shape (a step is compiled and captured for each): a step never
+  reads the keys and values of tokens not yet generated, which for long answers is most of
+  the cache.
 
 Edits are data (per-layer vectors, per-row position bounds) written into the step's static
 buffers before each batch, so changing layers, alphas or positions never recompiles or
@@ -37,7 +41,7 @@ from torch.utils._triton import has_triton
 
 from interp.base.decoding import Decoding
 from interp.base.models import unwrap
-from interp.engine.body import Body, EngineUnsupported, decode_layer, prefill_layer
+from interp.engine.body import Body, EngineUnsupported, decode_layer, head_logits, prefill_layer
 from interp.engine.edits import NO_EDITS, EditPlan, Kind, gate_prompt_lengths
 from interp.engine.sampler import SamplerSpec, choose
 
@@ -72,7 +76,7 @@ class _Slots:
     cache: list[tuple[torch.Tensor, torch.Tensor]]
     vectors: dict[Kind, list[torch.Tensor]] = field(default_factory=dict)
     seen: torch.Tensor | None = None  # [B, vocab] tokens a row has seen (repetition penalty)
-    graphs: dict[_Variant, torch.cuda.CUDAGraph] = field(default_factory=dict)
+    graphs: dict[tuple[_Variant, int], torch.cuda.CUDAGraph] = field(default_factory=dict)  # by (variant, span)
     stops: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)  # EOS ids as the graphs read them
     plan: EditPlan = NO_EDITS  # the edits loaded into ``vectors``, ``lo`` and ``hi``
 
@@ -93,6 +97,12 @@ class _Slots:
     def rows(self) -> int:
         return self.tokens.shape[0]
 
+    def span(self, needed: int, spans: int) -> int:
+        """The attention length of a step that must see cache columns ``0..needed-1``: ``needed``
+        rounded up to a multiple of 1/``spans`` of the cache (and of :data:`WIDTH_STEP`)."""
+        columns = self.valid.shape[1]
+        return min(columns, _round_up(needed, _round_up(-(-columns // spans), WIDTH_STEP)))
+
 
 @dataclass(frozen=True)
 class _Variant:
@@ -104,8 +114,11 @@ class _Variant:
     pad: int
 
 
-def _tail(variant: _Variant, logits: torch.Tensor, s: _Slots, eos: torch.Tensor) -> None:
-    """Choose each row's next token and advance the row's bookkeeping, all on the device."""
+def _tail(variant: _Variant, keep_logits: bool, norm: nn.Module, head: nn.Module, last: torch.Tensor, s: _Slots, eos: torch.Tensor) -> torch.Tensor | None:
+    """From the last hidden state ``last`` [B, d]: choose each row's next token and advance the
+    row's bookkeeping, all on the device. The logits are returned only if ``keep_logits``: in
+    the compiled step they are never written out in float32 (greedy reads the head's bf16)."""
+    logits = head_logits(norm, head, last)
     nxt = choose(variant.sampler, logits, s.keys, s.step, s.seen)
     nxt = torch.where(s.finished, variant.pad, nxt)
     s.out.index_copy_(1, s.step, nxt[:, None])
@@ -114,6 +127,19 @@ def _tail(variant: _Variant, logits: torch.Tensor, s: _Slots, eos: torch.Tensor)
         s.seen.scatter_(1, nxt[:, None], True)
     s.tokens.copy_(nxt[:, None])
     s.step += 1
+    return logits if keep_logits else None
+
+
+def _decode_inputs(embed: nn.Module, rotary: nn.Module, s: _Slots, span: int) -> tuple[torch.Tensor, ...]:
+    """A decoding step's input [B, 1, d], rotary cos and sin, the attention bias [B, 1, 1, span]
+    (0 where a row may attend, -inf elsewhere) and the edit gate [B, 1], from the static buffers."""
+    x = embed(s.tokens)
+    cos, sin = rotary(x, s.positions)
+    valid = s.valid[:, :span]
+    columns = torch.arange(span, device=x.device)
+    bias = torch.zeros(valid.shape, device=x.device).masked_fill(~(valid & (columns <= s.column)), float("-inf"))[:, None, None]
+    gate = (s.positions >= s.lo[:, None]) & (s.positions < s.hi[:, None])
+    return x, cos, sin, bias, gate
 
 
 @dataclass(frozen=True)
@@ -121,29 +147,29 @@ class _Code:
     """The functions a step runs: compiled, or the same functions eagerly."""
 
     prefill_layer: Callable
+    decode_inputs: Callable
     decode_layer: Callable
     tails: dict = field(default_factory=dict)  # _Variant -> compiled tail
     backend: str | Callable | None = None
 
     def tail(self, variant: _Variant) -> Callable:
         if variant not in self.tails:
-            fn = functools.partial(_tail, variant)
-            self.tails[variant] = fn if self.backend is None else torch.compile(fn, backend=self.backend, fullgraph=True)
+            if self.backend is None:  # eager: the logits are kept for the engine's self-check
+                self.tails[variant] = functools.partial(_tail, variant, True)
+            else:
+                self.tails[variant] = torch.compile(functools.partial(_tail, variant, False), backend=self.backend, fullgraph=True)
         return self.tails[variant]
 
     @classmethod
     def build(cls, backend: str | Callable | None, options: dict | None = None) -> _Code:
         if backend is None:
-            return cls(prefill_layer, decode_layer)
+            return cls(prefill_layer, _decode_inputs, decode_layer)
         _allow_recompiles()
         # One compiled layer serves every layer (its weights are inputs). The prefill turns to
         # dynamic shapes once a second prompt width comes; the decoding step is compiled per shape,
         # and only it takes ``options``: the step is where a run spends its time.
-        return cls(
-            torch.compile(prefill_layer, backend=backend, fullgraph=True),
-            torch.compile(decode_layer, backend=backend, dynamic=False, fullgraph=True, options=options),
-            backend=backend,
-        )
+        step = functools.partial(torch.compile, backend=backend, dynamic=False, fullgraph=True, options=options)
+        return cls(torch.compile(prefill_layer, backend=backend, fullgraph=True), step(_decode_inputs), step(decode_layer), backend=backend)
 
 
 class Engine:
@@ -152,11 +178,15 @@ class Engine:
     ``compile`` is a ``torch.compile`` backend (a name or a callable), None to run the same step uncompiled, or
     ``"auto"``: inductor on a CUDA device with Triton, uncompiled elsewhere; ``compile_options``
     go to ``torch.compile`` for the decoding step (e.g. ``{"max_autotune_gemm": True}``). CUDA
-    graphs are used on CUDA devices unless ``cuda_graphs=False``.
+    graphs are used on CUDA devices unless ``cuda_graphs=False``. ``spans`` is how many
+    attention lengths a shape's decoding step is compiled and captured for (1: the whole
+    cache always; more: less reading of unwritten columns, more warm-up per shape).
     """
 
     def __init__(self, model: nn.Module, compile: str | Callable | None = "auto", cuda_graphs: bool | None = None, max_batch: int = 256,
-                 compile_options: dict | None = None) -> None:
+                 compile_options: dict | None = None, spans: int = 8) -> None:
+        if spans < 1:
+            raise ValueError(f"spans must be at least 1, not {spans}")
         self._model = weakref.ref(model)  # the engine lives as long as its model, not longer
         self.body = Body.of(model)
         self.device = self.body.weight.device
@@ -165,7 +195,7 @@ class Engine:
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and self.device.type != "cuda":
             raise EngineUnsupported("CUDA graphs need a CUDA device")
-        self.max_batch = max_batch
+        self.max_batch, self.spans = max_batch, spans
         self.code = _Code.build(compile, compile_options)
         self._slots: dict[tuple[int, int], _Slots] = {}
         self._pool = None
@@ -187,6 +217,7 @@ class Engine:
         if attention_mask[:, -1].eq(0).any():
             raise ValueError("generation needs left-padded prompts: some row ends with padding")
         self._refresh()
+        self.body.sync()
         variant = _Variant(edits.kind, SamplerSpec.of(decoding), decoding.eos_ids, decoding.pad_id)
         gate_lengths = gate_prompt_lengths(edits, attention_mask.cpu())
         prompts = [row[m].tolist() for row, m in zip(input_ids.cpu(), attention_mask.bool().cpu())]
@@ -212,15 +243,18 @@ class Engine:
         if variant.eos not in s.stops:  # kept: a captured graph reads this very tensor
             s.stops[variant.eos] = torch.tensor(variant.eos or (-1,), device=self.device)
         eos = s.stops[variant.eos]
-        graph = self._graph(s, variant, eos) if self.cuda_graphs else None
+        # The step that feeds generated token t writes cache column width + t - 1 and reads up to it.
+        spans = [s.span(width + t, self.spans) for t in range(1, decoding.max_new_tokens)]
+        graphs = {span: self._graph(s, variant, eos, span) for span in sorted(set(spans))} if self.cuda_graphs else {}
         ids, positions = self._fill(s, prompts, gate_lengths, keys, width)
         self._prefill(s, variant, ids, positions, eos, self.code)
         steps = 1
         while steps < decoding.max_new_tokens:
-            if graph is not None:
-                graph.replay()
+            span = spans[steps - 1]
+            if graphs:
+                graphs[span].replay()
             else:
-                self._decode(s, variant, eos, self.code)
+                self._decode(s, variant, eos, self.code, span)
             steps += 1
             if variant.eos and steps % CHECK_EVERY == 0 and bool(s.finished[:n].all()):
                 break
@@ -277,39 +311,36 @@ class Engine:
         # Without edits the layer ignores its vector; any tensor will do.
         return s.vectors[kind] if kind != "none" else [s.lo] * len(self.body.layers)
 
-    def _prefill(self, s: _Slots, variant: _Variant, ids: torch.Tensor, positions: torch.Tensor, eos: torch.Tensor, code: _Code) -> torch.Tensor:
-        """The prompts through every layer into the cache, then the first token; returns its logits."""
+    def _prefill(self, s: _Slots, variant: _Variant, ids: torch.Tensor, positions: torch.Tensor, eos: torch.Tensor, code: _Code) -> torch.Tensor | None:
+        """The prompts through every layer into the cache, then the first token; returns its
+        logits where ``code`` keeps them (eager)."""
         width = ids.shape[1]
         x = self.body.embed(ids)
         cos, sin = self.body.rotary(x, positions)
         causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
         mask = (causal & s.valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=self.device)
         gate = (positions >= s.lo[:, None]) & (positions < s.hi[:, None])
-        for layer, cache, vector in zip(self.body.layers, s.cache, self._vectors(s, variant.kind)):
-            x = code.prefill_layer(layer, x, cos, sin, cache, mask[:, None], gate, vector, variant.kind, self.body.shape)
-        logits = self.body.logits(x)
-        code.tail(variant)(logits, s, eos)
-        return logits
+        for layer, fused, cache, vector in zip(self.body.layers, self.body.qkv, s.cache, self._vectors(s, variant.kind)):
+            x = code.prefill_layer(layer, fused, x, cos, sin, cache, mask[:, None], gate, vector, variant.kind, self.body.shape)
+        return code.tail(variant)(self.body.norm, self.body.head, x[:, -1], s, eos)
 
-    def _decode(self, s: _Slots, variant: _Variant, eos: torch.Tensor, code: _Code) -> torch.Tensor:
-        """One decoding step from the static buffers alone (what a CUDA graph captures); returns its logits."""
-        x = self.body.embed(s.tokens)
-        cos, sin = self.body.rotary(x, s.positions)
-        columns = torch.arange(s.valid.shape[1], device=self.device)
-        bias = torch.zeros(s.valid.shape, device=self.device).masked_fill(~(s.valid & (columns <= s.column)), float("-inf"))[:, None, None]
-        gate = (s.positions >= s.lo[:, None]) & (s.positions < s.hi[:, None])
-        for layer, cache, vector in zip(self.body.layers, s.cache, self._vectors(s, variant.kind)):
-            x = code.decode_layer(layer, x, cos, sin, cache, s.column, bias, gate, vector, variant.kind, self.body.shape)
-        logits = self.body.logits(x)
-        code.tail(variant)(logits, s, eos)
+    def _decode(self, s: _Slots, variant: _Variant, eos: torch.Tensor, code: _Code, span: int) -> torch.Tensor | None:
+        """One decoding step from the static buffers alone (what a CUDA graph captures), attending
+        to the first ``span`` cache columns (which must hold the one it writes); returns its
+        logits where ``code`` keeps them (eager)."""
+        x, cos, sin, bias, gate = code.decode_inputs(self.body.embed, self.body.rotary, s, span)
+        for layer, fused, (keys, values), vector in zip(self.body.layers, self.body.qkv, s.cache, self._vectors(s, variant.kind)):
+            cache = keys[:, :, :span], values[:, :, :span]
+            x = code.decode_layer(layer, fused, x, cos, sin, cache, s.column, bias, gate, vector, variant.kind, self.body.shape)
+        logits = code.tail(variant)(self.body.norm, self.body.head, x[:, -1], s, eos)
         s.positions += 1
         s.column += 1
         return logits
 
-    def _graph(self, s: _Slots, variant: _Variant, eos: torch.Tensor) -> torch.cuda.CUDAGraph:
-        """The decoding step of ``variant`` captured on shape ``s``, once; :meth:`_fill` resets
-        every buffer the warm-up steps moved."""
-        if variant not in s.graphs:
+    def _graph(self, s: _Slots, variant: _Variant, eos: torch.Tensor, span: int) -> torch.cuda.CUDAGraph:
+        """The decoding step of ``variant`` attending to ``span`` columns, captured on shape ``s``
+        once; :meth:`_fill` resets every buffer the warm-up steps moved."""
+        if (variant, span) not in s.graphs:
             # Warm-up steps run for real: start them at column 0 (a used shape's counters point
             # at its last column, past which a step would write) and with every column visible
             # (a fully masked row would compute NaNs).
@@ -320,14 +351,14 @@ class Engine:
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
                 for _ in range(2):  # compile and warm up outside the capture
-                    self._decode(s, variant, eos, self.code)
+                    self._decode(s, variant, eos, self.code, span)
             torch.cuda.current_stream(self.device).wait_stream(stream)
             self._pool = self._pool or torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                self._decode(s, variant, eos, self.code)
-            s.graphs[variant] = graph
-        return s.graphs[variant]
+                self._decode(s, variant, eos, self.code, span)
+            s.graphs[variant, span] = graph
+        return s.graphs[variant, span]
 
     # -- shapes, staleness, checks ----------------------------------------------------------
 
@@ -365,7 +396,7 @@ class Engine:
         eager = _Code.build(None)
         got = [self._prefill(s, variant, ids, positions, eos, eager)]
         full = torch.cat([ids, s.tokens], 1)
-        got.append(self._decode(s, variant, eos, eager))
+        got.append(self._decode(s, variant, eos, eager, s.span(ids.shape[1] + 1, self.spans)))
         mask = torch.cat([s.valid[:, : ids.shape[1]], torch.ones_like(s.tokens, dtype=torch.bool)], 1).long()
         want = self.model(input_ids=full, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.float()
         refs = [want[:, ids.shape[1] - 1 + k] for k in range(len(got))]
@@ -386,7 +417,10 @@ def _fingerprint(model: nn.Module) -> tuple:
 
 
 def _allow_recompiles() -> None:
-    """One compiled layer is specialised per shape and edit kind: more than dynamo's default 8."""
+    """One compiled layer is specialised per shape, attention span and edit kind: far more
+    than dynamo's default 8, and with ``fullgraph`` going past the limit is an error."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), 64))
+    setattr(config, name, max(getattr(config, name), 1024))
+    if hasattr(config, "accumulated_recompile_limit"):
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4096)
