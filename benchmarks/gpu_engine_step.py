@@ -29,7 +29,7 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 from gpu_caching import build_model, sync  # noqa: E402
-from gpu_generation import prompts, timed  # noqa: E402
+from gpu_generation import prompts, timed, with_lora  # noqa: E402
 
 from interp.base.atomic import write_json_atomic  # noqa: E402
 from interp.base.decoding import Decoding  # noqa: E402
@@ -134,13 +134,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--parts", nargs="*", default=["gemms", "kernels", "steps"])
     p.add_argument("--options", nargs="*", default=list(OPTION_SETS), choices=list(OPTION_SETS))
+    p.add_argument("--lora-rank", type=int, default=0, help="through an unmerged LoRA adapter of this rank on every projection (0: none)")
     p.add_argument("--results-dir", type=Path, default=None)
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = build_model(args.size, device, dtype)
+    model = with_lora(build_model(args.size, device, dtype), args.lora_rank)
     result: dict = {"info": {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "versions": package_versions(),
-                             "batch": args.batch, "command": " ".join(sys.argv)}}
+                             "batch": args.batch, "lora_rank": args.lora_rank, "command": " ".join(sys.argv)}}
     if "gemms" in args.parts:
         print("GEMMs alone:", flush=True)
         result["gemms"] = gemms(model, args.batch, device, dtype)

@@ -3,6 +3,7 @@ transformers' default ``generate`` and the engine, unsteered and steered, at sev
 
     python benchmarks/gpu_generation.py                         # one GPU: floor, HF default, engine
     python benchmarks/gpu_generation.py --size tiny             # a CPU dry run of the same code
+    python benchmarks/gpu_generation.py --lora-rank 32          # through an unmerged LoRA adapter
     torchrun --nproc_per_node=2 benchmarks/gpu_generation.py --sharded   # sharded vs one GPU
 
 Workload: random 60-token prompts, greedy, 64 new tokens (no EOS, so every row runs to the
@@ -41,6 +42,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # this checkout's packages, and gpu_caching beside it
 from gpu_caching import build_model, sync  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+
+from finetune.train import ALL_LINEAR  # noqa: E402
 
 from interp.base.atomic import write_json_atomic  # noqa: E402
 from interp.base.decoding import Decoding  # noqa: E402
@@ -50,6 +54,16 @@ from interp.generation import generate  # noqa: E402
 from interp.steer import intervene, steering  # noqa: E402
 
 PROMPT_LEN = 60
+
+
+def with_lora(model, rank: int):
+    """``model`` wrapped in an unmerged LoRA adapter of ``rank`` as finetune.train makes them
+    (every linear projection, alpha = 2 x rank), B not zero so that it changes the output;
+    ``model`` itself for rank 0."""
+    if not rank:
+        return model
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(ALL_LINEAR), init_lora_weights=False)
+    return get_peft_model(model, config).eval()
 
 
 def copy_bandwidth(device: str, gib: float = 4.0, reps: int = 10) -> float:
@@ -225,6 +239,7 @@ def main() -> None:
     p.add_argument("--parts", nargs="*", default=["floor", "hf", "engine"], help="subset of: floor hf engine")
     p.add_argument("--compile", default="auto", help="torch.compile backend of the engine, or none (default auto: inductor on a GPU, none on the CPU)")
     p.add_argument("--compile-options", default=None, help='torch.compile options of the engine\'s decoding step, as JSON (e.g. \'{"max_autotune_gemm": true}\')')
+    p.add_argument("--lora-rank", type=int, default=0, help="generate through an unmerged PEFT LoRA adapter of this rank on every linear projection (0: none)")
     p.add_argument("--spans", type=int, default=None, help="attention lengths per shape the engine's step is captured for (default: the engine's; 1: the whole cache always)")
     p.add_argument("--sharded", action="store_true", help="under torchrun: the whole workload on one GPU, then sharded over every rank")
     p.add_argument("--sharded-prompts", type=int, default=1024)
@@ -240,13 +255,13 @@ def main() -> None:
         rank, world = 0, 1
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = build_model(args.size, device, dtype)
+    model = with_lora(build_model(args.size, device, dtype), args.lora_rank)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     info = {
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "date": dt.date.today().isoformat(),
         "versions": package_versions(),
-        "model": f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}",
+        "model": f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}", "lora_rank": args.lora_rank,
         "prompt_tokens": PROMPT_LEN, "new_tokens": args.new_tokens, "weight_bytes": weight_bytes, "world_size": world,
         "command": " ".join(sys.argv),
     }

@@ -19,6 +19,7 @@ from test_steer_backends import build
 
 from interp.base.decoding import Decoding
 from interp.engine import EngineUnsupported, engine_for
+from interp.engine.body import PROJECTIONS
 from interp.generation import generate
 from interp.hooks import hooks, resid_post
 from interp.steer import steer
@@ -191,8 +192,47 @@ def test_fused_qkv_follow_weights_changed_in_place(tokenizer):
     after = run(model, enc, greedy(tokenizer))
     assert not torch.equal(after, before)
     assert torch.equal(after, run(model, enc, greedy(tokenizer), engine="hf"))
-    peft_model, _ = _compiled(tokenizer, peft=True)
-    assert all(f is None for f in engine_for(peft_model).body.qkv)
+    peft_model, _ = _compiled(tokenizer, peft=True)  # LoRA on q and v: their base weights are fused
+    body = engine_for(peft_model).body
+    assert all(f is not None for f in body.qkv)
+    assert all([lora is not None for lora in layer[:3]] == [True, False, True] for layer in body.loras)
+
+
+def _all_linear_lora(tokenizer, dtype: torch.dtype):
+    model = build_tiny_qwen(len(tokenizer), n_layers=2, seed=3).to(dtype)
+    torch.manual_seed(1)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=list(PROJECTIONS), init_lora_weights=False)
+    return get_peft_model(model, config).eval()
+
+
+def test_lora_on_every_projection_equals_peft(tokenizer):
+    """The engine's own LoRA branch on all seven projections gives PEFT's tokens, steered or not."""
+    model = _all_linear_lora(tokenizer, torch.float32)
+    engine_for(model, compile=Recorder())
+    assert all(lora is not None for layer in engine_for(model).body.loras for lora in layer)
+    enc = prompts(tokenizer)
+    iv = build("add", model, positions="generated")
+    for intervention in (None, iv):
+        assert torch.equal(run(model, enc, greedy(tokenizer), intervention), run(model, enc, greedy(tokenizer), intervention, engine="hf"))
+
+
+def test_lora_in_another_dtype_runs_from_fresh_copies(tokenizer):
+    """PEFT keeps a bf16 model's adapters in float32; the engine runs them from bf16 copies that
+    it rewrites at every call, so an adapter weight changed in place is seen."""
+    model = _all_linear_lora(tokenizer, torch.bfloat16)
+    down = model.base_model.model.model.layers[0].mlp.down_proj.lora_B["default"].weight
+    assert down.dtype == torch.float32
+    engine = engine_for(model, compile=None)
+    assert all(lora[0].dtype == lora[1].dtype == torch.bfloat16 for layer in engine.body.loras for lora in layer)
+    enc = prompts(tokenizer)
+    before = run(model, enc, greedy(tokenizer))
+    with model.disable_adapter():
+        assert not torch.equal(run(model, enc, greedy(tokenizer)), before)  # the adapter acts
+    with torch.no_grad():
+        down.mul_(-30)
+    after = run(model, enc, greedy(tokenizer))
+    assert torch.equal(engine.body.loras[0][6][1], down.to(torch.bfloat16))
+    assert not torch.equal(after, before)
 
 
 def test_attention_reads_only_the_columns_written(tokenizer):

@@ -11,11 +11,17 @@ Supported: the Llama-style decoder layer of Qwen2 / Qwen2.5 and Llama (full atte
 positions, grouped-query attention); :meth:`Body.of` refuses anything else, and the engine
 checks its logits against the model's own forward pass before first use.
 
-Where every layer's q, k and v projections are plain ``nn.Linear`` (a base or merged model),
-the engine runs them as one GEMM on a fused copy of their weights: at a batch of 256 the k
-and v GEMMs alone are too small to use the GPU well. The copy costs 6% of a Qwen2.5-7B's
-weights and is rewritten from the model's own weights at every call (:meth:`Body.sync`), so an
-in-place weight change is never missed. PEFT-wrapped projections run as PEFT runs them.
+Where a layer's q, k and v projections are plain ``nn.Linear`` or plain LoRA over one (their
+base weights), the engine runs them as one GEMM on a fused copy of their weights: at a batch
+of 256 the k and v GEMMs alone are too small to use the GPU well. The copy costs 6% of a
+Qwen2.5-7B's weights.
+
+A plain LoRA projection (PEFT's ``lora.Linear`` over an ``nn.Linear``, one active adapter,
+unmerged, no variant such as DoRA, no LoRA bias) runs as ``base(x) + B(A(x)) * scaling`` with
+A and B in the model's dtype: PEFT keeps adapters in float32 and runs that branch on CUDA
+cores, which at a batch of 256 took most of a LoRA model's step. Anything else runs as PEFT
+runs it. Copies (fused weights, adapters in another dtype) are rewritten from the model's own
+weights at every call (:meth:`Body.sync`), so an in-place change is never missed.
 
 Layout: every row of a batch is left-padded to the same width ``W``; the prompt fills cache
 columns ``0..W-1`` and generated token ``t`` column ``W + t``. ``valid`` [batch, columns]
@@ -51,12 +57,16 @@ class Shape:
 
 
 Fused = tuple[torch.Tensor, torch.Tensor | None]  # one layer's fused q/k/v weight [out, d] and bias
+Lora = tuple[torch.Tensor, torch.Tensor, float]  # A [r, in], B [out, r] in the model's dtype, and scaling
+Weights = tuple[Fused | None, tuple[Lora | None, ...]]  # what a compiled layer is given besides the layer itself
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
 class Body:
-    """The modules of a supported model that the engine calls, its attention geometry, and
-    the fused q/k/v weights of each layer (None where the projections are not plain)."""
+    """The modules of a supported model that the engine calls, its attention geometry, and per
+    layer the fused q/k/v weights (None where they cannot be fused) and each projection's LoRA
+    in the model's dtype (in :data:`PROJECTIONS` order, None where it runs as its module does)."""
 
     embed: nn.Module
     layers: tuple[nn.Module, ...]
@@ -65,6 +75,7 @@ class Body:
     rotary: nn.Module
     shape: Shape
     qkv: tuple[Fused | None, ...]
+    loras: tuple[tuple[Lora | None, ...], ...]
 
     @classmethod
     def of(cls, model: nn.Module) -> Body:
@@ -85,7 +96,8 @@ class Body:
             raise EngineUnsupported("the model is spread over several devices")
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         shape = Shape(config.num_attention_heads, config.num_key_value_heads, head_dim)
-        body = cls(embed, tuple(layers), norm, base.get_output_embeddings(), rotary, shape, _fused_buffers(layers))
+        loras = tuple(tuple(_lora_buffers(_projection(layer, p), embed.weight.dtype) for p in PROJECTIONS) for layer in layers)
+        body = cls(embed, tuple(layers), norm, base.get_output_embeddings(), rotary, shape, _fused_buffers(layers), loras)
         body.sync()
         return body
 
@@ -93,15 +105,26 @@ class Body:
     def weight(self) -> torch.Tensor:
         return self.embed.weight
 
+    @property
+    def layer_weights(self) -> tuple[Weights, ...]:
+        """Per layer, the fused q/k/v weights and the projections' LoRA, as the step takes them."""
+        return tuple(zip(self.qkv, self.loras))
+
     @torch.no_grad()
     def sync(self) -> None:
-        """Copy each layer's q, k and v weights into its fused buffers (in place: captured
-        graphs keep reading the same memory)."""
-        for layer, fused in zip(self.layers, self.qkv):
+        """Copy each layer's q, k and v weights into its fused buffers, and adapters into their
+        model-dtype copies (in place: captured graphs keep reading the same memory)."""
+        for layer, fused, loras in zip(self.layers, self.qkv, self.loras):
             if fused is not None:
                 for buffer, name in zip(fused, ("weight", "bias")):
                     if buffer is not None:
-                        torch.cat([getattr(_projection(layer, p), name) for p in _QKV], out=buffer)
+                        torch.cat([getattr(_base(_projection(layer, p)), name) for p in _QKV], out=buffer)
+            for name, lora in zip(PROJECTIONS, loras):
+                if lora is not None:
+                    a, b, _ = _adapter(_projection(layer, name))
+                    for buffer, weight in ((lora[0], a), (lora[1], b)):
+                        if buffer is not weight:
+                            buffer.copy_(weight)
 
     def kv_cache(self, batch: int, columns: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Zeroed key and value tensors [batch, kv heads, columns, head_dim] per layer."""
@@ -113,15 +136,50 @@ _QKV = ("q_proj", "k_proj", "v_proj")
 
 
 def _projection(layer: nn.Module, name: str) -> nn.Module:
-    return getattr(layer.self_attn, name)
+    return getattr(layer.mlp if name in ("gate_proj", "up_proj", "down_proj") else layer.self_attn, name)
+
+
+def _adapter(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """(A, B, scaling) of a plain LoRA projection (see the module doc), else None."""
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:
+        return None
+    if type(module) is not LoraLinear or module.disable_adapters or module.merged or module.fan_in_fan_out:
+        return None
+    active = [a for a in module.active_adapters if a in module.lora_A]
+    if len(active) != 1 or type(module.base_layer) is not nn.Linear:
+        return None
+    name = active[0]
+    a, b = module.lora_A[name], module.lora_B[name]
+    if name in getattr(module, "lora_variant", {}) or module.use_dora.get(name) or a.bias is not None or b.bias is not None:
+        return None
+    return a.weight, b.weight, float(module.scaling[name])
+
+
+def _base(module: nn.Module) -> nn.Module:
+    """The ``nn.Linear`` a plain LoRA projection adapts, or the module itself."""
+    return module.base_layer if _adapter(module) is not None else module
+
+
+def _lora_buffers(module: nn.Module, dtype: torch.dtype) -> Lora | None:
+    """A plain LoRA projection's A and B as the step uses them: the adapter's own weights when
+    they are in ``dtype``, else uninitialised copies (written by :meth:`Body.sync`)."""
+    adapter = _adapter(module)
+    if adapter is None:
+        return None
+    a, b, scaling = adapter
+    copy = lambda w: w if w.dtype == dtype else torch.empty(w.shape, dtype=dtype, device=w.device)  # noqa: E731
+    return copy(a), copy(b), scaling
 
 
 def _fused_buffers(layers: list[nn.Module]) -> tuple[Fused | None, ...]:
     """Uninitialised fused q/k/v buffers per layer where all three projections are plain
-    ``nn.Linear`` (not PEFT, not quantised: exactly the class) of one dtype, with or without bias."""
+    ``nn.Linear`` (not quantised: exactly the class) or plain LoRA over one, of one dtype,
+    with or without bias."""
     out: list[Fused | None] = []
     for layer in layers:
-        projs = [_projection(layer, p) for p in _QKV]
+        projs = [_base(_projection(layer, p)) for p in _QKV]
         plain = all(type(p) is nn.Linear for p in projs) and len({(p.weight.dtype, p.weight.device, p.bias is None) for p in projs}) == 1
         if not plain:
             out.append(None)
@@ -143,14 +201,32 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _qkv(layer: nn.Module, fused: Fused | None, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, shape: Shape) -> tuple[torch.Tensor, ...]:
+def _delta(lora: Lora | None, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out`` plus the LoRA branch of ``x`` (PEFT's order: B(A(x)) * scaling), if any."""
+    return out if lora is None else out + F.linear(F.linear(x, lora[0]), lora[1]) * lora[2]
+
+
+def _project(module: nn.Module, lora: Lora | None, x: torch.Tensor) -> torch.Tensor:
+    """A projection as the engine runs it: its base plus the LoRA branch, or the module itself."""
+    return module(x) if lora is None else _delta(lora, x, module.base_layer(x))
+
+
+def _mlp(layer: nn.Module, loras: tuple[Lora | None, ...], x: torch.Tensor) -> torch.Tensor:
+    mlp = layer.mlp
+    gate, up, down = loras[4:]
+    return _project(mlp.down_proj, down, mlp.act_fn(_project(mlp.gate_proj, gate, x)) * _project(mlp.up_proj, up, x))
+
+
+def _qkv(layer: nn.Module, weights: Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, shape: Shape) -> tuple[torch.Tensor, ...]:
     """Queries [B, heads, T, hd], rotated keys and values [B, kv heads, T, hd] of ``x`` [B, T, d]."""
     attn = layer.self_attn
+    fused, loras = weights
     h = layer.input_layernorm(x)
     if fused is None:
-        q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        q, k, v = (_project(getattr(attn, p), lora, h) for p, lora in zip(_QKV, loras))
     else:
         q, k, v = F.linear(h, *fused).split([shape.n_heads * shape.head_dim] + [shape.n_kv * shape.head_dim] * 2, -1)
+        q, k, v = (_delta(lora, h, out) for lora, out in zip(loras, (q, k, v)))
     q = q.unflatten(-1, (shape.n_heads, shape.head_dim)).transpose(1, 2)
     k = k.unflatten(-1, (shape.n_kv, shape.head_dim)).transpose(1, 2)
     v = v.unflatten(-1, (shape.n_kv, shape.head_dim)).transpose(1, 2)
@@ -158,11 +234,12 @@ def _qkv(layer: nn.Module, fused: Fused | None, x: torch.Tensor, cos: torch.Tens
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
 
 
-def _finish(layer: nn.Module, x: torch.Tensor, attended: torch.Tensor, gate: torch.Tensor, vector: torch.Tensor, kind: Kind) -> torch.Tensor:
+def _finish(layer: nn.Module, weights: Weights, x: torch.Tensor, attended: torch.Tensor, gate: torch.Tensor, vector: torch.Tensor, kind: Kind) -> torch.Tensor:
     """Output projection, MLP, and the plan's edit of resid_post where ``gate`` [B, T] is set."""
     b, t = x.shape[:2]
-    x = x + layer.self_attn.o_proj(attended.transpose(1, 2).reshape(b, t, -1))
-    x = x + layer.mlp(layer.post_attention_layernorm(x))
+    loras = weights[1]
+    x = x + _project(layer.self_attn.o_proj, loras[3], attended.transpose(1, 2).reshape(b, t, -1))
+    x = x + _mlp(layer, loras, layer.post_attention_layernorm(x))
     if kind == "add":
         return torch.where(gate[..., None], x + vector, x)
     if kind == "ablate":
@@ -170,27 +247,27 @@ def _finish(layer: nn.Module, x: torch.Tensor, attended: torch.Tensor, gate: tor
     return x
 
 
-def prefill_layer(layer: nn.Module, fused: Fused | None, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
+def prefill_layer(layer: nn.Module, weights: Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
                   mask: torch.Tensor, gate: torch.Tensor, vector: torch.Tensor, kind: Kind, shape: Shape) -> torch.Tensor:
     """One decoder layer over the prompts ``x`` [B, W, d]; writes their keys and values to cache
     columns ``0..W-1``. ``mask`` [B, 1, W, W] is causal over real tokens (each padding query
     sees itself, so nothing is NaN)."""
-    q, k, v = _qkv(layer, fused, x, cos, sin, shape)
+    q, k, v = _qkv(layer, weights, x, cos, sin, shape)
     width = x.shape[1]
     cache[0][:, :, :width].copy_(k)
     cache[1][:, :, :width].copy_(v)
     groups = shape.n_heads // shape.n_kv
     attended = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), attn_mask=mask, scale=layer.self_attn.scaling)
-    return _finish(layer, x, attended, gate, vector, kind)
+    return _finish(layer, weights, x, attended, gate, vector, kind)
 
 
-def decode_layer(layer: nn.Module, fused: Fused | None, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
+def decode_layer(layer: nn.Module, weights: Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
                  column: torch.Tensor, bias: torch.Tensor, gate: torch.Tensor, vector: torch.Tensor, kind: Kind, shape: Shape) -> torch.Tensor:
     """One decoder layer for one new token per row, ``x`` [B, 1, d], written to cache column
     ``column`` [1]; ``bias`` [B, 1, 1, columns] is 0 where a row may attend and -inf elsewhere.
 
     Grouped-query attention reads each cached key and value once (no repeated heads)."""
-    q, k, v = _qkv(layer, fused, x, cos, sin, shape)
+    q, k, v = _qkv(layer, weights, x, cos, sin, shape)
     keys, values = cache
     keys.index_copy_(2, column, k)
     values.index_copy_(2, column, v)
@@ -198,4 +275,4 @@ def decode_layer(layer: nn.Module, fused: Fused | None, x: torch.Tensor, cos: to
     q = q.reshape(b, shape.n_kv, groups, shape.head_dim)
     scores = torch.matmul(q, keys.transpose(2, 3)).float() * layer.self_attn.scaling + bias
     attended = torch.matmul(scores.softmax(-1).to(values.dtype), values)  # [B, kv heads, groups, hd]
-    return _finish(layer, x, attended.reshape(b, shape.n_heads, 1, shape.head_dim), gate, vector, kind)
+    return _finish(layer, weights, x, attended.reshape(b, shape.n_heads, 1, shape.head_dim), gate, vector, kind)

@@ -320,8 +320,8 @@ class Engine:
         causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
         mask = (causal & s.valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=self.device)
         gate = (positions >= s.lo[:, None]) & (positions < s.hi[:, None])
-        for layer, fused, cache, vector in zip(self.body.layers, self.body.qkv, s.cache, self._vectors(s, variant.kind)):
-            x = code.prefill_layer(layer, fused, x, cos, sin, cache, mask[:, None], gate, vector, variant.kind, self.body.shape)
+        for layer, weights, cache, vector in zip(self.body.layers, self.body.layer_weights, s.cache, self._vectors(s, variant.kind)):
+            x = code.prefill_layer(layer, weights, x, cos, sin, cache, mask[:, None], gate, vector, variant.kind, self.body.shape)
         return code.tail(variant)(self.body.norm, self.body.head, x[:, -1], s, eos)
 
     def _decode(self, s: _Slots, variant: _Variant, eos: torch.Tensor, code: _Code, span: int) -> torch.Tensor | None:
@@ -329,9 +329,9 @@ class Engine:
         to the first ``span`` cache columns (which must hold the one it writes); returns its
         logits where ``code`` keeps them (eager)."""
         x, cos, sin, bias, gate = code.decode_inputs(self.body.embed, self.body.rotary, s, span)
-        for layer, fused, (keys, values), vector in zip(self.body.layers, self.body.qkv, s.cache, self._vectors(s, variant.kind)):
+        for layer, weights, (keys, values), vector in zip(self.body.layers, self.body.layer_weights, s.cache, self._vectors(s, variant.kind)):
             cache = keys[:, :, :span], values[:, :, :span]
-            x = code.decode_layer(layer, fused, x, cos, sin, cache, s.column, bias, gate, vector, variant.kind, self.body.shape)
+            x = code.decode_layer(layer, weights, x, cos, sin, cache, s.column, bias, gate, vector, variant.kind, self.body.shape)
         logits = code.tail(variant)(self.body.norm, self.body.head, x[:, -1], s, eos)
         s.positions += 1
         s.column += 1
@@ -406,10 +406,11 @@ class Engine:
 
 
 def _fingerprint(model: nn.Module) -> tuple:
-    """What a captured step depends on: where every weight lives, and the adapters' switches."""
+    """What a captured step depends on: where every weight lives, and the adapters' switches and scales."""
     weights = tuple((p.data_ptr(), p.dtype, p.device) for p in model.parameters())
     switches = tuple(
-        (getattr(m, "disable_adapters", None), tuple(getattr(m, "active_adapters", None) or ()), tuple(getattr(m, "merged_adapters", None) or ()))
+        (getattr(m, "disable_adapters", None), tuple(getattr(m, "active_adapters", None) or ()), tuple(getattr(m, "merged_adapters", None) or ()),
+         tuple(sorted((getattr(m, "scaling", None) or {}).items())))
         for m in unwrap(model).modules()
         if hasattr(m, "merged_adapters")
     )
