@@ -3,6 +3,7 @@ bf16 weights), and what inductor's GEMM autotuning buys there.
 
     python benchmarks/gpu_engine_step.py --batch 256
     python benchmarks/gpu_engine_step.py --size tiny --batch 8      # a CPU dry run of the same code
+    python benchmarks/gpu_engine_step.py --batch 256 --parts kernels --lora-rank 32   # through a LoRA adapter
 
 1. **GEMMs alone**: ``F.linear`` (cuBLAS) time of each projection of one decoder layer and of
    the LM head at ``batch`` rows, times the number of layers: the step's matmul time on this
