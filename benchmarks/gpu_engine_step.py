@@ -4,14 +4,20 @@ bf16 weights), and what inductor's GEMM autotuning buys there.
     python benchmarks/gpu_engine_step.py --batch 256
     python benchmarks/gpu_engine_step.py --size tiny --batch 8      # a CPU dry run of the same code
     python benchmarks/gpu_engine_step.py --batch 256 --parts kernels --lora-rank 32   # through a LoRA adapter
+    python benchmarks/gpu_engine_step.py --batch 256 --parts power
+    python benchmarks/gpu_engine_step.py --batch 256 --parts steps --options default --attention fused matmul fused --new-tokens 512
 
 1. **GEMMs alone**: ``F.linear`` (cuBLAS) time of each projection of one decoder layer and of
    the LM head at ``batch`` rows, times the number of layers: the step's matmul time on this
    library, with q/k/v and gate/up also timed as one fused GEMM each.
 2. **Kernels**: the compiled step launched without CUDA graphs under ``torch.profiler``, GPU
    time and launches per kernel in one decoding step, the largest first.
-3. **Steps**: the decoding step (graph replay, as :mod:`benchmarks.gpu_generation` measures it:
-   (64-token call - 1-token call) / 63) for each set of inductor options in ``--options``.
+3. **Power** (``--parts power``): the step's gate GEMMs replayed 20 to 2,000 times as one
+   CUDA graph, with the SM clock and power after each: under sustained load an H200 holds its
+   700 W cap by lowering the clock, so a GEMM timed alone runs faster than in a long run.
+4. **Steps**: the decoding step (graph replay, as :mod:`benchmarks.gpu_generation` measures it:
+   (64-token call - 1-token call) / 63) for each set of inductor options in ``--options`` and
+   each decoding attention in ``--attention`` (the fused kernel or two matmuls).
 
 JSON: ``benchmarks/results/gpu_engine_step_<gpu>.json`` (``--results-dir``).
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +41,7 @@ from gpu_generation import prompts, timed, with_lora  # noqa: E402
 
 from interp.base.atomic import write_json_atomic  # noqa: E402
 from interp.base.decoding import Decoding  # noqa: E402
+from interp.base.models import unwrap  # noqa: E402
 from interp.base.provenance import package_versions  # noqa: E402
 from interp.engine import Engine, row_keys  # noqa: E402
 
@@ -74,6 +82,37 @@ def gemms(model, rows: int, device: str, dtype: torch.dtype) -> dict:
     return out
 
 
+def power(model, rows: int, device: str, replays: tuple[int, ...] = (20, 200, 2000, 20)) -> list[dict]:
+    """Whether the GPU holds its clock under GEMM load: the step's gate GEMMs (one per layer,
+    every layer's own weight) replayed as one CUDA graph ``n`` times for each ``n`` of
+    ``replays``, with the SM clock, power and throttle reasons nvidia-smi reports after each."""
+    weights = [layer.mlp.gate_proj.weight for layer in unwrap(model).model.layers]
+    x = torch.randn(rows, weights[0].shape[1], device=device, dtype=weights[0].dtype)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # cuBLAS sets up its workspace outside the capture
+        for w in weights:
+            F.linear(x, w)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for w in weights:
+            F.linear(x, w)
+    out = []
+    for n in replays:
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            graph.replay()
+        sync(device)
+        us = 1e6 * (time.perf_counter() - t0) / n / len(weights)
+        query = "clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active"
+        smi = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+        out.append({"replays": n, "us_per_gemm": us, "nvidia_smi_after": dict(zip(query.split(","), smi.split(", ")))})
+        print(f"  {n:>5} replays: {us:6.1f} us per gate GEMM; after: {smi}", flush=True)
+    return out
+
+
 def _kernel_times(engine: Engine, ids, mask, decoding: Decoding, keys, device: str) -> dict[str, tuple[float, int]]:
     """GPU microseconds and launches per kernel name of one generation call."""
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.startswith("cuda") else [])
@@ -105,13 +144,15 @@ def kernels(model, rows: int, device: str, steps: int = 8) -> list[dict]:
     return out
 
 
-def steps(model, rows: int, device: str, names: list[str], new_tokens: int, repeats: int) -> dict:
+def steps(model, rows: int, device: str, names: list[str], attention: list[str], new_tokens: int, repeats: int) -> dict:
     ids, mask = prompts(rows, model.config.vocab_size, device)
     keys = row_keys(0, rows)
     out = {}
-    for name in names:
+    for options, kind in ((o, a) for a in attention for o in names):
+        name = options if len(attention) == 1 else f"{options}, {kind} attention"
+        name += f" ({sum(k.startswith(name) for k in out) + 1})" if name in out else ""
         t0 = time.perf_counter()
-        engine = Engine(model, compile_options=OPTION_SETS[name])
+        engine = Engine(model, compile_options=OPTION_SETS[options], fused_attention={"fused": True, "matmul": False, "auto": None}[kind])
         full, first = Decoding(max_new_tokens=new_tokens, temperature=0), Decoding(max_new_tokens=1, temperature=0)
         tokens = engine.generate(ids, mask, full, keys)
         engine.generate(ids, mask, first, keys)
@@ -119,7 +160,7 @@ def steps(model, rows: int, device: str, names: list[str], new_tokens: int, repe
         best = min((timed(lambda: engine.generate(ids, mask, full, keys), device)[0] - timed(lambda: engine.generate(ids, mask, first, keys), device)[0])
                    for _ in range(repeats))
         out[name] = {"decode_ms_per_step": 1e3 * best / (new_tokens - 1), "warmup_seconds": warm, "tokens": tokens.cpu()}
-        print(f"  {name:<20} decode {out[name]['decode_ms_per_step']:.2f} ms/step (build and warm-up {warm:.0f} s)", flush=True)
+        print(f"  {name:<36} decode {out[name]['decode_ms_per_step']:.2f} ms/step (build and warm-up {warm:.0f} s)", flush=True)
         del engine
     reference = next(iter(out.values()))["tokens"]
     for v in out.values():
@@ -135,23 +176,28 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--parts", nargs="*", default=["gemms", "kernels", "steps"])
     p.add_argument("--options", nargs="*", default=list(OPTION_SETS), choices=list(OPTION_SETS))
+    p.add_argument("--attention", nargs="*", default=["auto"], choices=["auto", "fused", "matmul"],
+                   help="decoding attention of the steps: the fused kernel where it runs (auto), always, or as two matmuls; several: each in turn")
     p.add_argument("--lora-rank", type=int, default=0, help="through an unmerged LoRA adapter of this rank on every projection (0: none)")
     p.add_argument("--results-dir", type=Path, default=None)
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = with_lora(build_model(args.size, device, dtype), args.lora_rank)
-    result: dict = {"info": {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "versions": package_versions(),
+    result: dict = {"info": {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "versions": package_versions(extra=("triton",)),
                              "batch": args.batch, "lora_rank": args.lora_rank, "command": " ".join(sys.argv)}}
     if "gemms" in args.parts:
         print("GEMMs alone:", flush=True)
         result["gemms"] = gemms(model, args.batch, device, dtype)
+    if "power" in args.parts and device == "cuda":
+        print("gate GEMMs under sustained load (CUDA graph of one per layer):", flush=True)
+        result["power"] = power(model, args.batch, device)
     if "kernels" in args.parts:
         print("kernels of the compiled step (no CUDA graphs):", flush=True)
         result["kernels"] = kernels(model, args.batch, device)
     if "steps" in args.parts:
         print("decoding step by inductor options:", flush=True)
-        result["steps"] = steps(model, args.batch, device, args.options, args.new_tokens, args.repeats)
+        result["steps"] = steps(model, args.batch, device, args.options, args.attention, args.new_tokens, args.repeats)
     gpu = result["info"]["device"].split()[1].lower() if device == "cuda" else "cpu"
     out = args.results_dir or Path("benchmarks/results" if device == "cuda" else "artifacts/benchmarks")
     write_json_atomic(out / f"gpu_engine_step_{gpu}.json", result)

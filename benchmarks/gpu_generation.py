@@ -125,7 +125,8 @@ def one_device(model, args, device: str, info: dict) -> list[dict]:
     if args.spans is not None:
         options["spans"] = args.spans
     engine = engine_for(model, **options, compile_options=json.loads(args.compile_options) if args.compile_options else None)
-    info["engine"] = {"compile": engine.code.backend, "compile_options": args.compile_options, "spans": engine.spans, "cuda_graphs": engine.cuda_graphs, "build_seconds": time.perf_counter() - t0, "verify_errors": engine.verify_errors}
+    info["engine"] = {"compile": engine.code.backend, "compile_options": args.compile_options, "spans": engine.spans, "cuda_graphs": engine.cuda_graphs, "build_seconds": time.perf_counter() - t0, "verify_errors": engine.verify_errors,
+                      "fused_attention": engine.body.shape.fused_attention}
     info["warmup_seconds"], info["checks"] = {}, {}
     print(f"  engine: {info['engine']}", flush=True)
     rows: list[dict] = []
@@ -260,7 +261,7 @@ def main() -> None:
     info = {
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "date": dt.date.today().isoformat(),
-        "versions": package_versions(),
+        "versions": package_versions(extra=("triton",)),
         "model": f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}", "lora_rank": args.lora_rank,
         "prompt_tokens": PROMPT_LEN, "new_tokens": args.new_tokens, "weight_bytes": weight_bytes, "world_size": world,
         "command": " ".join(sys.argv),

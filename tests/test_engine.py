@@ -252,9 +252,10 @@ def test_attention_reads_only_the_columns_written(tokenizer):
 
 
 def _decoding_spans(recorder: Recorder) -> set[int]:
-    """The cache lengths the recorded decoding-step graphs (those taking the cache column) read."""
-    return {n.meta["example_value"].shape[2] for gm in recorder.graphs for n in gm.graph.nodes
-            if n.op == "placeholder" and n.name.startswith("l_cache") and any(m.name == "l_column_" for m in gm.graph.nodes)}
+    """The numbers of cache columns the recorded decoding-step graphs (those taking the cache
+    column) attend to: their attention bias's width."""
+    return {n.meta["example_value"].shape[-1] for gm in recorder.graphs for n in gm.graph.nodes
+            if n.op == "placeholder" and n.name == "l_bias_" and any(m.name == "l_column_" for m in gm.graph.nodes)}
 
 
 def test_unsupported_models_are_refused(tokenizer):

@@ -30,7 +30,7 @@ _ENGINES: weakref.WeakKeyDictionary[nn.Module, Engine] = weakref.WeakKeyDictiona
 
 def engine_for(model: nn.Module, **options) -> Engine:
     """The engine of ``model``, built on first use; ``options`` (``compile``, ``cuda_graphs``,
-    ``max_batch``, ``spans``, see :class:`Engine`) rebuild it when given. Raises :class:`EngineUnsupported`
+    ``max_batch``, ``spans``, ``fused_attention``, see :class:`Engine`) rebuild it when given. Raises :class:`EngineUnsupported`
     for a model the engine cannot run."""
     engine = _ENGINES.get(model)
     if engine is None or options:

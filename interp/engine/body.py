@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from interp.base.models import unwrap
+from interp.engine.attention import attend, fused_supported
 from interp.engine.edits import Kind
 from interp.steer import project_out
 
@@ -49,11 +50,13 @@ class EngineUnsupported(ValueError):
 
 @dataclass(frozen=True)
 class Shape:
-    """Attention geometry, the same for every layer (constants of the compiled code)."""
+    """Attention geometry, and whether decoding attention runs the fused kernel: the same for
+    every layer (constants of the compiled code)."""
 
     n_heads: int
     n_kv: int
     head_dim: int
+    fused_attention: bool = False
 
 
 Fused = tuple[torch.Tensor, torch.Tensor | None]  # one layer's fused q/k/v weight [out, d] and bias
@@ -78,7 +81,9 @@ class Body:
     loras: tuple[tuple[Lora | None, ...], ...]
 
     @classmethod
-    def of(cls, model: nn.Module) -> Body:
+    def of(cls, model: nn.Module, fused_attention: bool | None = None) -> Body:
+        """The body of ``model``; decoding attention by the fused kernel where it is supported
+        (``fused_attention`` None), always (True: an error where it is not) or never (False)."""
         base = unwrap(model)
         config = getattr(base, "config", None)
         kind = getattr(config, "model_type", None)
@@ -95,7 +100,10 @@ class Body:
         if len({p.device for p in base.parameters()}) > 1:
             raise EngineUnsupported("the model is spread over several devices")
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        shape = Shape(config.num_attention_heads, config.num_key_value_heads, head_dim)
+        supported = fused_supported(embed.weight.device, embed.weight.dtype, head_dim)
+        if fused_attention and not supported:
+            raise EngineUnsupported(f"the fused attention kernel does not run here ({embed.weight.dtype} on {embed.weight.device}, head size {head_dim})")
+        shape = Shape(config.num_attention_heads, config.num_key_value_heads, head_dim, supported if fused_attention is None else fused_attention)
         loras = tuple(tuple(_lora_buffers(_projection(layer, p), embed.weight.dtype) for p in PROJECTIONS) for layer in layers)
         body = cls(embed, tuple(layers), norm, base.get_output_embeddings(), rotary, shape, _fused_buffers(layers), loras)
         body.sync()
@@ -264,15 +272,15 @@ def prefill_layer(layer: nn.Module, weights: Weights, x: torch.Tensor, cos: torc
 def decode_layer(layer: nn.Module, weights: Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
                  column: torch.Tensor, bias: torch.Tensor, gate: torch.Tensor, vector: torch.Tensor, kind: Kind, shape: Shape) -> torch.Tensor:
     """One decoder layer for one new token per row, ``x`` [B, 1, d], written to cache column
-    ``column`` [1]; ``bias`` [B, 1, 1, columns] is 0 where a row may attend and -inf elsewhere.
+    ``column`` [1]; it attends to the first ``columns`` of the cache, where ``bias`` [B, 1, 1,
+    columns] is 0 where a row may attend and -inf elsewhere.
 
-    Grouped-query attention reads each cached key and value once (no repeated heads)."""
+    Grouped-query attention reads each cached key and value once (no repeated heads), by one
+    fused kernel where ``shape.fused_attention`` (:mod:`interp.engine.attention`)."""
     q, k, v = _qkv(layer, weights, x, cos, sin, shape)
     keys, values = cache
     keys.index_copy_(2, column, k)
     values.index_copy_(2, column, v)
     b, groups = x.shape[0], shape.n_heads // shape.n_kv
-    q = q.reshape(b, shape.n_kv, groups, shape.head_dim)
-    scores = torch.matmul(q, keys.transpose(2, 3)).float() * layer.self_attn.scaling + bias
-    attended = torch.matmul(scores.softmax(-1).to(values.dtype), values)  # [B, kv heads, groups, hd]
+    attended = attend(q.reshape(b, shape.n_kv, groups, shape.head_dim), keys, values, bias, layer.self_attn.scaling, shape.fused_attention)
     return _finish(layer, weights, x, attended.reshape(b, shape.n_heads, 1, shape.head_dim), gate, vector, kind)

@@ -181,14 +181,17 @@ class Engine:
     graphs are used on CUDA devices unless ``cuda_graphs=False``. ``spans`` is how many
     attention lengths a shape's decoding step is compiled and captured for (1: the whole
     cache always; more: less reading of unwritten columns, more warm-up per shape).
+    ``fused_attention``: decoding attention by the fused Triton kernel where it runs (None),
+    always (True) or never (False: two matmuls, :mod:`interp.engine.attention`).
     """
 
     def __init__(self, model: nn.Module, compile: str | Callable | None = "auto", cuda_graphs: bool | None = None, max_batch: int = 256,
-                 compile_options: dict | None = None, spans: int = 8) -> None:
+                 compile_options: dict | None = None, spans: int = 8, fused_attention: bool | None = None) -> None:
         if spans < 1:
             raise ValueError(f"spans must be at least 1, not {spans}")
         self._model = weakref.ref(model)  # the engine lives as long as its model, not longer
-        self.body = Body.of(model)
+        self.fused_attention = fused_attention
+        self.body = Body.of(model, fused_attention)
         self.device = self.body.weight.device
         if compile == "auto":
             compile = "inductor" if self.device.type == "cuda" and has_triton() else None
@@ -329,8 +332,7 @@ class Engine:
         to the first ``span`` cache columns (which must hold the one it writes); returns its
         logits where ``code`` keeps them (eager)."""
         x, cos, sin, bias, gate = code.decode_inputs(self.body.embed, self.body.rotary, s, span)
-        for layer, weights, (keys, values), vector in zip(self.body.layers, self.body.layer_weights, s.cache, self._vectors(s, variant.kind)):
-            cache = keys[:, :, :span], values[:, :, :span]
+        for layer, weights, cache, vector in zip(self.body.layers, self.body.layer_weights, s.cache, self._vectors(s, variant.kind)):
             x = code.decode_layer(layer, weights, x, cos, sin, cache, s.column, bias, gate, vector, variant.kind, self.body.shape)
         logits = code.tail(variant)(self.body.norm, self.body.head, x[:, -1], s, eos)
         s.positions += 1
@@ -377,7 +379,7 @@ class Engine:
         adapters switched, merged or disabled): a graph replays the pointers it captured."""
         state = _fingerprint(self.model)
         if state != self._state:
-            self.body = Body.of(self.model)
+            self.body = Body.of(self.model, self.fused_attention)
             self._slots.clear()
             self._state = state
             self._verify()
