@@ -219,8 +219,8 @@ class Engine:
         keys (:func:`interp.engine.sampler.row_keys`)."""
         if attention_mask[:, -1].eq(0).any():
             raise ValueError("generation needs left-padded prompts: some row ends with padding")
-        self._refresh()
-        self.body.sync()
+        if not self._refresh():  # a rebuilt body has just copied the weights
+            self.body.sync()
         variant = _Variant(edits.kind, SamplerSpec.of(decoding), decoding.eos_ids, decoding.pad_id)
         gate_lengths = gate_prompt_lengths(edits, attention_mask.cpu())
         prompts = [row[m].tolist() for row, m in zip(input_ids.cpu(), attention_mask.bool().cpu())]
@@ -374,15 +374,18 @@ class Engine:
             del self._slots[next(iter(self._slots))]
         return s
 
-    def _refresh(self) -> None:
+    def _refresh(self) -> bool:
         """Drop captured graphs and buffers when the model changed under them (weights moved,
-        adapters switched, merged or disabled): a graph replays the pointers it captured."""
+        adapters switched, merged or disabled): a graph replays the pointers it captured.
+        Returns whether it rebuilt the engine's view of the model."""
         state = _fingerprint(self.model)
-        if state != self._state:
-            self.body = Body.of(self.model, self.fused_attention)
-            self._slots.clear()
-            self._state = state
-            self._verify()
+        if state == self._state:
+            return False
+        self.body = Body.of(self.model, self.fused_attention)
+        self._slots.clear()
+        self._state = state
+        self._verify()
+        return True
 
     @torch.no_grad()
     def _verify(self) -> None:
