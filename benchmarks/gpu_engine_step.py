@@ -5,6 +5,7 @@ bf16 weights), and what inductor's GEMM autotuning buys there.
     python benchmarks/gpu_engine_step.py --size tiny --batch 8      # a CPU dry run of the same code
     python benchmarks/gpu_engine_step.py --batch 256 --parts kernels --lora-rank 32   # through a LoRA adapter
     python benchmarks/gpu_engine_step.py --batch 256 --parts power
+    python benchmarks/gpu_engine_step.py --batch 256 --parts attention
     python benchmarks/gpu_engine_step.py --batch 256 --parts steps --options default --attention fused matmul fused --new-tokens 512
 
 1. **GEMMs alone**: ``F.linear`` (cuBLAS) time of each projection of one decoder layer and of
@@ -14,8 +15,12 @@ bf16 weights), and what inductor's GEMM autotuning buys there.
    time and launches per kernel in one decoding step, the largest first.
 3. **Power** (``--parts power``): the step's gate GEMMs replayed 20 to 2,000 times as one
    CUDA graph, with the SM clock and power after each: under sustained load an H200 holds its
-   700 W cap by lowering the clock, so a GEMM timed alone runs faster than in a long run.
-4. **Steps**: the decoding step (graph replay, as :mod:`benchmarks.gpu_generation` measures it:
+   700 W cap by lowering the clock, so a GEMM timed alone runs faster than in a long run; then
+   the clock and power sampled while the engine decodes batches back to back.
+4. **Attention** (``--parts attention``): the decoding attention of every layer alone, as one
+   CUDA graph at 80 and 128 cache columns: the fused kernel under several launch settings
+   against the two matmuls.
+5. **Steps**: the decoding step (graph replay, as :mod:`benchmarks.gpu_generation` measures it:
    (64-token call - 1-token call) / 63) for each set of inductor options in ``--options`` and
    each decoding attention in ``--attention`` (the fused kernel or two matmuls).
 
@@ -25,6 +30,7 @@ JSON: ``benchmarks/results/gpu_engine_step_<gpu>.json`` (``--results-dir``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -44,9 +50,12 @@ from interp.base.decoding import Decoding  # noqa: E402
 from interp.base.models import unwrap  # noqa: E402
 from interp.base.provenance import package_versions  # noqa: E402
 from interp.engine import Engine, row_keys  # noqa: E402
+from interp.engine.attention import LAUNCH, attend_matmul  # noqa: E402
 
 OPTION_SETS = {"default": None, "max_autotune_gemm": {"max_autotune_gemm": True},
-               "max_autotune_gemm+coordinate_descent": {"max_autotune_gemm": True, "coordinate_descent_tuning": True}}
+               "max_autotune_gemm+coordinate_descent": {"max_autotune_gemm": True, "coordinate_descent_tuning": True},
+               "coordinate_descent": {"coordinate_descent_tuning": True}, "combo_kernels": {"combo_kernels": True},
+               "aggressive_fusion": {"aggressive_fusion": True}}
 
 
 def gemm_ms(rows: int, n_in: int, n_out: int, device: str, dtype: torch.dtype, reps: int = 50) -> float:
@@ -82,34 +91,100 @@ def gemms(model, rows: int, device: str, dtype: torch.dtype) -> dict:
     return out
 
 
+def captured(fn) -> torch.cuda.CUDAGraph:
+    """``fn`` captured as a CUDA graph (run twice first on a side stream, where cuBLAS and Triton
+    set up their workspaces and kernels outside the capture)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+def replay_us(graph: torch.cuda.CUDAGraph, n: int, device: str) -> float:
+    """Microseconds per replay of ``graph`` over ``n`` back-to-back replays."""
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        graph.replay()
+    sync(device)
+    return 1e6 * (time.perf_counter() - t0) / n
+
+
 def power(model, rows: int, device: str, replays: tuple[int, ...] = (20, 200, 2000, 20)) -> list[dict]:
     """Whether the GPU holds its clock under GEMM load: the step's gate GEMMs (one per layer,
     every layer's own weight) replayed as one CUDA graph ``n`` times for each ``n`` of
     ``replays``, with the SM clock, power and throttle reasons nvidia-smi reports after each."""
     weights = [layer.mlp.gate_proj.weight for layer in unwrap(model).model.layers]
     x = torch.randn(rows, weights[0].shape[1], device=device, dtype=weights[0].dtype)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # cuBLAS sets up its workspace outside the capture
-        for w in weights:
-            F.linear(x, w)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for w in weights:
-            F.linear(x, w)
+    graph = captured(lambda: [F.linear(x, w) for w in weights])
     out = []
     for n in replays:
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            graph.replay()
-        sync(device)
-        us = 1e6 * (time.perf_counter() - t0) / n / len(weights)
+        us = replay_us(graph, n, device) / len(weights)
         query = "clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active"
         smi = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
         out.append({"replays": n, "us_per_gemm": us, "nvidia_smi_after": dict(zip(query.split(","), smi.split(", ")))})
         print(f"  {n:>5} replays: {us:6.1f} us per gate GEMM; after: {smi}", flush=True)
+    return out
+
+
+# (cache columns a program reads per iteration, warps, stages) of the fused attention kernel:
+# the engine's, two neighbours, and the first kernel's.
+ATTENTION_LAUNCHES = (LAUNCH, (32, 2, 2), (32, 4, 2), (64, 4, 3))
+
+
+def attention(model, rows: int, device: str, spans: tuple[int, ...] = (80, 128), reps: int = 30) -> dict:
+    """Decoding attention alone, every layer with its own cache (so it is read from memory, not
+    L2), at ``rows`` rows and each attention length of ``spans`` (a third of the rows left-padded
+    by 40 columns), as one CUDA graph: the fused kernel under each of :data:`ATTENTION_LAUNCHES`
+    and the two matmuls; microseconds for all layers, and each one's largest difference from
+    the matmuls computed in float32."""
+    c = model.config
+    hd = c.hidden_size // c.num_attention_heads
+    groups, layers, dtype = c.num_attention_heads // c.num_key_value_heads, c.num_hidden_layers, unwrap(model).dtype
+    qs = [torch.randn(rows, c.num_key_value_heads, groups, hd, device=device, dtype=dtype) for _ in range(layers)]
+    caches = [[torch.randn(rows, c.num_key_value_heads, max(spans), hd, device=device, dtype=dtype) for _ in range(2)] for _ in range(layers)]
+    out = {}
+    for span in spans:
+        valid = torch.ones(rows, span, dtype=torch.bool, device=device)
+        valid[::3, :40] = False
+        bias = torch.zeros(rows, span, device=device).masked_fill(~valid, float("-inf"))
+        scaling = hd**-0.5
+        ways = {"matmul": lambda i: attend_matmul(qs[i], *caches[i], bias[:, None, None], scaling)}
+        for launch in ATTENTION_LAUNCHES:
+            ways["fused %d columns, %d warps, %d stages" % launch] = functools.partial(
+                lambda launch, i: torch.ops.em_toolkit.decode_attention(qs[i], *caches[i], bias, scaling, *launch), launch)
+        reference = attend_matmul(qs[0].float(), caches[0][0].float(), caches[0][1].float(), bias[:, None, None], scaling)
+        for name, fn in ways.items():
+            us = replay_us(captured(lambda: [fn(i) for i in range(layers)]), reps, device)
+            error = float((fn(0).float() - reference).abs().max())
+            out[f"{span} columns, {name}"] = {"us_all_layers": us, "max_abs_error": error}
+            print(f"  {span:4d} columns  {name:<36} {us:8.1f} us for {layers} layers  (max error {error:.4f})", flush=True)
+    return out
+
+
+def decode_power(model, rows: int, device: str, new_tokens: int, calls: int = 8) -> dict:
+    """The SM clock and power nvidia-smi samples (every 20 ms) while the engine decodes ``calls``
+    back-to-back batches of ``rows`` prompts, ``new_tokens`` tokens each (after a warm-up)."""
+    engine = Engine(model)
+    ids, mask = prompts(rows, model.config.vocab_size, device)
+    keys, decoding = row_keys(0, rows), Decoding(max_new_tokens=new_tokens, temperature=0)
+    engine.generate(ids, mask, decoding, keys)
+    query = "clocks.sm,power.draw,clocks_throttle_reasons.active"
+    smi = subprocess.Popen(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits", "-lms", "20"], stdout=subprocess.PIPE, text=True)
+    sec = timed(lambda: [engine.generate(ids, mask, decoding, keys) for _ in range(calls)], device)[0]
+    smi.terminate()
+    samples = [line.split(", ") for line in smi.communicate()[0].splitlines() if line.count(",") == 2]
+    mhz, watts = [float(s[0]) for s in samples], [float(s[1]) for s in samples]
+    out = {"seconds": sec, "samples": len(samples), "sm_mhz_median": sorted(mhz)[len(mhz) // 2] if mhz else None, "sm_mhz_min": min(mhz, default=None),
+           "power_w_median": sorted(watts)[len(watts) // 2] if watts else None, "power_w_max": max(watts, default=None),
+           "throttle_reasons": sorted({s[2] for s in samples})}
+    print(f"  {calls} calls of {rows} x {new_tokens} tokens in {sec:.2f} s: {json.dumps({k: v for k, v in out.items() if k != 'seconds'})}", flush=True)
     return out
 
 
@@ -152,13 +227,17 @@ def steps(model, rows: int, device: str, names: list[str], attention: list[str],
         name = options if len(attention) == 1 else f"{options}, {kind} attention"
         name += f" ({sum(k.startswith(name) for k in out) + 1})" if name in out else ""
         t0 = time.perf_counter()
-        engine = Engine(model, compile_options=OPTION_SETS[options], fused_attention={"fused": True, "matmul": False, "auto": None}[kind])
-        full, first = Decoding(max_new_tokens=new_tokens, temperature=0), Decoding(max_new_tokens=1, temperature=0)
-        tokens = engine.generate(ids, mask, full, keys)
-        engine.generate(ids, mask, first, keys)
-        warm = time.perf_counter() - t0
-        best = min((timed(lambda: engine.generate(ids, mask, full, keys), device)[0] - timed(lambda: engine.generate(ids, mask, first, keys), device)[0])
-                   for _ in range(repeats))
+        try:
+            engine = Engine(model, compile_options=OPTION_SETS[options], fused_attention={"fused": True, "matmul": False, "auto": None}[kind])
+            full, first = Decoding(max_new_tokens=new_tokens, temperature=0), Decoding(max_new_tokens=1, temperature=0)
+            tokens = engine.generate(ids, mask, full, keys)
+            engine.generate(ids, mask, first, keys)
+            warm = time.perf_counter() - t0
+            best = min((timed(lambda: engine.generate(ids, mask, full, keys), device)[0] - timed(lambda: engine.generate(ids, mask, first, keys), device)[0])
+                       for _ in range(repeats))
+        except Exception as e:  # report and go on: one failing setting must not lose the others
+            print(f"  {name:<36} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            continue
         out[name] = {"decode_ms_per_step": 1e3 * best / (new_tokens - 1), "warmup_seconds": warm, "tokens": tokens.cpu()}
         print(f"  {name:<36} decode {out[name]['decode_ms_per_step']:.2f} ms/step (build and warm-up {warm:.0f} s)", flush=True)
         del engine
@@ -192,6 +271,11 @@ def main() -> None:
     if "power" in args.parts and device == "cuda":
         print("gate GEMMs under sustained load (CUDA graph of one per layer):", flush=True)
         result["power"] = power(model, args.batch, device)
+        print("while the engine decodes:", flush=True)
+        result["decode_power"] = decode_power(model, args.batch, device, args.new_tokens)
+    if "attention" in args.parts and device == "cuda":
+        print("decoding attention alone:", flush=True)
+        result["attention"] = attention(model, args.batch, device)
     if "kernels" in args.parts:
         print("kernels of the compiled step (no CUDA graphs):", flush=True)
         result["kernels"] = kernels(model, args.batch, device)

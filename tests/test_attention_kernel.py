@@ -24,7 +24,7 @@ from interp.engine.body import Body, EngineUnsupported
 ROOT = Path(__file__).resolve().parents[1]
 
 # Cases: (rows, kv heads, query heads per kv head, head size, cache columns attended).
-# 150 columns: three blocks, the last partial; the cache is longer than the columns attended,
+# 150 columns: several blocks, the last partial; the cache is longer than the columns attended,
 # as it is under the engine's attention spans.
 CHECK = r"""
 import json, sys, torch
@@ -39,10 +39,11 @@ for dtype in (torch.float16, torch.float32):
         valid[0, : min(columns - 1, 70)] = False  # left padding over a whole block of columns
         valid[:, -1] = True  # the token's own column
         bias = torch.zeros(rows, columns).masked_fill(~valid, float("-inf"))
-        got = torch.ops.em_toolkit.decode_attention(q, keys, values, bias, 0.3)
         want = attend_matmul(q.double(), keys.double(), values.double(), bias.double()[:, None, None], 0.3)
-        out.append({"dtype": str(dtype), "case": [rows, kv, groups, hd, columns], "shape_ok": got.shape == q.shape and got.dtype == dtype,
-                    "err": float((got.double() - want).abs().max()), "scale": float(want.abs().max())})
+        for block in (16, 64):  # the engine's launch setting, and blocks wider than a case's columns
+            got = torch.ops.em_toolkit.decode_attention(q, keys, values, bias, 0.3, block)
+            out.append({"dtype": str(dtype), "block": block, "case": [rows, kv, groups, hd, columns], "shape_ok": got.shape == q.shape and got.dtype == dtype,
+                        "err": float((got.double() - want).abs().max()), "scale": float(want.abs().max())})
 print(json.dumps(out))
 """
 
@@ -53,7 +54,7 @@ def test_kernel_equals_matmul_attention_in_the_interpreter():
     proc = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(results) == 6
+    assert len(results) == 12
     for r in results:
         assert r["shape_ok"], r
         tolerance = 5e-3 if "float16" in r["dtype"] else 1e-5

@@ -3,10 +3,11 @@
 On a CUDA device with Triton it is one fused kernel per layer: each program takes one row and
 one key-value head, reads that head's cached keys and values once for all the query heads that
 share them (grouped-query attention), and keeps scores, softmax and the weighted sum on chip
-with an online softmax, its scores in float32. As two batched matmuls (cuBLAS) with a softmax
-between them, whose query dimension is the 7 heads of a group, a batch of 256 on a
-Qwen2.5-7B shape took 21 us a layer in the step's profile for 21 MB of cache, about 5 us of
-reading; the kernel made that step 1-4% faster (``benchmarks/gpu_engine_step.py --attention``).
+with an online softmax, its scores in float32. On an H200 at a batch of 256 (Qwen2.5-7B shape,
+80 cache columns: 42 MB of keys and values a layer) it takes 14.6 us a layer against 36.8 us
+for two batched cuBLAS matmuls with a softmax between them, whose query dimension is only the
+7 heads of a group; in an exploratory run a kernel that only read those bytes with the same
+grid took 14.1 us.
 Elsewhere, and as the reference the kernel is tested against, it is the two matmuls.
 
 The kernel is a ``torch.library.triton_op``, so ``torch.compile`` puts it inside the compiled
@@ -25,7 +26,11 @@ try:
 except ImportError:  # no Triton (e.g. a CPU-only install): the matmul path serves
     triton = None
 
-BLOCK_COLUMNS = 64  # cache columns a program reads per iteration
+# Launch settings (cache columns a program reads per iteration, warps, pipeline stages). On an
+# H200 at a batch of 256 (28 layers, 80 / 128 columns) 16 columns, 2 warps and 2 stages took
+# 408 / 568 us, against 602 / 656 us with 64 columns, 4 warps and 3 stages, the first
+# version's (``benchmarks/gpu_engine_step.py --parts attention``).
+LAUNCH = (16, 2, 2)
 MIN_DOT_ROWS = 16  # tl.dot's smallest tile: the query heads of a group are padded to it
 
 
@@ -71,7 +76,9 @@ if triton is not None:
         for start in range(0, columns, BLOCK_N):
             n = start + tl.arange(0, BLOCK_N)
             inside = n < columns
+            # Keys and values are loaded together: the value load's latency hides behind the scores.
             k = tl.load(k_ptr + row * sk_b + head * sk_h + n[:, None] * sk_c + d[None, :], mask=inside[:, None], other=0.0)
+            v = tl.load(v_ptr + row * sv_b + head * sv_h + n[:, None] * sv_c + d[None, :], mask=inside[:, None], other=0.0)
             bias = tl.load(bias_ptr + row * sb_b + n, mask=inside, other=float("-inf"))
             s = tl.dot(q, tl.trans(k)) * SCALING + bias[None, :]
             new_top = tl.maximum(top, tl.max(s, 1))
@@ -80,7 +87,6 @@ if triton is not None:
             shift = tl.where(new_top == float("-inf"), 0.0, new_top)
             p = tl.exp(s - shift[:, None])
             rescale = tl.exp(top - shift)
-            v = tl.load(v_ptr + row * sv_b + head * sv_h + n[:, None] * sv_c + d[None, :], mask=inside[:, None], other=0.0)
             acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
             total = total * rescale + tl.sum(p, 1)
             top = new_top
@@ -88,14 +94,18 @@ if triton is not None:
         tl.store(out_ptr + row * so_b + head * so_h + g[:, None] * so_g + d[None, :], out.to(out_ptr.dtype.element_ty), mask=g[:, None] < GROUPS)
 
     @torch.library.triton_op("em_toolkit::decode_attention", mutates_args=())
-    def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scaling: float) -> torch.Tensor:
+    def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scaling: float,
+                          block_columns: int = LAUNCH[0], num_warps: int = LAUNCH[1], num_stages: int = LAUNCH[2]) -> torch.Tensor:
         # Contiguous inputs (no copy for the engine's): a layout inductor cannot change after
         # tracing, so the strides given to the kernel stay true.
+        if block_columns < MIN_DOT_ROWS or block_columns & (block_columns - 1):
+            raise ValueError(f"block_columns must be a power of two of at least {MIN_DOT_ROWS}, not {block_columns}")
         q, keys, values, bias = (t.contiguous() for t in (q, keys, values, bias))
         rows, kv_heads, groups, head_dim = q.shape
         out = torch.empty_like(q)
         block_g = max(MIN_DOT_ROWS, triton.next_power_of_2(groups))
         torch.library.wrap_triton(_kernel)[(rows, kv_heads)](
             q, keys, values, bias, out, *q.stride()[:3], *keys.stride()[:3], *values.stride()[:3], bias.stride(0), *out.stride()[:3],
-            bias.shape[1], SCALING=scaling, GROUPS=groups, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_N=BLOCK_COLUMNS)
+            bias.shape[1], SCALING=scaling, GROUPS=groups, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_N=block_columns,
+            num_warps=num_warps, num_stages=num_stages)
         return out
