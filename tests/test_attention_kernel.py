@@ -40,7 +40,7 @@ for dtype in (torch.float16, torch.float32):
         valid[:, -1] = True  # the token's own column
         bias = torch.zeros(rows, columns).masked_fill(~valid, float("-inf"))
         want = attend_matmul(q.double(), keys.double(), values.double(), bias.double()[:, None, None], 0.3)
-        for block in (16, 64):  # the engine's launch setting, and blocks wider than a case's columns
+        for block in (16, 64):  # the engine's blocks, and the first version's (wider than the 20-column case)
             got = torch.ops.em_toolkit.decode_attention(q, keys, values, bias, 0.3, block)
             out.append({"dtype": str(dtype), "block": block, "case": [rows, kv, groups, hd, columns], "shape_ok": got.shape == q.shape and got.dtype == dtype,
                         "err": float((got.double() - want).abs().max()), "scale": float(want.abs().max())})

@@ -96,10 +96,10 @@ if triton is not None:
     @torch.library.triton_op("em_toolkit::decode_attention", mutates_args=())
     def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scaling: float,
                           block_columns: int = LAUNCH[0], num_warps: int = LAUNCH[1], num_stages: int = LAUNCH[2]) -> torch.Tensor:
-        # Contiguous inputs (no copy for the engine's): a layout inductor cannot change after
-        # tracing, so the strides given to the kernel stay true.
         if block_columns < MIN_DOT_ROWS or block_columns & (block_columns - 1):
             raise ValueError(f"block_columns must be a power of two of at least {MIN_DOT_ROWS}, not {block_columns}")
+        # Contiguous inputs (no copy for the engine's): a layout inductor cannot change after
+        # tracing, so the strides given to the kernel stay true.
         q, keys, values, bias = (t.contiguous() for t in (q, keys, values, bias))
         rows, kv_heads, groups, head_dim = q.shape
         out = torch.empty_like(q)
