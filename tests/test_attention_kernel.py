@@ -77,3 +77,11 @@ def test_fused_kernel_only_where_it_runs(tokenizer):
     assert not Body.of(model).shape.fused_attention
     with pytest.raises(EngineUnsupported, match="fused attention kernel does not run here"):
         Body.of(model, fused_attention=True)
+
+
+def test_kernel_refuses_a_block_size_tl_dot_cannot_take():
+    pytest.importorskip("triton")
+    q, keys, values = torch.randn(1, 1, 2, 16), torch.randn(1, 1, 8, 16), torch.randn(1, 1, 8, 16)
+    for block in (8, 24):
+        with pytest.raises(ValueError, match=f"power of two of at least 16, not {block}"):
+            torch.ops.em_toolkit.decode_attention(q, keys, values, torch.zeros(1, 8), 0.25, block)
