@@ -43,7 +43,7 @@ from interp.base.decoding import Decoding
 from interp.base.models import unwrap
 from interp.engine.body import Body, EngineUnsupported, decode_layer, head_logits, prefill_layer
 from interp.engine.edits import NO_EDITS, EditPlan, Kind, gate_prompt_lengths
-from interp.engine.sampler import SamplerSpec, choose
+from interp.engine.sampler import SamplerSpec, choose, token_codes
 
 WIDTH_STEP = 16  # prompts are padded to a multiple of this many columns
 COLUMN_STEP = 64  # cache lengths are rounded up to a multiple of this
@@ -71,6 +71,7 @@ class _Slots:
     lo: torch.Tensor  # [B] edit bounds in position space
     hi: torch.Tensor
     keys: torch.Tensor  # [B] sampling keys
+    codes: torch.Tensor  # [vocab] per-token sampling codes (an input, so no constant is folded into indexing)
     finished: torch.Tensor  # [B]
     out: torch.Tensor  # [B, columns] generated tokens
     cache: list[tuple[torch.Tensor, torch.Tensor]]
@@ -89,7 +90,7 @@ class _Slots:
 
         return cls(
             tokens=zeros(rows, 1), positions=zeros(rows, 1), column=zeros(1), step=zeros(1),
-            valid=zeros(rows, columns, dtype=torch.bool), lo=zeros(rows), hi=zeros(rows), keys=zeros(rows),
+            valid=zeros(rows, columns, dtype=torch.bool), lo=zeros(rows), hi=zeros(rows), keys=zeros(rows), codes=token_codes(body.weight.shape[0], device),
             finished=zeros(rows, dtype=torch.bool), out=zeros(rows, columns), cache=body.kv_cache(rows, columns),
         )
 
@@ -119,7 +120,7 @@ def _tail(variant: _Variant, keep_logits: bool, norm: nn.Module, head: nn.Module
     row's bookkeeping, all on the device. The logits are returned only if ``keep_logits``: in
     the compiled step they are never written out in float32 (greedy reads the head's bf16)."""
     logits = head_logits(norm, head, last)
-    nxt = choose(variant.sampler, logits, s.keys, s.step, s.seen)
+    nxt = choose(variant.sampler, logits, s.keys, s.step, s.seen, s.codes)
     nxt = torch.where(s.finished, variant.pad, nxt)
     s.out.index_copy_(1, s.step, nxt[:, None])
     s.finished |= torch.isin(nxt, eos)

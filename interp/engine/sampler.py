@@ -8,9 +8,13 @@ its prompt and the model's logits: not on the other rows of its batch, their pad
 batch size or the order rows are run in, and a CUDA graph can replay it without RNG
 bookkeeping. :func:`row_keys` derives the keys from a seed and each row's index.
 
-The hash works on 32-bit values held in int64 tensors, with multipliers below 2**27, so no
-product overflows and CPU and GPU give the same bits. The repetition penalty counts a row's
-real prompt tokens and the tokens it generated (transformers also counts left padding).
+The hash works on 31-bit values held in int64 tensors, with multipliers below 2**27, so no
+product overflows and CPU and GPU give the same bits. Every constant the compiled step sees
+fits int32, and the per-token codes are an input tensor (:func:`token_codes`), not an
+``arange`` times a constant: inductor folds the latter into an index expression, which
+Triton computes in int32 (a constant above 2**31 failed to compile there, and a smaller one
+would wrap silently). The repetition penalty counts a row's real prompt tokens and the tokens
+it generated (transformers also counts left padding).
 """
 
 from __future__ import annotations
@@ -21,30 +25,36 @@ import torch
 
 from interp.base.decoding import Decoding
 
-_M32 = 0xFFFFFFFF
-_GOLDEN = 0x9E3779B9
+_M31 = 0x7FFFFFFF
+_MULT = 0x45D9F3B  # < 2**27: a 31-bit value times it stays below 2**58
+_TOKEN = 0x3C6EF35  # odd, < 2**27: spreads consecutive token ids before mixing
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (two multiply-xorshift rounds) of int64 values in [0, 2**32)."""
-    x = ((x >> 16) ^ x) * 0x45D9F3B & _M32
-    x = ((x >> 16) ^ x) * 0x45D9F3B & _M32
-    return (x >> 16) ^ x
+    """A 31-bit integer hash (two multiply-xorshift rounds) of int64 values in [0, 2**31)."""
+    x = ((x >> 15) ^ x) * _MULT & _M31
+    x = ((x >> 15) ^ x) * _MULT & _M31
+    return (x >> 15) ^ x
 
 
 def row_keys(seed: int, rows: int) -> torch.Tensor:
     """int64 [rows] keys for rows ``0..rows-1`` of a generation seeded with ``seed``."""
-    s = _mix(torch.tensor([seed & _M32, (seed >> 32) & _M32], dtype=torch.int64))
+    s = _mix(torch.tensor([seed & _M31, (seed >> 31) & _M31, (seed >> 62) & _M31], dtype=torch.int64))
     index = torch.arange(rows, dtype=torch.int64)
-    return _mix((_mix(index * 2 + 1) ^ s[0]) + s[1] & _M32)
+    return _mix((_mix((_mix(index * 2 + 1) ^ s[0]) + s[1] & _M31) ^ s[2]))
 
 
-def uniform(keys: torch.Tensor, step: torch.Tensor, vocab: int) -> torch.Tensor:
-    """float32 [rows, vocab] in (0, 1), a function of (key, step, token id) alone."""
-    per_step = _mix(keys ^ _mix(step + 1 & _M32))  # [rows]
-    token = torch.arange(vocab, device=keys.device, dtype=torch.int64) * _GOLDEN & _M32
-    bits = _mix(_mix(per_step[:, None] ^ token))
-    return ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))
+def token_codes(vocab: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """int64 [vocab] per-token codes that :func:`uniform` mixes with each row's step key."""
+    return _mix(torch.arange(vocab, dtype=torch.int64) * _TOKEN & _M31).to(device)
+
+
+def uniform(keys: torch.Tensor, step: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """float32 [rows, vocab] in (0, 1), a function of (key, step, token id) alone; ``codes`` is
+    :func:`token_codes` of the vocabulary."""
+    per_step = _mix(keys ^ _mix(step + 1 & _M31))  # [rows]
+    bits = _mix(_mix(per_step[:, None] ^ codes))
+    return ((bits >> 7).float() + 0.5) * (1.0 / (1 << 24))
 
 
 @dataclass(frozen=True)
@@ -66,9 +76,9 @@ class SamplerSpec:
         return self.repetition_penalty != 1.0
 
 
-def choose(spec: SamplerSpec, logits: torch.Tensor, keys: torch.Tensor, step: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
+def choose(spec: SamplerSpec, logits: torch.Tensor, keys: torch.Tensor, step: torch.Tensor, seen: torch.Tensor | None, codes: torch.Tensor) -> torch.Tensor:
     """Next token [rows] from float32 ``logits`` [rows, vocab]; the order of the knobs is transformers':
-    repetition penalty, then temperature, top-k, top-p."""
+    repetition penalty, then temperature, top-k, top-p. ``codes`` is :func:`token_codes` of the vocabulary."""
     if spec.tracks_seen:
         penalized = torch.where(logits < 0, logits * spec.repetition_penalty, logits / spec.repetition_penalty)
         logits = torch.where(seen, penalized, logits)
@@ -83,5 +93,5 @@ def choose(spec: SamplerSpec, logits: torch.Tensor, keys: torch.Tensor, step: to
         cut = ordered.softmax(-1).cumsum(-1) <= 1 - spec.top_p
         cut[:, -1] = False  # the most likely token always stays
         logits = logits.masked_fill(cut.scatter(-1, index, cut), float("-inf"))
-    gumbel = -torch.log(-torch.log(uniform(keys, step, logits.shape[-1])))
+    gumbel = -torch.log(-torch.log(uniform(keys, step, codes)))
     return (logits + gumbel).argmax(-1)
