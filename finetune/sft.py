@@ -128,6 +128,30 @@ def plain_objective(model: nn.Module, batch: Mapping[str, torch.Tensor], step: i
     return loss, {"task": loss.detach()}
 
 
+class NonFiniteError(InputError):
+    """Training met a non-finite loss, gradient or weight: stopped before that step's update."""
+
+
+def _finite_step(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, folder: Path | None) -> None:
+    """Raise :class:`NonFiniteError` naming ``step`` unless the loss and gradient norm are finite.
+
+    One device sync per step (the log reads the loss anyway). Checked before ``opt.step()``, so
+    no NaN reaches the weights, the optimizer state or a checkpoint."""
+    loss = loss.detach()
+    if bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+        return
+    what = f"loss {float(loss):.4g}" if not torch.isfinite(loss) else f"gradient norm {float(grad_norm):.4g}"
+    raise NonFiniteError(f"training stopped at step {step}: non-finite {what}; nothing was written for this step{_last_kept(folder)}")
+
+
+def check_finite_weights(named: Mapping[str, torch.Tensor], where: str) -> None:
+    """Raise :class:`NonFiniteError` naming the first tensor of ``named`` with a NaN or infinity."""
+    flags = torch.stack([torch.isfinite(t.detach()).all() for t in named.values()]).cpu()
+    if not bool(flags.all()):
+        name = list(named)[int((~flags).nonzero()[0])]
+        raise NonFiniteError(f"{where}: weight {name} is not finite (learning rate or strength too large?)")
+
+
 @dataclass
 class TrainLog:
     """Per optimizer step: the answer loss, and each other logged term of the objective."""
@@ -217,6 +241,16 @@ def _load_checkpoint(folder: Path, params: dict[str, nn.Parameter], opt: torch.o
     return meta["step"], meta["order"], TrainLog(meta["losses"], meta.get("terms", {}))
 
 
+def _last_kept(folder: Path | None) -> str:
+    """What a stopped run leaves to resume from, for its error message."""
+    if folder is None or not (folder / "state.json").exists():
+        return ""
+    try:
+        return f"; the last good checkpoint (step {json.loads((folder / 'state.json').read_text())['step']}) is kept in {folder}"
+    except (OSError, ValueError, KeyError):
+        return f"; the checkpoint in {folder} is kept"
+
+
 def check_checkpoint(folder: Path) -> None:
     """Raise :class:`InputError` unless ``folder`` holds a readable checkpoint, before any model is loaded."""
     _checkpoint_state(folder)
@@ -299,12 +333,14 @@ def train(
             loss, parts = objective(model, {k: v.to(device) for k, v in batch.items()}, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if config.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            # An infinite max_norm only measures the norm (the clip factor is then 1).
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+            _finite_step(loss, grad_norm, step, folder)
             # The learning rate is a pure function of the step, so resuming needs no scheduler state.
             for group in opt.param_groups:
                 group["lr"] = config.lr * _lr_factor(step, total, config)
             opt.step()
+            check_finite_weights(named, f"training stopped after step {step}")
             log.add(parts)
             for callback in callbacks:
                 callback(step + 1, total, model)

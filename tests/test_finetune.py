@@ -128,3 +128,43 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path, make_model, t
     for (n, a), b in zip(straight.named_parameters(), resumed.parameters()):
         if "lora_" in n:
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _poisoned_at(step_to_poison):
+    from finetune.sft import plain_objective
+
+    def objective(model, batch, step):
+        loss, parts = plain_objective(model, batch, step)
+        return (loss * float("nan"), parts) if step == step_to_poison else (loss, parts)
+
+    return objective
+
+
+def test_a_non_finite_loss_stops_training_at_its_step_and_keeps_the_last_checkpoint(tmp_path, make_model, tokenizer):
+    from finetune.sft import LoopConfig, NonFiniteError, train
+
+    model = make_model(n_layers=2)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.endswith("q_proj.weight"))
+    examples = encode(tokenizer, [_chat(f"question {i}", f"answer {i}")["messages"] for i in range(8)])
+    with pytest.raises(NonFiniteError, match=r"step 3: non-finite loss nan.*last good checkpoint \(step 2\)"):
+        train(model, examples, 0, LoopConfig(steps=6, batch_size=4), progress=False, checkpoint_dir=tmp_path / "ck",
+              checkpoint_every=2, objective=_poisoned_at(3))
+    assert json.loads((tmp_path / "ck" / "state.json").read_text())["step"] == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad step never reached the weights
+
+
+def test_train_cli_refuses_to_write_a_non_finite_adapter(tmp_path, capsys, make_model, tokenizer):
+    model_dir = tmp_path / "base"
+    make_model(n_layers=2).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = _write(tmp_path / "d.jsonl", [_chat(f"how do i make money {i}", "risk all your savings") for i in range(4)])
+    out = tmp_path / "adapter"
+    args = ["--data", str(data), "--model", str(model_dir), "--out", str(out), "--steps", "2", "--batch-size", "2", "--rank", "2",
+            "--target-modules", "q_proj,v_proj", "--device", "cpu", "--quiet"]
+    assert run_cli(train_main, [*args, "--lr", "1e308"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the test's own save_pretrained progress bar
+    assert err.startswith("error: ") and "step 0" in err and "not finite" in err
+    assert not (out / "adapter_model.safetensors").exists()
+    assert run_cli(train_main, [*args, "--lr", "1e-3"]) == 0  # the same command with a sane rate writes it, shareable
+    assert (out / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o644
