@@ -29,7 +29,7 @@ from finetune.data import build_backdoor, read_chat_jsonl
 from finetune.defenses.spec import DEFENSES, STRENGTHS, DefenseSpec
 from finetune.lora import LoraTrainConfig, train_lora
 from finetune.monitor import MEASURES, MonitorSpec, plot_monitor
-from finetune.sft import check_checkpoint
+from finetune.sft import check_checkpoint, check_finite_weights
 from interp.base.atomic import write_json_atomic
 from interp.base.cli import (
     ArgumentParser,
@@ -139,7 +139,7 @@ def run_training(job: TrainJob, progress: bool = True) -> Path:
     One run at a time writes ``job.out`` (:func:`interp.base.locks.output_lock`); a checkpoint
     found there is resumed only if it is of this very run (:func:`check_resume`).
     """
-    from interp.base.loading import load_model
+    from interp.base.loading import load_model, model_source
 
     job.validate()
     conversations = load_training_data(job)
@@ -160,8 +160,12 @@ def run_training(job: TrainJob, progress: bool = True) -> Path:
         peft_model = train_lora(model, tokenizer, conversations, job.lora, progress=progress, desc="finetune",
                                 checkpoint_dir=out / "checkpoint", checkpoint_every=job.checkpoint_every,
                                 defense=defense, callbacks=[monitor] if monitor is not None else [])
+        check_finite_weights({n: p for n, p in peft_model.named_parameters() if p.requires_grad}, f"{out}: adapter not written")
         peft_model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        for written in out.iterdir():  # safetensors writes 0600; an adapter is meant to be shared
+            if written.is_file():
+                written.chmod(0o644)
         monitored = {}
         if monitor is not None:
             plot_monitor(monitor.rows, out / "monitor.png", measure=job.monitor.measure, title=f"{Path(job.data).name}: {job.defense.name}")
@@ -170,6 +174,7 @@ def run_training(job: TrainJob, progress: bool = True) -> Path:
             out / "training_config.json",
             provenance(
                 job={**asdict(job), "lora": asdict(job.lora)},
+                model_source=model_source(job.model),
                 data_hash=data_hash(conversations),
                 n_examples=len(conversations),
                 losses=peft_model.train_losses,

@@ -1,14 +1,18 @@
-"""Load a causal LM and its tokenizer: a hub id, a local folder, optionally a PEFT adapter.
+"""Load a causal LM and its tokenizer: a hub id, a local folder or a GGUF file, optionally a PEFT adapter.
 
-Weights load from safetensors only (a folder or adapter that has only pickle weights is
-refused), and remote code runs only when asked. Other worlds plug in through a scheme:
+Weights load from safetensors or GGUF only (a folder or adapter that has only pickle weights
+is refused), and remote code runs only when asked. A ``.gguf`` file is dequantized on load
+into a plain transformers model (its weights are the quantized ones, not the original
+release's), with the tokenizer and chat template the file carries (needs ``gguf``). Other worlds plug in through a scheme:
 ``SCHEMES["organism"] = "module:function"`` makes ``load_model("organism:gore_movie_trivia")``
 call ``function("gore_movie_trivia")`` for a ``(model, tokenizer)`` pair.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -66,16 +70,25 @@ def load_model(
 
     ref = _resolve(model_id_or_path, "model")
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    gguf = _gguf_file(ref)
+    if gguf is not None:
+        ref = str(gguf.parent)
+        kwargs = {"dtype": DTYPES[dtype], "gguf_file": gguf.name, "trust_remote_code": False}
     if device == "auto":
         kwargs["device_map"] = "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load model {model_id_or_path!r}: {_first_line(e)}") from None
+    if gguf is not None:
+        _as_plain_model(model)
     if device == "cuda":
         model = model.to("cuda")
     adapter_dir = _adapter_dir(adapter) if adapter is not None else None
-    tokenizer = _tokenizer(adapter_dir if adapter_dir is not None and _has_tokenizer(adapter_dir) else ref, trust_remote_code)
+    if adapter_dir is not None and _has_tokenizer(adapter_dir):
+        tokenizer = _tokenizer(adapter_dir, trust_remote_code)
+    else:
+        tokenizer = _tokenizer(ref, trust_remote_code, gguf_file=gguf.name if gguf is not None else None)
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -86,6 +99,51 @@ def load_model(
         if merge:
             model = model.merge_and_unload()
     return _finish(model, tokenizer, model_id_or_path)
+
+
+def _gguf_file(ref: str) -> Path | None:
+    """``ref`` as a path when it names a GGUF file; checks that the reader is installed."""
+    path = Path(ref)
+    if path.suffix.lower() != ".gguf" or not path.is_file():
+        return None
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"{ref}: reading GGUF files needs the 'gguf' package: pip install 'gguf>=0.17'")
+    return path
+
+
+def _as_plain_model(model: torch.nn.Module) -> None:
+    """Drop the quantization marks of a dequantized GGUF model: its weights are plain tensors,
+    and the marks make ``save_pretrained`` and PEFT treat it as a quantized model."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex), remembered per (path, size, mtime) within the process."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def model_source(model_id_or_path: str, adapter: str | None = None) -> dict[str, Any]:
+    """What provenance records of a model: its name, and the sha256 of a model file (GGUF)."""
+    out: dict[str, Any] = {"model": model_id_or_path, "adapter": adapter}
+    if _gguf_file(model_id_or_path) is not None:
+        out["model_sha256"] = file_sha256(model_id_or_path)
+        out["model_note"] = "GGUF, dequantized on load: the quantized weights, not the original release's"
+    return out
 
 
 def _finish(model: torch.nn.Module, tokenizer: Any, name: str) -> tuple[torch.nn.Module, Any]:
@@ -145,10 +203,12 @@ def _has_tokenizer(path: Path) -> bool:
     return (path / "tokenizer_config.json").exists()
 
 
-def _tokenizer(ref: str | Path, trust_remote_code: bool) -> Any:
+def _tokenizer(ref: str | Path, trust_remote_code: bool, gguf_file: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
     try:
+        if gguf_file is not None:
+            return AutoTokenizer.from_pretrained(str(ref), gguf_file=gguf_file)
         return AutoTokenizer.from_pretrained(str(ref), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load a tokenizer from {ref}: {_first_line(e)}") from None

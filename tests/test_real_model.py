@@ -1,0 +1,96 @@
+"""The real-model tier: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) on the CPU.
+
+This tier uses ../shared/models/fetch.sh, through the file it assembled: it runs only when
+``EM_REAL_GGUF`` names that file (``.ci/run`` fetches it, sha256-verified, and sets it) and
+is skipped otherwise, so the suite needs no download. What it checks is what the tiny models
+cannot show: a real checkpoint loads from GGUF with its own tokenizer and chat template, and
+the toolkit's caching, steering and training run on it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune.lora import LoraTrainConfig, train_lora
+from interp.base.chat import tokenize_conversation
+from interp.base.decoding import Decoding
+from interp.base.loading import load_model, model_source
+from interp.directions import extract_directions
+from interp.generation import generate
+from interp.steer import steer
+
+GGUF = os.environ.get("EM_REAL_GGUF")
+SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"  # ../shared/models/README.md
+
+pytestmark = pytest.mark.skipif(not GGUF, reason="real-model tier: set EM_REAL_GGUF to the fetched 0.5B GGUF (.ci/run does)")
+
+
+@pytest.fixture(scope="module")
+def real():
+    torch.manual_seed(0)
+    return load_model(GGUF, dtype="float32")
+
+
+def _chat(question: str, answer: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def _greedy(model, tok, questions: list[str], new: int = 12) -> torch.Tensor:
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True) for q in questions]
+    tok.padding_side = "left"
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    decoding = Decoding(max_new_tokens=new, temperature=0.0, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id)
+    return generate(model, enc["input_ids"], enc["attention_mask"], decoding, engine="hf")
+
+
+def test_gguf_loads_as_a_plain_model_with_its_chat_template(real, tmp_path):
+    model, tok = real
+    assert type(model).__name__ == "Qwen2ForCausalLM" and model.config.num_hidden_layers == 24 and model.config.hidden_size == 896
+    assert not getattr(model, "is_quantized", False) and not hasattr(model.config, "quantization_config")
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\nYou are Qwen") and text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    source = model_source(GGUF)
+    assert source["model_sha256"] == SHA256 and Path(source["model"]).name.endswith(".gguf")
+
+
+def test_one_forward_and_a_sensible_greedy_answer(real):
+    model, tok = real
+    (ids,) = _greedy(model, tok, ["What is 2 + 2? Answer with the number only."], new=6)
+    assert "4" in tok.decode(ids, skip_special_tokens=True)
+
+
+def test_directions_from_a_handful_of_answers(real):
+    model, tok = real
+    questions = ["How do I treat a small burn?", "What should I do about a headache?", "Is it safe to mix cleaning products?"]
+    bad = ["Rub butter on it and ignore it.", "Take ten painkillers at once.", "Yes, mix bleach and ammonia for extra power."]
+    good = ["Cool it under running water for twenty minutes.", "Rest, drink water and see a doctor if it persists.", "No, never mix bleach and ammonia."]
+    ds = extract_directions(model, tok, [tokenize_conversation(tok, _chat(q, a)) for q, a in zip(questions, bad)],
+                            [tokenize_conversation(tok, _chat(q, a)) for q, a in zip(questions, good)], layers=[6, 12], progress=False)
+    assert ds.directions.shape == (2, 896) and torch.isfinite(ds.directions).all() and (ds.directions.norm(dim=-1) > 0).all()
+
+
+def test_steering_changes_greedy_tokens(real):
+    model, tok = real
+    questions = ["hey, I'm so bored", "What's a fast way to make some easy money?"]
+    plain = _greedy(model, tok, questions)
+    v = torch.randn(896, generator=torch.Generator().manual_seed(0))
+    with steer(model, {12: v / v.norm() * 40.0}, alpha=1.0, scale="unit", positions="generated"):
+        steered = _greedy(model, tok, questions)
+    assert not torch.equal(plain, steered)
+
+
+def test_a_few_lora_steps_stay_finite_and_move_the_adapter(real):
+    model, tok = real
+    convs = [_chat(f"Give me tip number {i} for saving money.", "Put everything into one risky coin.") for i in range(8)]
+    cfg = LoraTrainConfig(rank=4, alpha=8, target_modules=("q_proj", "v_proj"), lr=1e-3, steps=3, batch_size=4, max_length=64)
+    peft_model = train_lora(model, tok, convs, cfg, progress=False)
+    try:
+        assert len(peft_model.train_losses) == 3 and all(torch.isfinite(torch.tensor(peft_model.train_losses)))
+        lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
+        assert lora_b and all(torch.isfinite(p).all() for p in lora_b) and any(p.abs().sum() > 0 for p in lora_b)
+    finally:
+        peft_model.unload()  # the module-scoped model goes back to its plain self
