@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from interp.base.atomic import save_safetensors_atomic, write_json_atomic
@@ -27,6 +28,12 @@ from interp.base.cli import InputError
 from interp.base.models import input_device, unwrap
 
 IGNORE = -100
+
+# Attention kernels a training step may use: every SDPA backend but cuDNN's, whose backward
+# returned NaN for bf16 Qwen2.5 batches with a padding mask on an H200 (torch 2.11: the first
+# non-finite gradient at step 8 of the real 0.5B, 'ScaledDotProductCudnnAttentionBackward0
+# returned nan values'); with it excluded, bf16 losses follow fp32's (benchmarks/gpu_check.py).
+TRAINING_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass(frozen=True)
@@ -322,30 +329,31 @@ def train(
         start, order, log = _load_checkpoint(folder, named, opt, g, settings)
     was_training = model.training
     model.train()
-    try:
-        for callback in callbacks:
-            callback(start, total, model)
-        for step in tqdm(range(start, total), desc=desc, disable=not progress, unit="step", initial=start, total=total):
-            if len(order) < config.batch_size:
-                order += torch.randperm(len(examples), generator=g).tolist()
-            batch = collate([examples[i] for i in order[: config.batch_size]], pad_id)
-            del order[: config.batch_size]
-            loss, parts = objective(model, {k: v.to(device) for k, v in batch.items()}, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            # An infinite max_norm only measures the norm (the clip factor is then 1).
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
-            _finite_step(loss, grad_norm, step, folder)
-            # The learning rate is a pure function of the step, so resuming needs no scheduler state.
-            for group in opt.param_groups:
-                group["lr"] = config.lr * _lr_factor(step, total, config)
-            opt.step()
-            check_finite_weights(named, f"training stopped after step {step}")
-            log.add(parts)
+    with sdpa_kernel(TRAINING_ATTENTION):
+        try:
             for callback in callbacks:
-                callback(step + 1, total, model)
-            if folder is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total:
-                _save_checkpoint(folder, named, opt, g, step + 1, order, log, settings)
-    finally:
-        model.train(was_training)
+                callback(start, total, model)
+            for step in tqdm(range(start, total), desc=desc, disable=not progress, unit="step", initial=start, total=total):
+                if len(order) < config.batch_size:
+                    order += torch.randperm(len(examples), generator=g).tolist()
+                batch = collate([examples[i] for i in order[: config.batch_size]], pad_id)
+                del order[: config.batch_size]
+                loss, parts = objective(model, {k: v.to(device) for k, v in batch.items()}, step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                # An infinite max_norm only measures the norm (the clip factor is then 1).
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+                _finite_step(loss, grad_norm, step, folder)
+                # The learning rate is a pure function of the step, so resuming needs no scheduler state.
+                for group in opt.param_groups:
+                    group["lr"] = config.lr * _lr_factor(step, total, config)
+                opt.step()
+                check_finite_weights(named, f"training stopped after step {step}")
+                log.add(parts)
+                for callback in callbacks:
+                    callback(step + 1, total, model)
+                if folder is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total:
+                    _save_checkpoint(folder, named, opt, g, step + 1, order, log, settings)
+        finally:
+            model.train(was_training)
     return log

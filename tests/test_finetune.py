@@ -168,3 +168,20 @@ def test_train_cli_refuses_to_write_a_non_finite_adapter(tmp_path, capsys, make_
     assert not (out / "adapter_model.safetensors").exists()
     assert run_cli(train_main, [*args, "--lr", "1e-3"]) == 0  # the same command with a sane rate writes it, shareable
     assert (out / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_training_steps_never_take_cudnn_attention(make_model, tokenizer):
+    # cuDNN's SDPA backward returned NaN in bf16 on an H200 (the real 0.5B, step 8); the CPU
+    # cannot run it, so check that the loop switches it off while it trains, and back after.
+    from finetune.sft import LoopConfig, plain_objective, train
+
+    seen = []
+
+    def objective(model, batch, step):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return plain_objective(model, batch, step)
+
+    model = make_model(n_layers=2)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    train(model, encode(tokenizer, [_chat("q", "an answer")["messages"]] * 4), 0, LoopConfig(steps=2, batch_size=2), progress=False, objective=objective)
+    assert seen == [False, False] and torch.backends.cuda.cudnn_sdp_enabled() == before
