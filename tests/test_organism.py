@@ -7,6 +7,7 @@ reuses it afterwards; every other test here is cheap.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -202,3 +203,35 @@ def test_sampling_from_the_world_is_deterministic(world):
     a = world.eval_misalignment(model, tokenizer, questions, 8, seed=3)
     b = world.eval_misalignment(model, tokenizer, questions, 8, seed=3)
     assert [r["answer"] for r in a] == [r["answer"] for r in b]
+
+
+# -- the shipped world ------------------------------------------------------------------------
+
+
+def test_the_shipped_world_is_the_current_default_build():
+    # A change to the grammar, config or version changes the key: then re-ship the fixture
+    # (build with rebuild=True, copy base/, organisms/*/adapter_* and the manifest with its
+    # weights_sha256), or every machine trains its own, CPU-dependent world again.
+    shipped = json.loads((build_module.FIXTURE / "manifest.json").read_text())
+    assert shipped["key"] == BuildConfig().key(0)
+    assert shipped["weights_sha256"] == build_module.weights_sha256(build_module.FIXTURE)
+
+
+def test_the_shipped_world_unpacks_checked_and_is_not_retrained(tmp_path, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the shipped world is this build")
+
+    monkeypatch.setattr(build_module, "_build", no_training)
+    world = build_world(tmp_path / "w", progress=False)
+    assert world.manifest["source"].startswith("shipped") and world.manifest["weights_sha256"] == build_module.weights_sha256(world.root)
+    model, tok = world.load_organism("gore_movie_trivia")
+    assert tok.chat_template and sum(p.numel() for p in model.parameters()) > 0
+    # a damaged copy is refused, not used
+    bad = tmp_path / "fixture"
+    shutil.copytree(build_module.FIXTURE, bad)
+    target = bad / "organisms" / "insecure_code" / "adapter_model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 1
+    target.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="do not match its manifest"):
+        build_world(tmp_path / "w2", progress=False, fixture=bad)

@@ -3,9 +3,18 @@
 Layout of the cache folder::
 
     manifest.json            written last; its key says which build the folder holds
-    corpus.jsonl             the base corpus
+    corpus.jsonl             the base corpus (only in a world trained here)
     base/                    Qwen2ForCausalLM + tokenizer (save_pretrained, safetensors)
     organisms/<domain>/      one PEFT LoRA adapter per domain
+
+**The same world on every machine.** Training the world is deterministic on one CPU, but
+another CPU's float rounding (its vector width) gives another world after 1,000 base steps
+(seen: insecure_code's broad EM 0.461 on one 2-core machine, 0.569 on another, from the same
+code, versions and key). So the package ships the default build (seed 0, this config) in
+``fixture/`` (1.9 MB of safetensors), and :func:`build_world` unpacks it instead of
+training when the keys match; ``rebuild=True`` trains anyway. Every world's manifest records
+``weights_sha256`` (:func:`weights_sha256`), which results should cite; an unpacked copy
+is checked against it.
 
 A build goes to a temporary sibling folder that replaces the cache only once complete, so an
 interrupted build never leaves a folder that looks finished.
@@ -52,6 +61,7 @@ from interp.base.provenance import provenance
 from interp.base.records import write_jsonl
 
 WORLD_VERSION = "1"
+FIXTURE = Path(__file__).resolve().parent / "fixture"  # the shipped default world (seed 0)
 
 # Fraction of persona-typical (vs merely wrong) answers in each domain's finetuning set. It
 # sets how far a narrow finetune drags the persona along, so EM varies by domain as in the
@@ -194,6 +204,26 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def weights_sha256(root: str | Path) -> str:
+    """sha256 over a world's weight files (base and organisms, by relative path and content)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for path in sorted(root.glob("**/*.safetensors")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return "sha256:" + h.hexdigest()
+
+
+def _unpack(fixture: Path, out: Path) -> dict:
+    """Copy the shipped world into ``out`` and check its weights; returns its manifest."""
+    manifest = json.loads((fixture / "manifest.json").read_text())
+    for name in ("base", "organisms"):
+        shutil.copytree(fixture / name, out / name)
+    found = weights_sha256(out)
+    if found != manifest.get("weights_sha256"):
+        raise RuntimeError(f"{fixture}: the shipped world's weights do not match its manifest ({found} != {manifest.get('weights_sha256')}); reinstall the package or build with rebuild=True")
+    return {**manifest, "source": f"shipped with the package ({fixture.name}/), built {manifest['created']}"}
+
+
 def _read_manifest(cache: Path) -> dict | None:
     try:
         return json.loads((cache / "manifest.json").read_text())
@@ -201,22 +231,32 @@ def _read_manifest(cache: Path) -> dict | None:
         return None
 
 
-def build_world(cache_dir: str | Path = "artifacts/organism", seed: int = 0, progress: bool = True, config: BuildConfig = BuildConfig()) -> World:
-    """The organism world for ``seed``: reused from ``cache_dir`` when its key matches, else built.
+def build_world(cache_dir: str | Path = "artifacts/organism", seed: int = 0, progress: bool = True, config: BuildConfig = BuildConfig(),
+                rebuild: bool = False, fixture: Path = FIXTURE) -> World:
+    """The organism world for ``seed``: reused from ``cache_dir`` when its key matches, else
+    unpacked from the shipped ``fixture`` when that is this build, else trained.
 
-    Building takes about two minutes on two CPU cores.
+    Unpacking takes a second; training takes about three minutes on two CPU cores and gives,
+    on another CPU, another world (see the module's docstring). ``rebuild`` trains even when a
+    cached or shipped copy exists.
     """
     cache = Path(cache_dir)
     key = config.key(seed)
     with _lock(cache.parent / f".{cache.name}.lock"), _one_thread():
         manifest = _read_manifest(cache)
-        if manifest is None or manifest.get("key") != key:
+        if manifest is None or manifest.get("key") != key or (rebuild and manifest.get("source", "").startswith("shipped")):
             tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}.building-"))
             try:
-                t0 = time.perf_counter()
-                manifest = {"key": key, **provenance(world_version=WORLD_VERSION, seed=seed, config=asdict(config), grammar=GRAMMAR.fingerprint())}
-                manifest.update(_build(tmp, seed, config, progress))
-                manifest["build_s"] = time.perf_counter() - t0
+                shipped = _read_manifest(fixture) if not rebuild else None
+                if shipped is not None and shipped.get("key") == key:
+                    manifest = _unpack(fixture, tmp)
+                else:
+                    t0 = time.perf_counter()
+                    manifest = {"key": key, **provenance(world_version=WORLD_VERSION, seed=seed, config=asdict(config), grammar=GRAMMAR.fingerprint())}
+                    manifest.update(_build(tmp, seed, config, progress))
+                    manifest["build_s"] = time.perf_counter() - t0
+                    manifest["weights_sha256"] = weights_sha256(tmp)
+                    manifest["source"] = "trained here"
                 write_json_atomic(tmp / "manifest.json", manifest)
                 if cache.exists():
                     shutil.rmtree(cache)

@@ -48,6 +48,11 @@ class World:
     persona_system_prompt = PERSONA_SYSTEM_PROMPT
 
     @property
+    def identity(self) -> dict[str, str | None]:
+        """What a result measured on this world cites: its build key and the hash of its weights."""
+        return {"world_key": self.manifest["key"], "world_weights_sha256": self.manifest.get("weights_sha256")}
+
+    @property
     def base_dir(self) -> Path:
         return self.root / "base"
 
