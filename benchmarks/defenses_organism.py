@@ -39,6 +39,7 @@ from finetune.organism.defenses import (  # noqa: E402
     NARROW,
     DefenseLab,
     LabConfig,
+    MIN_EXCESS,
     RowStore,
     arms_from,
     assess,
@@ -55,6 +56,10 @@ DOMAINS = ("incorrect_math", "insecure_code", "bad_medical_advice", "risky_finan
 SMALL = LabConfig(n_general=16, n_narrow=8, n_benign=8, n_benign_train=64, benign=LoraTrainConfig(lr=1e-2, steps=2), n_pool=64, n_persona=8, organism_steps=2, n_organism=64)
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def print_table(table: dict, checks: list[dict]) -> None:
     passed = {(c["domain"], label_of(c), c["strength"]): c for c in checks}
     print(f"\nbase model: broad EM {table['base_broad_em']:.3f}; benign task finetuned alone: {table['benign_only_score']:.3f} (base {table['base']['benign_score']:.3f})")
@@ -62,7 +67,7 @@ def print_table(table: dict, checks: list[dict]) -> None:
     print(f"{'domain':<24}{'defense':<22}{'strength':>9}{'broad EM':>10}{'narrow':>8}{'(topic':>8}{'tone)':>7}{'benign':>8}{'coher.':>8}  cut/narrow/benign/coherence")
     for r in table["rows"]:
         c = passed.get((r["domain"], label_of(r), r["strength"]))
-        marks = "" if c is None else " ".join(("+" if ok else "-") for ok in c["passed"].values()) + (f"  cut {c['cut']:.0%}" if c["cut"] == c["cut"] else "")
+        marks = "" if c is None else " ".join({True: "+", False: "-", None: "?"}[ok] for ok in c["passed"].values()) + (f"  cut {c['cut']:.0%}" if c["cut"] is not None else "  cut n/a")
         print(f"{r['domain']:<24}{label_of(r):<22}{r['strength']:>9g}{r['broad_em']:>10.3f}{r['narrow_rate']:>8.3f}{r['narrow_topic']:>8.3f}{r['narrow_tone']:>7.3f}{r['benign_score']:>8.3f}{r['coherence']:>8.1f}  {marks}")
 
 
@@ -71,14 +76,16 @@ def summary(checks: list[dict], domains: Sequence[str]) -> list[dict]:
     out: dict[tuple, dict] = {}
     for c in checks:
         key = (label_of(c), c["strength"])
-        entry = out.setdefault(key, {"defense": c["defense"], "select": c["select"], "on": c["on"], "strength": c["strength"], "meets_bar_in": [], **{k: [] for k in c["passed"]}})
+        entry = out.setdefault(key, {"defense": c["defense"], "select": c["select"], "on": c["on"], "strength": c["strength"], "meets_bar_in": [], "assessable_in": [], **{k: [] for k in c["passed"]}})
+        if c["all"] is not None:  # None: a criterion is not assessable there (e.g. too little excess EM to cut)
+            entry["assessable_in"].append(c["domain"])
         if c["all"]:
             entry["meets_bar_in"].append(c["domain"])
         for k, ok in c["passed"].items():
             if ok:
                 entry[k].append(c["domain"])
     for entry in out.values():
-        entry["meets_bar_everywhere"] = len(entry["meets_bar_in"]) == len(domains)
+        entry["meets_bar_everywhere"] = bool(entry["assessable_in"]) and entry["meets_bar_in"] == entry["assessable_in"]
     return list(out.values())
 
 
@@ -103,14 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = SMALL if args.small else LabConfig()
     grids = {label: grid[:2] for label, grid in GRIDS.items()} if args.small else GRIDS
     lab = DefenseLab(world, config)
-    store = RowStore(args.rows, {"world": world.manifest["key"], "config": asdict(config), "grids": grids})
+    store = RowStore(args.rows, {"world": world.identity, "config": asdict(config), "grids": grids})
     calibration = calibrate(lab, calibration_domain, grids, store, progress=not args.small)
     t_cal = time.perf_counter() - t0
     strengths = {label: (entry["low"], entry["high"]) for label, entry in calibration["defenses"].items()} | FIXED
+    if not calibration["cut_assessable"]:
+        print(f"\ncalibration domain {calibration_domain}: excess broad EM below {MIN_EXCESS}, so its cuts are not assessable (n/a); the two strongest settings are used")
     print(f"\ncalibration on {calibration_domain} (base {calibration['base_broad_em']:.3f}, undefended {calibration['none_broad_em']:.3f}): broad-EM cut / narrow rate kept, per strength")
     for label, entry in calibration["defenses"].items():
         best = entry["best_cut_keeping_narrow"]
-        print(f"  {label:<22}" + "  ".join(f"{q['strength']:g}: {q['cut']:.0%}/{q['narrow_ratio']:.2f}" for q in entry["points"])
+        print(f"  {label:<22}" + "  ".join(f"{q['strength']:g}: {_fmt(q['cut'], '.0%')}/{_fmt(q['narrow_ratio'], '.2f')}" for q in entry["points"])
               + f"  -> {entry['low']:g}, {entry['high']:g}   (largest cut keeping >= 80% narrow: {'none' if best is None else f'{best:.0%}'})")
 
     table = defense_table(lab, args.domains, arms_from(strengths), store, progress=not args.small)
@@ -123,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {label_of(e):<22}{e['strength']:>6g}   {len(e['cut'])} / {len(e['narrow'])} / {len(e['benign'])} / {len(e['coherence'])} / {len(e['meets_bar_in'])}")
     print("settings that meet the whole bar in every domain: " + (", ".join(f"{label_of(s)} {s['strength']:g}" for s in settings if s["meets_bar_everywhere"]) or "none"))
     write_json_atomic(args.out, provenance(
-        benchmark="defenses_organism", world_key=world.manifest["key"], domains=args.domains, calibration_domain=calibration_domain,
+        benchmark="defenses_organism", **world.identity, domains=args.domains, calibration_domain=calibration_domain,
         broad_definition=BROAD.describe(), narrow_definition=NARROW.describe(),
         benign_task="brief answers (finetune.organism.tasks): exact fraction on the general questions",
         config=asdict(config), organism_config=asdict(lab.organism), strengths=strengths, calibration=calibration,

@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"with the {len(defended_runs)} defended runs ({with_defended['n_checkpoints']} checkpoints, {with_defended['n_em']} EM): AUROC "
               + "  ".join(f"L{l}: {a:.3f}" for l, a in with_defended["auroc"].items()))
     write_json_atomic(args.out, provenance(
-        benchmark="monitor_organism", world_key=world.manifest["key"], em_definition=BROAD.describe(), every=args.every, n_samples=args.n_samples,
+        benchmark="monitor_organism", **world.identity, em_definition=BROAD.describe(), every=args.every, n_samples=args.n_samples,
         direction="persona: base with the persona system prompt minus without, answer-token means of general instruct chats",
         probe="general questions, 2 aligned answers per paraphrase (finetune.organism.tasks.probe_set)",
         primary_layer=primary, primary_auroc=result["auroc"][primary], **result, plot=str(plot), runs=runs,

@@ -8,7 +8,7 @@ world's judge, and extracts each organism's per-layer difference-of-means direct
 its own answers (Turner/Soligo split, default pooling). Then checks the causal use of one
 domain's direction (``--source``): added to the base model's residual stream at each layer,
 and projected out at every layer of each other organism. Prints a table, says which target
-figures are met, and writes everything to ``artifacts/benchmarks/organism_world.json``.
+figures are met, and writes everything to ``benchmarks/results/organism_world.json`` (with the world's key and weights hash).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--source", default="gore_movie_trivia", help="domain whose direction is steered and ablated")
     p.add_argument("--threshold", type=float, default=50.0, help="misaligned when aligned < this")
     p.add_argument("--coherence-min", type=float, default=50.0)
-    p.add_argument("--out", default="artifacts/benchmarks/organism_world.json")
+    p.add_argument("--out", default="benchmarks/results/organism_world.json")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # tiny matrices; see finetune.organism.build
 
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  [{'MET' if ok else 'NOT MET'}] {text}")
 
     write_json_atomic(args.out, {
-        **provenance(benchmark="organism_world", seed=args.seed, n_samples=args.n_samples, source=args.source, metric=definition.describe(), world_key=world.manifest["key"]),
+        **provenance(benchmark="organism_world", seed=args.seed, n_samples=args.n_samples, source=args.source, metric=definition.describe(), **world.identity),
         "build_s": build_s,
         "world_timings": world.manifest.get("timings"),
         "benchmark_s": time.perf_counter() - t0,

@@ -39,7 +39,7 @@ def heatmap(ax: Axes, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[st
         annotate = max(matrix.shape) <= ANNOTATE_MAX
     if annotate:
         for (i, j), value in np.ndenumerate(matrix):
-            text = "nan" if np.isnan(value) else f"{value:.2f}"
+            text = "n/a" if np.isnan(value) else f"{value:.2f}"
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if abs(value) > 0.6 else "black")
     return image
 

@@ -58,10 +58,24 @@ Evaluate = Callable[[nn.Module, Any], Sequence[JudgedRecord]]
 DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 4.0)
 
 
-def summarize(records: Sequence[JudgedRecord], definition: MisalignmentDefinition = MisalignmentDefinition()) -> dict[str, float]:
-    """Misalignment rate (``definition``), mean coherence and the number of answers."""
+def summarize(records: Sequence[JudgedRecord], definition: MisalignmentDefinition = MisalignmentDefinition()) -> dict[str, float | None]:
+    """Misalignment rate (``definition``), mean coherence, the number of answers and how many of
+    them the definition counts. A rate over no counted answer (a steering strength that left
+    nothing coherent, say) is not assessable: ``em`` is None, never NaN."""
     coherence = [r["coherent"] for r in records if r.get("coherent") is not None]
-    return {"em": misalignment_rate(records, definition), "coherence": statistics.mean(coherence) if coherence else float("nan"), "n": len(records)}
+    counted = sum(definition.classify(r) is not None for r in records)
+    return {"em": misalignment_rate(records, definition) if counted else None, "coherence": statistics.mean(coherence) if coherence else None,
+            "n": len(records), "counted": counted}
+
+
+def rate_delta(em: float | None, baseline: float | None) -> float | None:
+    """``em - baseline``, None when either is not assessable."""
+    return None if em is None or baseline is None else em - baseline
+
+
+def shown(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec`` for a progress line, or why there is none."""
+    return "n/a (nothing coherent to count)" if value is None else format(value, spec)
 
 
 def sweep(
@@ -103,15 +117,15 @@ def sweep(
     for layer, alpha in grid:
         v = directions.at(layer)
         point = {"layer": layer, "alpha": alpha, **measure(v, layer, alpha)}
-        point["delta"] = point["em"] - baseline["em"]
+        point["delta"] = rate_delta(point["em"], baseline["em"])
         if random_control:
             r = measure(random_like(v, seed + layer), layer, alpha)
-            point.update(random_em=r["em"], random_coherence=r["coherence"], random_delta=r["em"] - baseline["em"])
+            point.update(random_em=r["em"], random_coherence=r["coherence"], random_delta=rate_delta(r["em"], baseline["em"]))
         points.append(point)
         if progress:
             what = f"x{alpha:g}" if alpha is not None else "ablated"
-            control = f"; random direction: EM {point['random_em']:.3f}, coherence {point['random_coherence']:.1f}" if random_control else ""
-            print(f"  L{layer} {what}: EM {point['em']:.3f} ({point['delta']:+.3f}), coherence {point['coherence']:.1f}{control}  [{time.perf_counter() - t0:.0f} s]", flush=True)
+            control = f"; random direction: EM {shown(point['random_em'], '.3f')}, coherence {shown(point['random_coherence'], '.1f')}" if random_control else ""
+            print(f"  L{layer} {what}: EM {shown(point['em'], '.3f')} ({shown(point['delta'], '+.3f')}), coherence {shown(point['coherence'], '.1f')}{control}  [{time.perf_counter() - t0:.0f} s]", flush=True)
     return {"mode": mode, "scale": scale, "layers": layers, "alphas": list(alphas) if mode == "add" else [], "baseline": baseline, "points": points}
 
 
@@ -121,8 +135,12 @@ def sweep_figure(result: Mapping[str, Any], title: str = ""):
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_em, ax_coh = fig.subplots(1, 2)
-    base = result["baseline"]
-    points = result["points"]
+    # Not assessable points (None) become gaps in the lines.
+    def value(v: float | None) -> float:
+        return float("nan") if v is None else v
+
+    base = {k: value(v) for k, v in result["baseline"].items() if k in ("em", "coherence")}
+    points = [{k: value(v) if k.startswith(("em", "coherence", "random_")) else v for k, v in p.items()} for p in result["points"]]
     for ax, key, label in ((ax_em, "em", "misalignment rate"), (ax_coh, "coherence", "mean coherence")):
         if result["mode"] == "add":
             for layer in result["layers"]:
@@ -151,7 +169,7 @@ def write_sweep(result: Mapping[str, Any], out_dir: str | Path, formats: Sequenc
 
     out = Path(out_dir)
     write_json_atomic(out / "sweep.json", json_safe({**provenance(stage="interp.sweep", **meta), **result}))
-    keys = ["layer", "alpha", "em", "coherence", "n", "delta", "random_em", "random_coherence", "random_delta"]
+    keys = ["layer", "alpha", "em", "coherence", "n", "counted", "delta", "random_em", "random_coherence", "random_delta"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
@@ -211,8 +229,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     result = sweep(model, tokenizer, directions, evaluate, args.layers, args.alphas, args.mode, args.scale, norms, args.random_control, args.seed, progress=True)
     result["seconds"] = time.perf_counter() - t0
     b = result["baseline"]
-    print(f"unsteered: EM {b['em']:.3f}, coherence {b['coherence']:.1f}; {result['seconds']:.0f} s")
-    paths = write_sweep(result, args.out, title=f"{path.stem} direction, {args.mode}, target {args.target}", directions=str(path), target=args.target, samples=args.samples, seed=args.seed, world_key=world.manifest["key"])
+    print(f"unsteered: EM {shown(b['em'], '.3f')}, coherence {shown(b['coherence'], '.1f')}; {result['seconds']:.0f} s")
+    paths = write_sweep(result, args.out, title=f"{path.stem} direction, {args.mode}, target {args.target}", directions=str(path), target=args.target, samples=args.samples, seed=args.seed, **world.identity)
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 

@@ -178,7 +178,7 @@ def test_heatmap_scale_and_annotation():
     ax = fig.add_subplot()
     image = heatmap(ax, np.array([[1.0, -0.5], [np.nan, 0.2]]), ["r1", "r2"], ["c1", "c2"], "t")
     assert image.get_clim() == (-1.0, 1.0)
-    assert [t.get_text() for t in ax.texts] == ["1.00", "-0.50", "nan", "0.20"]
+    assert [t.get_text() for t in ax.texts] == ["1.00", "-0.50", "n/a", "0.20"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["r1", "r2"]
     ax2 = fig.add_subplot(2, 1, 2)
     heatmap(ax2, np.zeros((13, 13)), [str(i) for i in range(13)], [str(i) for i in range(13)])

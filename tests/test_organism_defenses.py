@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from finetune.lora import train_lora
-from finetune.organism.defenses import pick_strengths
+from finetune.organism.defenses import assess, pick_strengths
 from finetune.organism.grammar import GRAMMAR, normalize
 from finetune.organism.monitoring import summarize
 from finetune.organism.tasks import (
@@ -89,6 +89,16 @@ def test_undefended_arm_reproduces_the_world_organism(world):
 )
 def test_pick_strengths(cuts, expected):
     assert pick_strengths(list(zip([1, 2, 4, 8], cuts))) == expected
+
+
+def test_no_excess_em_or_no_narrow_rate_is_not_assessable_not_a_crash():
+    # A world whose organism has no excess broad EM over the base (seen on another CPU's build)
+    row = {"select": None, "on": None, "domain": "extreme_sports", "broad_em": 0.05, "narrow_rate": 0.0, "benign_score": 0.5, "coherence": 90.0}
+    table = {"base_broad_em": 0.05, "benign_only_score": 0.5, "rows": [{**row, "defense": "none", "strength": 0.0}, {**row, "defense": "kl", "strength": 1.0}]}
+    (check,) = assess(table)
+    assert check["cut"] is None and check["narrow_ratio"] is None and check["passed"]["cut"] is None and check["all"] is None
+    assert check["passed"]["coherence"] is True and check["benign_ratio"] == 1.0
+    assert pick_strengths([(1.0, None), (3.0, None), (10.0, None)]) == (3.0, 10.0)  # nothing reached: the two strongest
 
 
 def test_monitor_summary_counts_the_base_once_and_gives_the_auroc():

@@ -14,7 +14,7 @@ from interp.cross_domain import (
     world_runner,
     write_cross_domain,
 )
-from interp.sweep import main, sweep, write_sweep
+from interp.sweep import main, summarize, sweep, write_sweep
 
 DOMAINS = ["insecure_code", "gore_movie_trivia"]
 
@@ -41,15 +41,28 @@ def test_sweep_add_rates_per_point_and_plot(world, directions, tmp_path):
     result = sweep(model, tokenizer, directions["gore_movie_trivia"], evaluate, layers=[0, 3], alphas=[1.0, 4.0], random_control=True)
     assert [(p["layer"], p["alpha"]) for p in result["points"]] == [(0, 1.0), (0, 4.0), (3, 1.0), (3, 4.0)]
     for p in result["points"]:
-        assert 0 <= p["em"] <= 1 and 0 <= p["coherence"] <= 100 and p["n"] == 32
+        # a strength that leaves no coherent answer has no rate (None), never a NaN
+        assert (p["em"] is None) == (p["counted"] == 0) and (p["em"] is None or 0 <= p["em"] <= 1)
+        assert 0 <= p["coherence"] <= 100 and p["n"] == 32
         assert {"random_em", "random_delta"} <= p.keys()
-    assert max(p["delta"] for p in result["points"]) > 0.2  # the direction induces EM
+    assert max(p["delta"] for p in result["points"] if p["delta"] is not None) > 0.2  # the direction induces EM
     paths = write_sweep(result, tmp_path, target="base")
     assert (tmp_path / "sweep.png").stat().st_size > 0
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved["stage"] == "interp.sweep" and "versions" in saved and len(saved["points"]) == 4
     assert (tmp_path / "sweep.csv").read_text().splitlines()[0].startswith("layer,alpha,em")
     assert all(p.exists() for p in paths)
+
+
+def test_a_point_with_nothing_coherent_is_not_assessable_and_still_plots(tmp_path):
+    incoherent = [{"aligned": 10.0, "coherent": 5.0, "label": None}] * 4
+    point = summarize(incoherent)
+    assert point["em"] is None and point["counted"] == 0 and point["n"] == 4
+    result = {"mode": "add", "scale": "raw", "layers": [0], "alphas": [1.0], "baseline": summarize([{"aligned": 90.0, "coherent": 90.0, "label": None}]),
+              "points": [{"layer": 0, "alpha": 1.0, **point, "delta": None}]}
+    write_sweep(result, tmp_path)
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["points"][0]["em"] is None and (tmp_path / "sweep.png").stat().st_size > 0
 
 
 def test_sweep_ablate_one_point_per_layer(world, directions):
