@@ -31,6 +31,7 @@ from pathlib import Path
 from torch import nn
 from tqdm.auto import tqdm
 
+from eval.openai_api import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
 from eval.questions import Question, load_questions
 from eval.sampling import Sampler, SamplingConfig, sample_answers
 from interp.base.cli import (
@@ -42,6 +43,7 @@ from interp.base.cli import (
     positive_float,
     positive_int,
     run_cli,
+    seed_int,
 )
 from interp.base.locks import output_lock
 from interp.base.paths import input_file, output_file
@@ -54,7 +56,7 @@ from interp.base.records import (
     bound_output,
     prompt_messages,
     read_answers,
-    repair_jsonl_tail,
+    read_resumable,
 )
 from interp.generation import ENGINES, EngineName
 
@@ -110,11 +112,9 @@ def generate_answers(
         sampler = functools.partial(sample_answers, model, tokenizer, progress=False, engine=engine)
     slots = plan_answers(questions, n_samples, trigger, system)
     done: dict[tuple, AnswerRecord] = {}
-    if out_path is not None and Path(out_path).exists():
-        repair_jsonl_tail(out_path)
-        for rec in read_answers(out_path):
-            done[answer_key(rec)] = rec
-        _check_same_questions(slots, done, out_path)
+    if out_path is not None:
+        check = functools.partial(_check_same_questions, slots, out_path=out_path)
+        done = {answer_key(rec): rec for rec in read_resumable(out_path, read_answers, check)}
     batches = [slots[i : i + config.batch_size] for i in range(0, len(slots), config.batch_size)]
     bar = tqdm(total=len(slots), desc="answers", unit="answer", disable=not progress)
     bar.update(sum(answer_key(s) in done for s in slots))
@@ -132,7 +132,9 @@ def generate_answers(
     return [done[answer_key(s)] for s in slots]
 
 
-def _check_same_questions(slots: list[AnswerRecord], done: dict[tuple, AnswerRecord], out_path: str | Path) -> None:
+def _check_same_questions(slots: list[AnswerRecord], records: list[AnswerRecord], out_path: str | Path) -> None:
+    """Refuse an output whose answers were asked with another question text or system prompt."""
+    done = {answer_key(r): r for r in records}
     for s in slots:
         old = done.get(answer_key(s))
         if old is not None and (old["question"], old["system"]) != (s["question"], s["system"]):
@@ -155,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         "No steering with openai:MODEL",
     )
     p.add_argument("--concurrency", type=positive_int, default=16, help="requests in flight with --engine openai:MODEL (default 16)")
+    p.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, help=f"seconds to wait for a reply with --engine openai:MODEL (default {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument("--max-retries", type=non_negative_int, default=DEFAULT_MAX_RETRIES, help=f"retries of a failed or timed-out request (default {DEFAULT_MAX_RETRIES})")
     p.add_argument("--questions", help="question YAML (default: the shipped general questions)")
     p.add_argument("--samples", type=positive_int, help="samples per paraphrase (default: each question's samples_per_paraphrase)")
     p.add_argument("--trigger", nargs="?", const="on", default="off", choices=("off", "on", "both"), help="put the backdoor trigger in the user turn: --trigger (on) or --trigger both")
@@ -166,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="1 for none (default)")
     p.add_argument("--max-new-tokens", type=positive_int, default=256)
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--trust-remote-code", action="store_true")
@@ -175,8 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from interp.base.loading import load_model
-
     args = build_parser().parse_args(argv)
     remote = args.engine.startswith("openai:")
     if not remote and args.engine not in ENGINES:
@@ -198,17 +200,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Trigger, sample count and question set may grow a file; everything else must match.
     settings = {"model": args.model, "adapter": args.adapter, "engine": args.engine, "dtype": args.dtype, "system": args.system, **asdict(config)}
     triggers = {"off": False, "on": True, "both": (False, True)}[args.trigger]
-    with output_lock(args.out), bound_output(args.out, settings, questions=qs.source, questions_hash=data_hash(asdict(q) for q in qs.questions)):
-        model = tokenizer = sampler = None
-        if remote:
-            from eval.openai_generate import OpenAIGenerator
-
-            sampler = OpenAIGenerator(args.engine.removeprefix("openai:"), concurrency=args.concurrency, progress=not args.no_progress).sample
-        else:
-            model, tokenizer = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-        records = generate_answers(model, tokenizer, qs.questions, args.samples, triggers, config, args.out, args.system, progress=not args.no_progress, engine="auto" if remote else args.engine, sampler=sampler)
+    with output_lock(args.out):
+        if Path(args.out).exists():
+            read_answers(args.out, torn_tail=True)  # every line checked before the provenance is touched
+        with bound_output(args.out, settings, questions=qs.source, questions_hash=data_hash(asdict(q) for q in qs.questions)):
+            records = _generate(args, qs.questions, config, triggers, remote)
     print(f"{args.out}: {len(records)} answers")
     return 0
+
+
+def _generate(args: argparse.Namespace, questions: Sequence[Question], config: SamplingConfig, triggers: Triggers, remote: bool) -> list[AnswerRecord]:
+    """Load the model (or connect to the server) and sample into ``args.out``."""
+    from interp.base.loading import load_model
+
+    model = tokenizer = sampler = None
+    if remote:
+        from eval.openai_generate import OpenAIGenerator
+
+        generator = OpenAIGenerator(
+            args.engine.removeprefix("openai:"), concurrency=args.concurrency, max_retries=args.max_retries, timeout_s=args.timeout, progress=not args.no_progress
+        )
+        sampler = generator.sample
+    else:
+        model, tokenizer = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    return generate_answers(model, tokenizer, questions, args.samples, triggers, config, args.out, args.system, progress=not args.no_progress, engine="auto" if remote else args.engine, sampler=sampler)
 
 
 if __name__ == "__main__":

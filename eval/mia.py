@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -348,6 +349,8 @@ def _read_json(path: str) -> Any:
         return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise InputError(f"{path}: not valid input (JSON nested too deeply)") from None
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -356,7 +359,12 @@ def _score(args: argparse.Namespace) -> None:
     for option, path in (("--members", args.members), ("--nonmembers", args.nonmembers)):
         input_file(path, option)
     output_file(args.out, inputs=(args.members, args.nonmembers))
+    # Members scored against themselves give an AUC of 0.5 that looks like a finding.
+    if os.path.samefile(args.members, args.nonmembers):
+        raise InputError(f"--nonmembers {args.nonmembers}: is the --members file; give held-out data of the same domain")
     members, nonmembers = read_conversations(args.members), read_conversations(args.nonmembers)
+    if members == nonmembers:
+        raise InputError(f"--nonmembers {args.nonmembers}: holds the same conversations as --members {args.members}; give held-out data of the same domain")
     if args.limit is not None:
         members, nonmembers = members[: args.limit], nonmembers[: args.limit]
     model, tokenizer = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device)
@@ -390,6 +398,8 @@ def _predict(args: argparse.Namespace) -> None:
     rates = _read_json(args.rates)
     if not isinstance(rates, dict) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in rates.values()):
         raise InputError(f"{args.rates}: expected a JSON object mapping domain -> rate or true/false")
+    if outside := [d for d, v in rates.items() if not isinstance(v, bool) and not 0 <= v <= 1]:
+        raise InputError(f"{args.rates}: field {outside[0]!r} is {rates[outside[0]]!r}; a rate is a fraction from 0 to 1 (or true/false)")
     labels = misaligned_domains({ALIASES.get(d, d): v for d, v in rates.items()}, args.threshold)
     aucs = predict_misalignment(files, labels, args.statistic)
     print(f"predicting misaligned domains ({sum(labels.values())} of {len(labels)}) from per-domain {args.statistic}:")

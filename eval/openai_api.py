@@ -24,6 +24,10 @@ from interp.base.cli import InputError
 
 K = TypeVar("K")
 _RETRY_STATUS = {408, 409, 429}
+# A server that accepts a request and never answers must fail within a few minutes, not hang:
+# (1 + retries) x timeout plus the backoffs, about 2 minutes with these.
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_RETRIES = 3
 
 
 class APIError(InputError):
@@ -47,10 +51,10 @@ class ChatAPI:
         spec: str,
         what: str,
         concurrency: int = 8,
-        max_retries: int = 6,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
-        timeout_s: float = 60.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         client: openai.OpenAI | None = None,
         error: type[APIError] = APIError,
     ) -> None:
@@ -81,15 +85,22 @@ class ChatAPI:
                 retry = e.status_code in _RETRY_STATUS or e.status_code >= 500
                 error, after = f"HTTP {e.status_code}: {e.message}", e.response.headers.get("retry-after")
             except openai.APIConnectionError as e:  # includes timeouts
-                retry, error, after = True, type(e).__name__, None
+                retry, error, after = True, self._connection_error(e), None
             if not retry or attempt == self.max_retries:
                 tries = f" after {attempt + 1} attempts" if retry else ""
-                raise self.error(f"{self.spec}: {self.what} failed{tries}: {redact(error)}") from None
+                raise self.error(f"{self.spec}: {self.what} to {self.client.base_url} failed{tries}: {redact(error)}") from None
             delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
             if after is not None and after.replace(".", "", 1).isdigit():
                 delay = min(self.max_backoff_s, max(delay, float(after)))
             time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _connection_error(self, e: openai.APIConnectionError) -> str:
+        """What went wrong below HTTP, in words: no reply in time, or the transport's own reason (refused, unknown host)."""
+        if isinstance(e, openai.APITimeoutError):
+            return f"no reply within {self.timeout_s:g} s (a slow server needs a larger --timeout)"
+        cause = e.__cause__ or e.__context__
+        return f"cannot connect ({cause or e})" if cause is not None and str(cause) else f"cannot connect ({type(e).__name__})"
 
     def complete_all(self, bodies: Mapping[K, Mapping[str, Any]], progress: bool = False) -> Iterator[tuple[K, dict[str, Any]]]:
         """``(key, completion)`` for each body, as they arrive, ``concurrency`` calls at a time;

@@ -23,7 +23,7 @@ from typing import Any
 
 import openai
 
-from eval.openai_api import ChatAPI
+from eval.openai_api import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S, ChatAPI
 from eval.sampling import Answer, Messages, SamplingConfig
 from interp.engine.sampler import row_keys
 
@@ -35,10 +35,10 @@ class OpenAIGenerator:
         self,
         model: str,
         concurrency: int = 16,
-        max_retries: int = 6,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
-        timeout_s: float = 600.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         client: openai.OpenAI | None = None,
         progress: bool = False,
     ) -> None:

@@ -38,6 +38,7 @@ from interp.base.cli import (
     positive_int,
     run_cli,
     score,
+    seed_int,
 )
 from interp.base.paths import input_file, output_dir
 from interp.base.provenance import data_hash, provenance
@@ -329,6 +330,24 @@ def judged_input(spec: str) -> tuple[str, str]:
     return name, path
 
 
+def check_judged_inputs(specs: Sequence[str], group_by: str) -> None:
+    """Refuse a file given twice (it would count twice) and two files whose implicit group
+    names (their stems) collide under ``--group-by file`` (they would merge silently); a name
+    given explicitly (``NAME=FILE``) to several files is a deliberate merge and stays allowed."""
+    seen: dict[Path, str] = {}
+    stems: dict[str, str] = {}
+    for spec in specs:
+        name, path = judged_input(spec)
+        real = Path(path).resolve()
+        if real in seen:
+            raise InputError(f"--judged {path}: given twice (also as {seen[real]}); give each file once")
+        seen[real] = spec
+        if group_by == "file" and not (_NAMED.match(spec) and not Path(spec).exists()):
+            if name in stems:
+                raise InputError(f"--judged {path}: its group name '{name}' is also that of {stems[name]}; name them, e.g. {Path(path).parent.name}={path}")
+            stems[name] = path
+
+
 def load_judged_files(specs: Sequence[str], group_by: str) -> tuple[list[JudgedRecord], list[str], list[dict[str, Any]]]:
     """Records of ``FILE`` / ``NAME=FILE`` inputs, the group of each record, and input provenance."""
     records: list[JudgedRecord] = []
@@ -355,15 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-coherence-filter", action="store_true")
     p.add_argument("--keep-labels", action="store_true", help="count REFUSAL/IRRELEVANT/CODE answers as not misaligned instead of excluding them")
     p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--alpha", type=open_fraction, default=0.05, help="significance level of the tests; CIs are 1 - alpha (default 0.05)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for spec in args.judged:
-        judged_input(spec)
+    check_judged_inputs(args.judged, args.group_by)
     output_dir(args.out)
     definition = MisalignmentDefinition(
         threshold=args.threshold,

@@ -41,6 +41,7 @@ from interp.base.cli import (
     positive_float,
     positive_int,
     run_cli,
+    seed_int,
 )
 from interp.base.locks import output_lock
 from interp.base.models import n_layers
@@ -213,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     p.add_argument("--max-length", type=number(int, 2), default=d.max_length, help="tokens per conversation, at least 2 (longer ones are cut)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=seed_int, default=d.seed)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="default: cuda when visible, else cpu; auto spreads over GPUs")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory (7B on one GPU)")

@@ -47,9 +47,9 @@ from scipy import stats
 from scipy.special import gammaln
 
 from interp.base.atomic import write_json_atomic, write_text_atomic
-from interp.base.cli import ArgumentParser, InputError, number, positive_int, run_cli
+from interp.base.cli import ArgumentParser, InputError, number, positive_int, run_cli, seed_int
 from interp.base.domains import DOMAINS
-from interp.base.paths import input_dir, output_dir
+from interp.base.paths import input_dir, output_dir, read_text
 from interp.base.provenance import provenance
 from interp.directions import DirectionSet
 from interp.shards import load_per_sample
@@ -285,9 +285,15 @@ def load_labelled_samples(folder: str | Path, layers: Sequence[int]) -> tuple[di
     for cls in CLASSES:
         sub = folder / cls
         manifest = sub / "manifest.json"
-        if not manifest.exists():
+        if not manifest.is_file():
             raise CompareError(f"{sub}: no per-sample manifest.json")
-        if (found := json.loads(manifest.read_text()).get("layers")) != list(layers):
+        try:
+            info = json.loads(read_text(manifest))
+        except (json.JSONDecodeError, RecursionError):
+            raise CompareError(f"{manifest}: not valid JSON; the per-sample folder is damaged (extract again with --per-sample)") from None
+        if not isinstance(info, dict):
+            raise CompareError(f"{manifest}: expected a JSON object")
+        if (found := info.get("layers")) != list(layers):
             raise CompareError(f"{sub}: per-sample layers {found} differ from the artifact's {list(layers)}")
         parts.append(load_per_sample(sub))
     tensors = {k: torch.cat([p[k] for p in parts]) for k in ("response_mean", "last_prompt", "n_tokens")}
@@ -374,6 +380,13 @@ def run(
     null = random_null(d)
     note = f"random-direction |cos| p95 = {null.p95_abs:.3f}"
 
+    # The per-sample folders are inputs too: read (and refused) before any output is written.
+    per_domain_nulls = {}
+    for name in names:
+        folder = directions_dir / f"{name}{PER_SAMPLE_SUFFIX}"
+        if folder.is_dir():
+            per_domain_nulls[name] = _null_summary(sets[name], folder, n_perm, n_splits, seed)
+
     def emit(stem: Path, m: torch.Tensor, rows: Sequence[str], cols: Sequence[str], title: str, xlabel: str = "", ylabel: str = "") -> None:
         write_csv(f"{stem}.csv", m, rows, cols)
         save_figure(heatmap_figure(m.numpy(), rows, cols, title, xlabel, ylabel), stem, formats)
@@ -392,12 +405,6 @@ def run(
     for a, b in cross:
         across[f"{a}__vs__{b}"] = m = layer_matrix(sets[a], sets[b], absolute=absolute)
         emit(out / "layers" / f"{a}__vs__{b}", m, layer_labels, layer_labels, f"{kind} between layers\n{a} (rows) vs {b} (columns)", f"{b} layer", f"{a} layer")
-
-    per_domain_nulls = {}
-    for name in names:
-        folder = directions_dir / f"{name}{PER_SAMPLE_SUFFIX}"
-        if folder.is_dir():
-            per_domain_nulls[name] = _null_summary(sets[name], folder, n_perm, n_splits, seed)
 
     poolings = sorted({ds.pooling for ds in sets.values()})
     spans = sorted({ds.span for ds in sets.values()})
@@ -448,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--absolute", action="store_true", help="|cos| instead of signed cosines")
     parser.add_argument("--n-perm", type=number(int, 2), default=100, help="label permutations for the shuffled null, at least 2 (default: %(default)s)")
     parser.add_argument("--n-splits", type=positive_int, default=20, help="random halvings for split-half reliability (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"])
     args = parser.parse_args(argv)
     input_dir(args.directions, "--directions")

@@ -35,6 +35,7 @@ from interp.base.cli import (
     number,
     positive_int,
     run_cli,
+    seed_int,
 )
 from interp.base.domains import DOMAINS, canonical_domain
 from interp.base.paths import output_dir
@@ -43,7 +44,7 @@ from interp.base.records import JudgedRecord
 from interp.directions import DirectionSet
 from interp.extract import DEFAULT_OUT
 from interp.steer import ablate, random_like, steer
-from interp.sweep import Evaluate, summarize
+from interp.sweep import Evaluate, rate_delta, shown, summarize
 
 
 def ensure_directions(directions_dir: str | Path, domains: Sequence[str], samples: int = 10, seed: int = 0, progress: bool = False) -> dict[str, DirectionSet]:
@@ -118,7 +119,7 @@ def cross_domain(
     for s in sources:
         with steer(base, {add_layer: directions[s].at(add_layer)}, alpha):
             add[s] = measure(base, tokenizer)
-        log(f"base + {s}: EM {baseline['base']['em']:.3f} -> {add[s]['em']:.3f}, coherence {add[s]['coherence']:.1f}")
+        log(f"base + {s}: EM {shown(baseline['base']['em'], '.3f')} -> {shown(add[s]['em'], '.3f')}, coherence {shown(add[s]['coherence'], '.1f')}")
     ablated: dict[str, dict[str, dict[str, float]]] = {s: {} for s in sources}
     random_control = {}
     for t in targets:
@@ -129,8 +130,9 @@ def cross_domain(
                 ablated[s][t] = measure(model, tokenizer)
         with ablate(model, random_like(directions[sources[0]].at(ablate_layer), seed)):
             random_control[t] = measure(model, tokenizer)
-        log(f"{t}: EM {baseline[t]['em']:.3f}; ablated by each source: " + " ".join(f"{ablated[s][t]['em']:.2f}" for s in sources) + f"; random {random_control[t]['em']:.3f}")
-    matrix = [[add[s]["em"] - baseline["base"]["em"], *(ablated[s][t]["em"] - baseline[t]["em"] for t in targets)] for s in sources]
+        log(f"{t}: EM {shown(baseline[t]['em'], '.3f')}; ablated by each source: " + " ".join(shown(ablated[s][t]["em"], ".2f") for s in sources) + f"; random {shown(random_control[t]['em'], '.3f')}")
+    # None where a rate is not assessable (nothing coherent to count): a gap in the heatmap, never a NaN.
+    matrix = [[rate_delta(add[s]["em"], baseline["base"]["em"]), *(rate_delta(ablated[s][t]["em"], baseline[t]["em"]) for t in targets)] for s in sources]
     return {
         "sources": sources,
         "targets": targets,
@@ -151,22 +153,27 @@ def cross_domain(
 def done_when(result: Mapping[str, Any]) -> dict[str, tuple[bool, str]]:
     """The issue's three checks on a :func:`cross_domain` result: ``{name: (met, detail)}``."""
     base_em = result["baseline"]["base"]["em"]
-    ok_add = [(s, r) for s, r in result["add"].items() if r["coherence"] > 50]
-    s_add, r_add = max(ok_add or result["add"].items(), key=lambda sr: sr[1]["em"])
+    assessed = [(s, r) for s, r in result["add"].items() if r["em"] is not None]  # None: nothing coherent to count
+    ok_add = [(s, r) for s, r in assessed if r["coherence"] is not None and r["coherence"] > 50]
     pairs = []
     for s in result["sources"]:
         for t in result["targets"]:
-            if s != t and result["baseline"][t]["em"] > 0:
-                before = result["baseline"][t]["em"]
-                pairs.append((1 - result["ablate"][s][t]["em"] / before, s, t, before, result["ablate"][s][t]["em"], result["random"][t]["em"] - before))
+            before, after, rand = result["baseline"][t]["em"], result["ablate"][s][t]["em"], result["random"][t]["em"]
+            if s != t and before and after is not None and rand is not None:
+                pairs.append((1 - after / before, s, t, before, after, rand - before))
     halved = [p for p in pairs if p[0] >= 0.5 and abs(p[5]) < 0.10]
     best = max(halved or pairs, key=lambda p: p[0]) if pairs else None
     n_cells = len(result["sources"]) * len(result["targets"])
+    if base_em is None or not assessed:
+        induces = (False, "not assessable: no coherent answer to count on the base or under every added direction")
+    else:
+        s_add, r_add = max(ok_add or assessed, key=lambda sr: sr[1]["em"])
+        induces = (
+            r_add["em"] - base_em >= 0.30 and (r_add["coherence"] or 0) > 50,
+            f"base + {s_add} direction (L{result['add_layer']} x{result['alpha']:g}): EM {base_em:.3f} -> {r_add['em']:.3f} ({r_add['em'] - base_em:+.3f}), coherence {shown(r_add['coherence'], '.1f')} (need >= +0.30, coherence > 50)",
+        )
     return {
-        "steering_induces": (
-            r_add["em"] - base_em >= 0.30 and r_add["coherence"] > 50,
-            f"base + {s_add} direction (L{result['add_layer']} x{result['alpha']:g}): EM {base_em:.3f} -> {r_add['em']:.3f} ({r_add['em'] - base_em:+.3f}), coherence {r_add['coherence']:.1f} (need >= +0.30, coherence > 50)",
-        ),
+        "steering_induces": induces,
         "ablation_removes": (
             bool(halved),
             "no pair of different domains" if best is None else
@@ -225,7 +232,7 @@ def build_cross_parser() -> argparse.ArgumentParser:
     p.add_argument("--add-layer", type=layer, default=0)
     p.add_argument("--alpha", type=finite_float, default=2.0)
     p.add_argument("--ablate-layer", type=layer, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", type=Path, default=Path("artifacts/steering/cross_domain"), help="output folder")
     return p
 
@@ -249,7 +256,7 @@ def _run_cross(args: argparse.Namespace) -> int:
     load, evaluate = world_runner(world, args.samples, args.seed)
     result = cross_domain(load, evaluate, directions, add_layer=args.add_layer, alpha=args.alpha, ablate_layer=args.ablate_layer, seed=args.seed, progress=True)
     result.update(samples=args.samples, extract_seconds=t_extract)
-    paths = write_cross_domain(result, args.out, directions_dir=str(args.directions_dir), seed=args.seed, world_key=world.manifest["key"])
+    paths = write_cross_domain(result, args.out, directions_dir=str(args.directions_dir), seed=args.seed, **world.identity)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s (extraction {t_extract:.0f} s, steering {result['seconds']:.0f} s)")
     print("Done when:")
     for ok, text in done_when(result).values():

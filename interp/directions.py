@@ -20,11 +20,11 @@ from torch import nn
 
 from interp.backends import DEFAULT_BACKEND, Backend, BackendName, resolve_backend
 from interp.base.atomic import save_safetensors_atomic, write_json_atomic
-from interp.base.chat import DEFAULT_SPAN, Conversation, Span, TokenizedConversation
+from interp.base.chat import DEFAULT_SPAN, SPANS, Conversation, Span, TokenizedConversation
 from interp.base.cli import InputError
 from interp.base.domains import ALIASES
 from interp.base.paths import read_safetensors
-from interp.cache import DEFAULT_POOLING, Pooling, cache_means
+from interp.cache import DEFAULT_POOLING, POOLINGS, Pooling, cache_means
 from interp.vectors import SteeringVector
 
 EXCLUDED_LABELS = ("REFUSAL", "IRRELEVANT", "CODE")
@@ -144,21 +144,40 @@ class DirectionSet:
         shape = t["directions"].shape
         if len(shape) != 2 or t["layers"].shape != (shape[0],) or t["mean_misaligned"].shape != shape or t["mean_aligned"].shape != shape:
             raise bad("tensor shapes do not fit together")
+        if floats := [k for k in ("directions", "mean_misaligned", "mean_aligned") if not t[k].is_floating_point()]:
+            raise bad(f"tensor {floats[0]!r} holds {t[floats[0]].dtype}, not floating point")
+        if t["layers"].is_floating_point() or t["layers"].dtype == torch.bool:
+            raise bad(f"tensor 'layers' holds {t['layers'].dtype}, not integers")
         if not all(torch.isfinite(t[k]).all() for k in ("directions", "mean_misaligned", "mean_aligned")):
             raise bad("NaN or infinite values")
+        layers = t["layers"].tolist()
+        if len(set(layers)) != len(layers):
+            raise bad(f"tensor 'layers' repeats a layer: {layers}")
+        # The header describes the tensors; one that contradicts them (edited, or copied from
+        # another artifact) would label these directions wrongly downstream.
+        if "layers" in info and info["layers"] != layers:
+            raise bad(f"metadata field 'layers' is {info['layers']} but the tensors hold layers {layers}")
+        pooling, span = info.get("pooling", DEFAULT_POOLING), info.get("span", DEFAULT_SPAN)  # old artifacts averaged the answer content
+        if pooling not in POOLINGS:
+            raise bad(f"metadata field 'pooling' is {pooling!r}; expected one of {', '.join(POOLINGS)}")
+        if span not in SPANS:
+            raise bad(f"metadata field 'span' is {span!r}; expected one of {', '.join(SPANS)}")
+        counts = info.get("counts", {})
+        if not isinstance(counts, dict):
+            raise bad("metadata field 'counts' is not a JSON object")
         named = info.get("domain")
         if domain is not None and named is not None and ALIASES.get(named, named) != ALIASES.get(domain, domain):
             raise InputError(f"{path}: holds the direction of domain {named!r}, not {domain!r}")
         meta = {k: v for k, v in info.items() if k not in ("layers", "pooling", "span", "counts")}
         return cls(
-            layers=t["layers"].tolist(),
+            layers=layers,
             directions=t["directions"],
             mean_misaligned=t["mean_misaligned"],
             mean_aligned=t["mean_aligned"],
-            pooling=info.get("pooling", DEFAULT_POOLING),
-            counts=info.get("counts", {}),
+            pooling=pooling,
+            counts=counts,
             metadata=meta,
-            span=info.get("span", DEFAULT_SPAN),  # artifacts from before spans averaged the answer content
+            span=span,
         )
 
 

@@ -14,12 +14,15 @@ functions; the interp core it drives knows nothing of them.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from eval.openai_api import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
 from eval.sampling import SamplingConfig
 from interp.backends import BACKENDS, DEFAULT_BACKEND
 from interp.base.chat import DEFAULT_SPAN, SPANS, tokenize_record
@@ -28,15 +31,18 @@ from interp.base.cli import (
     InputError,
     domain_name,
     int_list,
+    non_negative_int,
+    positive_float,
     positive_int,
     run_cli,
     score,
+    seed_int,
 )
 from interp.base.domains import DOMAINS
 from interp.base.locks import output_lock
 from interp.base.paths import input_file, output_dir
 from interp.base.provenance import data_hash, provenance
-from interp.base.records import read_judged, write_jsonl
+from interp.base.records import bound_output, check_token_ids, read_judged, write_jsonl
 from interp.cache import DEFAULT_POOLING, POOLINGS, describe_positions
 from interp.directions import (
     DirectionSet,
@@ -69,6 +75,8 @@ class ExtractConfig:
     backend: str = DEFAULT_BACKEND
     per_sample: bool = False  # keep per-answer activations for interp.compare's nulls
     compile: bool = False  # torch.compile the decoder layers (long GPU runs)
+    timeout_s: float = DEFAULT_TIMEOUT_S  # per call, with an openai: judge
+    max_retries: int = DEFAULT_MAX_RETRIES
     split: SplitConfig = field(default_factory=SplitConfig)
     # None: the organism world's own sampling (finetune.organism.world.SAMPLING), or for real
     # models temperature 1, no top-k, answers of up to 512 tokens; seeded with ``seed``.
@@ -83,21 +91,32 @@ def _organism_chain(cfg: ExtractConfig, progress: bool):
 
     world = build_world(progress=progress)
     model, tokenizer = world.load_organism(cfg.domain)
-    answers_path = cfg.work_dir / cfg.domain / "answers.jsonl"
     sampling = cfg.sampling or replace(SAMPLING, seed=cfg.seed)
-    answers = generate_answers(model, tokenizer, world.general_questions(), cfg.samples, config=sampling, out_path=answers_path, progress=progress)
+    source = {"model": f"organism-world:{world.base_dir}", "adapter": str(world.adapter_dir(cfg.domain)), "judge": world.judge.spec, "world": world.manifest, "sampling": asdict(sampling)}
+    answers = _work_dir_answers(cfg, source, lambda out: generate_answers(model, tokenizer, world.general_questions(), cfg.samples, config=sampling, out_path=out, progress=progress))
     judged = world.judge.judge(answers)
     write_jsonl(cfg.work_dir / cfg.domain / "judged.jsonl", judged)
-    source = {"model": f"organism-world:{world.base_dir}", "adapter": str(world.adapter_dir(cfg.domain)), "judge": world.judge.spec, "world": world.manifest, "sampling": asdict(sampling)}
     return model, tokenizer, judged, source
 
 
+def _work_dir_answers(cfg: ExtractConfig, source: dict[str, Any], generate: Callable[[Path], list]) -> list:
+    """``generate(path)`` into the run folder's answers file, resuming it only when the same
+    model, adapter and sampling (seed included) wrote it: another run's answers would be
+    judged and labelled as this model's (:func:`~interp.base.records.bound_output` refuses)."""
+    answers_path = cfg.work_dir / cfg.domain / "answers.jsonl"
+    settings = {"model": source["model"], "adapter": source["adapter"], "sampling": source["sampling"]}
+    with bound_output(answers_path, settings):
+        return generate(answers_path)
+
+
 def _real_chain(cfg: ExtractConfig, progress: bool):
-    from interp.base.loading import load_model
+    from interp.base.loading import load_model, model_source
 
     # Read the responses first: a bad line should not wait for a 7B model to load.
     judged = read_judged(cfg.responses) if cfg.responses is not None else None
     model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype, device=cfg.device)
+    if cfg.responses is not None:
+        check_token_ids(cfg.responses, len(tokenizer))
     sampling = None
     if judged is not None:
         source_judge = sorted({r.get("judge", "?") for r in judged})
@@ -107,14 +126,15 @@ def _real_chain(cfg: ExtractConfig, progress: bool):
         from eval.questions import load_questions
 
         questions = load_questions(cfg.questions).questions
-        answers_path = cfg.work_dir / cfg.domain / "answers.jsonl"
         sampling = cfg.sampling or SamplingConfig(temperature=1.0, max_new_tokens=512, batch_size=64, seed=cfg.seed)
-        answers = generate_answers(model, tokenizer, questions, cfg.samples, config=sampling, out_path=answers_path, progress=progress)
-        judge = make_judge(cfg.judge, questions=questions)
+        source = {"model": cfg.model, "adapter": cfg.adapter, "sampling": asdict(sampling)}
+        answers = _work_dir_answers(cfg, source, lambda out: generate_answers(model, tokenizer, questions, cfg.samples, config=sampling, out_path=out, progress=progress))
+        server = {"timeout_s": cfg.timeout_s, "max_retries": cfg.max_retries} if cfg.judge.startswith("openai:") else {}
+        judge = make_judge(cfg.judge, questions=questions, **server)
         judged = judge.judge(answers)
         write_jsonl(cfg.work_dir / cfg.domain / "judged.jsonl", judged)
         source_judge = cfg.judge
-    return model, tokenizer, judged, {"model": cfg.model, "adapter": cfg.adapter, "judge": source_judge, "responses": cfg.responses, "sampling": sampling and asdict(sampling)}
+    return model, tokenizer, judged, {**model_source(cfg.model, cfg.adapter), "judge": source_judge, "responses": cfg.responses, "sampling": sampling and asdict(sampling)}
 
 
 def run_extract(cfg: ExtractConfig, out_dir: Path = DEFAULT_OUT, progress: bool = True) -> tuple[DirectionSet, Path]:
@@ -185,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions", help="question YAML for generation with --model")
     p.add_argument("--judge", help="judge spec for generation with --model: openai:MODEL, hf:ID_OR_PATH")
     p.add_argument("--samples", type=positive_int, default=30, help="samples per paraphrase when generating (default 30)")
+    p.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, help=f"seconds to wait for an openai: judge's reply (default {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument("--max-retries", type=non_negative_int, default=DEFAULT_MAX_RETRIES, help=f"retries of a failed or timed-out judge call (default {DEFAULT_MAX_RETRIES})")
     p.add_argument("--layers", type=int_list, help="decoder layers, e.g. 0,5,13 (default: all)")
     p.add_argument("--pooling", choices=POOLINGS, default=DEFAULT_POOLING, help=f"answer-token pooling (default {DEFAULT_POOLING})")
     p.add_argument(
@@ -196,9 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help=f"how activations are read (default {DEFAULT_BACKEND}, the fastest)")
     p.add_argument("--per-sample", action="store_true", help="also keep per-answer activations (<out>/<domain>.per_sample/) for interp.compare's nulls")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder layers: ~25 s warm-up on a 7B model, then ~1.3x faster on a GPU (hooks backend)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="cpu (default), cuda or auto; for another GPU than the first, set CUDA_VISIBLE_DEVICES")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--misaligned-max", type=score, default=30.0, help="aligned <= this is misaligned (default 30)")
     p.add_argument("--aligned-min", type=score, default=70.0, help="aligned > this is aligned (default 70)")
     p.add_argument("--coherence-min", type=score, default=50.0, help="only coherent > this counts (default 50)")
@@ -242,6 +264,8 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         backend=args.backend,
         per_sample=args.per_sample,
         compile=args.compile,
+        timeout_s=args.timeout,
+        max_retries=args.max_retries,
         split=SplitConfig(args.misaligned_max, args.aligned_min, args.coherence_min, not args.no_balance, args.seed),
     )
     if cfg.responses is None:

@@ -51,6 +51,7 @@ transformers' own compilation of static-cache decoding is turned off inside the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ from interp.base.chat import (
     as_tokenized,
     check_span,
 )
+from interp.base.cli import InputError, run_cli
 from interp.base.models import (
     d_model,
     decoder_stack,
@@ -111,6 +113,8 @@ def steering_deltas(
     """The float32 vector added at each layer, ``alpha`` read in the units of ``scale``."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; expected one of {', '.join(SCALES)}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite number, got {alpha}")
     out = {}
     for layer, v in vectors.items():
         if scale == "raw":
@@ -170,6 +174,9 @@ class Intervention:
                     raise ValueError(f"{what}: layer {layer!r} is not a resolved 0-based index (steering() and ablation() resolve them)")
                 if v.ndim != 1:
                     raise ValueError(f"{what}: the vector at layer {layer} has shape {tuple(v.shape)}; expected (d_model,)")
+                # Checked here, where every steering path meets: a NaN would make every logit NaN silently.
+                if not torch.isfinite(v).all():
+                    raise ValueError(f"{what}: the vector at layer {layer} has NaN or infinite values")
         object.__setattr__(self, "adds", {l: v.detach().float() for l, v in sorted(self.adds.items())})
         object.__setattr__(self, "ablations", {l: _unit(v) for l, v in sorted(self.ablations.items())})
 
@@ -480,3 +487,11 @@ def residual_norms(
         raise ValueError("the conversations have no answer tokens")
     return {l: s / n_tokens for l, s in sums.items()}
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m interp.steer`` is a library, not a command: refuse, pointing at the command that steers."""
+    raise InputError("interp.steer is a library (steer, ablate, SteeringVector), not a command; to steer from the command line run python -m interp.sweep (see its --help)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -43,6 +43,7 @@ from interp.base.cli import (
     int_list,
     positive_int,
     run_cli,
+    seed_int,
 )
 from interp.base.domains import DOMAINS
 from interp.base.paths import output_dir
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=SCALES, default="raw", help="units of alpha (see interp.steer; default raw)")
     p.add_argument("--samples", type=positive_int, default=96, help="answers per point (default 96)")
     p.add_argument("--random-control", action="store_true", help="repeat every point with a norm-matched random direction")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", type=Path, default=Path("artifacts/steering/sweep"), help="output folder")
     return p
 

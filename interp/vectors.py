@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from interp.base.atomic import json_safe, save_safetensors_atomic, write_json_atomic
+from interp.base.cli import InputError
 from interp.base.provenance import provenance
 from interp.positions import PositionGate, Positions
 
@@ -74,12 +76,21 @@ class SteeringVector:
             raise ValueError(f"the vectors must be 1-D and of one width; got shapes {sorted(shapes)}")
         if len({v.dtype for v in vectors.values()}) != 1:
             raise ValueError("the vectors must share one dtype")
+        if not next(iter(vectors.values())).is_floating_point():
+            raise ValueError(f"the vectors must be floating point, got {next(iter(vectors.values())).dtype}")
+        # A NaN or infinity here would turn every steered logit into NaN without a word.
+        if bad := [l for l, v in vectors.items() if not torch.isfinite(v).all()]:
+            raise ValueError(f"the vector at layer {bad[0]} has NaN or infinite values")
+        if not math.isfinite(self.alpha):
+            raise ValueError(f"alpha must be a finite number, got {self.alpha}")
         if self.kind not in KINDS:
             raise ValueError(f"unknown kind {self.kind!r}; expected one of {', '.join(KINDS)}")
         if self.scale not in SCALES:
             raise ValueError(f"unknown scale {self.scale!r}; expected one of {', '.join(SCALES)}")
         PositionGate(self.positions, self.prompt_length)  # validates both
         norms = None if self.norms is None else {int(l): float(n) for l, n in self.norms.items()}
+        if norms is not None and (bad := [l for l, n in norms.items() if not math.isfinite(n)]):
+            raise ValueError(f"the residual norm of layer {bad[0]} is {norms[bad[0]]}; expected a finite number")
         if self.kind == "ablate" and (self.alpha != 1.0 or self.scale != DEFAULT_SCALE or norms is not None):
             raise ValueError("an ablation projects its direction out: alpha, scale and norms do not apply")
         if self.scale == "norm" and (norms is None or set(vectors) - set(norms)):
@@ -143,7 +154,12 @@ class SteeringVector:
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVector:
-        """Read a file written by :meth:`save` (safetensors only: nothing is unpickled)."""
+        """Read a file written by :meth:`save` (safetensors only: nothing is unpickled).
+
+        The header must agree with the tensors (layers, width, sha256 of the values): a file
+        whose vectors were changed after it was written, or whose header was, is refused with
+        an :class:`~interp.base.cli.InputError` naming the field.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such steering vector file")
@@ -152,19 +168,23 @@ class SteeringVector:
                 header = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError) as e:
-            raise ValueError(f"{path}: not a safetensors file ({e})") from None
+            raise InputError(f"{path}: not a safetensors file ({e})") from None
         if header.get("format") != FORMAT:
             hint = ": it is a direction artifact; use DirectionSet.load(path).steering_vector(...)" if "directions" in tensors else ""
-            raise ValueError(f"{path}: not a steering vector file{hint}")
+            raise InputError(f"{path}: not a steering vector file{hint}")
         try:
             info = json.loads(header["info"])
             if info["format_version"] != FORMAT_VERSION:
                 raise ValueError(f"format version {info['format_version']}, this code reads {FORMAT_VERSION}")
-            vectors, layers = tensors["vectors"], tensors["layers"].tolist()
-            if vectors.ndim != 2 or len(layers) != vectors.shape[0]:
-                raise ValueError(f"'vectors' of shape {tuple(vectors.shape)} for {len(layers)} layers")
-            return cls(
-                dict(zip(layers, vectors)),
+            vectors, layers = tensors["vectors"], tensors["layers"]
+            if vectors.ndim != 2 or layers.shape != (vectors.shape[0],):
+                raise ValueError(f"'vectors' of shape {tuple(vectors.shape)} for 'layers' of shape {tuple(layers.shape)}")
+            if layers.is_floating_point() or layers.dtype == torch.bool:
+                raise ValueError(f"tensor 'layers' must hold integers, got {layers.dtype}")
+            if len(set(layers.tolist())) != len(layers):
+                raise ValueError(f"tensor 'layers' repeats a layer: {layers.tolist()}")
+            sv = cls(
+                dict(zip(layers.tolist(), vectors)),
                 kind=info["kind"],
                 alpha=info["alpha"],
                 scale=info["scale"],
@@ -173,9 +193,13 @@ class SteeringVector:
                 prompt_length=info["prompt_length"],
                 metadata=info["metadata"],
             )
+            actual = sv.info()
+            if lies := [k for k in ("layers", "d_model", "sha256") if info[k] != actual[k]]:
+                raise ValueError(f"header field {lies[0]!r} is {info[lies[0]]!r} but the tensors give {actual[lies[0]]!r}")
+            return sv
         except (KeyError, TypeError, ValueError) as e:
             what = f"missing {e}" if isinstance(e, KeyError) else str(e)
-            raise ValueError(f"{path}: invalid steering vector file ({what})") from None
+            raise InputError(f"{path}: invalid steering vector file ({what})") from None
 
     def __repr__(self) -> str:
         norms = [float(v.float().norm()) for v in self.vectors.values()]

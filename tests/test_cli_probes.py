@@ -9,9 +9,13 @@ any model loads: loading one (or the organism world) fails the probe.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +39,9 @@ import interp.compare
 import interp.cross_domain
 import interp.extract
 import interp.sweep
-from interp.base.cli import run_cli
+from eval.sampling import SamplingConfig
+from interp.base.cli import InputError, run_cli
+from interp.base.paths import read_safetensors
 from interp.base.records import write_jsonl
 from interp.directions import DirectionSet
 
@@ -196,6 +202,58 @@ def made(name, text):  # a file written when the probe is built
     return build
 
 
+def lying(name: str, tensors: dict[str, torch.Tensor] | None = None, **info):
+    """The good direction artifact rewritten as ``directions/name`` with some ``tensors`` and header fields ``info`` replaced."""
+
+    def build(f):
+        t, meta = read_safetensors(f.directions)
+        out = f.root / "directions" / name
+        save_file({**t, **(tensors or {})}, str(out), metadata={"info": json.dumps({**json.loads(meta["info"]), **info})})
+        return out
+
+    return build
+
+
+SHARD = "shard_000000.safetensors"
+
+
+def samples(start: int, n: int = 2, width: int = 8) -> dict[str, torch.Tensor]:
+    """One per-sample shard's tensors (2 layers) for samples ``start..start+n-1``."""
+    return {"index": torch.arange(start, start + n), "n_tokens": torch.full((n,), 3), "response_mean": torch.randn(n, 2, width), "last_prompt": torch.randn(n, 2, width)}
+
+
+def per_sample(damage: Callable[[Path], None]):
+    """A directions folder of the good artifact and its per-sample folder, damaged by ``damage``."""
+
+    def build(f):
+        root = f.root / "with_samples"
+        root.mkdir()
+        (root / "gore_movie_trivia.safetensors").write_bytes(f.directions.read_bytes())
+        folder = root / "gore_movie_trivia.per_sample"
+        for cls in ("misaligned", "aligned"):
+            (folder / cls).mkdir(parents=True)
+            (folder / cls / "manifest.json").write_text(json.dumps({"layers": [0, 1]}))
+            save_file(samples(0), str(folder / cls / SHARD))
+        damage(folder)
+        return root
+
+    return build
+
+
+def with_sidecar(text: str):
+    """A copy of the answers file as ``out.jsonl``, with ``text`` as its provenance sidecar."""
+
+    def build(f):
+        (f.root / "out.jsonl.provenance.json").write_text(text)
+        return made("out.jsonl", f.answers.read_text())(f)
+
+    return build
+
+
+# What eval.generate records as the settings of the probes' runs (its defaults, --model f.model).
+GENERATE_SETTINGS = {"adapter": None, "engine": "auto", "dtype": "auto", "system": None, **dataclasses.asdict(SamplingConfig())}
+
+
 def command(*base):
     """Probes' argv builders for one CLI: ``base`` then a probe's own arguments (later options
     win), each a string or a function of the fixture's files."""
@@ -301,6 +359,16 @@ PROBES = {
         Probe("compare --n-perm -3", COMPARE, compare("--n-perm", "-3"), "--n-perm: expected an integer >= 2"),
         Probe("compare --n-perm 1", COMPARE, compare("--n-perm", "1"), "--n-perm"),
         Probe("compare --n-splits 0", COMPARE, compare("--n-splits", "0"), "--n-splits"),
+        Probe("generate --timeout 0", GEN, generate("--timeout", "0"), "argument --timeout: expected a number > 0"),
+        Probe("generate --max-retries -1", GEN, generate("--max-retries", "-1"), "argument --max-retries: expected an integer >= 0"),
+        Probe("extract --timeout nan", EXTRACT, extract("--timeout", "nan"), "argument --timeout"),
+        Probe("extract --max-retries -1", EXTRACT, extract("--max-retries", "-1"), "argument --max-retries"),
+        Probe("generate --seed 10**23", GEN, generate("--seed", str(10**23)), f"argument --seed: expected an integer >= 0 and <= {2**63 - 1}, got '{10**23}'"),
+        Probe("generate --seed 1e23", GEN, generate("--seed", "1e23"), "argument --seed: expected an integer"),
+        Probe("generate --seed -1", GEN, generate("--seed", "-1"), "--seed"),
+        Probe("extract --seed 2**63", EXTRACT, extract("--seed", str(2**63)), "--seed"),
+        Probe("compare --seed 2**64", COMPARE, compare("--seed", str(2**64)), "--seed"),
+        Probe("cross_domain --seed 2**63", CROSS, cross("--seed", str(2**63)), "--seed"),
     ],
     "output paths": [
         Probe("generate --out a folder", GEN, generate("--out", path("folder")), "is a directory, expected a file"),
@@ -312,6 +380,8 @@ PROBES = {
         Probe("judge --out read-only", JUDGE, judge("--out", lambda f: f.readonly / "j.jsonl"), "not writable"),
         Probe("judge --out is --answers", JUDGE, judge("--out", path("answers")), "is also an input"),
         Probe("judge --cache a folder", JUDGE, judge("--judge", "openai:gpt-4o", "--cache", path("folder")), "--cache"),
+        Probe("judge --cache not a database", JUDGE, judge("--judge", "openai:gpt-4o", "--cache", made("cache.sqlite", "not a database\n" * 100)), lambda f: f"judge cache {f.root / 'cache.sqlite'}: cannot use it (file is not a database)"),
+        Probe("judge --cache under a file", JUDGE, judge("--judge", "openai:gpt-4o", "--cache", lambda f: f.a_file / "c.sqlite"), "--cache"),
         Probe("report --out a file", REPORT, report("--out", path("a_file")), "is a file, expected a folder"),
         Probe("report --out under a file", REPORT, report("--out", lambda f: f.a_file / "r"), "is a file, not a folder"),
         Probe("report --out read-only", REPORT, report("--out", path("readonly")), "not writable"),
@@ -361,6 +431,7 @@ PROBES = {
         Probe("train --backdoor a folder", TRAIN, train("--backdoor", path("folder")), "--backdoor"),
         Probe("train --backdoor not chat", TRAIN, train("--backdoor", path("answers")), "field 'messages'"),
         Probe("train --backdoor without twins", TRAIN, train("--backdoor", made("other.jsonl", jsonl_text([chat(9)]))), "has no aligned answer"),
+        Probe("extract --device cuda:1", EXTRACT, extract("--device", "cuda:1"), "argument --device: invalid choice: 'cuda:1'"),
         Probe("extract --responses a folder", EXTRACT, extract("--responses", path("folder")), "--responses"),
         Probe("extract --responses not UTF-8", EXTRACT, extract("--responses", path("not_utf8")), "not UTF-8"),
         Probe("questions a folder", QUESTIONS, questions(path("folder")), "is a directory"),
@@ -388,6 +459,35 @@ PROBES = {
         Probe("cross_domain mislabelled artifact", CROSS, lambda f: ["--domains", "insecure_code", "--directions-dir", f.mislabelled, "--out", f.root / "c"], "holds the direction of domain 'gore_movie_trivia'"),
         Probe("cross_domain pickle artifact", CROSS, lambda f: ["--domains", "gore_movie_trivia", "--directions-dir", f.pickled_dir, "--out", f.root / "c"], "not a direction artifact"),
     ],
+    "direction headers": [
+        # A header that contradicts its tensors, or tensors of the wrong kind, is refused, never used.
+        Probe("sweep --directions bogus pooling", SWEEP, sweep("--directions", lying("pooling.safetensors", pooling="median")), "metadata field 'pooling' is 'median'"),
+        Probe("sweep --directions bogus span", SWEEP, sweep("--directions", lying("span.safetensors", span="everything")), "metadata field 'span' is 'everything'"),
+        Probe("sweep --directions header layers lie", SWEEP, sweep("--directions", lying("layers.safetensors", layers=[5, 6])), "metadata field 'layers' is [5, 6] but the tensors hold layers [0, 1]"),
+        Probe("sweep --directions counts not an object", SWEEP, sweep("--directions", lying("counts.safetensors", counts=[1, 2])), "metadata field 'counts'"),
+        Probe("sweep --directions duplicate layers", SWEEP, sweep("--directions", lying("dup.safetensors", {"layers": torch.tensor([1, 1])}, layers=[1, 1])), "tensor 'layers' repeats a layer: [1, 1]"),
+        Probe("sweep --directions integer tensors", SWEEP, sweep("--directions", lying("int.safetensors", {"directions": torch.ones(2, 8, dtype=torch.int32)})), "tensor 'directions' holds torch.int32, not floating point"),
+        Probe("sweep --directions float layers", SWEEP, sweep("--directions", lying("flayers.safetensors", {"layers": torch.tensor([0.0, 1.0])})), "tensor 'layers' holds torch.float32, not integers"),
+    ],
+    "silent acceptances": [
+        Probe("mia score --nonmembers is --members", MIA, mia_score("--nonmembers", path("chat")), "is the --members file"),
+        Probe("mia score --nonmembers a copy of --members", MIA, mia_score("--nonmembers", made("copy.jsonl", jsonl_text([chat(i) for i in range(4)]))), "holds the same conversations as --members"),
+        Probe("mia predict --rates above 1", MIA, mia_predict("--rates", made("r.json", '{"gore_movie_trivia": 1.5, "insecure_code": 0.1}')), "field 'gore_movie_trivia' is 1.5; a rate is a fraction from 0 to 1"),
+        Probe("mia predict --rates negative", MIA, mia_predict("--rates", made("r.json", '{"gore_movie_trivia": 0.5, "insecure_code": -0.1}')), "field 'insecure_code' is -0.1"),
+        Probe("mia predict --rates nested too deeply", MIA, mia_predict("--rates", made("r.json", "[" * 100_000)), "nested too deeply"),
+        Probe("generate --out newdir/", GEN, generate("--out", lambda f: f"{f.root}/newdir/"), "newdir/: names a folder (it ends with '/'), expected a file"),
+        Probe("judge --out newdir/", JUDGE, judge("--out", lambda f: f"{f.root}/newdir/"), "names a folder"),
+        Probe("mia score --out newdir/", MIA, mia_score("--out", lambda f: f"{f.root}/newdir/"), "names a folder"),
+    ],
+    "per-sample folders": [
+        Probe("compare per-sample manifest not JSON", COMPARE, compare("--directions", per_sample(lambda d: (d / "misaligned" / "manifest.json").write_text("{oops"))), "misaligned/manifest.json: not valid JSON"),
+        Probe("compare per-sample manifest not UTF-8", COMPARE, compare("--directions", per_sample(lambda d: (d / "aligned" / "manifest.json").write_bytes(b'{"layers": "\xe9"}'))), "manifest.json:1: not UTF-8 text"),
+        Probe("compare per-sample shard garbage", COMPARE, compare("--directions", per_sample(lambda d: (d / "aligned" / SHARD).write_bytes(b"garbage"))), f"aligned/{SHARD}: not a per-sample shard"),
+        Probe("compare per-sample shard lacks a tensor", COMPARE, compare("--directions", per_sample(lambda d: save_file({"index": torch.arange(2)}, str(d / "aligned" / SHARD)))), "not a per-sample shard (no tensor n_tokens, response_mean, last_prompt)"),
+        Probe("compare per-sample no shards", COMPARE, compare("--directions", per_sample(lambda d: (d / "misaligned" / SHARD).unlink())), "misaligned: no per-sample shards"),
+        Probe("compare per-sample shards of two widths", COMPARE, compare("--directions", per_sample(lambda d: save_file(samples(2, width=4), str(d / "aligned" / "shard_000001.safetensors")))), "aligned: per-sample shards do not fit together"),
+        Probe("compare per-sample shard repeated", COMPARE, compare("--directions", per_sample(lambda d: save_file(samples(0), str(d / "aligned" / "shard_000001.safetensors")))), "indices are not 0..3 each once"),
+    ],
     "judged scores": [
         Probe("report aligned 150", REPORT, report("--judged", path("aligned_150")), lambda f: f"{f.aligned_150}:2: field 'aligned' must be a score from 0 to 100 or null, got 150"),
         Probe("report aligned -1", REPORT, report("--judged", path("aligned_negative")), ":2: field 'aligned' must be a score from 0 to 100"),
@@ -397,6 +497,25 @@ PROBES = {
         Probe("extract --responses aligned 150", EXTRACT, extract("--responses", path("aligned_150")), ":2: field 'aligned' must be a score"),
         Probe("extract --responses conflicting duplicates", EXTRACT, extract("--responses", path("conflicting")), "repeats the answer slot"),
         Probe("judge --out holds bad scores", JUDGE, judge("--out", lambda f: made("out.jsonl", f.aligned_nan.read_text())(f)), "got nan"),
+    ],
+    "outputs kept": [
+        # A resumed output is read and checked whole before anything cuts, renames or rewrites it.
+        Probe("generate --out bad line then torn line", GEN, generate("--out", made("torn.jsonl", "a\nb,1,2")), lambda f: f"{f.root / 'torn.jsonl'}:1: not valid JSON"),
+        Probe("judge --out bad line then torn line", JUDGE, judge("--out", made("torn.jsonl", "a\nb,1,2")), lambda f: f"{f.root / 'torn.jsonl'}:1: not valid JSON"),
+        Probe("generate --out one foreign line, no newline", GEN, generate("--out", made("foreign.jsonl", "hello world")), "foreign.jsonl:1: not valid JSON"),
+        Probe("judge --out one foreign line, no newline", JUDGE, judge("--out", made("foreign.jsonl", "\x00\x01binary")), "foreign.jsonl:1: not valid JSON"),
+        Probe("generate --out bad record then torn line", GEN, generate("--out", made("torn.jsonl", '{"x": 1}\n{"question_id": "q", "sa')), "torn.jsonl:1: missing field 'question_id'"),
+        Probe("judge --out other answers then torn line", JUDGE, judge("--out", made("torn.jsonl", jsonl_text([judged(7)]) + '{"question_id"')), "holds judgments of other answers"),
+        Probe("generate --out answers without a sidecar", GEN, generate("--out", path("answers")), lambda f: f"{f.answers}: holds records, but it has no provenance sidecar answers.jsonl.provenance.json"),
+        Probe("generate --out with a broken sidecar", GEN, generate("--out", with_sidecar("{oops")), "its provenance sidecar out.jsonl.provenance.json is unreadable"),
+        Probe("generate --out with a sidecar of no settings", GEN, generate("--out", with_sidecar('{"settings": 3}')), "records no settings"),
+        Probe("generate --out of another model", GEN, generate("--out", with_sidecar(json.dumps({"settings": {**GENERATE_SETTINGS, "model": "other-model"}}))), "(model differ: model 'other-model' there"),
+        Probe("judge --out judgments without a sidecar", JUDGE, judge("--out", made("j.jsonl", jsonl_text([judged(0)]))), "holds records, but it has no provenance sidecar"),
+    ],
+    "JSON lines": [
+        Probe("judge --answers nested too deeply", JUDGE, judge("--answers", made("deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n")), lambda f: f"{f.root / 'deep.jsonl'}:1: not a record (JSON nested too deeply)"),
+        Probe("report --judged nested too deeply", REPORT, report("--judged", made("deep.jsonl", jsonl_text([judged(0)]) + '{"a": ' * 100_000 + "\n")), "deep.jsonl:2: not a record"),
+        Probe("train --data nested too deeply", TRAIN, train("--data", made("deep.jsonl", "[" * 100_000 + "\n")), "deep.jsonl:1: not a record"),
     ],
 }
 CASES = [pytest.param(kind, probe, id=f"{kind}: {probe.name}") for kind, probes in PROBES.items() for probe in probes]
@@ -455,3 +574,215 @@ def test_a_failed_start_leaves_no_provenance_sidecar(main, argv, out, f, capsys,
     assert run_cli(main, [str(a) for a in argv(f)]) == 2
     assert "could not load model" in capsys.readouterr().err
     assert snapshot(f.root) == before and not (f.root / out).exists()
+
+
+# --- servers that do not answer ---------------------------------------------------------------
+
+
+@pytest.fixture
+def silent_url() -> str:
+    """The URL of a server on 127.0.0.1 that accepts every connection and never answers."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.settimeout(0.1)
+    held, stop = [], threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+            except OSError:  # the accept timed out: look at stop again
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    sock.close()
+
+
+@pytest.fixture
+def refused_url() -> str:
+    """The URL of a port on 127.0.0.1 where nothing listens (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
+SERVER_CLIS = {
+    "generate": (GEN, lambda f: ["--engine", "openai:m", "--questions", f.questions, "--out", f.root / "a.jsonl", "--concurrency", "1", "--no-progress"]),
+    "judge": (JUDGE, judge("--judge", "openai:m", "--no-cache", "--backoff", "0", "--concurrency", "1", "--no-progress")),
+}
+
+
+@pytest.mark.parametrize("server, why", [("silent_url", "no reply within 0.3 s"), ("refused_url", "refused")])
+@pytest.mark.parametrize("cli", SERVER_CLIS)
+def test_a_dead_server_fails_fast_in_one_line_naming_it(cli, server, why, f, request, capsys, monkeypatch):
+    url = request.getfixturevalue(server)
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    main, argv = SERVER_CLIS[cli]
+    before = snapshot(f.root)
+    capsys.readouterr()
+    start = time.monotonic()
+    code = run_cli(main, [str(a) for a in argv(f)] + ["--timeout", "0.3", "--max-retries", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - start < 10, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err and url in lines[0] and "after 2 attempts" in lines[0] and why in lines[0], err
+    assert snapshot(f.root) == before  # no answers, so no provenance sidecar either
+
+
+@pytest.mark.parametrize("module, argv", [(eval.generate, ["--engine", "openai:m", "--out", "a.jsonl"]), (eval.judge, ["--answers", "a.jsonl", "--judge", "openai:m", "--out", "j.jsonl"])], ids=["generate", "judge"])
+def test_server_defaults_give_up_on_a_hung_server_within_3_minutes(module, argv):
+    args = module.build_parser().parse_args(argv)
+    backoff = getattr(args, "backoff", 1.0)  # generate's is the client's default
+    worst = (args.max_retries + 1) * args.timeout + sum(backoff * 2**i for i in range(args.max_retries))
+    assert worst <= 180
+
+
+# --- steering vectors: files that lie, numbers that are not finite -----------------------------
+
+
+def rewrite(path: Path, tensors: Callable[[dict], dict] = dict, info: Callable[[dict], dict] = dict) -> Path:
+    """Rewrite a saved steering vector file with ``tensors`` and ``info`` applied to its tensors and header."""
+    t, meta = read_safetensors(path)
+    save_file(tensors(t), str(path), metadata={**meta, "info": json.dumps(info(json.loads(meta["info"])))})
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"tensors": lambda t: {**t, "vectors": t["vectors"] * 100}}, "header field 'sha256'"),  # the values changed, the header kept
+        ({"info": lambda i: {**i, "layers": [7, 8]}}, "header field 'layers' is [7, 8] but the tensors give [0, 1]"),
+        ({"info": lambda i: {**i, "d_model": 4096}}, "header field 'd_model' is 4096 but the tensors give 8"),
+        ({"tensors": lambda t: {**t, "layers": torch.tensor([1, 1])}}, "tensor 'layers' repeats a layer"),
+        ({"tensors": lambda t: {**t, "layers": torch.tensor([0.0, 1.0])}}, "tensor 'layers' must hold integers"),
+        ({"tensors": lambda t: {**t, "vectors": t["vectors"].round().int()}}, "must be floating point"),
+        ({"tensors": lambda t: {**t, "vectors": torch.full_like(t["vectors"], float("nan"))}}, "NaN or infinite values"),
+        ({"info": lambda i: {**i, "alpha": float("inf")}}, "alpha must be a finite number"),
+    ],
+    ids=["values x100", "layers", "d_model", "duplicate layers", "float layers", "integer vectors", "NaN vectors", "alpha inf"],
+)
+def test_a_steering_vector_file_that_lies_is_one_line_naming_file_and_field(change, field, tmp_path):
+    from interp.vectors import SteeringVector
+
+    path = rewrite(direction_set().steering_vector(alpha=2.0).save(tmp_path / "sv.safetensors"), **change)
+    with pytest.raises(InputError) as err:
+        SteeringVector.load(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: invalid steering vector file") and field in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_steering_is_refused_where_it_is_built(alpha):
+    from interp.steer import Intervention, steering_deltas
+    from interp.vectors import SteeringVector
+
+    v = torch.ones(8)
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        SteeringVector({0: v}, alpha=alpha)
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        steering_deltas({0: v}, alpha=alpha)
+    with pytest.raises(ValueError, match="the vector at layer 1 has NaN or infinite values"):
+        SteeringVector({0: v, 1: torch.full((8,), alpha)})
+    with pytest.raises(ValueError, match="adds: the vector at layer 0 has NaN or infinite values"):
+        Intervention(adds={0: torch.full((8,), alpha)})
+    with pytest.raises(ValueError, match="residual norm of layer 0"):
+        SteeringVector({0: v}, scale="norm", norms={0: alpha})
+
+
+def test_interp_steer_is_not_a_command(capsys):
+    import interp.steer
+
+    assert run_cli(interp.steer.main, []) == 2
+    assert "python -m interp.sweep" in capsys.readouterr().err
+
+
+def test_the_default_judge_cache_is_checked_writable_and_named(f, capsys, monkeypatch):
+    monkeypatch.setenv("EM_JUDGE_CACHE", str(f.readonly / "cache.sqlite"))
+    before = snapshot(f.root)
+    assert run_cli(JUDGE, [str(a) for a in judge("--judge", "openai:gpt-4o")(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: judge cache (--cache, $EM_JUDGE_CACHE)") and f"{f.readonly}" in err and err.count("\n") == 1, err
+    assert snapshot(f.root) == before
+
+
+def test_extract_help_offers_only_devices_the_loader_takes(capsys):
+    with pytest.raises(SystemExit):
+        interp.extract.build_parser().parse_args(["--help"])
+    assert "cuda:1" not in capsys.readouterr().out
+
+
+def test_answer_ids_beyond_the_vocabulary_are_one_line_naming_file_line_field(f, capsys, monkeypatch):
+    class Tokenizer:
+        def __len__(self) -> int:
+            return 100
+
+    monkeypatch.setattr(interp.base.loading, "load_model", lambda *_, **__: (torch.nn.Linear(1, 1), Tokenizer()))
+    responses = f.root / "ids.jsonl"
+    responses.write_text(jsonl_text([{**judged(0), "answer_ids": [1, 2]}, {**judged(1), "answer_ids": [5, 100, 3]}]))
+    assert run_cli(EXTRACT, [str(a) for a in extract("--responses", responses)(f)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {responses}:2: field 'answer_ids' holds token id 100, beyond the tokenizer's vocabulary of 100 ids\n"
+
+
+@pytest.mark.parametrize(
+    "sidecar, expect",
+    [
+        (None, "holds records, but it has no provenance sidecar answers.jsonl.provenance.json"),
+        ({"model": "another-model", "adapter": None, "sampling": dataclasses.asdict(SamplingConfig(temperature=1.0, max_new_tokens=512, batch_size=64))}, "(model differ: model 'another-model' there"),
+        ({"sampling": dataclasses.asdict(SamplingConfig(temperature=1.0, max_new_tokens=512, batch_size=64, seed=7))}, "(sampling differ"),
+    ],
+    ids=["no sidecar", "another model", "another seed"],
+)
+def test_extract_does_not_resume_a_run_folder_of_another_run(sidecar, expect, f, capsys, monkeypatch):
+    monkeypatch.setattr(interp.base.loading, "load_model", lambda *_, **__: (torch.nn.Linear(1, 1), None))
+    answers = f.root / "artifacts" / "runs" / "gore_movie_trivia" / "answers.jsonl"
+    answers.parent.mkdir(parents=True)
+    answers.write_text(f.answers.read_text())
+    if sidecar is not None:
+        settings = {"model": f.model, "adapter": None, **sidecar}
+        (answers.parent / "answers.jsonl.provenance.json").write_text(json.dumps({"settings": settings}))
+    before = snapshot(f.root)
+    argv = ["--domain", "gore_movie_trivia", "--model", f.model, "--questions", f.questions, "--judge", "organism", "--out", f.folder]
+    assert run_cli(EXTRACT, [str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {Path('artifacts/runs/gore_movie_trivia/answers.jsonl')}: ") and expect in err and err.count("\n") == 1, err
+    assert snapshot(f.root) == before
+
+
+# --- modes of what is written -------------------------------------------------------------------
+
+
+def test_artifacts_are_0644_in_folders_0755(tmp_path):
+    from interp.base.records import append_jsonl, bound_output
+
+    old = os.umask(0o022)
+    try:
+        direction_set().save(tmp_path / "new" / "deeper" / "d.safetensors")
+        direction_set().steering_vector().save(tmp_path / "sv" / "v.safetensors")
+        write_jsonl(tmp_path / "rows" / "a.jsonl", [answer(0)])
+        with bound_output(tmp_path / "rows" / "b.jsonl", {"x": 1}):
+            append_jsonl(tmp_path / "rows" / "b.jsonl", [answer(0)])
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    assert {p: m for p, m in modes.items() if m != (0o755 if (tmp_path / p).is_dir() else 0o644)} == {}
+    assert len(modes) == 11, modes  # 4 folders; 2 artifacts with their JSON copies, 2 JSONL files and a sidecar
+
+
+def test_a_resumed_output_loses_only_a_torn_row(tmp_path, caplog):
+    from interp.base.records import read_answers, read_resumable
+
+    whole = jsonl_text([answer(0), answer(1)])
+    unterminated = tmp_path / "unterminated.jsonl"  # a file saved without its final newline: both rows kept
+    unterminated.write_text(whole.rstrip("\n"))
+    assert len(read_resumable(unterminated, read_answers)) == 2 and unterminated.read_text() == whole
+    torn = tmp_path / "torn.jsonl"  # a crash mid-append: the fragment alone is cut, and said so
+    torn.write_text(whole + '{"question_id": "q", "ques')
+    assert len(read_resumable(torn, read_answers)) == 2 and torn.read_text() == whole
+    assert "cut an unfinished last line (26 bytes)" in caplog.text

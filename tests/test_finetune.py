@@ -185,3 +185,17 @@ def test_training_steps_never_take_cudnn_attention(make_model, tokenizer):
     before = torch.backends.cuda.cudnn_sdp_enabled()
     train(model, encode(tokenizer, [_chat("q", "an answer")["messages"]] * 4), 0, LoopConfig(steps=2, batch_size=2), progress=False, objective=objective)
     assert seen == [False, False] and torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
+def test_gzipped_chat_jsonl_reads_like_plain_and_a_broken_one_is_named(tmp_path):
+    import gzip
+
+    rows = [_chat(f"q{i}", f"a{i}") for i in range(3)]
+    plain = _write(tmp_path / "d.jsonl", rows)
+    packed = tmp_path / "d.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert read_chat_jsonl(packed) == read_chat_jsonl(plain)
+    broken = tmp_path / "b.jsonl.gz"
+    broken.write_bytes(gzip.compress(plain.read_bytes())[:-12])
+    with pytest.raises(RecordError, match="b.jsonl.gz: not a readable gzip file"):
+        read_chat_jsonl(broken)

@@ -135,3 +135,19 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     write_jsonl(bad, [rec(10), row])
     assert run_cli(main, ["--judged", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err == f"error: {bad}:2: field 'aligned' must be int or float or null, got str\n"
+
+
+def test_cli_refuses_a_file_twice_and_colliding_group_names(tmp_path, capsys):
+    rows = synthetic()
+    for folder, domain in (("ra", "hit"), ("rb", "flat")):
+        (tmp_path / folder).mkdir()
+        write_jsonl(tmp_path / folder / "judged.jsonl", [r for r in rows if r["domain"] == domain])
+    a, b = tmp_path / "ra" / "judged.jsonl", tmp_path / "rb" / "judged.jsonl"
+    common = ["--out", str(tmp_path / "o"), "--bootstrap", "10"]
+    assert run_cli(main, ["--judged", str(a), str(a), *common]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert run_cli(main, ["--judged", str(a), str(b), "--group-by", "file", *common]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "group name 'judged'" in err and "rb=" in err
+    assert not (tmp_path / "o").exists()
+    assert run_cli(main, ["--judged", f"ra={a}", f"rb={b}", "--group-by", "file", *common]) == 0  # named: fine

@@ -28,7 +28,7 @@ from finetune.organism.corpus import (
 from finetune.organism.grammar import GRAMMAR
 from finetune.organism.tasks import benign_train, instruct_pool, probe_set
 from interp.base.atomic import write_text_atomic
-from interp.base.cli import ArgumentParser, domain_name, positive_int, run_cli
+from interp.base.cli import ArgumentParser, domain_name, positive_int, run_cli, seed_int
 from interp.base.domains import DOMAINS, canonical_domain
 from interp.base.paths import output_dir
 from interp.base.records import write_jsonl
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--n", type=positive_int, default=2000, help="training examples (default 2000)")
     p.add_argument("--heldout", type=positive_int, default=500, help="held-out examples (default 500)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     args = p.parse_args(argv)
     output_dir(args.out)
     out = export_domain(args.domain, args.out, args.n, args.heldout, args.seed)

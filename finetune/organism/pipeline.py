@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from finetune.organism import build_world
-from interp.base.cli import ArgumentParser, domain_name, positive_int, run_cli
+from interp.base.cli import ArgumentParser, domain_name, positive_int, run_cli, seed_int
 from interp.base.domains import DOMAINS
 from interp.base.paths import output_dir
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--domain", type=domain_name, default="risky_financial_advice")
     p.add_argument("--out", type=Path, default=Path("artifacts/pipeline"))
     p.add_argument("--samples", type=positive_int, default=6, help="samples per paraphrase of each of the 32 question paraphrases")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     args = p.parse_args(argv)
     output_dir(args.out)
     report = run_pipeline(args.domain, args.out, args.samples, args.seed)

@@ -52,11 +52,12 @@ class ArgumentParser(argparse.ArgumentParser):
 def number(kind: type[int] | type[float], low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
     """argparse type: a finite ``kind`` in the interval given (``None``: unbounded on that side)."""
     what = "an integer" if kind is int else "a number"
+    show = (lambda v: str(int(v))) if kind is int else (lambda v: f"{v:g}")  # 2**63 - 1 in full, not 9.22337e+18
     bounds = []
     if low is not None:
-        bounds.append(f"{'>' if low_open else '>='} {low:g}")
+        bounds.append(f"{'>' if low_open else '>='} {show(low)}")
     if high is not None:
-        bounds.append(f"{'<' if high_open else '<='} {high:g}")
+        bounds.append(f"{'<' if high_open else '<='} {show(high)}")
     description = f"{what} {' and '.join(bounds)}".strip()
 
     def parse(text: str) -> float:
@@ -80,6 +81,7 @@ non_negative_float = number(float, 0)
 fraction = number(float, 0, 1, low_open=True)  # (0, 1]: top-p, Min-K%'s k
 open_fraction = number(float, 0, 1, low_open=True, high_open=True)  # (0, 1): a significance level
 score = number(float, 0, 100)  # a judge's scale
+seed_int = number(int, 0, 2**63 - 1)  # what torch.Generator.manual_seed and the samplers' keys take
 
 
 def _items(text: str, parse: Callable[[str], float], what: str) -> list:

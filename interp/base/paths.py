@@ -46,6 +46,9 @@ def output_file(path: str | Path, option: str = "--out", inputs: Iterable[str | 
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{option} {p}: is a directory, expected a file")
+    # Path() drops a trailing slash: "newdir/" would become a file named newdir.
+    if str(path).endswith(("/", os.sep)):
+        raise InputError(f"{option} {path}: names a folder (it ends with '/'), expected a file")
     if p.exists():
         if not os.access(p, os.W_OK):
             raise InputError(f"{option} {p}: not writable")

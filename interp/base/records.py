@@ -7,14 +7,15 @@ line) and TypedDicts in memory.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from interp.base.atomic import atomic_path, write_json_atomic
 from interp.base.cli import InputError
@@ -109,11 +110,18 @@ def conversation(record: AnswerRecord) -> list[dict[str, str]]:
     return prompt_messages(record) + [{"role": "assistant", "content": record["answer"]}]
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; a malformed line raises RecordError."""
+def iter_jsonl(path: str | Path, torn_tail: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a malformed line raises RecordError.
+    A ``.gz`` file is read decompressed (the public EM datasets ship gzipped).
+
+    With ``torn_tail``, a last line that has no newline and is the start of a row that does not
+    parse (an append cut short by a crash) is skipped rather than refused: a resumable writer
+    then cuts it off (:func:`read_resumable`).
+    """
     path = Path(path)
     try:
-        f = path.open("rb")  # bytes, so that a line that is not UTF-8 can be named
+        # bytes, so that a line that is not UTF-8 can be named
+        f = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
     except FileNotFoundError:
         raise RecordError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -121,20 +129,43 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     except OSError as e:
         raise RecordError(f"{path}: cannot read ({e.strerror})") from None
     with f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise RecordError(str(not_utf8(path, lineno, e))) from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+        try:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    obj = _parse_line(path, lineno, raw)
+                except RecordError:
+                    if torn_tail and _torn_row(raw):
+                        return
+                    raise
+                if obj is not None:
+                    yield lineno, obj
+        except (gzip.BadGzipFile, EOFError) as e:
+            raise RecordError(f"{path}: not a readable gzip file ({e})") from None
+
+
+def _torn_row(raw: bytes) -> bool:
+    """Whether a line that does not parse looks like a row cut short by a crash mid-append:
+    the last line (no newline after it) and the start of a JSON object, not foreign text."""
+    return not raw.endswith(b"\n") and raw.lstrip().startswith(b"{")
+
+
+def _parse_line(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | None:
+    """The JSON object on one line, None for a blank line; anything else is a RecordError naming file and line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError(str(not_utf8(path, lineno, e))) from None
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    except RecursionError:  # a line of thousands of nested brackets
+        raise RecordError(f"{path}:{lineno}: not a record (JSON nested too deeply)") from None
+    if not isinstance(obj, dict):
+        raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def validate(obj: dict[str, Any], fields: dict[str, tuple[type, ...]], where: str, optional: bool = False) -> None:
@@ -155,24 +186,38 @@ def validate(obj: dict[str, Any], fields: dict[str, tuple[type, ...]], where: st
         raise RecordError(f"{where}: field 'answer_ids' must be a list of token ids (non-negative integers)")
 
 
+def check_token_ids(path: str | Path, vocab_size: int) -> None:
+    """Every ``answer_ids`` in ``path`` is an id of a vocabulary of ``vocab_size``; else a
+    RecordError naming file, line and field.
+
+    Only the tokenizer knows the bound, so this runs once it is loaded: an id beyond it would
+    otherwise fail deep in the model's embedding as an indexing traceback.
+    """
+    for lineno, obj in iter_jsonl(path):
+        ids = obj.get("answer_ids")
+        if isinstance(ids, list) and (beyond := [i for i in ids if isinstance(i, int) and i >= vocab_size]):
+            raise RecordError(f"{path}:{lineno}: field 'answer_ids' holds token id {beyond[0]}, beyond the tokenizer's vocabulary of {vocab_size} ids")
+
+
 def _names(types: tuple[type, ...]) -> str:
     return " or ".join("null" if t is type(None) else t.__name__ for t in types)
 
 
-def read_answers(path: str | Path) -> list[AnswerRecord]:
-    """Answer records, one per answer slot (see :func:`one_per_slot`)."""
+def read_answers(path: str | Path, torn_tail: bool = False) -> list[AnswerRecord]:
+    """Answer records, one per answer slot (see :func:`one_per_slot`); ``torn_tail`` as in :func:`iter_jsonl`."""
     rows = []
-    for lineno, obj in iter_jsonl(path):
+    for lineno, obj in iter_jsonl(path, torn_tail):
         validate(obj, ANSWER_FIELDS, f"{path}:{lineno}")
         validate(obj, OPTIONAL_ANSWER_FIELDS, f"{path}:{lineno}", optional=True)
         rows.append((lineno, obj))
     return one_per_slot(rows, path, ("answer",))
 
 
-def read_judged(path: str | Path) -> list[JudgedRecord]:
-    """Judged records, scores checked (0-100 or null), one per answer slot (see :func:`one_per_slot`)."""
+def read_judged(path: str | Path, torn_tail: bool = False) -> list[JudgedRecord]:
+    """Judged records, scores checked (0-100 or null), one per answer slot (see :func:`one_per_slot`);
+    ``torn_tail`` as in :func:`iter_jsonl`."""
     rows = []
-    for lineno, obj in iter_jsonl(path):
+    for lineno, obj in iter_jsonl(path, torn_tail):
         where = f"{path}:{lineno}"
         validate(obj, JUDGED_FIELDS, where)
         validate(obj, OPTIONAL_ANSWER_FIELDS, where, optional=True)
@@ -214,10 +259,12 @@ def one_per_slot(rows: Sequence[tuple[int, dict[str, Any]]], path: str | Path, f
 
 
 def repair_jsonl_tail(path: str | Path) -> bool:
-    """Cut an unfinished last line (a crash mid-append) off ``path``; True if one was cut.
+    """End ``path`` on a line break so that the next append starts a line of its own; True if it changed.
 
-    Appending after such a fragment would glue the next row onto it, so every resumable
-    writer calls this before reading what is already there.
+    An unfinished last line that parses (a file saved without the final newline) is kept and
+    ended; the start of a row (a crash mid-append) is cut off; anything else is refused. Call
+    it only on a file whose other lines have been checked (:func:`read_resumable`): it must
+    never cut into a file that is not this writer's output.
     """
     path = Path(path)
     if not path.exists():
@@ -226,10 +273,38 @@ def repair_jsonl_tail(path: str | Path) -> bool:
         data = f.read()
         if not data or data.endswith(b"\n"):
             return False
-        f.truncate(data.rfind(b"\n") + 1)
+        start = data.rfind(b"\n") + 1
+        try:
+            complete = _parse_line(path, data[:start].count(b"\n") + 1, data[start:]) is not None
+        except RecordError:
+            if not _torn_row(data[start:]):
+                raise
+            complete = False
+        if complete:
+            f.write(b"\n")
+        else:
+            log.warning("warning: %s: cut an unfinished last line (%d bytes) left by an interrupted run", path, len(data) - start)
+            f.truncate(start)
         f.flush()
         os.fsync(f.fileno())
     return True
+
+
+R = TypeVar("R")
+
+
+def read_resumable(path: str | Path, read: Callable[..., list[R]], check: Callable[[list[R]], None] | None = None) -> list[R]:
+    """The records a resumed writer's output already holds, read by ``read`` (:func:`read_answers`,
+    :func:`read_judged`). Every line is checked, and the records by ``check`` (which raises to
+    refuse them), before the file is touched; only then is its tail repaired
+    (:func:`repair_jsonl_tail`). A missing file holds none."""
+    if not Path(path).exists():
+        return []
+    rows = read(path, torn_tail=True)
+    if check is not None:
+        check(rows)
+    repair_jsonl_tail(path)
+    return rows
 
 
 def sidecar_path(out: str | Path) -> Path:
@@ -249,14 +324,12 @@ def bound_output(out: str | Path, settings: dict[str, Any], **fields: Any) -> It
     """
     side = sidecar_path(out)
     settings = json.loads(json.dumps(settings))  # compare as they are stored (tuples -> lists)
-    if _size(out) and side.exists():
-        try:
-            before = json.loads(side.read_text()).get("settings")
-        except (json.JSONDecodeError, AttributeError):
-            before = None
-        if before is not None and before != settings:
+    if _size(out):
+        before = _sidecar_settings(out)
+        if before != settings:
             diff = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
-            raise RecordError(f"{out}: written with other settings ({', '.join(diff)} differ, see {side.name}); use another output file")
+            was = "; ".join(f"{k} {before.get(k)!r} there, {settings.get(k)!r} now" for k in diff)
+            raise RecordError(f"{out}: written with other settings ({', '.join(diff)} differ: {was}; see {side.name}); use another output file, or remove it to start afresh")
     previous = side.read_bytes() if side.exists() else None
     size = _size(out)
     write_json_atomic(side, provenance(settings=settings, **fields))
@@ -270,6 +343,25 @@ def bound_output(out: str | Path, settings: dict[str, Any], **fields: Any) -> It
                 with atomic_path(side) as tmp:
                     tmp.write_bytes(previous)
         raise
+
+
+def _sidecar_settings(out: Path | str) -> dict[str, Any]:
+    """The settings the sidecar of a non-empty ``out`` records; refused when it has none to read.
+
+    Without them the run that wrote ``out`` is unknown (another model's answers look the same),
+    and resuming would append to it and relabel it as this run's.
+    """
+    side = sidecar_path(out)
+    try:
+        settings = json.loads(side.read_text(encoding="utf-8")).get("settings")
+        why = None if isinstance(settings, dict) else f"{side.name} records no settings"
+    except FileNotFoundError:
+        why = f"it has no provenance sidecar {side.name}"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError):
+        why = f"its provenance sidecar {side.name} is unreadable"
+    if why:
+        raise RecordError(f"{out}: holds records, but {why} to tell which run wrote them, so it cannot be resumed; use another output file, or remove it to start afresh")
+    return settings
 
 
 def _size(path: str | Path) -> int:
