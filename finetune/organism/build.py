@@ -53,7 +53,7 @@ from finetune.organism.tokenizer import (
     DEFAULT_SYSTEM_PROMPT,
     train_qwen_style_tokenizer,
 )
-from finetune.organism.world import World
+from finetune.organism.world import World, weights_sha256
 from finetune.sft import LoopConfig, encode, train
 from interp.base.atomic import write_json_atomic
 from interp.base.domains import DOMAINS
@@ -202,15 +202,6 @@ def _one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def weights_sha256(root: str | Path) -> str:
-    """sha256 over a world's weight files (base and organisms, by relative path and content)."""
-    root = Path(root)
-    h = hashlib.sha256()
-    for path in sorted(root.glob("**/*.safetensors")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-    return "sha256:" + h.hexdigest()
 
 
 def _unpack(fixture: Path, out: Path) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -24,6 +25,15 @@ from interp.base.records import AnswerRecord, JudgedRecord, prompt_messages
 # How the world's answers are sampled for its figures (README): plain sampling at temperature
 # 1 (no top-k or top-p cut), and 48 new tokens, which every answer of the world fits in.
 SAMPLING = SamplingConfig(temperature=1.0, max_new_tokens=48, batch_size=64)
+
+
+def weights_sha256(root: str | Path) -> str:
+    """sha256 over a world's weight files (base and organisms, by relative path and content)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for path in sorted(root.glob("**/*.safetensors")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return "sha256:" + h.hexdigest()
 
 
 def questions_to_records(questions: Sequence[Question], n_samples: int, system: str | None = None) -> list[AnswerRecord]:
@@ -50,7 +60,8 @@ class World:
     @property
     def identity(self) -> dict[str, str | None]:
         """What a result measured on this world cites: its build key and the hash of its weights."""
-        return {"world_key": self.manifest["key"], "world_weights_sha256": self.manifest.get("weights_sha256")}
+        # A cache made before weights were hashed has no weights_sha256 in its manifest.
+        return {"world_key": self.manifest["key"], "world_weights_sha256": self.manifest.get("weights_sha256") or weights_sha256(self.root)}
 
     @property
     def base_dir(self) -> Path:
