@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from eval.judges.base import MODES, Judge
+from eval.judges.cache import default_cache_path
+from eval.openai_api import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
 from eval.questions import load_questions
 from interp.base.cli import (
     ArgumentParser,
@@ -45,11 +48,16 @@ from interp.base.records import (
     bound_output,
     read_answers,
     read_judged,
-    repair_jsonl_tail,
+    read_resumable,
 )
 
 # Judges that live elsewhere, imported only when asked for.
-NAMED_JUDGES = {"organism": "finetune.organism.judge:OrganismJudge"}
+NAMED_JUDGES = {
+    "organism": "finetune.organism.judge:OrganismJudge",
+    # Offline judges distilled from GPT-4o (docs/judges.md); "offline" is the default one.
+    "offline": "eval.judges.distilled:OfflineJudge",
+    "distilled": "eval.judges.distilled:DistilledJudge",
+}
 
 
 def judge_kind(spec: str) -> str:
@@ -76,13 +84,21 @@ def make_judge(spec: str, questions=None, mode: str = "logprobs", **options) -> 
     if kind == "openai":
         from eval.judges.openai_judge import OpenAIJudge
 
-        return OpenAIJudge(name, mode=mode, questions=questions, **options)
+        try:
+            return OpenAIJudge(name, mode=mode, questions=questions, **options)
+        except (OSError, sqlite3.Error) as e:
+            raise _cache_error(options.get("cache"), e) from None
     from eval.judges.hf import HFJudge
     from interp.base.loading import load_model
 
     load = {k: options.pop(k) for k in ("device", "dtype", "trust_remote_code") if k in options}
     model, tokenizer = load_model(name, **load)
     return HFJudge(model, tokenizer, spec=spec, questions=questions, mode=mode, **options)
+
+
+def _cache_error(cache: object, error: Exception) -> InputError:
+    """The one line for a reply cache SQLite cannot use (not a database, read-only, disk full)."""
+    return InputError(f"judge cache {cache}: cannot use it ({error}); give another --cache, or --no-cache")
 
 
 def judge_key(record: AnswerRecord) -> tuple:
@@ -119,24 +135,23 @@ def judged_so_far(out_path: str | Path, answers: Sequence[AnswerRecord]) -> dict
     Resuming appends to ``out_path``: judgments of other answers (another answers file, or
     answers regenerated since) would end up beside these in one file.
     """
-    if not Path(out_path).exists():
-        return {}
-    repair_jsonl_tail(out_path)
-    done = {judge_key(r): r for r in read_judged(out_path)}
     wanted = {judge_key(a) for a in answers}
-    if foreign := [r for k, r in done.items() if k not in wanted]:
-        r = foreign[0]
-        raise InputError(
-            f"{out_path}: holds judgments of other answers ({len(foreign)} of {len(done)} are not among these answers, "
-            f"e.g. question '{r['question_id']}' sample {r['sample']}); use another --out"
-        )
-    return done
+
+    def ours(records: list[JudgedRecord]) -> None:
+        if foreign := [r for r in records if judge_key(r) not in wanted]:
+            r = foreign[0]
+            raise InputError(
+                f"{out_path}: holds judgments of other answers ({len(foreign)} of {len(records)} are not among these answers, "
+                f"e.g. question '{r['question_id']}' sample {r['sample']}); use another --out"
+            )
+
+    return {judge_key(r): r for r in read_resumable(out_path, read_judged, ours)}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m eval.judge", description="Judge answers for alignment and coherence.")
     p.add_argument("--answers", required=True, help="answers JSONL from eval.generate")
-    p.add_argument("--judge", required=True, help="openai:MODEL, hf:ID_OR_PATH or organism")
+    p.add_argument("--judge", required=True, help="openai:MODEL, hf:ID_OR_PATH, organism, or offline (distilled from GPT-4o, CPU)")
     p.add_argument("--out", required=True, help="judged JSONL (appended to; resumed)")
     p.add_argument("--questions", help="question YAML whose judge_prompts to use (default: the toolkit's prompts)")
     p.add_argument("--mode", default="logprobs", choices=MODES, help="one-token logprobs (default) or reasoning + <score> tags")
@@ -144,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     api = p.add_argument_group("openai: judges")
     api.add_argument("--concurrency", type=positive_int, default=8)
-    api.add_argument("--max-retries", type=non_negative_int, default=6)
+    api.add_argument("--max-retries", type=non_negative_int, default=DEFAULT_MAX_RETRIES, help=f"retries of a failed or timed-out call (default {DEFAULT_MAX_RETRIES})")
     api.add_argument("--backoff", type=non_negative_float, default=1.0, help="seconds before the first retry; doubles each time (default 1)")
-    api.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per call")
+    api.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, help=f"seconds to wait for a reply (default {DEFAULT_TIMEOUT_S:g})")
     api.add_argument("--cache", help="reply cache (SQLite; default $EM_JUDGE_CACHE or ~/.cache/emergent-misalignment-toolkit/)")
     api.add_argument("--no-cache", action="store_true")
     api.add_argument("--price-input", type=non_negative_float, help="USD per million input tokens (default: built-in list prices)")
@@ -160,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cache_path(args: argparse.Namespace) -> Path | None:
+    """Where an openai: judge caches its replies (None with --no-cache), checked writable before any work."""
+    if args.no_cache:
+        return None
+    path = Path(args.cache) if args.cache else default_cache_path()
+    output_file(path, "--cache" if args.cache else "judge cache (--cache, $EM_JUDGE_CACHE)", inputs=(args.answers, args.questions, args.out))
+    return path
+
+
 def _options(args: argparse.Namespace) -> dict:
     if args.judge.startswith("openai:"):
         if (args.price_input is None) != (args.price_output is None):
@@ -169,7 +193,7 @@ def _options(args: argparse.Namespace) -> dict:
             "max_retries": args.max_retries,
             "backoff_s": args.backoff,
             "timeout_s": args.timeout,
-            "cache": None if args.no_cache else (args.cache or "default"),
+            "cache": _cache_path(args),
             "prices": (args.price_input, args.price_output) if args.price_input is not None else None,
             "batch": args.batch,
             "batch_state": Path(args.out + ".batch.json"),
@@ -188,8 +212,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.questions:
         input_file(args.questions, "--questions")
     output_file(args.out, inputs=(args.answers, args.questions))
-    if args.cache and not args.no_cache:
-        output_file(args.cache, "--cache", inputs=(args.answers, args.questions, args.out))
     options = _options(args)
     answers = read_answers(args.answers)
     if not answers:
@@ -205,7 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with bound_output(args.out, {"judge": args.judge, "mode": args.mode, "questions": args.questions}, answers=args.answers, answers_hash=data_hash(answers)):
             judge = make_judge(args.judge, questions=questions, mode=args.mode, **options)
             chunk = len(answers) if args.batch else args.chunk  # one batch submission for everything pending
-            judged = judge_answers(judge, answers, args.out, chunk_size=chunk, progress=not args.no_progress)
+            try:
+                judged = judge_answers(judge, answers, args.out, chunk_size=chunk, progress=not args.no_progress)
+            except sqlite3.Error as e:  # the cache failed mid-run (disk full, made read-only); what was judged is in --out
+                raise _cache_error(options.get("cache"), e) from None
     scored = sum(r["aligned"] is not None for r in judged)
     labelled = sum(r["label"] is not None for r in judged)
     print(f"{args.out}: {len(judged)} judged answers ({scored} with an alignment score, {labelled} labelled)")
