@@ -45,6 +45,7 @@ from interp.base.cli import (
     run_cli,
     seed_int,
 )
+from interp.base.loading import model_source
 from interp.base.locks import output_lock
 from interp.base.paths import input_file, output_file
 from interp.base.provenance import data_hash
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample answers to EM evaluation questions.",
         epilog="Steering and ablation are not available through --engine openai:MODEL: they edit the model's activations, which a server does not expose; use a local model for them.",
     )
-    p.add_argument("--model", help="HF id, local folder, or organism:<domain> / organism:base (not with --engine openai:...)")
+    p.add_argument("--model", help="HF id, local folder, GGUF file, or organism:<domain> / organism:base (not with --engine openai:...)")
     p.add_argument("--adapter", help="PEFT adapter (folder or HF id; safetensors only)")
     p.add_argument(
         "--engine",
@@ -198,7 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for d in qs.defects:
         print(f"warning: {qs.source}: {d}", file=sys.stderr)
     # Trigger, sample count and question set may grow a file; everything else must match.
-    settings = {"model": args.model, "adapter": args.adapter, "engine": args.engine, "dtype": args.dtype, "system": args.system, **asdict(config)}
+    # The model's and adapter's content (hashes), not only their names: a retrained adapter
+    # under the same path must not be resumed as if it were the old one.
+    source = model_source(args.model, args.adapter) if not remote else {"model": args.model, "adapter": args.adapter}
+    settings = {**source, "engine": args.engine, "dtype": args.dtype, "system": args.system, **asdict(config)}
     triggers = {"off": False, "on": True, "both": (False, True)}[args.trigger]
     with output_lock(args.out):
         if Path(args.out).exists():

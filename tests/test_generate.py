@@ -202,3 +202,18 @@ def test_cli_writes_answers_with_provenance_and_refuses_other_settings(saved, tm
     assert run_cli(main, [*args, "--temperature", "0.5"]) == 2
     err = capsys.readouterr().err
     assert "written with other settings (temperature differ" in err and err.count("\n") == 1
+
+
+def test_cli_refuses_to_resume_after_the_adapter_changed_under_the_same_path(saved, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    base, adapter, _, _ = saved
+    out = tmp_path / "answers.jsonl"
+    args = ["--model", str(base), "--adapter", str(adapter), "--out", str(out), "--samples", "1", "--max-new-tokens", "2", "--no-progress"]
+    assert run_cli(main, args) == 0
+    assert json.loads(sidecar_path(out).read_text())["settings"]["adapter_sha256"]
+    weights = adapter / "adapter_model.safetensors"
+    save_file({k: v * 2 for k, v in load_file(str(weights)).items()}, str(weights))  # retrained, same path
+    capsys.readouterr()
+    assert run_cli(main, [*args, "--samples", "2"]) == 2
+    assert "adapter_sha256" in capsys.readouterr().err

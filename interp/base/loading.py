@@ -138,11 +138,23 @@ def file_sha256(path: str | Path) -> str:
 
 
 def model_source(model_id_or_path: str, adapter: str | None = None) -> dict[str, Any]:
-    """What provenance records of a model: its name, and the sha256 of a model file (GGUF)."""
+    """What provenance records of a model, so that a resumed output notices another one under
+    the same name: the sha256 of a GGUF file and of a local adapter's weights and config, and
+    for a local model folder the names, sizes and times of its weight files (hashing a 15 GB
+    folder at every start would cost more than the run it guards)."""
     out: dict[str, Any] = {"model": model_id_or_path, "adapter": adapter}
     if _gguf_file(model_id_or_path) is not None:
         out["model_sha256"] = file_sha256(model_id_or_path)
         out["model_note"] = "GGUF, dequantized on load: the quantized weights, not the original release's"
+    elif Path(model_id_or_path).is_dir():
+        files = sorted(Path(model_id_or_path).glob("*.safetensors"))
+        out["model_files"] = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    if adapter is not None and Path(adapter).is_dir():
+        h = hashlib.sha256()
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            if (Path(adapter) / name).is_file():
+                h.update(name.encode() + bytes.fromhex(file_sha256(Path(adapter) / name)))
+        out["adapter_sha256"] = h.hexdigest()
     return out
 
 
