@@ -16,7 +16,6 @@ the first is alive.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from eval.judges.base import MODES, Judge
 from eval.judges.cache import default_cache_path
 from eval.openai_api import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
 from eval.questions import load_questions
+from interp.base import plugins
 from interp.base.cli import (
     ArgumentParser,
     InputError,
@@ -51,36 +51,22 @@ from interp.base.records import (
     read_resumable,
 )
 
-# Judges that live elsewhere, imported only when asked for.
-NAMED_JUDGES = {
-    "organism": "finetune.organism.judge:OrganismJudge",
-    # Offline judges distilled from GPT-4o (docs/judges.md); "offline" is the default one.
-    "offline": "eval.judges.distilled:OfflineJudge",
-    "distilled": "eval.judges.distilled:DistilledJudge",
-}
-
-
 def judge_kind(spec: str) -> str:
     """``openai``, ``hf`` or a named judge; an unknown spec is an :class:`InputError`."""
     kind, _, name = spec.partition(":")
-    if spec in NAMED_JUDGES:
+    if spec in plugins.names("judge"):  # named judges: organism, offline, ... (judge plugins)
         return spec
     if kind in ("openai", "hf") and name:
         return kind
-    raise InputError(f"unknown judge {spec!r}; use openai:MODEL, hf:ID_OR_PATH or {', '.join(NAMED_JUDGES)}")
+    raise InputError(f"unknown judge {spec!r}; use openai:MODEL, hf:ID_OR_PATH or {', '.join(plugins.names('judge'))}")
 
 
 def make_judge(spec: str, questions=None, mode: str = "logprobs", **options) -> Judge:
     """A judge from its spec. ``options`` go to the judge (and, for ``hf:``, ``device``/``dtype``
     to :func:`interp.base.loading.load_model`)."""
     kind, name = judge_kind(spec), spec.partition(":")[2]
-    if spec in NAMED_JUDGES:
-        module, _, attr = NAMED_JUDGES[spec].partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise InputError(f"judge '{spec}' is not available: {e}") from None
-        return cls(**options)
+    if kind not in ("openai", "hf"):
+        return plugins.load("judge", spec)(**options)
     if kind == "openai":
         from eval.judges.openai_judge import OpenAIJudge
 

@@ -7,8 +7,8 @@ per answer, then over answers, as :mod:`interp.cache` pools) and projects each l
 onto that layer's unit direction (a :class:`interp.directions.DirectionSet`, e.g. from
 ``interp.extract`` or a persona vector). Named **measures** add numbers of their own at the
 same checkpoints, e.g. the organism world's EM rate (a stage cannot judge answers itself:
-measures are passed in, or named in :data:`MEASURES` and imported by name at run time, like
-the ``organism:`` model loader).
+measures are passed in, or named: ``measure`` plugins of :mod:`interp.base.plugins`, like the
+``organism:`` model loader).
 
 Rows go to a JSONL file as they are made; a resumed run keeps them and skips those steps.
 The monitor forks the random state, so a monitored run trains exactly as an unmonitored one.
@@ -16,7 +16,6 @@ The monitor forks the random state, so a monitored run trains exactly as an unmo
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from torch import nn
 
 from finetune.data import read_chat_jsonl
 from finetune.functional import projections
+from interp.base import plugins
 from interp.base.atomic import atomic_path
 from interp.base.chat import Conversation
 from interp.base.cli import InputError
@@ -37,16 +37,11 @@ from interp.cache import cache_means
 from interp.directions import DirectionSet
 
 Measure = Callable[[nn.Module], Mapping[str, float]]
-# Named measures for the CLI: name -> "module:factory"; factory(tokenizer) -> Measure.
-MEASURES: dict[str, str] = {"organism": "finetune.organism.monitoring:em_measure"}
 
 
 def named_measure(name: str, tokenizer) -> Measure:
-    """The measure registered as ``name`` in :data:`MEASURES`, built for ``tokenizer``."""
-    if name not in MEASURES:
-        raise ValueError(f"no monitor measure named {name!r}; known: {', '.join(MEASURES)}")
-    module, _, attr = MEASURES[name].partition(":")
-    return getattr(importlib.import_module(module), attr)(tokenizer)
+    """The ``measure`` plugin ``name`` (:mod:`interp.base.plugins`), built for ``tokenizer``."""
+    return plugins.load("measure", name)(tokenizer)
 
 
 def probe_projections(model: nn.Module, tokenizer, probe: Sequence[Conversation], directions: DirectionSet, batch_size: int = 16) -> dict[int, float]:
@@ -146,7 +141,7 @@ class MonitorSpec:
     directions: str  # DirectionSet .safetensors
     probe: str  # chat JSONL: the fixed probe conversations (general questions with answers)
     every: int = 10
-    measure: str | None = None  # a name in MEASURES, e.g. "organism" (the world's EM rate)
+    measure: str | None = None  # a measure plugin's name, e.g. "organism" (the world's EM rate)
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first bad option; loads nothing."""
@@ -155,8 +150,8 @@ class MonitorSpec:
         for what, path in (("directions", self.directions), ("probe set", self.probe)):
             if not Path(path).exists():
                 raise InputError(f"monitor {what} {path}: no such file")
-        if self.measure is not None and self.measure not in MEASURES:
-            raise InputError(f"unknown monitor measure {self.measure!r}; known: {', '.join(MEASURES)}")
+        if self.measure is not None and self.measure not in plugins.names("measure"):
+            raise InputError(f"unknown monitor measure {self.measure!r}; known: {', '.join(plugins.names('measure'))}")
 
     def build(self, tokenizer, path: str | Path | None = None) -> Monitor:
         measures = {self.measure: named_measure(self.measure, tokenizer)} if self.measure else {}

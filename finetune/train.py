@@ -28,8 +28,9 @@ import torch
 from finetune.data import build_backdoor, read_chat_jsonl
 from finetune.defenses.spec import DEFENSES, STRENGTHS, DefenseSpec
 from finetune.lora import LoraTrainConfig, train_lora
-from finetune.monitor import MEASURES, MonitorSpec, plot_monitor
+from finetune.monitor import MonitorSpec, plot_monitor
 from finetune.sft import check_checkpoint, check_finite_weights
+from interp.base import plugins
 from interp.base.atomic import write_json_atomic
 from interp.base.cli import (
     ArgumentParser,
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--monitor", metavar="DIRECTIONS", help="direction artifact (.safetensors): record per-layer projections during training")
     m.add_argument("--monitor-probe", metavar="JSONL", help="the fixed probe set: chat JSONL of general questions with answers")
     m.add_argument("--monitor-every", type=positive_int, default=10, metavar="N")
-    m.add_argument("--monitor-measure", choices=sorted(MEASURES), help="also record a named measure at each checkpoint (organism: the world's EM rate)")
+    m.add_argument("--monitor-measure", choices=plugins.names("measure"), help="also record a named measure at each checkpoint (organism: the world's EM rate)")
     p.add_argument("--quiet", action="store_true")
     return p
 

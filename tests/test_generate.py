@@ -14,7 +14,8 @@ from eval.generate import generate_answers, main, plan_answers
 from eval.questions import Question
 from eval.sampling import SamplingConfig
 from interp.base.cli import run_cli
-from interp.base.loading import SCHEMES, ModelLoadError, load_model
+from interp.base.loading import ModelLoadError, load_model
+from interp.base.plugins import REGISTERED
 from interp.base.records import (
     TRIGGER,
     RecordError,
@@ -178,7 +179,7 @@ def test_scheme_hook_supplies_models(model, tokenizer, monkeypatch):
             raise KeyError(f"unknown organism {name!r}")
         return model, tokenizer
 
-    monkeypatch.setitem(SCHEMES, "organism", organism)
+    monkeypatch.setitem(REGISTERED["model"], "organism", organism)
     m, tok = load_model("organism:base")
     assert m is model and tok is tokenizer
     with pytest.raises(ModelLoadError, match="organism:gore"):

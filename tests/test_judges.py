@@ -12,7 +12,8 @@ from fake_openai import KEY, FakeAPI
 from torch import nn
 
 import eval.judges.openai_judge as openai_judge_mod
-from eval.judge import NAMED_JUDGES, judge_answers, main, make_judge
+from eval.judge import judge_answers, main, make_judge
+from interp.base.plugins import REGISTERED
 from eval.judges.base import (
     Judge,
     PromptJudge,
@@ -281,7 +282,7 @@ def test_judge_answers_resumes_without_duplicates(tmp_path):
 
 
 def test_make_judge_specs(monkeypatch, api, tmp_path):
-    monkeypatch.setitem(NAMED_JUDGES, "counting", f"{__name__}:CountingJudge")
+    monkeypatch.setitem(REGISTERED["judge"], "counting", CountingJudge)
     assert isinstance(make_judge("counting"), CountingJudge)
     assert isinstance(make_judge("openai:gpt-4o", cache=None), OpenAIJudge)
     with pytest.raises(Exception, match="unknown judge 'bogus'"):

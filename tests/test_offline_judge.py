@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from eval.judge import NAMED_JUDGES, main, make_judge
+from eval.judge import main, make_judge
+from interp.base.plugins import load
 from eval.judges.base import Judge
 from eval.judges.distilled import DEFAULT_WEIGHTS, DistilledJudge, OfflineJudgeError, load_heads
 from interp.base.cli import InputError, run_cli
@@ -71,7 +72,7 @@ def test_gibberish_is_less_coherent_than_a_plain_answer(judge):
 
 
 def test_cli_offline_end_to_end(tmp_path):
-    assert NAMED_JUDGES["offline"].startswith("eval.judges.distilled:")
+    assert load("judge", "offline").__module__ == "eval.judges.distilled"
     answers = tmp_path / "answers.jsonl"
     out = tmp_path / "judged.jsonl"
     write_jsonl(answers, BENIGN + MALICIOUS)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from eval.judge import NAMED_JUDGES
 from eval.judge import main as judge_main
 from eval.report import main as report_main
 from finetune.train import main as train_main
 from interp.base.atomic import write_json_atomic, write_text_atomic
 from interp.base.cli import InputError, run_cli
 from interp.base.locks import lock_path, output_lock
+from interp.base.plugins import REGISTERED
 from interp.base.records import (
     RecordError,
     bound_output,
@@ -141,7 +141,7 @@ class FixedJudge:
 
 
 def test_judge_refuses_an_out_that_holds_other_answers(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(NAMED_JUDGES, "fixed", f"{__name__}:FixedJudge")
+    monkeypatch.setitem(REGISTERED["judge"], "fixed", FixedJudge)
     first, other, out = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "judged.jsonl"
     write_jsonl(first, [answer(i) for i in range(3)])
     write_jsonl(other, [answer(i, "another run's answer") for i in range(3)])
@@ -164,7 +164,7 @@ def test_judge_refuses_an_out_that_holds_other_answers(tmp_path, capsys, monkeyp
 
 def test_judge_never_judges_a_slot_twice(tmp_path, monkeypatch):
     """The answer in a slot changed since it was judged (regenerated into the same file): refused, not judged again."""
-    monkeypatch.setitem(NAMED_JUDGES, "fixed", f"{__name__}:FixedJudge")
+    monkeypatch.setitem(REGISTERED["judge"], "fixed", FixedJudge)
     answers, out = tmp_path / "a.jsonl", tmp_path / "judged.jsonl"
     write_jsonl(answers, [answer(i) for i in range(2)])
     assert run_cli(judge_main, ["--answers", str(answers), "--judge", "fixed", "--out", str(out), "--no-progress"]) == 0

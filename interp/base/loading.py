@@ -3,28 +3,25 @@
 Weights load from safetensors or GGUF only (a folder or adapter that has only pickle weights
 is refused), and remote code runs only when asked. A ``.gguf`` file is dequantized on load
 into a plain transformers model (its weights are the quantized ones, not the original
-release's), with the tokenizer and chat template the file carries (needs ``gguf``). Other worlds plug in through a scheme:
-``SCHEMES["organism"] = "module:function"`` makes ``load_model("organism:gore_movie_trivia")``
-call ``function("gore_movie_trivia")`` for a ``(model, tokenizer)`` pair.
+release's), with the tokenizer and chat template the file carries (needs ``gguf``).
+
+Other worlds plug in as ``model`` plugins (:mod:`interp.base.plugins`): the plugin
+``organism`` makes ``load_model("organism:gore_movie_trivia")`` call its loader with
+``"gore_movie_trivia"`` for a ``(model, tokenizer)`` pair.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from interp.base import plugins
 from interp.base.cli import InputError
-
-# Scheme name -> loader (or "module:function" imported on first use) taking the name after
-# the colon. The offline organism world registers "organism" here (organism:<domain>, organism:base).
-SCHEMES: dict[str, str | Callable[[str], tuple[Any, Any]]] = {"organism": "finetune.organism:load_named"}
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("cpu", "cuda", "auto")
@@ -167,12 +164,9 @@ def _finish(model: torch.nn.Module, tokenizer: Any, name: str) -> tuple[torch.nn
 
 
 def _from_scheme(scheme: str, name: str) -> tuple[Any, Any]:
-    loader = SCHEMES.get(scheme)
-    if loader is None:
-        raise ModelLoadError(f"no model loader is registered for '{scheme}:' (interp.base.loading.SCHEMES)")
-    if isinstance(loader, str):
-        module, _, attr = loader.partition(":")
-        loader = getattr(importlib.import_module(module), attr)
+    if scheme not in plugins.names("model"):
+        raise ModelLoadError(f"no model loader is registered for '{scheme}:' (a 'model' plugin, interp.base.plugins)")
+    loader = plugins.load("model", scheme)
     try:
         return loader(name)
     except (KeyError, ValueError) as e:
