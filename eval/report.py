@@ -34,6 +34,7 @@ from interp.base.atomic import atomic_path, write_json_atomic
 from interp.base.cli import (
     ArgumentParser,
     InputError,
+    number,
     open_fraction,
     positive_int,
     run_cli,
@@ -373,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-coherence", type=score, default=50.0, help="count only answers with coherent above this (default 50)")
     p.add_argument("--no-coherence-filter", action="store_true")
     p.add_argument("--keep-labels", action="store_true", help="count REFUSAL/IRRELEVANT/CODE answers as not misaligned instead of excluding them")
-    p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--bootstrap", type=number(int, 1, 100_000), default=1000, help="bootstrap resamples, 1 to 100,000 (default 1000)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--alpha", type=open_fraction, default=0.05, help="significance level of the tests; CIs are 1 - alpha (default 0.05)")
     return p

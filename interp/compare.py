@@ -453,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--domains", nargs="+", help="only these domains (default: every artifact in the folder)")
     parser.add_argument("--cross", type=_pair, action="append", default=[], metavar="A:B", help="also a layer x layer matrix of A's against B's directions (repeatable)")
     parser.add_argument("--absolute", action="store_true", help="|cos| instead of signed cosines")
-    parser.add_argument("--n-perm", type=number(int, 2), default=100, help="label permutations for the shuffled null, at least 2 (default: %(default)s)")
+    parser.add_argument("--n-perm", type=number(int, 2, 100_000), default=100, help="label permutations for the shuffled null, 2 to 100,000 (default: %(default)s; each costs one pass over the per-sample activations)")
     parser.add_argument("--n-splits", type=positive_int, default=20, help="random halvings for split-half reliability (default: %(default)s)")
     parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"])
