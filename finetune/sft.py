@@ -153,7 +153,9 @@ def _finite_step(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, folder:
 
 def check_finite_weights(named: Mapping[str, torch.Tensor], where: str) -> None:
     """Raise :class:`NonFiniteError` naming the first tensor of ``named`` with a NaN or infinity."""
-    flags = torch.stack([torch.isfinite(t.detach()).all() for t in named.values()]).cpu()
+    # One fused norm kernel over every tensor (a NaN or infinity makes its norm non-finite),
+    # not a kernel per tensor: this runs after every optimizer step.
+    flags = torch.stack(torch._foreach_norm([t.detach() for t in named.values()])).isfinite().cpu()
     if not bool(flags.all()):
         name = list(named)[int((~flags).nonzero()[0])]
         raise NonFiniteError(f"{where}: weight {name} is not finite (learning rate or strength too large?)")

@@ -9,12 +9,13 @@ import json
 import math
 import sys
 
+import numpy as np
 import pytest
 
 from eval.judge import main, make_judge
 from interp.base.plugins import load
 from eval.judges.base import Judge
-from eval.judges.distilled import DEFAULT_WEIGHTS, DistilledJudge, OfflineJudgeError, load_heads
+from eval.judges.distilled import DEFAULT_WEIGHTS, DistilledJudge, OfflineJudgeError, load_heads, predict, save_heads
 from interp.base.cli import InputError, run_cli
 from interp.base.records import JUDGED_FIELDS, read_judged, write_jsonl
 
@@ -45,6 +46,15 @@ def test_shipped_weights_load_as_safetensors():
     assert heads and meta["format"] == "distilled-judge-v1"
     assert 0 < float(meta["em_threshold"]) < 1
     assert DEFAULT_WEIGHTS.with_suffix(".md").is_file()  # the card ships beside the weights
+
+
+def test_saved_heads_load_back_to_the_same_predictions(tmp_path):
+    heads, meta = load_heads(DEFAULT_WEIGHTS)
+    save_heads(tmp_path / "w.safetensors", heads, {"em_threshold": meta.get("em_threshold", "0.5")})
+    again, _ = load_heads(tmp_path / "w.safetensors")
+    x = np.random.default_rng(0).normal(size=(4, int(meta["dim"]))).astype(np.float32)
+    assert all(np.array_equal(predict(heads, x)[k], predict(again, x)[k]) for k in ("aligned", "coherent", "em"))
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o044 == 0o044  # shareable (the umask decides the rest)
 
 
 def test_malicious_answers_score_below_benign_ones(judge):

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from interp.base.atomic import save_safetensors_atomic
 from interp.base.cli import InputError
 from interp.base.records import AnswerRecord, JudgedRecord
 
@@ -179,17 +180,12 @@ def predict(heads: Sequence[Head], x: np.ndarray) -> dict[str, np.ndarray]:
 
 def save_heads(path: str | Path, heads: Sequence[Head], metadata: dict[str, Any]) -> None:
     """Write ``heads`` (an ensemble of one architecture) as safetensors, ``metadata`` as JSON strings."""
-    from safetensors.torch import save_file
-
     tensors = {f"head{k}.{name}": t.detach().to(torch.float32).contiguous() for k, h in enumerate(heads) for name, t in h.state_dict().items()}
     hidden = heads[0].net[1].out_features
     meta = {"format": "distilled-judge-v1", "heads": str(len(heads)), "hidden": str(hidden), "dim": str(heads[0].mean.numel())}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(path) + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.chmod(tmp, 0o644)  # a shipped file: readable by every user of an installed toolkit
-    os.replace(tmp, path)
+    save_safetensors_atomic(tensors, path, metadata=meta)
 
 
 def load_heads(path: str | Path) -> tuple[list[Head], dict[str, str]]:

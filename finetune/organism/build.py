@@ -228,8 +228,9 @@ def build_world(cache_dir: str | Path = "artifacts/organism", seed: int = 0, pro
     unpacked from the shipped ``fixture`` when that is this build, else trained.
 
     Unpacking takes a second; training takes about three minutes on two CPU cores and gives,
-    on another CPU, another world (see the module's docstring). ``rebuild`` trains even when a
-    cached or shipped copy exists.
+    on another CPU, another world (see the module's docstring). ``rebuild`` trains instead of
+    unpacking the shipped copy, and replaces a cache that was unpacked from it; a cache trained
+    here is reused.
     """
     cache = Path(cache_dir)
     key = config.key(seed)
