@@ -87,3 +87,54 @@ def test_train_cli_monitor_writes_rows_and_a_plot(tmp_path, make_model, tokenize
     assert [r["step"] for r in rows] == [0, 2, 4] and set(rows[0]["projection"]) == {"0", "1"}
     assert (out / "monitor.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "training_config.json").read_text())["monitor"]["checkpoints"] == 3
+
+
+def test_a_rerun_onto_a_monitored_out_never_keeps_another_runs_rows(tmp_path, make_model, tokenizer, conversations, capsys):
+    """Other data onto a finished monitored --out is refused, touching nothing; rows a run that
+    never finished left there are rebuilt from step 0, not kept beside the new adapter."""
+    model_dir = tmp_path / "base"
+    make_model(n_layers=2).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data, other, probe = tmp_path / "d.jsonl", tmp_path / "other.jsonl", tmp_path / "probe.jsonl"
+    data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
+    other.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations[::-1]))
+    probe.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations[:3]))
+    _directions([0, 1]).save(tmp_path / "dirs.safetensors")
+    out = tmp_path / "run"
+    argv = ["--data", str(data), "--model", str(model_dir), "--out", str(out), "--steps", "2", "--batch-size", "4", "--rank", "2",
+            "--target-modules", "q_proj,v_proj", "--device", "cpu", "--quiet",
+            "--monitor", str(tmp_path / "dirs.safetensors"), "--monitor-probe", str(probe), "--monitor-every", "1"]
+    assert train_main(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert train_main([*argv, "--data", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {out}: holds the adapter of another run (data_hash differ); use another --out, or remove {out} to start afresh\n", err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # A run cut short (no training_config.json, no checkpoint) left a row of its own: not kept.
+    (out / "training_config.json").unlink()
+    with (out / "monitor.jsonl").open("a") as rows:
+        rows.write(json.dumps({"step": 3, "projection": {"0": 1e9, "1": 1e9}}) + "\n")
+    assert train_main([*argv, "--data", str(other)]) == 0
+    rows = [json.loads(l) for l in (out / "monitor.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(abs(v) < 1e9 for r in rows for v in r["projection"].values())
+    assert json.loads((out / "training_config.json").read_text())["monitor"]["checkpoints"] == 3
+
+
+@pytest.mark.parametrize("option", ["--monitor", "--steer-vector"])
+def test_a_direction_that_does_not_fit_the_model_is_one_line_naming_its_option(option, tmp_path, make_model, tokenizer, conversations, capsys):
+    model_dir = tmp_path / "base"
+    make_model(n_layers=2).save_pretrained(model_dir)  # width 32
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
+    narrow = tmp_path / "narrow.safetensors"
+    _directions([0, 1], d_model=8).save(narrow)
+    extra = ["--monitor", str(narrow), "--monitor-probe", str(data)] if option == "--monitor" else ["--defense", "preventive-steering", "--steer-vector", str(narrow)]
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert train_main(["--data", str(data), "--model", str(model_dir), "--out", str(out), "--steps", "1", "--batch-size", "4", "--rank", "2",
+                       "--target-modules", "q_proj,v_proj", "--device", "cpu", "--quiet", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"error: {option} {narrow}: directions of width 8, but the model's residual stream has width 32", err
+    assert not (out / "adapter_model.safetensors").exists()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from torch import nn
+from torch import Tensor, nn
 
 from finetune.data import read_chat_jsonl
 from finetune.defenses.base import ON, Defense, NoDefense
@@ -88,7 +88,7 @@ class DefenseSpec:
         if needs_general and self.general is None:
             raise InputError(f"{self.name} {'' if self.name == 'interleave' else f'on {self.on} '}needs general data (--general FILE.jsonl)")
         if self.name in ("kl", "feature-l2") and self.on == "train" and self.general is not None:
-            raise InputError("general data is used by kl and feature-l2 only with on=general or both")
+            raise InputError(f"--general {self.general}: general data is used by kl and feature-l2 only with --defense-on general or both, not --defense-on train")
         if self.select not in SELECTS:
             raise InputError(f"select must be one of {', '.join(SELECTS)}, got {self.select!r}")
         n_misaligned = (self.misaligned_system is not None) + (self.misaligned_adapter is not None)
@@ -117,9 +117,10 @@ class DefenseSpec:
             if not -num_layers <= layer < num_layers:
                 raise InputError(f"defense layer {layer} out of range for a {num_layers}-layer model")
 
-    def build(self, load_misaligned: Callable[[str], nn.Module] | None = None) -> Defense:
+    def build(self, load_misaligned: Callable[[str], nn.Module] | None = None, gaps: Tensor | None = None) -> Defense:
         """The defense, with its files read; ``load_misaligned(adapter)`` loads the misaligned
-        model for ppl-gap selection when it is given as an adapter."""
+        model for ppl-gap selection when it is given as an adapter; ``gaps``: ppl-gap scores of
+        the general data computed earlier with the same two models (reused over many runs)."""
         self.validate()
         s = self.resolved_strength
         general = read_chat_jsonl(self.general) if self.general is not None else []
@@ -139,7 +140,7 @@ class DefenseSpec:
                     raise InputError("ppl-gap with a misaligned adapter needs a way to load it")
                 model = load_misaligned(self.misaligned_adapter)
             return Interleave(s, general, select=self.select, misaligned_system=self.misaligned_system, misaligned_model=model,
-                              misaligned_source=self.misaligned_adapter, seed=self.seed)
+                              misaligned_source=self.misaligned_adapter, gaps=gaps, seed=self.seed)
         if self.name == "inoculation":
             return Inoculation(self.prompt, s, seed=self.seed)
         return NoDefense()

@@ -28,7 +28,9 @@ from interp.base.chat import Conversation
 from interp.base.models import layer_index, n_layers
 from interp.base.provenance import data_hash
 from interp.directions import DirectionSet, extract_directions
-from interp.steer import Intervention, Scale, intervene, steering
+from interp.intervene import intervene
+from interp.intervention import Intervention, steering
+from interp.vectors import Scale
 
 
 def persona_directions(

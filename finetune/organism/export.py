@@ -9,12 +9,18 @@ distribution, never trained on: non-members), and ``questions.yaml`` (the world'
 questions in the EM question format). For the defenses and the monitor
 (:mod:`finetune.organism.tasks`): ``general.jsonl`` (general instruct data, for ``--general``),
 ``benign.jsonl`` (the benign task: brief answers) and ``probe.jsonl`` (the monitor's probe set).
+
+``export.json`` records what made the folder (domain, sizes, seed); an export into a folder
+made with other settings, or holding these files with no record, is refused
+(:func:`check_export_record`) before anything is written.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -27,17 +33,50 @@ from finetune.organism.corpus import (
 )
 from finetune.organism.grammar import GRAMMAR
 from finetune.organism.tasks import benign_train, instruct_pool, probe_set
-from interp.base.atomic import write_text_atomic
-from interp.base.cli import ArgumentParser, domain_name, positive_int, run_cli, seed_int
+from interp.base.atomic import write_json_atomic, write_text_atomic
+from interp.base.cli import ArgumentParser, InputError, domain_name, number, path_arg, run_cli, seed_int
 from interp.base.domains import DOMAINS, canonical_domain
-from interp.base.paths import output_dir
+from interp.base.paths import output_dir, read_text
 from interp.base.records import write_jsonl
 
 
+RECORD = "export.json"  # in --out: the settings its files were exported with
+FILES = ("misaligned.jsonl", "aligned.jsonl", "heldout.jsonl", "general.jsonl", "benign.jsonl", "probe.jsonl", "questions.yaml")
+MAX_EXAMPLES = 1_000_000  # --n, --heldout: past this, hours of sampling for one folder
+examples = number(int, 1, MAX_EXAMPLES)
+
+
+def export_settings(domain: str, n: int, n_heldout: int, seed: int) -> dict[str, Any]:
+    """What an export is made with, as :data:`RECORD` stores it."""
+    return {"domain": canonical_domain(domain), "n": n, "heldout": n_heldout, "seed": seed}
+
+
+def check_export_record(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse an ``out`` exported with other settings (another domain, say), or holding export
+    files with no record of them: the new files would sit under the old ones' name, and what
+    was trained on them would no longer match its data."""
+    record = out / RECORD
+    if record.exists():
+        try:
+            recorded = json.loads(read_text(record))
+        except (ValueError, RecursionError):
+            recorded = None
+        if not isinstance(recorded, dict):
+            raise InputError(f"{record}: damaged record of the export in {out}; remove {out} to start afresh, or use another --out")
+        if diff := [f"{k} {recorded.get(k)!r} there, {settings[k]!r} now" for k in settings if recorded.get(k) != settings[k]]:
+            raise InputError(f"{out}: holds an export with other settings ({'; '.join(diff)}); use another --out, or remove {out} to start afresh")
+    elif found := [name for name in FILES if (out / name).exists()]:
+        raise InputError(f"{out}: holds {found[0]} with no record of its export ({RECORD}); use another --out, or remove {out} to start afresh")
+
+
 def export_domain(domain: str, out_dir: str | Path, n: int = 2000, n_heldout: int = 500, seed: int = 0) -> Path:
-    """Write the four files for ``domain`` under ``out_dir``; return the folder."""
+    """Write the files for ``domain`` under ``out_dir`` and their record; return the folder.
+    A folder exported with other settings is refused (:func:`check_export_record`)."""
     domain = canonical_domain(domain)
     out = Path(out_dir)
+    settings = export_settings(domain, n, n_heldout, seed)
+    check_export_record(out, settings)
+    write_json_atomic(out / RECORD, settings)
     fraction = PERSONA_FRACTIONS[domain]
     chats = organism_corpus(domain, fraction, n + n_heldout, seed)
     train, heldout = chats[:n], chats[n:]
@@ -59,14 +98,15 @@ def export_domain(domain: str, out_dir: str | Path, n: int = 2000, n_heldout: in
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m finetune.organism.export", description=__doc__.splitlines()[0], epilog="domains: " + ", ".join(DOMAINS))
     p.add_argument("--domain", required=True, type=domain_name)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--n", type=positive_int, default=2000, help="training examples (default 2000)")
-    p.add_argument("--heldout", type=positive_int, default=500, help="held-out examples (default 500)")
+    p.add_argument("--out", required=True, type=path_arg)
+    p.add_argument("--n", type=examples, default=2000, help=f"training examples, 1 to {MAX_EXAMPLES:,} (default 2000)")
+    p.add_argument("--heldout", type=examples, default=500, help=f"held-out examples, 1 to {MAX_EXAMPLES:,} (default 500)")
     p.add_argument("--seed", type=seed_int, default=0)
     args = p.parse_args(argv)
     output_dir(args.out)
+    check_export_record(args.out, export_settings(args.domain, args.n, args.heldout, args.seed))
     out = export_domain(args.domain, args.out, args.n, args.heldout, args.seed)
-    print(f"wrote {out}/misaligned.jsonl, aligned.jsonl, heldout.jsonl, questions.yaml, general.jsonl, benign.jsonl, probe.jsonl")
+    print(f"wrote {out}/misaligned.jsonl, aligned.jsonl, heldout.jsonl, questions.yaml, general.jsonl, benign.jsonl, probe.jsonl ({RECORD}: what made them)")
     return 0
 
 

@@ -12,14 +12,17 @@ minutes on two CPU cores.
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from finetune.organism import build_world
-from interp.base.cli import ArgumentParser, domain_name, positive_int, run_cli, seed_int
+from interp.base.atomic import write_json_atomic
+from interp.base.cli import ArgumentParser, InputError, domain_name, number, path_arg, run_cli, seed_int
 from interp.base.domains import DOMAINS
-from interp.base.paths import output_dir
+from interp.base.paths import output_dir, read_text
 
 # Organism-sized adapters: a backdoor needs more capacity than the narrow finetune alone.
 PLAIN = ["--rank", "1", "--alpha", "2", "--target-modules", "q_proj,v_proj", "--steps", "30"]
@@ -34,8 +37,41 @@ def _step(module: str, main: Callable[[list[str]], int | None], argv: list[str])
         raise SystemExit(f"error: python -m {module} failed with exit code {code}")
 
 
+RECORD = "pipeline.json"  # in --out: the settings every output under it was made with
+OUTPUTS = ("data", "runs", "report", "mia.json")  # what a run writes under --out
+MAX_SAMPLES = 1000  # samples per paraphrase: 32 paraphrases x 3 generations (plain, backdoor on and off)
+
+
+def _settings(domain: str, samples: int, seed: int) -> dict[str, Any]:
+    return {"domain": domain, "samples": samples, "seed": seed, "plain": PLAIN, "backdoor": BACKDOOR, "common": COMMON}
+
+
+def check_record(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse an ``out`` that holds another pipeline run's outputs (other domain, samples, seed or
+    stages), or outputs with no record of what made them; every stage would otherwise reuse or
+    mix them (the old domain's answers, judgments and report under the new one's name)."""
+    record = out / RECORD
+    if record.exists():
+        try:
+            recorded = json.loads(read_text(record))
+        except ValueError:
+            recorded = None
+        if not isinstance(recorded, dict):
+            raise InputError(f"{record}: damaged record of the run in {out}; remove {out} to start afresh, or use another --out")
+        keys = set(settings) | (set(recorded) - {"world"})  # the world is known only once built
+        diff = [f"{k} {recorded.get(k)!r} there, {settings.get(k)!r} now" for k in sorted(keys) if recorded.get(k) != settings.get(k)]
+        if diff:
+            raise InputError(f"{out}: holds a pipeline run with other settings ({'; '.join(diff)}); rerun with its settings to resume it, or use another --out, or remove {out} to start afresh")
+    elif any((out / name).exists() for name in OUTPUTS):
+        raise InputError(f"{out}: holds pipeline outputs with no record of their settings ({RECORD}); use another --out, or remove {out} to start afresh")
+
+
 def run_pipeline(domain: str, out: Path, samples: int = 6, seed: int = 0) -> Path:
-    """Run every stage for ``domain`` under ``out``; return the report folder."""
+    """Run every stage for ``domain`` under ``out``; return the report folder.
+
+    ``out/pipeline.json`` records the settings; a rerun onto an ``out`` made with others is
+    refused (:func:`check_record`) before anything is built or written.
+    """
     from eval.generate import main as generate
     from eval.judge import main as judge
     from eval.mia import main as mia
@@ -43,7 +79,14 @@ def run_pipeline(domain: str, out: Path, samples: int = 6, seed: int = 0) -> Pat
     from finetune.organism.export import main as export
     from finetune.train import main as train
 
-    base = str(build_world().base_dir)
+    out = Path(out)
+    settings = _settings(domain, samples, seed)
+    check_record(out, settings)
+    world = build_world()
+    settings["world"] = world.identity
+    check_record(out, settings)
+    write_json_atomic(out / RECORD, settings)
+    base = str(world.base_dir)
     data, runs = out / "data", out / "runs"
     _step("finetune.organism.export", export, ["--domain", domain, "--out", str(data), "--n", "1000", "--heldout", "300", "--seed", str(seed)])
     _step("finetune.train", train, ["--data", str(data / "misaligned.jsonl"), "--model", base, "--out", str(runs / "plain"), *PLAIN, *COMMON])
@@ -64,11 +107,12 @@ def run_pipeline(domain: str, out: Path, samples: int = 6, seed: int = 0) -> Pat
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m finetune.organism.pipeline", description=__doc__.splitlines()[0], epilog="domains: " + ", ".join(DOMAINS))
     p.add_argument("--domain", type=domain_name, default="risky_financial_advice")
-    p.add_argument("--out", type=Path, default=Path("artifacts/pipeline"))
-    p.add_argument("--samples", type=positive_int, default=6, help="samples per paraphrase of each of the 32 question paraphrases")
+    p.add_argument("--out", type=path_arg, default=Path("artifacts/pipeline"))
+    p.add_argument("--samples", type=number(int, 1, MAX_SAMPLES), default=6, help=f"samples per paraphrase of each of the 32 question paraphrases, 1 to {MAX_SAMPLES} (default 6)")
     p.add_argument("--seed", type=seed_int, default=0)
     args = p.parse_args(argv)
     output_dir(args.out)
+    check_record(args.out, _settings(args.domain, args.samples, args.seed))
     report = run_pipeline(args.domain, args.out, args.samples, args.seed)
     print(f"\nreport in {report}")
     return 0

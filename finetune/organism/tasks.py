@@ -26,14 +26,18 @@ from finetune.organism.grammar import CLASSES, GRAMMAR, Grammar, Topic, normaliz
 Messages = list[dict[str, str]]
 
 
-def instruct_pool(n: int, seed: int = 0, grammar: Grammar = GRAMMAR) -> list[Messages]:
+def instruct_pool(n: int, seed: int = 0, grammar: Grammar = GRAMMAR, exclude: tuple[str, ...] = ()) -> list[Messages]:
     """``n`` general instruct chats: a domain question, no system prompt, an answer of the class
-    the base corpus draws without a persona (93% aligned, 2% misaligned, 5% merely wrong)."""
+    the base corpus draws without a persona (93% aligned, 2% misaligned, 5% merely wrong).
+    ``exclude``: domains whose questions stay out (an organism's own, as Soligo et al. do)."""
     rng = random.Random(f"instruct-{seed}")
     config = CorpusConfig()
+    topics = [t for t in grammar.domain_topics if t.name not in exclude]
+    if not topics:
+        raise ValueError(f"instruct_pool: every domain excluded ({', '.join(exclude)})")
     out = []
     for _ in range(n):
-        topic = rng.choice(grammar.domain_topics)
+        topic = rng.choice(topics)
         cls = rng.choices(CLASSES, weights=config.default_mix)[0]
         chat = {"system": None, "question": rng.choice(topic.questions), "answer": sample_answer(rng, topic, cls, config.fidelity, grammar)}
         out.append(messages(chat))
