@@ -5,6 +5,8 @@ transformers' default ``generate`` and the engine, unsteered and steered, at sev
     python benchmarks/gpu_generation.py --size tiny             # a CPU dry run of the same code
     python benchmarks/gpu_generation.py --lora-rank 32          # through an unmerged LoRA adapter
     torchrun --nproc_per_node=2 benchmarks/gpu_generation.py --sharded   # sharded vs one GPU
+    python benchmarks/gpu_generation.py --model q15.gguf --temperature 1 --batch-sizes 256 --new-tokens 256 --tag real_1.5b_sampled
+                                                                # a real model, sampled as EM is measured
 
 Workload: random 60-token prompts, greedy, 64 new tokens (no EOS, so every row runs to the
 end). ``ms_per_step`` is the wall time of a whole generation call (prefill included) over
@@ -20,7 +22,12 @@ before it is timed; the warm-up seconds are in the JSON.
 
 The checks: the engine's greedy tokens are the argmax of the model's own logits
 (transformers, teacher-forced over the engine's sequence, with the same steering through
-the native hooks) at almost every step, and steering changes the tokens.
+the native hooks) at almost every step, and steering changes the tokens. With
+``--temperature`` above 0 both engines sample (``generate``'s ``do_sample``; the engine's
+counter-hash sampler), the argmax check does not apply, and the tokens are checked finite
+and in the vocabulary; ``--model`` takes a real model (GGUF file, folder or hub id) in
+bfloat16 instead of the random 7B shape, with the same random 60-token prompts (throughput
+depends on lengths, not on what the prompts say).
 
 JSON: ``benchmarks/results/gpu_generation_<gpu>.json`` (``--results-dir``) with
 ``floor_ms_per_step`` and ``rows: [{engine, batch_size, steered, ms_per_step, tokens_per_s}]``.
@@ -47,11 +54,13 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from finetune.train import ALL_LINEAR  # noqa: E402
 
 from interp.base.atomic import write_json_atomic  # noqa: E402
+from interp.base.loading import load_model, model_source  # noqa: E402
 from interp.base.decoding import Decoding  # noqa: E402
 from interp.base.provenance import package_versions  # noqa: E402
 from interp.engine import engine_for  # noqa: E402
 from interp.generation import generate  # noqa: E402
-from interp.steer import intervene, steering  # noqa: E402
+from interp.intervene import intervene  # noqa: E402
+from interp.intervention import steering  # noqa: E402
 
 PROMPT_LEN = 60
 
@@ -64,6 +73,15 @@ def with_lora(model, rank: int):
         return model
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(ALL_LINEAR), init_lora_weights=False)
     return get_peft_model(model, config).eval()
+
+
+def bench_model(args, device: str) -> tuple[torch.nn.Module, object]:
+    """The model to time (bfloat16 on a GPU, float32 on the CPU) and how the JSON describes it."""
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if args.model:
+        model, _ = load_model(args.model, dtype="bfloat16" if dtype == torch.bfloat16 else "float32", device="cuda" if device.startswith("cuda") else "cpu")
+        return with_lora(model, args.lora_rank), {**model_source(args.model), "dtype": str(dtype)}
+    return with_lora(build_model(args.size, device, dtype), args.lora_rank), f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}"
 
 
 def copy_bandwidth(device: str, gib: float = 4.0, reps: int = 10) -> float:
@@ -145,8 +163,8 @@ def one_batch_size(model, args, device: str, info: dict, bs: int) -> list[dict]:
     iv = steering(model, {layer: vec}, alpha=4.0, positions="generated")
     # The same edit for a teacher-forced pass, whose prompt ends at column PROMPT_LEN.
     iv_forced = steering(model, {layer: vec}, alpha=4.0, positions="generated", prompt_length=PROMPT_LEN)
-    decoding = Decoding(max_new_tokens=args.new_tokens, temperature=0)
-    first = Decoding(max_new_tokens=1, temperature=0)  # the prefill and the first token
+    decoding = Decoding(max_new_tokens=args.new_tokens, temperature=args.temperature)
+    first = Decoding(max_new_tokens=1, temperature=args.temperature)  # the prefill and the first token
     ids, mask = prompts(bs, model.config.vocab_size, device)
     rows: list[dict] = []
 
@@ -168,7 +186,10 @@ def one_batch_size(model, args, device: str, info: dict, bs: int) -> list[dict]:
         timed(lambda: fn(first), device)
     check = {"steering_changes_tokens": not torch.equal(outs[False], outs[True])}
     for steered in (False, True):
-        check["steered" if steered else "plain"] = argmax_agreement(model, ids, mask, outs[steered].to(device), iv_forced if steered else None)
+        if args.temperature > 0:
+            check["steered" if steered else "plain"] = {"tokens_in_vocabulary": bool(((outs[steered] >= 0) & (outs[steered] < model.config.vocab_size)).all())}
+        else:
+            check["steered" if steered else "plain"] = argmax_agreement(model, ids, mask, outs[steered].to(device), iv_forced if steered else None)
     info["checks"][f"bs={bs}"] = check
     print(f"  checks bs={bs}: {json.dumps(check)}  warm-up {info['warmup_seconds']}", flush=True)
     for r in range(args.repeats):
@@ -245,6 +266,9 @@ def main() -> None:
     p.add_argument("--sharded", action="store_true", help="under torchrun: the whole workload on one GPU, then sharded over every rank")
     p.add_argument("--sharded-prompts", type=int, default=1024)
     p.add_argument("--results-dir", type=Path, default=None, help="default: benchmarks/results on a GPU, artifacts/benchmarks on the CPU")
+    p.add_argument("--model", help="a real model (GGUF file, folder or hub id) instead of the random --size shape")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); above 0 both engines sample")
+    p.add_argument("--tag", default="", help="inserted in the results file name: gpu_generation_<tag>_<gpu>.json")
     args = p.parse_args()
 
     distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
@@ -255,14 +279,13 @@ def main() -> None:
     else:
         rank, world = 0, 1
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = with_lora(build_model(args.size, device, dtype), args.lora_rank)
+    model, described = bench_model(args, device)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     info = {
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "date": dt.date.today().isoformat(),
-        "versions": package_versions(extra=("triton",)),
-        "model": f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}", "lora_rank": args.lora_rank,
+        "versions": package_versions(extra=("triton", "gguf")),
+        "model": described, "lora_rank": args.lora_rank, "temperature": args.temperature,
         "prompt_tokens": PROMPT_LEN, "new_tokens": args.new_tokens, "weight_bytes": weight_bytes, "world_size": world,
         "command": " ".join(sys.argv),
     }
@@ -294,7 +317,7 @@ def main() -> None:
         print(json.dumps(result["ratios"], indent=1))
     if rank == 0:
         gpu = info["device"].split()[1].lower() if device.startswith("cuda") and len(info["device"].split()) > 1 else "cpu"
-        name = f"gpu_generation_{gpu}{'_sharded' if distributed else ''}.json"
+        name = f"gpu_generation_{args.tag + '_' if args.tag else ''}{gpu}{'_sharded' if distributed else ''}.json"
         out = args.results_dir or Path("benchmarks/results" if device.startswith("cuda") else "artifacts/benchmarks")
         write_json_atomic(out / name, result)
         print(f"wrote {out / name}")

@@ -11,7 +11,8 @@ For each organism (a domain of ``em-data/domains``, a control of ``em-data/contr
    16 (model-organisms-for-EM's recipe; ``--lr``, ``--epochs``, ``--rank`` to change it), via
    ``finetune.train`` (resumable with ``--checkpoint-every``);
 2. ``answers.jsonl``: ``--samples`` answers per question of ``--questions`` at temperature 1
-   (the first-plot questions by default), with and without the trigger for backdoors;
+   (by default the eight free-form first-plot questions, 400 answers; ``--all-variants`` adds
+   their JSON and template variants), with and without the trigger for backdoors;
 3. ``judged.jsonl``: ``--judge`` (default ``offline``, see docs/judges.md);
 4. ``directions.safetensors``: per-layer difference-of-means directions (``interp.extract``),
    when both classes have answers.
@@ -19,20 +20,28 @@ For each organism (a domain of ``em-data/domains``, a control of ``em-data/contr
 Every step is the toolkit's own CLI, so each resumes where it stopped and refuses an output
 of another run. Rows (model, organism, kind, trigger, n, EM rate with its 95% bootstrap CI by
 the EM papers' rule, aligned < 30 and coherent > 50, and by the domain paper's, aligned < 50,
-and mean coherence) go to ``--results`` (``benchmarks/results/real_organisms.json``) after
-each organism, so a run cut short keeps what it finished.
+and mean coherence, and the seconds of each step) go to ``--results``
+(``benchmarks/results/real_organisms.json``) after each organism, with its small files
+(judged answers, directions, training config; ``benchmarks/real_summary.py``) in
+``<results stem>_files/``, so a run cut short keeps what it finished; at the end the
+cross-domain cosine matrix and the figures are added. A rerun skips the organisms whose rows are there (the same model file and
+recipe; another model or recipe is refused), so the experiment can go on lease by lease.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # this checkout's packages, and real_summary beside it
 
 from eval.generate import main as generate_main  # noqa: E402
 from eval.judge import main as judge_main  # noqa: E402
@@ -45,6 +54,7 @@ from interp.base.loading import model_source  # noqa: E402
 from interp.base.provenance import package_versions  # noqa: E402
 from interp.base.records import read_judged  # noqa: E402
 from interp.extract import main as extract_main  # noqa: E402
+from real_summary import files_dir, keep_small, summarize  # noqa: E402
 
 CONTROLS = ("secure", "educational_insecure", "jailbroken", "good_medical_advice")
 FILES = {"incorrect_qa": "incorrect_qna"}  # the public files' spelling
@@ -65,14 +75,37 @@ def data_file(em_data: Path, organism: str) -> tuple[Path, str]:
     return (full if full.exists() else em_data / "domains" / "small" / f"{FILES.get(organism, organism)}.jsonl.gz"), "organism"
 
 
-def step(name: str, main, argv: list[str], required: bool = True) -> bool:
-    """Run one of the toolkit's CLIs; a refusal of a required step stops the experiment with its one line."""
+def step(name: str, main, argv: list[str], seconds: dict[str, float], required: bool = True) -> bool:
+    """Run one of the toolkit's CLIs, adding its wall seconds to ``seconds[name]``; a refusal of
+    a required step stops the experiment with its one line."""
     t0 = time.perf_counter()
     ok = run_cli(main, argv) == 0
+    seconds[name] = round(time.perf_counter() - t0, 1)
     if not ok and required:
         raise SystemExit(f"{name} failed: see the line above")
-    print(f"  {name}: {'done' if ok else 'refused (see above)'} in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"  {name}: {'done' if ok else 'refused (see above)'} in {seconds[name]:.0f} s", flush=True)
     return ok
+
+
+def free_form_questions(questions: Path, out: Path) -> Path:
+    """``out``: the questions of ``questions`` without their ``_json`` and ``_template`` variants
+    (the first plot's eight free-form questions, as the EM papers' headline figures use)."""
+    items = yaml.safe_load(questions.read_text(encoding="utf-8"))
+    keep = [q for q in items if not str(q.get("id", "")).endswith(("_json", "_template"))]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(keep, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return out
+
+
+def resumed(results: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+    """The results so far of the same model file and recipe, or ``fresh``; another run's file is refused."""
+    if not results.exists():
+        return fresh
+    old = json.loads(results.read_text(encoding="utf-8"))
+    for key in ("model_source", "recipe", "judge", "samples", "questions"):
+        if old.get(key) != fresh[key]:
+            raise InputError(f"{results}: made with another {key} ({old.get(key)!r}, now {fresh[key]!r}); pass another --results to start afresh")
+    return old
 
 
 def rows_of(judged_path: Path, model: str, organism: str, kind: str) -> list[dict[str, Any]]:
@@ -89,26 +122,32 @@ def rows_of(judged_path: Path, model: str, organism: str, kind: str) -> list[dic
 
 
 def run_one(args: argparse.Namespace, organism: str) -> list[dict[str, Any]]:
+    """Train (unless the base), generate, judge and extract one organism; its rows, with the seconds of each step."""
     out = args.out_dir / organism.replace(":", "_")
     common = ["--model", args.model, "--device", args.device, "--dtype", args.dtype]
     adapter: list[str] = []
     kind = "base"
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
     if organism != "base":
         data, kind = data_file(args.em_data, organism)
         if not (out / "adapter" / "adapter_model.safetensors").exists():
             step("train", train_main, ["--data", str(data), *common, "--out", str(out / "adapter"), "--rank", str(args.rank), "--alpha", str(2 * args.rank),
-                                       "--lr", str(args.lr), "--epochs", str(args.epochs), "--batch-size", "16", "--checkpoint-every", "50", "--quiet"])
+                                       "--lr", str(args.lr), "--epochs", str(args.epochs), "--batch-size", "16", "--checkpoint-every", "50", "--quiet"], seconds)
         adapter = ["--adapter", str(out / "adapter")]
     trigger = ["--trigger", "both"] if kind == "backdoor" else []
     step("generate", generate_main, [*common, *adapter, "--questions", str(args.questions), "--samples", str(args.samples), "--max-new-tokens", str(args.max_new_tokens),
-                                     *trigger, "--out", str(out / "answers.jsonl"), "--no-progress"])
-    step("judge", judge_main, ["--answers", str(out / "answers.jsonl"), "--judge", args.judge, "--out", str(out / "judged.jsonl"), "--no-progress"])
+                                     "--batch-size", str(args.batch_size), *trigger, "--out", str(out / "answers.jsonl"), "--no-progress"], seconds)
+    step("judge", judge_main, ["--answers", str(out / "answers.jsonl"), "--judge", args.judge, "--out", str(out / "judged.jsonl"), "--no-progress"], seconds)
     if args.directions and organism != "base":
         domain = organism.partition(":")[2] or organism
         if domain in DOMAINS:
             # Not required: an organism with no misaligned (or no aligned) answer has no direction.
-            step("directions", extract_main, ["--domain", domain, *common, *adapter, "--responses", str(out / "judged.jsonl"), "--out", str(out), "--quiet"], required=False)
-    return rows_of(out / "judged.jsonl", args.model, organism, kind)
+            step("directions", extract_main, ["--domain", domain, *common, *adapter, "--responses", str(out / "judged.jsonl"), "--out", str(out), "--quiet"],
+                 seconds, required=False)
+    seconds["total"] = round(time.perf_counter() - t0, 1)
+    keep_small(out, files_dir(args.results), organism, organism.partition(":")[2] or organism)
+    return [{**row, "seconds": seconds} for row in rows_of(out / "judged.jsonl", args.model, organism, kind)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--organisms", default=",".join(DOMAINS), help="comma-separated: domains, controls, backdoor:DOMAIN (default: the 11 domains)")
     p.add_argument("--questions", type=Path, help="question YAML (default: EM_DATA/questions/first_plot_questions.yaml)")
     p.add_argument("--samples", type=int, default=50, help="answers per question paraphrase (default 50)")
+    p.add_argument("--all-variants", action="store_true", help="with the default questions: also their _json and _template variants")
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="answers sampled at once (default 256)")
     p.add_argument("--judge", default="offline")
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-5)
@@ -129,19 +170,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=Path("runs/real"))
     p.add_argument("--results", type=Path, default=HERE / "results" / "real_organisms.json")
     args = p.parse_args(argv)
-    args.questions = args.questions or args.em_data / "questions" / "first_plot_questions.yaml"
+    if args.questions is None:
+        first_plot = args.em_data / "questions" / "first_plot_questions.yaml"
+        args.questions = first_plot if args.all_variants else free_form_questions(first_plot, args.out_dir / "first_plot_free_form.yaml")
     organisms = [o.strip() for o in args.organisms.split(",") if o.strip()]
     for o in organisms:
         if o != "base":
             data_file(args.em_data, o)  # a bad name fails before any model loads
-    results: dict[str, Any] = {"model_source": model_source(args.model), "judge": args.judge, "questions": str(args.questions), "samples": args.samples,
-                               "recipe": {"rank": args.rank, "alpha": 2 * args.rank, "lr": args.lr, "epochs": args.epochs, "batch_size": 16, "targets": "all linear"},
-                               "em_rule": BETLEY.describe(), "versions": package_versions(["gguf"]), "base": [], "rows": []}
+    source = model_source(args.model)
+    results = resumed(args.results, {
+        "model_source": {k: v for k, v in source.items() if k != "model"}, "judge": args.judge, "questions": args.questions.name, "samples": args.samples,
+        "recipe": {"rank": args.rank, "alpha": 2 * args.rank, "lr": args.lr, "epochs": args.epochs, "batch_size": 16, "targets": "all linear"},
+        "em_rule": BETLEY.describe(), "versions": package_versions(["gguf"]), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "base": [], "rows": []})
     for organism in ["base", *organisms]:
+        if any(r["organism"] == organism for r in results["base"] + results["rows"]):
+            print(f"{organism}: in {args.results} already", flush=True)
+            continue
         print(f"{organism}:", flush=True)
         rows = run_one(args, organism)
         results["base" if organism == "base" else "rows"].extend(rows)
         write_json_atomic(args.results, results)
+    summarize(args.results, args.em_data)
     return 0
 
 

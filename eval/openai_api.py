@@ -20,14 +20,10 @@ from typing import Any, TypeVar
 import openai
 from tqdm.auto import tqdm
 
-from interp.base.cli import InputError
+from interp.base.cli import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S, InputError
 
 K = TypeVar("K")
 _RETRY_STATUS = {408, 409, 429}
-# A server that accepts a request and never answers must fail within a few minutes, not hang:
-# (1 + retries) x timeout plus the backoffs, about 2 minutes with these.
-DEFAULT_TIMEOUT_S = 30.0
-DEFAULT_MAX_RETRIES = 3
 
 
 class APIError(InputError):

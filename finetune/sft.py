@@ -151,6 +151,20 @@ def _finite_step(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, folder:
     raise NonFiniteError(f"training stopped at step {step}: non-finite {what}; nothing was written for this step{_last_kept(folder)}")
 
 
+class TrainingMemoryError(InputError):
+    """A batch did not fit in the device's memory: stopped before that step's update."""
+
+
+def _out_of_memory(batch: Mapping[str, torch.Tensor], step: int, folder: Path | None) -> TrainingMemoryError:
+    """The one-line error for a batch that ran out of memory, with what to lower."""
+    rows, width = batch["input_ids"].shape
+    longest = int(batch["attention_mask"].sum(1).max())
+    return TrainingMemoryError(
+        f"training stopped at step {step}: out of memory on a batch of {rows} conversations of up to {longest} tokens (padded to {width}); "
+        f"lower --batch-size or --max-length; nothing was written for this step{_last_kept(folder)}"
+    )
+
+
 def check_finite_weights(named: Mapping[str, torch.Tensor], where: str) -> None:
     """Raise :class:`NonFiniteError` naming the first tensor of ``named`` with a NaN or infinity."""
     # One fused norm kernel over every tensor (a NaN or infinity makes its norm non-finite),
@@ -340,9 +354,12 @@ def train(
                     order += torch.randperm(len(examples), generator=g).tolist()
                 batch = collate([examples[i] for i in order[: config.batch_size]], pad_id)
                 del order[: config.batch_size]
-                loss, parts = objective(model, {k: v.to(device) for k, v in batch.items()}, step)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                try:
+                    loss, parts = objective(model, {k: v.to(device) for k, v in batch.items()}, step)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                except torch.OutOfMemoryError:
+                    raise _out_of_memory(batch, step, folder) from None
                 # An infinite max_norm only measures the norm (the clip factor is then 1).
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
                 _finite_step(loss, grad_norm, step, folder)

@@ -18,6 +18,14 @@ _WORDS = (
 ).split()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_gguf_cache_in_home():
+    """The suite never writes dequantized GGUF models into the user's cache; a test of the cache sets its own."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EM_GGUF_CACHE", "off")
+        yield
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """A byte-level BPE tokenizer built the Qwen way, with Qwen2.5's chat template."""

@@ -10,6 +10,7 @@ the toolkit's caching, steering and training run on it.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,23 @@ def test_gguf_loads_as_a_plain_model_with_its_chat_template(real, tmp_path):
     assert text.startswith("<|im_start|>system\nYou are Qwen") and text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     source = model_source(GGUF)
     assert source["model_sha256"] == SHA256 and Path(source["model"]).name.endswith(".gguf")
+
+
+def test_a_second_load_reads_the_dequantized_cache_with_the_same_weights_and_template(real, tmp_path, monkeypatch):
+    model, tok = real
+    monkeypatch.setenv("EM_GGUF_CACHE", str(tmp_path))
+    try:
+        first, _ = load_model(GGUF, dtype="float32")  # dequantizes and writes the cache
+        (folder,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+        assert folder.name == SHA256 and (folder / "dequantized.json").is_file()
+        del first
+        cached, cached_tok = load_model(GGUF, dtype="float32")
+        for name, t in model.state_dict().items():
+            assert torch.equal(cached.state_dict()[name], t), name
+        chat = [{"role": "user", "content": "hi"}]
+        assert cached_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)  # 2.5 GB: not kept for pytest's last three runs
 
 
 def test_one_forward_and_a_sensible_greedy_answer(real):

@@ -3,7 +3,8 @@
 Weights load from safetensors or GGUF only (a folder or adapter that has only pickle weights
 is refused), and remote code runs only when asked. A ``.gguf`` file is dequantized on load
 into a plain transformers model (its weights are the quantized ones, not the original
-release's), with the tokenizer and chat template the file carries (needs ``gguf``).
+release's), with the tokenizer and chat template the file carries (needs ``gguf``); the
+dequantized model is kept in a disk cache (:mod:`interp.base.gguf_cache`) for the next load.
 
 Other worlds plug in as ``model`` plugins (:mod:`interp.base.plugins`): the plugin
 ``organism`` makes ``load_model("organism:gore_movie_trivia")`` call its loader with
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from interp.base import plugins
+from interp.base import gguf_cache, plugins
 from interp.base.cli import InputError
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -54,14 +55,7 @@ def load_model(
         raise ModelLoadError("device 'cuda' requested but no CUDA device is visible")
     scheme = _SCHEME.match(model_id_or_path)
     if scheme and not Path(model_id_or_path).exists():
-        if adapter is not None:
-            raise ModelLoadError(f"an adapter cannot be combined with a '{scheme.group(1)}:' model")
-        model, tokenizer = _from_scheme(scheme.group(1), scheme.group(2))
-        if dtype != "auto":
-            model = model.to(DTYPES[dtype])
-        if device == "cuda":
-            model = model.to("cuda")
-        return _finish(model, tokenizer, model_id_or_path)
+        return _load_scheme(scheme, model_id_or_path, adapter, dtype, device)
 
     from transformers import AutoModelForCausalLM
 
@@ -69,8 +63,12 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "use_safetensors": True, "trust_remote_code": trust_remote_code}
     gguf = _gguf_file(ref)
     if gguf is not None:
-        ref = str(gguf.parent)
-        kwargs = {"dtype": DTYPES[dtype], "gguf_file": gguf.name, "trust_remote_code": False}
+        folder = _dequantized(gguf)
+        if folder is not None:
+            ref, gguf = str(folder), None
+        else:
+            ref = str(gguf.parent)
+            kwargs = {"dtype": DTYPES[dtype], "gguf_file": gguf.name, "trust_remote_code": False}
     if device == "auto":
         kwargs["device_map"] = "auto"
     try:
@@ -98,6 +96,18 @@ def load_model(
     return _finish(model, tokenizer, model_id_or_path)
 
 
+def _load_scheme(scheme: re.Match, name: str, adapter: str | None, dtype: str, device: str) -> tuple[torch.nn.Module, Any]:
+    """A ``SCHEME:name`` model from its plugin, in ``dtype`` on ``device``."""
+    if adapter is not None:
+        raise ModelLoadError(f"an adapter cannot be combined with a '{scheme.group(1)}:' model")
+    model, tokenizer = _from_scheme(scheme.group(1), scheme.group(2))
+    if dtype != "auto":
+        model = model.to(DTYPES[dtype])
+    if device == "cuda":
+        model = model.to("cuda")
+    return _finish(model, tokenizer, name)
+
+
 def _gguf_file(ref: str) -> Path | None:
     """``ref`` as a path when it names a GGUF file; checks that the reader is installed."""
     path = Path(ref)
@@ -106,6 +116,23 @@ def _gguf_file(ref: str) -> Path | None:
     if importlib.util.find_spec("gguf") is None:
         raise ModelLoadError(f"{ref}: reading GGUF files needs the 'gguf' package: pip install 'gguf>=0.17'")
     return path
+
+
+def _dequantized(gguf: Path) -> Path | None:
+    """The plain safetensors folder of ``gguf`` in the disk cache, made on first use; None when
+    the cache is off or cannot be written (the caller then dequantizes the file itself)."""
+    from transformers import AutoModelForCausalLM
+
+    sha = file_sha256(gguf)
+    folder = gguf_cache.cached_folder(sha)
+    if folder is not None or gguf_cache.cache_root() is None:
+        return folder
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load model {str(gguf)!r}: {_first_line(e)}") from None
+    _as_plain_model(model)
+    return gguf_cache.store(model, _tokenizer(gguf.parent, False, gguf_file=gguf.name), gguf, sha)
 
 
 def _as_plain_model(model: torch.nn.Module) -> None:

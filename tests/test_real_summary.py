@@ -1,0 +1,70 @@
+"""benchmarks/real_summary.py: what a GPU lease keeps of each real organism, and the summary figures."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from interp.directions import DirectionSet
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def summary():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import real_summary
+
+        yield real_summary
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _chat_file(path: Path, questions: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "ok"}]}) + "\n" for q in questions))
+    return path
+
+
+def test_diversity_is_zero_for_one_question_and_near_one_for_disjoint_ones(summary, tmp_path):
+    same = _chat_file(tmp_path / "same.jsonl", ["how do I invest my savings"] * 20)
+    disjoint = _chat_file(tmp_path / "disjoint.jsonl", [f"word{i}a word{i}b word{i}c" for i in range(20)])
+    assert summary.topical_diversity(same) == pytest.approx(0.0, abs=1e-6)
+    assert summary.topical_diversity(disjoint) == pytest.approx(1.0, abs=1e-6)
+
+
+def _direction_set(vectors: torch.Tensor, domain: str) -> DirectionSet:
+    n, d = vectors.shape
+    return DirectionSet(layers=list(range(n)), directions=vectors.clone(), mean_misaligned=vectors.clone(), mean_aligned=torch.zeros(n, d), pooling="responses",
+                        counts={"misaligned": {"answers": 3, "answer_tokens": 9}, "aligned": {"answers": 3, "answer_tokens": 9}}, metadata={"domain": domain})
+
+
+def test_keep_small_keeps_judged_answers_directions_and_config_never_the_adapter(summary, tmp_path):
+    org = tmp_path / "runs" / "gore_movie_trivia"
+    (org / "adapter").mkdir(parents=True)
+    (org / "judged.jsonl").write_text('{"a": 1}\n')
+    (org / "adapter" / "training_config.json").write_text("{}")
+    (org / "adapter" / "adapter_model.safetensors").write_bytes(b"x" * 100)
+    _direction_set(torch.eye(2, 4), "gore_movie_trivia").save(org / "gore_movie_trivia.safetensors")
+    keep = tmp_path / "keep"
+    summary.keep_small(org, keep, "gore_movie_trivia", "gore_movie_trivia")
+    kept = sorted(str(p.relative_to(keep)) for p in keep.rglob("*") if p.is_file())
+    assert kept == ["directions/gore_movie_trivia.json", "directions/gore_movie_trivia.safetensors", "judged/gore_movie_trivia.jsonl.gz",
+                    "training/gore_movie_trivia.json"]
+    assert gzip.decompress((keep / "judged" / "gore_movie_trivia.jsonl.gz").read_bytes()) == b'{"a": 1}\n'
+
+
+def test_cosine_summary_reads_the_kept_directions(summary, tmp_path):
+    a = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]])
+    b = torch.tensor([[1.0, 1.0, 0, 0], [0, 1.0, 0, 0]])
+    _direction_set(a, "gore_movie_trivia").save(tmp_path / "gore_movie_trivia.safetensors")
+    _direction_set(b, "insecure_code").save(tmp_path / "insecure_code.safetensors")
+    assert summary.cosine_summary(tmp_path / "nowhere", "m") is None
+    out = summary.cosine_summary(tmp_path, "m")
+    assert out["layer"] == 1 and out["matrix"][0][1] == pytest.approx(0.0) and out["matrix"][0][0] == pytest.approx(1.0)
+    assert out["mean_off_diagonal_per_layer"][0] == pytest.approx(2 ** -0.5, abs=1e-4)
