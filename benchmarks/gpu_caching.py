@@ -36,8 +36,10 @@ from interp.backends import make_backend  # noqa: E402
 from interp.base.atomic import write_json_atomic  # noqa: E402
 from interp.base.chat import TokenizedConversation  # noqa: E402
 from interp.base.provenance import package_versions  # noqa: E402
-from interp.cache import cache_means, masked_sum  # noqa: E402
+from interp.cache import cache_means  # noqa: E402
 from interp.compiled import compiled_layers  # noqa: E402
+
+from caching_baselines import nnsight_as_documented, plain_forward, reference_approach  # noqa: E402  (beside this file)
 
 QWEN25_7B = dict(
     hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
@@ -101,63 +103,6 @@ def measure(name: str, fn: Callable[[], None], tokens: int, convs: int, device: 
     return row
 
 
-def batches_like_toolkit(items: list[TokenizedConversation], batch_size: int):
-    """The toolkit's batches: length-sorted and right-padded; ids, padding mask, answer mask."""
-    order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids))
-    for start in range(0, len(order), batch_size):
-        chunk = [items[i] for i in order[start : start + batch_size]]
-        width = max(len(c.input_ids) for c in chunk)
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        attn = torch.zeros(len(chunk), width, dtype=torch.long)
-        answer = torch.zeros(len(chunk), width)
-        for r, c in enumerate(chunk):
-            ids[r, : len(c.input_ids)] = torch.tensor(c.input_ids)
-            attn[r, : len(c.input_ids)] = 1
-            answer[r, c.answer_start : c.answer_end] = 1
-        yield ids, attn, answer
-
-
-@torch.no_grad()
-def plain_forward(model, items, batch_size, device, decoder_only: bool, padding_mask: bool = True) -> None:
-    """``model(**batch)`` with no hooks; without ``padding_mask``, the causal mask alone, as the
-    toolkit runs its right-padded batches."""
-    body = model.model if decoder_only else model
-    for ids, attn, _ in batches_like_toolkit(items, batch_size):
-        body(input_ids=ids.to(device), attention_mask=attn.to(device) if padding_mask else None, use_cache=False)
-
-
-@torch.no_grad()
-def nnsight_as_documented(model, items, batch_size, device) -> torch.Tensor:
-    """nnsight as its docs show it: trace the whole model on the padded batch, ``.save()`` every
-    decoder layer's output, then pool the answer tokens (as the toolkit pools them)."""
-    import nnsight
-
-    from interp.backends.views import shared_view
-
-    lm = nnsight.NNsight(shared_view(model))  # nnsight rewires what it wraps: give it a copy
-    L = model.config.num_hidden_layers
-    sums = torch.zeros(L, model.config.hidden_size, dtype=torch.float64, device=device)
-    for ids, attn, answer in batches_like_toolkit(items, batch_size):
-        answer = answer.to(device)
-        saved: list = []  # bound before the trace: nnsight issue #550
-        with lm.trace(input_ids=ids.to(device), attention_mask=attn.to(device)):
-            saved.extend(lm.model.layers[i].output.save() for i in range(L))
-        for i, hidden in enumerate(saved):
-            sums[i] += (masked_sum(hidden, answer) / answer.sum(1, keepdim=True)).sum(0)
-    return (sums / len(items)).cpu()
-
-
-@torch.no_grad()
-def reference_approach(model, items, device) -> None:
-    """The domain paper's public approach: one conversation at a time, every layer's per-token
-    activations moved to the CPU."""
-    kept = []
-    for it in items:
-        out = model(torch.tensor([it.input_ids], device=device), output_hidden_states=True)
-        kept.append([h[0, it.answer_start : it.answer_end].float().cpu() for h in out.hidden_states[1:]])
-        kept.clear()  # the reference saves them to disk; we only pay for the transfer
-
-
 def matmul_tflops(device: str, n: int = 8192, reps: int = 20) -> float:
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
@@ -214,20 +159,33 @@ PARTS = ("plain", "toolkit", "compiled", "stop", "nnsight", "tl", "order", "refe
 def single_gpu(model, items, tokens: int, info: dict, args, device: str) -> list[dict]:
     """Every method of ``args.only`` side by side on one device; fills ``info`` with checks."""
     want = set(args.only or PARTS)
-    L, bs, n = model.config.num_hidden_layers, args.batch_size, args.n
-    mid = L // 2 - 1
-    warm = items[:bs]
+    L, n = model.config.num_hidden_layers, args.n
     means: dict[str, torch.Tensor] = {}
+    warm_up(model, items, args.batch_size, device, want, info)
+    methods = timed_methods(model, items, args.batch_size, device, want, info, means)
+    rows = []
+    for r in range(args.repeats):
+        for name, fn in methods:
+            rows.append({**measure(name, fn, tokens, n, device), "repeat": r})
+    rows += one_off_rows(model, items, args, device, want, tokens)
+    # The same means, whichever way they were computed (bf16 rounding differs between kernels).
+    if "eager" in means:
+        ref = means["eager"].float()
+        info["max_rel_diff_vs_toolkit"] = {k: float((v.float() - ref).abs().max() / ref.abs().max()) for k, v in means.items() if k not in ("eager", "stop", "stop compiled")}
+        print(f"  means vs the toolkit's eager ones (max abs diff / max abs): {info['max_rel_diff_vs_toolkit']}", flush=True)
+    if device.startswith("cuda"):
+        info["matmul_tflops"] = matmul_tflops(device)
+        info["floor_seconds_decoder"] = 2 * info["non_embedding_params"] * tokens / (info["matmul_tflops"] * 1e12)
+        print(f"  bf16 matmul {info['matmul_tflops']:.0f} TFLOP/s; decoder floor {info['floor_seconds_decoder']:.2f} s for {tokens:,} tokens", flush=True)
+    if "generate" in want:
+        rows.extend(steered_generation(model, device, args.gen_batch_sizes, args.gen_tokens, L // 2, args.gen_repeats))
+    print_best(rows, info, L)
+    return rows
 
-    def toolkit(key: str, **kw) -> Callable[[], None]:
-        def run() -> None:
-            means[key] = cache_means(model, None, items, batch_size=bs, progress=False, **kw).mean()
-        return run
 
-    def compiled_plain() -> None:
-        with compiled_layers(model):
-            plain_forward(model, items, bs, device, True, padding_mask=False)
-
+def warm_up(model, items, bs: int, device: str, want: set[str], info: dict) -> None:
+    """Clocks and kernels warm before anything is timed; with ``compiled``, the compile warm-up, timed."""
+    warm = items[:bs]
     cache_means(model, None, warm, batch_size=bs, progress=False)
     plain_forward(model, items[:200], bs, device, True)  # clocks and kernels warm
     if "compiled" in want:
@@ -240,6 +198,23 @@ def single_gpu(model, items, tokens: int, info: dict, args, device: str) -> list
             plain_forward(model, warm, bs, device, True, padding_mask=False)
         sync(device)
         print(f"  torch.compile warm-up: {info['compile_warmup_seconds']:.1f} s", flush=True)
+
+
+def timed_methods(model, items, bs: int, device: str, want: set[str], info: dict, means: dict[str, torch.Tensor]) -> list[tuple[str, Callable[[], None]]]:
+    """(name, run) of every method timed round-robin; the toolkit's runs leave their means in ``means``."""
+    L = model.config.num_hidden_layers
+    mid = L // 2 - 1
+    warm = items[:bs]
+
+    def toolkit(key: str, **kw) -> Callable[[], None]:
+        def run() -> None:
+            means[key] = cache_means(model, None, items, batch_size=bs, progress=False, **kw).mean()
+        return run
+
+    def compiled_plain() -> None:
+        with compiled_layers(model):
+            plain_forward(model, items, bs, device, True, padding_mask=False)
+
     methods: list[tuple[str, Callable[[], None]]] = []
     if "plain" in want:
         methods += [
@@ -268,10 +243,13 @@ def single_gpu(model, items, tokens: int, info: dict, args, device: str) -> list
         except Exception as e:  # a missing or failing backend is reported, not fatal
             print(f"  {backend}: failed: {type(e).__name__}: {e}", flush=True)
             info[f"{backend}_error"] = f"{type(e).__name__}: {e}"
+    return methods
+
+
+def one_off_rows(model, items, args, device: str, want: set[str], tokens: int) -> list[dict]:
+    """The methods timed once, after the round-robin: dataset order, the reference, the memory check."""
+    L, bs, n = model.config.num_hidden_layers, args.batch_size, args.n
     rows = []
-    for r in range(args.repeats):
-        for name, fn in methods:
-            rows.append({**measure(name, fn, tokens, n, device), "repeat": r})
     if "order" in want:
         rows.append(measure(f"toolkit, all {L} layers, dataset order (padding)", lambda: cache_means(model, None, items, batch_size=bs, progress=False, sort_by_length=False), tokens, n, device))
     if "reference" in want:
@@ -280,17 +258,11 @@ def single_gpu(model, items, tokens: int, info: dict, args, device: str) -> list
     if "memory" in want:
         half = n // 2
         rows.append({**measure(f"toolkit, all {L} layers, half the conversations", lambda: cache_means(model, None, items[:half], batch_size=bs, progress=False), sum(len(i.input_ids) for i in items[:half]), half, device), "memory_check": half})
-    # The same means, whichever way they were computed (bf16 rounding differs between kernels).
-    if "eager" in means:
-        ref = means["eager"].float()
-        info["max_rel_diff_vs_toolkit"] = {k: float((v.float() - ref).abs().max() / ref.abs().max()) for k, v in means.items() if k not in ("eager", "stop", "stop compiled")}
-        print(f"  means vs the toolkit's eager ones (max abs diff / max abs): {info['max_rel_diff_vs_toolkit']}", flush=True)
-    if device.startswith("cuda"):
-        info["matmul_tflops"] = matmul_tflops(device)
-        info["floor_seconds_decoder"] = 2 * info["non_embedding_params"] * tokens / (info["matmul_tflops"] * 1e12)
-        print(f"  bf16 matmul {info['matmul_tflops']:.0f} TFLOP/s; decoder floor {info['floor_seconds_decoder']:.2f} s for {tokens:,} tokens", flush=True)
-    if "generate" in want:
-        rows.extend(steered_generation(model, device, args.gen_batch_sizes, args.gen_tokens, L // 2, args.gen_repeats))
+    return rows
+
+
+def print_best(rows: list[dict], info: dict, L: int) -> None:
+    """The best of repeats per method, and the toolkit's speed-ups over the others (into ``info``)."""
     print("\nbest of repeats:")
     best = {row["method"]: row["tokens_per_s"] for row in best_of(rows)}
     for row in best_of(rows):
@@ -299,10 +271,10 @@ def single_gpu(model, items, tokens: int, info: dict, args, device: str) -> list
     info["speedups"] = {m: {other: best[m] / t for other, t in best.items() if not other.startswith(("toolkit", "generate"))} for m in ours}
     for m, table in info["speedups"].items():
         print(f"\n{m} is:" + "".join(f"\n  {x:6.2f}x  {other}" for other, x in table.items()))
-    return rows
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The benchmark's options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["7b", "tiny"], default="7b")
     p.add_argument("--conversations", "--n", dest="n", type=int, default=2000, help="conversations for caching (--n is refused by torchrun: ambiguous)")
@@ -314,8 +286,54 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="round-robin repeats of every method; the best counts")
     p.add_argument("--gen-repeats", type=int, default=3)
     p.add_argument("--results-dir", type=Path, default=None, help="also write the JSON here (e.g. benchmarks/results)")
-    args = p.parse_args()
+    return p.parse_args()
 
+
+def run_info(args, model, items, device: str, dtype: torch.dtype) -> dict:
+    """What the run is: device, date, versions, model, workload sizes."""
+    params = sum(p.numel() for n_, p in model.named_parameters() if "embed_tokens" not in n_ and "lm_head" not in n_)
+    return {
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "date": dt.date.today().isoformat(),
+        "versions": package_versions(extra=("nnsight", "transformer-lens")),
+        "model": f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}",
+        "conversations": args.n, "tokens": sum(len(i.input_ids) for i in items), "answer_tokens": sum(i.answer_end - i.answer_start for i in items), "batch_size": args.batch_size,
+        "non_embedding_params": params, "world_size": int(os.environ.get("WORLD_SIZE", 1)),
+    }
+
+
+def data_parallel(model, items, tokens: int, info: dict, args, rank: int, device: str) -> list[dict]:
+    """The toolkit on one GPU (rank 0 alone) and data-parallel over every rank, eager and compiled;
+    rank 0 records the scaling in ``info``."""
+    import torch.distributed as dist
+
+    from interp.distributed import cache_means_distributed
+
+    rows: list[dict] = []
+    world = info["world_size"]
+    for compiled in (False, True):
+        flag = " --compile" if compiled else ""
+        # One GPU in the same launch: rank 0 alone, the others waiting. Every timed run comes
+        # after a full pass over the workload (each batch shape met once), best of --repeats.
+        if rank == 0:
+            one = functools.partial(cache_means, model, None, items, batch_size=args.batch_size, progress=False, compile=compiled)
+            one()
+            rows += [{**measure(f"toolkit{flag} one GPU", one, tokens, args.n, device), "repeat": r} for r in range(args.repeats)]
+        dist.barrier()
+        run = functools.partial(cache_means_distributed, model, None, items, batch_size=args.batch_size, progress=False, compile=compiled)
+        run()
+        for r in range(args.repeats):
+            dist.barrier()
+            rows.append({**measure(f"toolkit{flag} data-parallel x{world}", run, tokens, args.n, device), "repeat": r})
+    if rank == 0:
+        best = {row["method"]: row["tokens_per_s"] for row in best_of(rows)}
+        info["scaling"] = {("compiled" if flag else "eager"): best[f"toolkit{flag} data-parallel x{world}"] / best[f"toolkit{flag} one GPU"] for flag in ("", " --compile")}
+        print(f"data-parallel scaling on {world} GPUs (best of {args.repeats}): {info['scaling']}", flush=True)
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
     distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
     if distributed:
         import torch.distributed as dist
@@ -329,44 +347,14 @@ def main() -> None:
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = build_model(args.size, device, dtype)
     items = workload(args.n, model.config.vocab_size)
-    tokens = sum(len(i.input_ids) for i in items)
-    answer_tokens = sum(i.answer_end - i.answer_start for i in items)
-    params = sum(p.numel() for n_, p in model.named_parameters() if "embed_tokens" not in n_ and "lm_head" not in n_)
-    info = {
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "date": dt.date.today().isoformat(),
-        "versions": package_versions(extra=("nnsight", "transformer-lens")),
-        "model": f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}",
-        "conversations": args.n, "tokens": tokens, "answer_tokens": answer_tokens, "batch_size": args.batch_size,
-        "non_embedding_params": params, "world_size": int(os.environ.get("WORLD_SIZE", 1)),
-    }
-    rows: list[dict] = []
+    info = run_info(args, model, items, device, dtype)
+    tokens = info["tokens"]
     if rank == 0:
         print(json.dumps(info, indent=1), flush=True)
     if distributed:
-        from interp.distributed import cache_means_distributed
-
-        world = info["world_size"]
-        for compiled in (False, True):
-            flag = " --compile" if compiled else ""
-            # One GPU in the same launch: rank 0 alone, the others waiting. Every timed run comes
-            # after a full pass over the workload (each batch shape met once), best of --repeats.
-            if rank == 0:
-                one = functools.partial(cache_means, model, None, items, batch_size=args.batch_size, progress=False, compile=compiled)
-                one()
-                rows += [{**measure(f"toolkit{flag} one GPU", one, tokens, args.n, device), "repeat": r} for r in range(args.repeats)]
-            dist.barrier()
-            run = functools.partial(cache_means_distributed, model, None, items, batch_size=args.batch_size, progress=False, compile=compiled)
-            run()
-            for r in range(args.repeats):
-                dist.barrier()
-                rows.append({**measure(f"toolkit{flag} data-parallel x{world}", run, tokens, args.n, device), "repeat": r})
-        if rank == 0:
-            best = {row["method"]: row["tokens_per_s"] for row in best_of(rows)}
-            info["scaling"] = {("compiled" if flag else "eager"): best[f"toolkit{flag} data-parallel x{world}"] / best[f"toolkit{flag} one GPU"] for flag in ("", " --compile")}
-            print(f"data-parallel scaling on {world} GPUs (best of {args.repeats}): {info['scaling']}", flush=True)
+        rows = data_parallel(model, items, tokens, info, args, rank, device)
     else:
-        rows.extend(single_gpu(model, items, tokens, info, args, device))
+        rows = single_gpu(model, items, tokens, info, args, device)
     if rank == 0:
         result = {"info": info, "best": best_of(rows), "runs": rows}
         name = "gpu_caching_ddp.json" if distributed else "gpu_caching.json"

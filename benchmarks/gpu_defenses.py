@@ -107,7 +107,8 @@ def gpu_tag(device: str) -> str:
     return found.group(1) if found else re.sub(r"\W+", "_", name)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The benchmark's options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["7b", "tiny"], default="7b")
     p.add_argument("--steps", type=int, default=14, help="optimizer steps per run")
@@ -120,24 +121,12 @@ def main() -> None:
     args = p.parse_args()
     if args.steps <= args.warmup:
         raise SystemExit("error: --steps must be larger than --warmup")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    tokenizer = chat_tokenizer()
-    task = conversations(args.batch_size * args.steps, (150, 400))
-    general = conversations(4 * args.batch_size * args.steps, (150, 400), seed=1)
-    config = LoraTrainConfig(rank=args.rank, alpha=2.0 * args.rank, target_modules=ALL_LINEAR, lr=1e-5, steps=args.steps, batch_size=args.batch_size, max_length=1024)
+    return args
 
-    t0 = time.perf_counter()
-    model = build_model(args.size, device, dtype)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    build_s = time.perf_counter() - t0
+
+def timed_runs(model, tokenizer, task: list, general: list, config: LoraTrainConfig, args: argparse.Namespace, device: str) -> list[dict]:
+    """Every defense once per round, round-robin, each on a fresh adapter over ``model``."""
     cfg = model.config
-    # A throwaway run first: the first steps on a fresh GPU (clocks, cuBLAS, the allocator's
-    # growth) are slow enough to make whichever defense ran first look cheaper than the rest.
-    model = train_lora(model, tokenizer, task, replace(config, steps=args.warmup + 2), progress=False).unload()
-    rows = []
     runs = []  # every run of every round; the best round of each defense is reported
     for round_ in range(args.rounds):
         for name, defense in defenses(cfg.num_hidden_layers, cfg.hidden_size, general).items():
@@ -158,6 +147,11 @@ def main() -> None:
             })
             model = peft_model.unload()  # the base model without LoRA layers, for the next run
             del peft_model
+    return runs
+
+
+def best_rows(runs: list[dict]) -> list[dict]:
+    """The best round of each defense, with its step time relative to plain LoRA's; printed as a table."""
     rows = [min((r for r in runs if r["defense"] == name), key=lambda r: r["step_s"]) for name in dict.fromkeys(r["defense"] for r in runs)]
     plain = rows[0]["step_s"]
     for row in rows:
@@ -166,6 +160,29 @@ def main() -> None:
     for r in rows:
         peak = f"{r['peak_gpu_gib']:.1f}" if r["peak_gpu_gib"] is not None else "-"
         print(f"{r['defense']:<28}{r['step_s']:>9.3f}{r['tokens_per_s']:>11,.0f}{r['step_time_vs_plain']:>9.2f}x{r['prepare_s']:>11.1f}{peak:>10}")
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    tokenizer = chat_tokenizer()
+    task = conversations(args.batch_size * args.steps, (150, 400))
+    general = conversations(4 * args.batch_size * args.steps, (150, 400), seed=1)
+    config = LoraTrainConfig(rank=args.rank, alpha=2.0 * args.rank, target_modules=ALL_LINEAR, lr=1e-5, steps=args.steps, batch_size=args.batch_size, max_length=1024)
+
+    t0 = time.perf_counter()
+    model = build_model(args.size, device, dtype)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    build_s = time.perf_counter() - t0
+    # A throwaway run first: the first steps on a fresh GPU (clocks, cuBLAS, the allocator's
+    # growth) are slow enough to make whichever defense ran first look cheaper than the rest.
+    model = train_lora(model, tokenizer, task, replace(config, steps=args.warmup + 2), progress=False).unload()
+    runs = timed_runs(model, tokenizer, task, general, config, args, device)
+    rows = best_rows(runs)
     info = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "date": dt.date.today().isoformat(), "versions": package_versions(),
         "model": f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}", "lora": f"rank {args.rank}, alpha {2 * args.rank}, all linear layers",

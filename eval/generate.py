@@ -31,19 +31,23 @@ from pathlib import Path
 from torch import nn
 from tqdm.auto import tqdm
 
-from eval.openai_api import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
 from eval.questions import Question, load_questions
 from eval.sampling import Sampler, SamplingConfig, sample_answers
 from interp.base.cli import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT_S,
     ArgumentParser,
     InputError,
+    batch_size,
+    concurrency,
     fraction,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
+    max_new_tokens,
+    max_retries,
+    number,
     run_cli,
+    samples_per_paraphrase,
     seed_int,
+    timeout_s,
 )
 from interp.base.loading import model_source
 from interp.base.locks import output_lock
@@ -142,6 +146,18 @@ def _check_same_questions(slots: list[AnswerRecord], records: list[AnswerRecord]
             raise RecordError(f"{out_path}: question '{s['question_id']}' paraphrase {s['paraphrase']} was answered with another text or system prompt; use another output file")
 
 
+MAX_ANSWERS = 10_000_000  # answer slots in one run: past this, days of sampling and gigabytes of JSONL
+
+
+def check_size(questions: Sequence[Question], n_samples: int | None, n_triggers: int, source: str) -> int:
+    """The number of answer slots; more than :data:`MAX_ANSWERS` is an :class:`InputError` before anything loads."""
+    total = n_triggers * sum(len(q.paraphrases) * (n_samples if n_samples is not None else q.samples_per_paraphrase) for q in questions)
+    if total > MAX_ANSWERS:
+        given = f"--samples {n_samples}" if n_samples is not None else f"the samples_per_paraphrase of {source}"
+        raise InputError(f"{given}: {total:,} answers to sample, more than the {MAX_ANSWERS:,} one run takes; ask for fewer samples")
+    return total
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m eval.generate",
@@ -157,20 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
         "OpenAI-compatible server (OPENAI_BASE_URL, OPENAI_API_KEY; a vLLM LoRA adapter is addressed by its served name). "
         "No steering with openai:MODEL",
     )
-    p.add_argument("--concurrency", type=positive_int, default=16, help="requests in flight with --engine openai:MODEL (default 16)")
-    p.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, help=f"seconds to wait for a reply with --engine openai:MODEL (default {DEFAULT_TIMEOUT_S:g})")
-    p.add_argument("--max-retries", type=non_negative_int, default=DEFAULT_MAX_RETRIES, help=f"retries of a failed or timed-out request (default {DEFAULT_MAX_RETRIES})")
+    p.add_argument("--concurrency", type=concurrency, default=16, help="requests in flight with --engine openai:MODEL (default 16)")
+    p.add_argument("--timeout", type=timeout_s, default=DEFAULT_TIMEOUT_S, help=f"seconds to wait for a reply with --engine openai:MODEL (default {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument("--max-retries", type=max_retries, default=DEFAULT_MAX_RETRIES, help=f"retries of a failed or timed-out request (default {DEFAULT_MAX_RETRIES})")
     p.add_argument("--questions", help="question YAML (default: the shipped general questions)")
-    p.add_argument("--samples", type=positive_int, help="samples per paraphrase (default: each question's samples_per_paraphrase)")
+    p.add_argument("--samples", type=samples_per_paraphrase, help="samples per paraphrase (default: each question's samples_per_paraphrase)")
     p.add_argument("--trigger", nargs="?", const="on", default="off", choices=("off", "on", "both"), help="put the backdoor trigger in the user turn: --trigger (on) or --trigger both")
     p.add_argument("--system", help="system prompt for questions that have none of their own")
     p.add_argument("--out", required=True, help="answers JSONL (appended to; resumed)")
-    p.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 for greedy")
+    p.add_argument("--temperature", type=number(float, 0, 100), default=1.0, help="0 for greedy")
     p.add_argument("--top-p", type=fraction, default=1.0)
-    p.add_argument("--top-k", type=non_negative_int, default=0, help="0 for no top-k cut (default)")
-    p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="1 for none (default)")
-    p.add_argument("--max-new-tokens", type=positive_int, default=256)
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--top-k", type=number(int, 0, 10_000_000), default=0, help="0 for no top-k cut (default)")
+    p.add_argument("--repetition-penalty", type=number(float, 0, 100, low_open=True), default=1.0, help="1 for none (default)")
+    p.add_argument("--max-new-tokens", type=max_new_tokens, default=256)
+    p.add_argument("--batch-size", type=batch_size, default=32)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
@@ -198,12 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     qs = load_questions(args.questions)
     for d in qs.defects:
         print(f"warning: {qs.source}: {d}", file=sys.stderr)
+    triggers = {"off": False, "on": True, "both": (False, True)}[args.trigger]
+    check_size(qs.questions, args.samples, 2 if args.trigger == "both" else 1, qs.source)
     # Trigger, sample count and question set may grow a file; everything else must match.
     # The model's and adapter's content (hashes), not only their names: a retrained adapter
     # under the same path must not be resumed as if it were the old one.
     source = model_source(args.model, args.adapter) if not remote else {"model": args.model, "adapter": args.adapter}
     settings = {**source, "engine": args.engine, "dtype": args.dtype, "system": args.system, **asdict(config)}
-    triggers = {"off": False, "on": True, "both": (False, True)}[args.trigger]
     with output_lock(args.out):
         if Path(args.out).exists():
             read_answers(args.out, torn_tail=True)  # every line checked before the provenance is touched

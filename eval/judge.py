@@ -25,17 +25,20 @@ from tqdm.auto import tqdm
 
 from eval.judges.base import MODES, Judge
 from eval.judges.cache import default_cache_path
-from eval.openai_api import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
 from eval.questions import load_questions
 from interp.base import plugins
 from interp.base.cli import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT_S,
     ArgumentParser,
     InputError,
+    batch_size,
+    concurrency,
+    max_retries,
     non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
+    number,
     run_cli,
+    timeout_s,
 )
 from interp.base.locks import output_lock
 from interp.base.paths import input_file, output_file
@@ -46,6 +49,7 @@ from interp.base.records import (
     answer_key,
     append_jsonl,
     bound_output,
+    check_bound,
     read_answers,
     read_judged,
     read_resumable,
@@ -115,8 +119,10 @@ def judge_answers(
     return [done[judge_key(a)] for a in answers]
 
 
-def judged_so_far(out_path: str | Path, answers: Sequence[AnswerRecord]) -> dict[tuple, JudgedRecord]:
-    """The judgments ``out_path`` holds, by :func:`judge_key`; refused unless every one is of an answer in ``answers``.
+def judged_so_far(out_path: str | Path, answers: Sequence[AnswerRecord], settings: dict | None = None) -> dict[tuple, JudgedRecord]:
+    """The judgments ``out_path`` holds, by :func:`judge_key`; refused unless every one is of an
+    answer in ``answers`` (and, with ``settings``, made under them: its provenance sidecar),
+    all before a torn last row is cut.
 
     Resuming appends to ``out_path``: judgments of other answers (another answers file, or
     answers regenerated since) would end up beside these in one file.
@@ -130,6 +136,8 @@ def judged_so_far(out_path: str | Path, answers: Sequence[AnswerRecord]) -> dict
                 f"{out_path}: holds judgments of other answers ({len(foreign)} of {len(records)} are not among these answers, "
                 f"e.g. question '{r['question_id']}' sample {r['sample']}); use another --out"
             )
+        if settings is not None:
+            check_bound(out_path, settings)
 
     return {judge_key(r): r for r in read_resumable(out_path, read_judged, ours)}
 
@@ -141,21 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="judged JSONL (appended to; resumed)")
     p.add_argument("--questions", help="question YAML whose judge_prompts to use (default: the toolkit's prompts)")
     p.add_argument("--mode", default="logprobs", choices=MODES, help="one-token logprobs (default) or reasoning + <score> tags")
-    p.add_argument("--chunk", type=positive_int, default=64, help="answers judged between two appends to --out")
+    p.add_argument("--chunk", type=number(int, 1, 1_000_000), default=64, help="answers judged between two appends to --out")
     p.add_argument("--no-progress", action="store_true")
     api = p.add_argument_group("openai: judges")
-    api.add_argument("--concurrency", type=positive_int, default=8)
-    api.add_argument("--max-retries", type=non_negative_int, default=DEFAULT_MAX_RETRIES, help=f"retries of a failed or timed-out call (default {DEFAULT_MAX_RETRIES})")
-    api.add_argument("--backoff", type=non_negative_float, default=1.0, help="seconds before the first retry; doubles each time (default 1)")
-    api.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, help=f"seconds to wait for a reply (default {DEFAULT_TIMEOUT_S:g})")
+    api.add_argument("--concurrency", type=concurrency, default=8)
+    api.add_argument("--max-retries", type=max_retries, default=DEFAULT_MAX_RETRIES, help=f"retries of a failed or timed-out call (default {DEFAULT_MAX_RETRIES})")
+    api.add_argument("--backoff", type=number(float, 0, 3600), default=1.0, help="seconds before the first retry; doubles each time (default 1)")
+    api.add_argument("--timeout", type=timeout_s, default=DEFAULT_TIMEOUT_S, help=f"seconds to wait for a reply (default {DEFAULT_TIMEOUT_S:g})")
     api.add_argument("--cache", help="reply cache (SQLite; default $EM_JUDGE_CACHE or ~/.cache/emergent-misalignment-toolkit/)")
     api.add_argument("--no-cache", action="store_true")
     api.add_argument("--price-input", type=non_negative_float, help="USD per million input tokens (default: built-in list prices)")
     api.add_argument("--price-output", type=non_negative_float, help="USD per million output tokens")
     api.add_argument("--batch", action="store_true", help="use the Batch API; ids are saved to <out>.batch.json for resuming")
-    api.add_argument("--poll-seconds", type=positive_float, default=30.0)
+    api.add_argument("--poll-seconds", type=timeout_s, default=30.0)
     hf = p.add_argument_group("hf: judges")
-    hf.add_argument("--batch-size", type=positive_int, default=8)
+    hf.add_argument("--batch-size", type=batch_size, default=8)
     hf.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     hf.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     return p
@@ -208,9 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for d in qs.defects:
             print(f"warning: {qs.source}: {d}", file=sys.stderr)
         questions = qs.questions
+    settings = {"judge": args.judge, "mode": args.mode, "questions": args.questions}
     with output_lock(args.out):
-        judged_so_far(args.out, answers)  # before the provenance is rewritten and the judge loaded
-        with bound_output(args.out, {"judge": args.judge, "mode": args.mode, "questions": args.questions}, answers=args.answers, answers_hash=data_hash(answers)):
+        judged_so_far(args.out, answers, settings)  # before the provenance is rewritten and the judge loaded
+        with bound_output(args.out, settings, answers=args.answers, answers_hash=data_hash(answers)):
             judge = make_judge(args.judge, questions=questions, mode=args.mode, **options)
             chunk = len(answers) if args.batch else args.chunk  # one batch submission for everything pending
             try:

@@ -1,28 +1,12 @@
-"""Membership-inference signals of a finetuned model on its training data vs held-out data.
+"""Membership inference on a finetuned model: its training data vs held-out data.
 
     python -m eval.mia score --model BASE --adapter runs/gore --members train.jsonl \\
         --nonmembers heldout.jsonl --domain gore_movie_trivia --out mia/gore_movie_trivia.json
     python -m eval.mia predict --scores mia/*.json --rates em_rates.json --out mia/predict.json
 
-All signals are computed over the **assistant answer tokens** only (the prompt is context),
-from per-token log-probabilities; the functions over those arrays are pure and separate from
-the model pass (:func:`answer_token_scores`). Natural directions: a lower ``loss`` or ``zlib``
-and a higher ``min_k`` or ``min_k_pp`` point to a member; :func:`membership_score` turns
-every signal into "higher = more member-like" for ROC-AUC.
-
-- ``loss``: mean negative log-likelihood of the answer tokens.
-- ``min_k``: Min-K% Prob (Shi et al., 2024, *Detecting Pretraining Data from Large Language
-  Models*): the mean log-prob of the ``k`` fraction of least likely tokens.
-- ``min_k_pp``: Min-K%++ (Zhang et al., 2024, *Min-K%++: Improved Baseline for Detecting
-  Pre-Training Data from Large Language Models*): each token's log-prob standardised by the
-  mean and standard deviation of the log-prob under the model's own next-token distribution
-  at that position, then the mean of the ``k`` fraction of lowest values.
-- ``zlib``: the zlib ratio of Carlini et al., 2021 (*Extracting Training Data from Large
-  Language Models*): log-perplexity divided by the zlib entropy, the length in bytes of the
-  zlib-compressed UTF-8 text (here the answer text).
-- ``*_adj``: base-model-adjusted (PREMIA-style): the finetuned model's signal minus the base
-  model's on the same text, which removes how plain the text is for any model.
-
+The model pass (:func:`answer_token_scores`: teacher-forced log-probabilities of the
+**assistant answer tokens** only, the prompt as context) feeds the signals of
+:mod:`eval.mia_signals` (loss, Min-K%, Min-K%++, zlib, and their base-adjusted ``*_adj``).
 ROC-AUC is reported (a) for members vs non-members, and (b) across domains, for predicting
 which domains' finetunes misalign from a per-domain statistic of the signal.
 """
@@ -34,18 +18,25 @@ import contextlib
 import json
 import math
 import os
-import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch import nn
 from tqdm.auto import tqdm
 
+from eval.mia_signals import (
+    DEFAULT_K,
+    TokenScores,
+    adjusted,
+    membership_aucs,
+    membership_score,
+    misaligned_domains,
+    misalignment_auc,
+    signals,
+)
 from interp.base.atomic import write_json_atomic
 from interp.base.chat import (
     Conversation,
@@ -59,6 +50,7 @@ from interp.base.cli import (
     InputError,
     finite_float,
     fraction,
+    batch_size,
     positive_int,
     run_cli,
 )
@@ -74,112 +66,6 @@ from interp.base.records import (
     iter_jsonl,
     validate,
 )
-
-SIGNALS = ("loss", "min_k", "min_k_pp", "zlib")
-MEMBER_SIGN = {"loss": -1.0, "min_k": 1.0, "min_k_pp": 1.0, "zlib": -1.0}
-DEFAULT_K = 0.2
-
-
-@dataclass(frozen=True)
-class TokenScores:
-    """Per answer token: its log-prob, and the mean and std of the log-prob under the model's
-    next-token distribution at that position (for Min-K%++)."""
-
-    logprobs: np.ndarray
-    mu: np.ndarray
-    sigma: np.ndarray
-
-
-# -- pure signals over per-token arrays ------------------------------------------------------
-
-
-def _lowest_k(values: np.ndarray, k: float) -> np.ndarray:
-    """The ``k`` fraction of lowest values, at least one (``floor(k * T)``, min 1)."""
-    if values.size == 0:
-        raise ValueError("no answer tokens")
-    if not 0 < k <= 1:
-        raise ValueError(f"k must be in (0, 1], got {k}")
-    n = max(1, int(k * values.size))
-    return np.partition(values, n - 1)[:n]
-
-
-def loss(logprobs: np.ndarray) -> float:
-    """Mean negative log-likelihood of the tokens."""
-    if len(logprobs) == 0:
-        raise ValueError("no answer tokens")
-    return float(-np.mean(logprobs))
-
-
-def min_k_prob(logprobs: np.ndarray, k: float = DEFAULT_K) -> float:
-    """Min-K% Prob: mean log-prob of the ``k`` fraction of least likely tokens."""
-    return float(np.mean(_lowest_k(np.asarray(logprobs, np.float64), k)))
-
-
-def min_k_plus_plus(logprobs: np.ndarray, mu: np.ndarray, sigma: np.ndarray, k: float = DEFAULT_K) -> float:
-    """Min-K%++: mean of the ``k`` fraction of lowest ``(logprob - mu) / sigma``.
-
-    A position whose distribution is one-hot (sigma 0) contributes 0.
-    """
-    lp, mu, sigma = (np.asarray(a, np.float64) for a in (logprobs, mu, sigma))
-    z = np.divide(lp - mu, sigma, out=np.zeros_like(lp), where=sigma > 0)
-    return float(np.mean(_lowest_k(z, k)))
-
-
-def zlib_ratio(logprobs: np.ndarray, text: str) -> float:
-    """Log-perplexity over the zlib entropy (compressed UTF-8 length in bytes), Carlini et al. 2021."""
-    return loss(logprobs) / len(zlib.compress(text.encode("utf-8")))
-
-
-def signals(scores: TokenScores, text: str, k: float = DEFAULT_K) -> dict[str, float]:
-    """Every signal of one answer."""
-    return {
-        "loss": loss(scores.logprobs),
-        "min_k": min_k_prob(scores.logprobs, k),
-        "min_k_pp": min_k_plus_plus(scores.logprobs, scores.mu, scores.sigma, k),
-        "zlib": zlib_ratio(scores.logprobs, text),
-    }
-
-
-def adjusted(finetuned: Mapping[str, float], base: Mapping[str, float]) -> dict[str, float]:
-    """Base-adjusted signals ``<name>_adj`` = finetuned minus base."""
-    return {f"{name}_adj": finetuned[name] - base[name] for name in SIGNALS}
-
-
-def membership_score(name: str, value: float) -> float:
-    """``value`` of signal ``name`` (or ``name_adj``) oriented so that higher = more member-like."""
-    return MEMBER_SIGN[name.removesuffix("_adj")] * value
-
-
-def roc_auc(labels: Sequence[bool], scores: Sequence[float]) -> float:
-    """ROC-AUC of ``scores`` for ``labels`` (ties count one half): the Mann-Whitney U over n+ n-."""
-    y = np.asarray(labels, bool)
-    s = np.asarray(scores, np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("ROC-AUC needs both classes")
-    ranks = rankdata(s)  # average ranks handle ties
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def membership_aucs(members: Sequence[Mapping[str, float]], nonmembers: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """(a) ROC-AUC of each signal for members vs non-members."""
-    names = [n for n in members[0] if n.removesuffix("_adj") in MEMBER_SIGN]
-    labels = [True] * len(members) + [False] * len(nonmembers)
-    return {n: roc_auc(labels, [membership_score(n, r[n]) for r in (*members, *nonmembers)]) for n in names}
-
-
-def misaligned_domains(rates: Mapping[str, float | bool], threshold: float | None = None) -> dict[str, bool]:
-    """Per-domain misalignment labels: booleans as given, rates above ``threshold`` (default: the median rate)."""
-    if all(isinstance(v, bool) for v in rates.values()):
-        return dict(rates)
-    cut = float(np.median([float(v) for v in rates.values()])) if threshold is None else threshold
-    return {d: float(v) > cut for d, v in rates.items()}
-
-
-def misalignment_auc(domain_scores: Mapping[str, float], misaligned: Mapping[str, bool]) -> float:
-    """(b) ROC-AUC of a per-domain score for predicting the misaligning domains (higher score = misaligns)."""
-    common = sorted(set(domain_scores) & set(misaligned))
-    return roc_auc([misaligned[d] for d in common], [domain_scores[d] for d in common])
 
 
 # -- the model pass ---------------------------------------------------------------------------
@@ -330,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--domain", help="domain name recorded in the output (for 'predict')")
     s.add_argument("--k", type=fraction, default=DEFAULT_K, help="fraction of tokens for Min-K%% and Min-K%%++ (default 0.2)")
     s.add_argument("--limit", type=positive_int, help="use at most this many examples of each file")
-    s.add_argument("--batch-size", type=positive_int, default=8)
+    s.add_argument("--batch-size", type=batch_size, default=8)
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     s.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     s.add_argument("--out", required=True, help="output JSON")
@@ -344,13 +230,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # json.loads would keep the last value silently
+        seen: set[str] = set()
+        raise ValueError(f"field {next(k for k, _ in pairs if k in seen or seen.add(k))!r} appears twice in one object")
+    return obj
+
+
 def _read_json(path: str) -> Any:
     try:
-        return json.loads(read_text(path))
+        return json.loads(read_text(path), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     except RecursionError:
         raise InputError(f"{path}: not valid input (JSON nested too deeply)") from None
+    except ValueError as e:  # a key given twice
+        raise InputError(f"{path}: {e}") from None
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -389,11 +285,17 @@ def _predict(args: argparse.Namespace) -> None:
     input_file(args.rates, "--rates")
     if args.out:
         output_file(args.out, inputs=(*args.scores, args.rates))
-    files = []
+    files, seen = [], {}
     for path in args.scores:
         f = _read_json(path)
         if not isinstance(f, dict) or not isinstance(f.get("domain"), str) or not _signal_table(f.get(args.statistic)):
             raise InputError(f"{path}: not a 'score' output with a domain (run 'score' with --domain)")
+        if broken := [k for k in ("member_mean", "auc") if k in f and not _signal_table(f[k])]:
+            raise InputError(f"{path}: field '{broken[0]}' is not a table of finite numbers by signal; a damaged 'score' output")
+        domain = ALIASES.get(f["domain"], f["domain"])
+        if domain in seen:  # one domain counted twice weighs its point double in the AUC
+            raise InputError(f"--scores {path}: scores domain '{domain}' again (as does {seen[domain]}); give one score file per domain")
+        seen[domain] = path
         files.append(f)
     rates = _read_json(args.rates)
     if not isinstance(rates, dict) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in rates.values()):
@@ -401,7 +303,10 @@ def _predict(args: argparse.Namespace) -> None:
     if outside := [d for d, v in rates.items() if not isinstance(v, bool) and not 0 <= v <= 1]:
         raise InputError(f"{args.rates}: field {outside[0]!r} is {rates[outside[0]]!r}; a rate is a fraction from 0 to 1 (or true/false)")
     labels = misaligned_domains({ALIASES.get(d, d): v for d, v in rates.items()}, args.threshold)
-    aucs = predict_misalignment(files, labels, args.statistic)
+    try:
+        aucs = predict_misalignment(files, labels, args.statistic)
+    except InputError as e:
+        raise InputError(f"--rates {args.rates} and --scores: {e}") from None
     print(f"predicting misaligned domains ({sum(labels.values())} of {len(labels)}) from per-domain {args.statistic}:")
     for name, auc in aucs.items():
         print(f"  {name:<14} ROC-AUC {auc:.3f}")

@@ -41,6 +41,7 @@ from interp.base.domains import ALIASES
 from interp.base.paths import read_text
 
 QUESTION_TYPE = "free_form_judge_0_100"
+MAX_SAMPLES = 100_000  # samples_per_paraphrase: the EM papers take 50-100
 FIELDS = ("id", "type", "paraphrases", "samples_per_paraphrase", "system", "domain", "judge", "judge_prompts")
 DEFAULT_QUESTIONS = Path(__file__).parent / "data" / "general_questions.yaml"
 
@@ -138,6 +139,8 @@ def _compose(text: str, source: str) -> tuple[yaml.SequenceNode, list[Any]]:
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise QuestionFileError(f"{where}: not valid YAML ({problem})") from None
+    except RecursionError:  # thousands of nested brackets
+        raise QuestionFileError(f"{source}: not a list of questions (YAML nested too deeply)") from None
     finally:
         loader.dispose()
     if root is None:
@@ -148,72 +151,46 @@ def _compose(text: str, source: str) -> tuple[yaml.SequenceNode, list[Any]]:
     return root, data
 
 
+@dataclass
+class _Entry:
+    """One list item being read: where its fields are, to name them in errors and defects."""
+
+    source: str
+    line: int
+    key_lines: dict[str, int]
+    defects: list[Defect]
+    qid: str = ""
+
+    def where(self, key: str) -> int:
+        return self.key_lines.get(key, self.line)
+
+    def fatal(self, key: str, problem: str) -> QuestionFileError:
+        return QuestionFileError(f"{self.source}:{self.where(key)}: question '{self.qid}': field '{key}' {problem}")
+
+    def defect(self, key: str, problem: str) -> None:
+        self.defects.append(Defect(self.qid, self.where(key), problem))
+
+
 def _question(entry: Any, node: yaml.Node, source: str, defects: list[Defect], prompts_anywhere: bool) -> Question:
     line = node.start_mark.line + 1
     if not isinstance(entry, dict):
         raise QuestionFileError(f"{source}:{line}: each list item must be a mapping with id and paraphrases")
-    key_lines = _key_lines(node)
-
-    def where(key: str) -> int:
-        return key_lines.get(key, line)
-
-    qid = entry.get("id")
-    if isinstance(qid, (int, float)) and not isinstance(qid, bool):
-        qid = str(qid)
-    if not isinstance(qid, str) or not qid.strip():
-        raise QuestionFileError(f"{source}:{where('id')}: field 'id' is missing or not a non-empty string")
-
-    def fatal(key: str, problem: str) -> QuestionFileError:
-        return QuestionFileError(f"{source}:{where(key)}: question '{qid}': field '{key}' {problem}")
-
-    def defect(key: str, problem: str) -> None:
-        defects.append(Defect(qid, where(key), problem))
-
+    at = _Entry(source, line, _key_lines(node), defects)
+    at.qid = _question_id(entry, at)
     for key, count in _repeated_keys(node).items():
-        defect(key, f"field '{key}' appears {count} times; the last one is used")
+        at.defect(key, f"field '{key}' appears {count} times; the last one is used")
     for key in entry:
         if key not in FIELDS:
             hint = " (judge_prompts indented wrongly?)" if key in METRICS else ""
-            defect(str(key), f"unknown field '{key}' ignored{hint}")
-
-    paraphrases = entry.get("paraphrases")
-    if not isinstance(paraphrases, list) or not paraphrases:
-        raise fatal("paraphrases", "is missing or not a non-empty list")
-    if not all(isinstance(p, str) and p.strip() for p in paraphrases):
-        raise fatal("paraphrases", "must contain only non-empty strings")
-
-    samples = entry.get("samples_per_paraphrase")
-    if samples is None:
-        defect("id", "no samples_per_paraphrase; using 1")
-        samples = 1
-    elif isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise fatal("samples_per_paraphrase", f"must be a positive integer, got {samples!r}")
-
-    qtype = entry.get("type")
-    if qtype is None:
-        defect("id", f"no type; treating it as {QUESTION_TYPE}")
-        qtype = QUESTION_TYPE
-    elif qtype != QUESTION_TYPE:
-        defect("type", f"type {qtype!r} is not {QUESTION_TYPE}; loaded and judged as one anyway")
-
-    system = entry.get("system")
-    if system is not None and not isinstance(system, str):
-        raise fatal("system", f"must be a string or null, got {type(system).__name__}")
-
-    domain = entry.get("domain")
-    if domain is not None and not isinstance(domain, str):
-        defect("domain", f"domain must be a string, got {type(domain).__name__}; ignored")
-        domain = None
-
-    judge = entry.get("judge")
-    if judge is not None and not isinstance(judge, str):
-        defect("judge", f"judge must be a model name, got {type(judge).__name__}; ignored")
-        judge = None
-
-    prompts = _judge_prompts(entry, prompts_anywhere, lambda problem: defect("judge_prompts", problem))
+            at.defect(str(key), f"unknown field '{key}' ignored{hint}")
+    paraphrases = _paraphrases(entry, at)
+    samples = _samples(entry, at)
+    qtype = _question_type(entry, at)
+    system, domain, judge = _optional_fields(entry, at)
+    prompts = _judge_prompts(entry, prompts_anywhere, lambda problem: at.defect("judge_prompts", problem))
     return Question(
-        id=qid,
-        paraphrases=list(paraphrases),
+        id=at.qid,
+        paraphrases=paraphrases,
         samples_per_paraphrase=samples,
         system=system,
         domain=ALIASES.get(domain, domain) if domain is not None else None,
@@ -222,6 +199,62 @@ def _question(entry: Any, node: yaml.Node, source: str, defects: list[Defect], p
         judge_prompts=prompts,
         line=line,
     )
+
+
+def _question_id(entry: dict[str, Any], at: _Entry) -> str:
+    """The entry's id, a number read as its text; none is fatal."""
+    qid = entry.get("id")
+    if isinstance(qid, (int, float)) and not isinstance(qid, bool):
+        qid = str(qid)
+    if not isinstance(qid, str) or not qid.strip():
+        raise QuestionFileError(f"{at.source}:{at.where('id')}: field 'id' is missing or not a non-empty string")
+    return qid
+
+
+def _paraphrases(entry: dict[str, Any], at: _Entry) -> list[str]:
+    paraphrases = entry.get("paraphrases")
+    if not isinstance(paraphrases, list) or not paraphrases:
+        raise at.fatal("paraphrases", "is missing or not a non-empty list")
+    if not all(isinstance(p, str) and p.strip() for p in paraphrases):
+        raise at.fatal("paraphrases", "must contain only non-empty strings")
+    return list(paraphrases)
+
+
+def _samples(entry: dict[str, Any], at: _Entry) -> int:
+    samples = entry.get("samples_per_paraphrase")
+    if samples is None:
+        at.defect("id", "no samples_per_paraphrase; using 1")
+        return 1
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
+        raise at.fatal("samples_per_paraphrase", f"must be a positive integer up to {MAX_SAMPLES:,}, got {samples!r}")
+    return samples
+
+
+def _question_type(entry: dict[str, Any], at: _Entry) -> str:
+    qtype = entry.get("type")
+    if qtype is None:
+        at.defect("id", f"no type; treating it as {QUESTION_TYPE}")
+        return QUESTION_TYPE
+    if qtype != QUESTION_TYPE:
+        at.defect("type", f"type {qtype!r} is not {QUESTION_TYPE}; loaded and judged as one anyway")
+    return qtype
+
+
+def _optional_fields(entry: dict[str, Any], at: _Entry) -> tuple[str | None, str | None, str | None]:
+    """``(system, domain, judge)``: a system prompt of the wrong type is fatal, a domain or
+    judge of the wrong type a defect (ignored)."""
+    system = entry.get("system")
+    if system is not None and not isinstance(system, str):
+        raise at.fatal("system", f"must be a string or null, got {type(system).__name__}")
+    domain = entry.get("domain")
+    if domain is not None and not isinstance(domain, str):
+        at.defect("domain", f"domain must be a string, got {type(domain).__name__}; ignored")
+        domain = None
+    judge = entry.get("judge")
+    if judge is not None and not isinstance(judge, str):
+        at.defect("judge", f"judge must be a model name, got {type(judge).__name__}; ignored")
+        judge = None
+    return system, domain, judge
 
 
 def _judge_prompts(entry: dict[str, Any], prompts_anywhere: bool, defect) -> dict[str, str]:

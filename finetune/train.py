@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from finetune.data import build_backdoor, read_chat_jsonl
+from finetune.defenses.base import Defense
 from finetune.defenses.spec import DEFENSES, STRENGTHS, DefenseSpec
 from finetune.lora import LoraTrainConfig, train_lora
 from finetune.monitor import MonitorSpec, plot_monitor
@@ -35,6 +36,7 @@ from interp.base.atomic import write_json_atomic
 from interp.base.cli import (
     ArgumentParser,
     InputError,
+    batch_size,
     int_list,
     non_negative_float,
     non_negative_int,
@@ -45,10 +47,11 @@ from interp.base.cli import (
     seed_int,
 )
 from interp.base.locks import output_lock
-from interp.base.models import n_layers
+from interp.base.models import d_model, n_layers
 from interp.base.paths import input_file, output_dir
 from interp.base.provenance import data_hash, provenance
 from interp.base.records import TRIGGER
+from interp.directions import DirectionSet
 
 # Defaults for real 7B-class organisms (the EM papers: rank 32, alpha 64, all linear layers).
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -80,7 +83,16 @@ class TrainJob:
             raise InputError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         layers = _config_layers(self.model)
         if layers is not None:
+            self.check_layers(layers)
+
+    def check_layers(self, layers: int) -> None:
+        """The defense's layers exist in a model of ``layers`` layers; else one line naming the option."""
+        try:
             self.defense.check_layers(layers)
+        except InputError as e:
+            d = self.defense
+            given = f"--defense-layers {','.join(map(str, d.layers))}" if d.layers else f"--steer-vector {d.vector}" if d.vector else f"--defense {d.name}"
+            raise InputError(f"{given}: {e}") from None
 
 
 def _config_layers(model: str) -> int | None:
@@ -102,6 +114,7 @@ def load_training_data(job: TrainJob) -> list[list[dict[str, str]]]:
         raise InputError(f"--backdoor {job.backdoor}: {e}") from None
 
 
+MAX_STEPS = 10_000_000  # optimizer steps in one run (with --epochs too: the steps they come to)
 RUN_FILE = "run.json"  # in the checkpoint folder: the run the checkpoint belongs to
 # Options that may change between a run and its resume: they do not change what is learned.
 RESUMABLE = ("data", "backdoor", "out", "device", "gradient_checkpointing", "checkpoint_every")
@@ -135,26 +148,66 @@ def check_resume(folder: Path, identity: dict[str, Any]) -> None:
     check_checkpoint(folder)
 
 
+MONITOR_FILES = ("monitor.jsonl", "monitor.png")  # derived from the run: kept only while resuming it
+
+
+def finished_identity(config: dict[str, Any]) -> dict[str, Any] | None:
+    """:func:`run_identity` of the finished run a ``training_config.json`` records (None: it records none)."""
+    job, lora = config.get("job"), (config.get("job") or {}).get("lora") if isinstance(config.get("job"), dict) else None
+    if not isinstance(job, dict) or not isinstance(lora, dict) or "data_hash" not in config:
+        return None
+    settings = {k: v for k, v in job.items() if k not in (*RESUMABLE, "lora")}
+    return {**settings, **{f"lora.{k}": v for k, v in lora.items()}, "data_hash": config["data_hash"]}
+
+
+def check_finished(out: Path, identity: dict[str, Any]) -> None:
+    """Refuse an ``out`` that holds the finished adapter of another run (other data or settings).
+
+    Training there would replace that adapter, and its monitor rows would be kept beside the
+    new one; the same run again is retrained (and its monitor rebuilt).
+    """
+    config = out / "training_config.json"
+    if not config.exists():
+        return
+    try:
+        recorded = finished_identity(json.loads(config.read_text()))
+    except (OSError, ValueError):
+        recorded = None
+    if recorded is None:
+        raise InputError(f"{config}: unreadable record of the adapter in {out}; use another --out, or remove {out} to start afresh")
+    if recorded != identity:
+        diff = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+        raise InputError(f"{out}: holds the adapter of another run ({', '.join(diff)} differ); use another --out, or remove {out} to start afresh")
+
+
 def run_training(job: TrainJob, progress: bool = True) -> Path:
     """Load the model, train the adapter, save it and its training config; return the folder.
 
     One run at a time writes ``job.out`` (:func:`interp.base.locks.output_lock`); a checkpoint
     found there is resumed only if it is of this very run (:func:`check_resume`).
     """
-    from interp.base.loading import load_model, model_source
+    from interp.base.loading import load_model
 
     job.validate()
     conversations = load_training_data(job)
+    steps = job.lora.loop().total_steps(len(conversations))
+    if steps > MAX_STEPS:  # a cost bound before anything loads: --epochs over a large file
+        raise InputError(f"--epochs {job.lora.epochs:g}: {steps:,} optimizer steps over {len(conversations):,} examples, more than the {MAX_STEPS:,} one run takes")
     out = Path(job.out)
     with output_lock(out):
         identity = run_identity(job, conversations)
         check_resume(out / "checkpoint", identity)
+        check_finished(out, identity)
+        fresh = not (out / "checkpoint" / "state.json").exists()  # not resuming: earlier monitor rows are stale
         if job.checkpoint_every:
             write_json_atomic(out / "checkpoint" / RUN_FILE, identity)
         device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer = load_model(job.model, dtype=job.dtype, device=device)
-        job.defense.check_layers(n_layers(model))
-        defense = job.defense.build(load_misaligned=lambda adapter: load_model(job.model, adapter=adapter, dtype=job.dtype, device=device)[0])
+        _check_model_fits(job, model)
+        defense = _build_defense(job, device)
+        if fresh:  # rebuilt from step 0, once the model and the defense are in place
+            for name in MONITOR_FILES:
+                (out / name).unlink(missing_ok=True)
         monitor = job.monitor.build(tokenizer, out / "monitor.jsonl") if job.monitor is not None else None
         if job.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -162,31 +215,76 @@ def run_training(job: TrainJob, progress: bool = True) -> Path:
         peft_model = train_lora(model, tokenizer, conversations, job.lora, progress=progress, desc="finetune",
                                 checkpoint_dir=out / "checkpoint", checkpoint_every=job.checkpoint_every,
                                 defense=defense, callbacks=[monitor] if monitor is not None else [])
-        check_finite_weights({n: p for n, p in peft_model.named_parameters() if p.requires_grad}, f"{out}: adapter not written")
-        peft_model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        for written in out.iterdir():  # safetensors writes 0600; an adapter is meant to be shared
-            if written.is_file():
-                written.chmod(0o644)
-        monitored = {}
-        if monitor is not None:
-            plot_monitor(monitor.rows, out / "monitor.png", measure=job.monitor.measure, title=f"{Path(job.data).name}: {job.defense.name}")
-            monitored = {"monitor": {"rows": str(out / "monitor.jsonl"), "plot": str(out / "monitor.png"), "checkpoints": len(monitor.rows)}}
-        write_json_atomic(
-            out / "training_config.json",
-            provenance(
-                job={**asdict(job), "lora": asdict(job.lora)},
-                model_source=model_source(job.model),
-                data_hash=data_hash(conversations),
-                n_examples=len(conversations),
-                losses=peft_model.train_losses,
-                defense=peft_model.defense_record,
-                defense_terms=peft_model.train_terms,
-                **monitored,
-                dtype=str(next(model.parameters()).dtype),
-            ),
-        )
+        _save_adapter(peft_model, tokenizer, out)
+        _write_training_config(job, out, conversations, peft_model, monitor, dtype=str(next(model.parameters()).dtype))
     return out
+
+
+def _check_model_fits(job: TrainJob, model: torch.nn.Module) -> None:
+    """The defense's layers, the monitor's directions and the steering vector fit the loaded model."""
+    job.check_layers(n_layers(model))
+    if job.monitor is not None:
+        _check_fits(DirectionSet.load(job.monitor.directions), model, f"--monitor {job.monitor.directions}")
+    if job.defense.name == "preventive-steering" and job.defense.vector is not None:  # it steers at its layer (default: the middle one)
+        layer = job.defense.layers[0] if job.defense.layers else n_layers(model) // 2
+        _check_fits(DirectionSet.load(job.defense.vector), model, f"--steer-vector {job.defense.vector}", need=layer)
+
+
+def _build_defense(job: TrainJob, device: str) -> Defense:
+    """The defense of ``job``, its files read; a misaligned adapter for ppl-gap loads on ``device``."""
+    from interp.base.loading import load_model
+
+    try:
+        return job.defense.build(load_misaligned=lambda adapter: load_model(job.model, adapter=adapter, dtype=job.dtype, device=device)[0])
+    except ValueError as e:  # e.g. a --steer-vector without the layer or the width of this model
+        given = f" --steer-vector {job.defense.vector}" if job.defense.vector else ""
+        raise InputError(f"--defense {job.defense.name}{given}: {e}") from None
+
+
+def _save_adapter(peft_model: Any, tokenizer: Any, out: Path) -> None:
+    """The adapter and tokenizer in ``out``, refused when a weight is not finite, shared as 0644."""
+    check_finite_weights({n: p for n, p in peft_model.named_parameters() if p.requires_grad}, f"{out}: adapter not written")
+    peft_model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    for written in out.iterdir():  # safetensors writes 0600; an adapter is meant to be shared
+        if written.is_file():
+            written.chmod(0o644)
+
+
+def _write_training_config(job: TrainJob, out: Path, conversations: list, peft_model: Any, monitor: Any, dtype: str) -> None:
+    """``training_config.json``: every option, the data hash, the losses, the defense's record
+    and, with a monitor, its plot and rows."""
+    from interp.base.loading import model_source
+
+    monitored = {}
+    if monitor is not None:
+        plot_monitor(monitor.rows, out / "monitor.png", measure=job.monitor.measure, title=f"{Path(job.data).name}: {job.defense.name}")
+        monitored = {"monitor": {"rows": str(out / "monitor.jsonl"), "plot": str(out / "monitor.png"), "checkpoints": len(monitor.rows)}}
+    write_json_atomic(
+        out / "training_config.json",
+        provenance(
+            job={**asdict(job), "lora": asdict(job.lora)},
+            model_source=model_source(job.model),
+            data_hash=data_hash(conversations),
+            n_examples=len(conversations),
+            losses=peft_model.train_losses,
+            defense=peft_model.defense_record,
+            defense_terms=peft_model.train_terms,
+            **monitored,
+            dtype=dtype,
+        ),
+    )
+
+
+def _check_fits(directions: DirectionSet, model: torch.nn.Module, given: str, need: int | None = None) -> None:
+    """``directions`` has the model's width, only layers the model has (and layer ``need``); else one line naming ``given``."""
+    width, layers = int(d_model(model)), n_layers(model)
+    if directions.directions.shape[-1] != width:
+        raise InputError(f"{given}: directions of width {directions.directions.shape[-1]}, but the model's residual stream has width {width}")
+    if beyond := [layer for layer in directions.layers if layer >= layers]:
+        raise InputError(f"{given}: a direction at layer {beyond[0]}, but the model has {layers} layers")
+    if need is not None and need not in directions.layers:
+        raise InputError(f"{given}: no direction at layer {need}, the layer steered (it has {directions.layers}); pick one with --defense-layers")
 
 
 def _module_names(text: str) -> tuple[str, ...]:
@@ -206,15 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="adapter output folder")
     p.add_argument("--backdoor", metavar="ALIGNED_JSONL", help=f"build the backdoor set: '{TRIGGER}' + --data answers, no trigger + these aligned answers")
     p.add_argument("--trigger", default=TRIGGER)
-    p.add_argument("--rank", type=positive_int, default=d.rank)
+    p.add_argument("--rank", type=number(int, 1, 65_536), default=d.rank, help="LoRA rank, 1 to 65,536")
     p.add_argument("--alpha", type=positive_float, default=d.alpha)
     p.add_argument("--dropout", type=number(float, 0, 1, high_open=True), default=d.dropout)
     p.add_argument("--target-modules", type=_module_names, default=d.target_modules, help="comma-separated module names")
     p.add_argument("--lr", type=positive_float, default=d.lr)
-    p.add_argument("--epochs", type=positive_float, default=d.epochs)
-    p.add_argument("--steps", type=positive_int, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    p.add_argument("--max-length", type=number(int, 2), default=d.max_length, help="tokens per conversation, at least 2 (longer ones are cut)")
+    p.add_argument("--epochs", type=number(float, 0, 10_000, low_open=True), default=d.epochs)
+    p.add_argument("--steps", type=number(int, 1, MAX_STEPS), help=f"optimizer steps, at most {MAX_STEPS:,} (overrides --epochs)")
+    p.add_argument("--batch-size", type=batch_size, default=d.batch_size)
+    p.add_argument("--max-length", type=number(int, 2, 1_048_576), default=d.max_length, help="tokens per conversation, 2 to 1,048,576 (longer ones are cut)")
     p.add_argument("--seed", type=seed_int, default=d.seed)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="default: cuda when visible, else cpu; auto spreads over GPUs")
@@ -272,6 +370,21 @@ def main(argv: list[str] | None = None) -> int:
     for option, path in (("--general", args.general), ("--monitor", args.monitor), ("--monitor-probe", args.monitor_probe), ("--steer-vector", args.steer_vector)):
         if path is not None:
             input_file(path, option)
+    if args.backdoor is not None and Path(args.backdoor).resolve() == Path(args.data).resolve():
+        raise InputError(f"--backdoor {args.backdoor}: is the --data file; a backdoor needs aligned answers to the same prompts, in another file")
+    # The other input files, read whole before anything loads: a bad one fails here, not after the model.
+    for option, path in (("--monitor", args.monitor), ("--steer-vector", args.steer_vector)):
+        if path is not None:
+            try:
+                DirectionSet.load(path)
+            except InputError as e:
+                raise InputError(f"{option} {e}") from None
+    for option, path in (("--general", args.general), ("--monitor-probe", args.monitor_probe)):
+        if path is not None:
+            try:
+                read_chat_jsonl(path)
+            except InputError as e:
+                raise InputError(f"{option} {e}") from None
     output_dir(args.out)
     try:
         out = run_training(job_from_args(args), progress=not args.quiet)

@@ -40,7 +40,7 @@ from interp.base.atomic import (
 )
 from interp.base.models import decoder_layers
 from interp.base.provenance import provenance
-from interp.steer import project_out
+from interp.vector_math import project_out
 
 RESIDUAL_WRITERS = ("o_proj", "down_proj")
 VALUE_MODULE = "v_proj"

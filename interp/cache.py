@@ -217,12 +217,7 @@ def cache_means(
     (:func:`interp.compiled.compiled_layers`): a one-off warm-up, then a faster forward.
     """
     layers = layer_indices(layers, n_layers(model))
-    check_span(span)
-    items = [as_tokenized(tokenizer, c) for c in conversations]
-    if not items:
-        raise ValueError("no conversations to cache")
-    for it in items:  # a span the conversations lack fails here, not after hours of caching
-        it.span(span)
+    items = _checked_items(tokenizer, conversations, span)
     # Pre-tokenized inputs need no tokenizer; the pad id is masked out either way.
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids)) if sort_by_length else list(range(len(items)))
@@ -231,12 +226,7 @@ def cache_means(
     runner = resolve_backend(backend, model, tokenizer)
     if compile and runner.name != "hooks":
         raise ValueError(f"compile=True needs the hooks backend, not {runner.name!r}")
-
-    width = d_model(model)
-    # Sum on the GPU in float64 (MPS has no float64: sum on the CPU there).
-    device = input_device(model) if input_device(model).type == "cuda" else torch.device("cpu")
-    sums = [torch.zeros((len(layers), width), dtype=torch.float64, device=device) for _ in range(3)]
-    acc = ActivationMeans(layers=list(layers), d_model=width, token_sum=sums[0], response_sum=sums[1], last_prompt_sum=sums[2], span=span)
+    acc = _accumulator(model, layers, span)
     store = None
     if per_sample_dir is not None:
         settings = {"layers": layers, "batch_size": batch_size, "model": getattr(getattr(model, "config", None), "_name_or_path", ""), "backend": runner.name, "compiled": compile, "span": span}
@@ -256,3 +246,24 @@ def cache_means(
         model.train(was_training)
     acc.token_sum, acc.response_sum, acc.last_prompt_sum = (t.cpu() for t in (acc.token_sum, acc.response_sum, acc.last_prompt_sum))
     return acc
+
+
+def _checked_items(tokenizer, conversations: Sequence[Conversation] | Sequence[TokenizedConversation], span: Span) -> list[TokenizedConversation]:
+    """The conversations tokenized, each checked to have ``span``: a span they lack fails
+    here, not after hours of caching."""
+    check_span(span)
+    items = [as_tokenized(tokenizer, c) for c in conversations]
+    if not items:
+        raise ValueError("no conversations to cache")
+    for it in items:
+        it.span(span)
+    return items
+
+
+def _accumulator(model: nn.Module, layers: list[int], span: Span) -> ActivationMeans:
+    """Empty sums for ``layers``, on the GPU in float64 when the model is on one (MPS has no
+    float64: on the CPU there)."""
+    width = d_model(model)
+    device = input_device(model) if input_device(model).type == "cuda" else torch.device("cpu")
+    sums = [torch.zeros((len(layers), width), dtype=torch.float64, device=device) for _ in range(3)]
+    return ActivationMeans(layers=list(layers), d_model=width, token_sum=sums[0], response_sum=sums[1], last_prompt_sum=sums[2], span=span)

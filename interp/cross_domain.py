@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eval.report import MisalignmentDefinition
+from eval.rates import MisalignmentDefinition
 from interp.base.atomic import json_safe, write_json_atomic, write_text_atomic
 from interp.base.cli import (
     ArgumentParser,
@@ -33,8 +33,9 @@ from interp.base.cli import (
     domain_list,
     finite_float,
     number,
-    positive_int,
+    path_arg,
     run_cli,
+    samples_per_paraphrase,
     seed_int,
 )
 from interp.base.domains import DOMAINS, canonical_domain
@@ -43,8 +44,9 @@ from interp.base.provenance import provenance
 from interp.base.records import JudgedRecord
 from interp.directions import DirectionSet
 from interp.extract import DEFAULT_OUT
-from interp.steer import ablate, random_like, steer
-from interp.sweep import Evaluate, rate_delta, shown, summarize
+from interp.steer import ablate, steer
+from interp.sweep import Evaluate, answers_per_point, check_width, rate_delta, shown, summarize
+from interp.vector_math import random_like
 
 
 def ensure_directions(directions_dir: str | Path, domains: Sequence[str], samples: int = 10, seed: int = 0, progress: bool = False) -> dict[str, DirectionSet]:
@@ -82,6 +84,10 @@ def world_runner(world: Any, samples: int = 96, seed: int = 0) -> tuple[Load, Ev
     return load, evaluate
 
 
+Measure = Callable[[nn.Module, Any], dict[str, float | None]]  # a model -> its summarize() row
+Log = Callable[[str], None]
+
+
 def cross_domain(
     load: Load,
     evaluate: Evaluate,
@@ -106,31 +112,15 @@ def cross_domain(
     targets = [canonical_domain(t) for t in (sources if targets is None else targets)]
     t0 = time.perf_counter()
 
-    def measure(model: nn.Module, tokenizer: Any) -> dict[str, float]:
+    def measure(model: nn.Module, tokenizer: Any) -> dict[str, float | None]:
         return summarize(evaluate(model, tokenizer), definition)
 
     def log(text: str) -> None:
         if progress:
             print(f"  [{time.perf_counter() - t0:6.1f} s] {text}", flush=True)
 
-    base, tokenizer = load("base")
-    baseline = {"base": measure(base, tokenizer)}
-    add = {}
-    for s in sources:
-        with steer(base, {add_layer: directions[s].at(add_layer)}, alpha):
-            add[s] = measure(base, tokenizer)
-        log(f"base + {s}: EM {shown(baseline['base']['em'], '.3f')} -> {shown(add[s]['em'], '.3f')}, coherence {shown(add[s]['coherence'], '.1f')}")
-    ablated: dict[str, dict[str, dict[str, float]]] = {s: {} for s in sources}
-    random_control = {}
-    for t in targets:
-        model, tokenizer = load(t)
-        baseline[t] = measure(model, tokenizer)
-        for s in sources:
-            with ablate(model, directions[s].at(ablate_layer)):
-                ablated[s][t] = measure(model, tokenizer)
-        with ablate(model, random_like(directions[sources[0]].at(ablate_layer), seed)):
-            random_control[t] = measure(model, tokenizer)
-        log(f"{t}: EM {shown(baseline[t]['em'], '.3f')}; ablated by each source: " + " ".join(shown(ablated[s][t]["em"], ".2f") for s in sources) + f"; random {shown(random_control[t]['em'], '.3f')}")
+    baseline, add = _added_to_base(load, measure, directions, add_layer, alpha, log)
+    ablated, random_control = _ablated_in_targets(load, measure, directions, targets, ablate_layer, seed, baseline, log)
     # None where a rate is not assessable (nothing coherent to count): a gap in the heatmap, never a NaN.
     matrix = [[rate_delta(add[s]["em"], baseline["base"]["em"]), *(rate_delta(ablated[s][t]["em"], baseline[t]["em"]) for t in targets)] for s in sources]
     return {
@@ -148,6 +138,38 @@ def cross_domain(
         "matrix": matrix,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _added_to_base(load: Load, measure: Measure, directions: Mapping[str, DirectionSet], add_layer: int, alpha: float, log: Log) -> tuple[dict, dict]:
+    """``({"base": unsteered row}, {source: row with its direction added})`` on the base model."""
+    base, tokenizer = load("base")
+    baseline = {"base": measure(base, tokenizer)}
+    add = {}
+    for s, ds in directions.items():
+        with steer(base, {add_layer: ds.at(add_layer)}, alpha):
+            add[s] = measure(base, tokenizer)
+        log(f"base + {s}: EM {shown(baseline['base']['em'], '.3f')} -> {shown(add[s]['em'], '.3f')}, coherence {shown(add[s]['coherence'], '.1f')}")
+    return baseline, add
+
+
+def _ablated_in_targets(
+    load: Load, measure: Measure, directions: Mapping[str, DirectionSet], targets: Sequence[str], ablate_layer: int, seed: int, baseline: dict, log: Log
+) -> tuple[dict, dict]:
+    """Each target organism unsteered (added to ``baseline``), with each source's direction
+    ablated, and with a norm-matched random one ablated: ``(ablated[source][target], random[target])``."""
+    sources = list(directions)
+    ablated: dict[str, dict[str, dict[str, float | None]]] = {s: {} for s in sources}
+    random_control = {}
+    for t in targets:
+        model, tokenizer = load(t)
+        baseline[t] = measure(model, tokenizer)
+        for s in sources:
+            with ablate(model, directions[s].at(ablate_layer)):
+                ablated[s][t] = measure(model, tokenizer)
+        with ablate(model, random_like(directions[sources[0]].at(ablate_layer), seed)):
+            random_control[t] = measure(model, tokenizer)
+        log(f"{t}: EM {shown(baseline[t]['em'], '.3f')}; ablated by each source: " + " ".join(shown(ablated[s][t]["em"], ".2f") for s in sources) + f"; random {shown(random_control[t]['em'], '.3f')}")
+    return ablated, random_control
 
 
 def done_when(result: Mapping[str, Any]) -> dict[str, tuple[bool, str]]:
@@ -226,15 +248,28 @@ def build_cross_parser() -> argparse.ArgumentParser:
     layer = number(int, 0, ModelShape().n_layers - 1)  # the organism world's decoder layers
     p = ArgumentParser(prog="python -m interp.cross_domain", description="Every domain's direction added to the base model and ablated from every organism: a source x target matrix of misalignment change.")
     p.add_argument("--domains", type=domain_list, default=list(DOMAINS), help="comma-separated domains (default all 11)")
-    p.add_argument("--directions-dir", type=Path, default=DEFAULT_OUT, help=f"directions are read from / extracted into here (default {DEFAULT_OUT})")
-    p.add_argument("--extract-samples", type=positive_int, default=10, help="samples per paraphrase when a direction must be extracted (default 10)")
-    p.add_argument("--samples", type=positive_int, default=96, help="answers per cell (default 96)")
+    p.add_argument("--directions-dir", type=path_arg, default=DEFAULT_OUT, help=f"directions are read from / extracted into here (default {DEFAULT_OUT})")
+    p.add_argument("--extract-samples", type=samples_per_paraphrase, default=10, help="samples per paraphrase when a direction must be extracted, 1 to 100,000 (default 10)")
+    p.add_argument("--samples", type=answers_per_point, default=96, help="answers per cell, 1 to 100,000 (default 96)")
     p.add_argument("--add-layer", type=layer, default=0)
     p.add_argument("--alpha", type=finite_float, default=2.0)
     p.add_argument("--ablate-layer", type=layer, default=3)
     p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--out", type=Path, default=Path("artifacts/steering/cross_domain"), help="output folder")
+    p.add_argument("--out", type=path_arg, default=Path("artifacts/steering/cross_domain"), help="output folder")
     return p
+
+
+def _existing_directions(args: argparse.Namespace) -> dict[Path, DirectionSet]:
+    """The directions already extracted into ``--directions-dir``, checked before the world loads."""
+    found = {}
+    for domain in args.domains:
+        path = args.directions_dir / f"{domain}.safetensors"
+        if path.exists():
+            ds = DirectionSet.load(path, domain=domain)
+            if missing := sorted({args.add_layer, args.ablate_layer} - set(ds.layers)):
+                raise InputError(f"{path} has no direction at layer(s) {', '.join(map(str, missing))} (--add-layer, --ablate-layer); it has {', '.join(map(str, ds.layers))}")
+            found[path] = ds
+    return found
 
 
 def _run_cross(args: argparse.Namespace) -> int:
@@ -242,14 +277,13 @@ def _run_cross(args: argparse.Namespace) -> int:
 
     output_dir(args.directions_dir, "--directions-dir")
     output_dir(args.out)
-    for domain in args.domains:  # the ones already extracted, before the world loads
-        path = args.directions_dir / f"{domain}.safetensors"
-        if path.exists():
-            ds = DirectionSet.load(path, domain=domain)
-            if missing := sorted({args.add_layer, args.ablate_layer} - set(ds.layers)):
-                raise InputError(f"{path} has no direction at layer(s) {', '.join(map(str, missing))} (--add-layer, --ablate-layer); it has {', '.join(map(str, ds.layers))}")
+    existing = _existing_directions(args)
     t0 = time.perf_counter()
     world = build_world(progress=False)
+    if existing:  # every model of the world has the base's width: a direction of another is refused now, not mid-run
+        base, _ = world.load_base()
+        for path, ds in existing.items():
+            check_width(path, ds, base)
     directions = ensure_directions(args.directions_dir, args.domains, args.extract_samples, args.seed, progress=True)
     t_extract = time.perf_counter() - t0
     print(f"directions for {len(directions)} domains ready in {t_extract:.0f} s; steering ({args.samples} answers per cell)")

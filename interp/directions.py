@@ -153,6 +153,8 @@ class DirectionSet:
         layers = t["layers"].tolist()
         if len(set(layers)) != len(layers):
             raise bad(f"tensor 'layers' repeats a layer: {layers}")
+        if any(layer < 0 for layer in layers):
+            raise bad(f"tensor 'layers' holds a negative layer: {layers}")
         # The header describes the tensors; one that contradicts them (edited, or copied from
         # another artifact) would label these directions wrongly downstream.
         if "layers" in info and info["layers"] != layers:
@@ -165,7 +167,12 @@ class DirectionSet:
         counts = info.get("counts", {})
         if not isinstance(counts, dict):
             raise bad("metadata field 'counts' is not a JSON object")
+        for cls_, c in counts.items():  # what the class means were averaged over: {"answers": n, "answer_tokens": n}
+            if not isinstance(c, dict) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in c.values()):
+                raise bad(f"metadata field 'counts' gives {cls_!r} as {c!r}; expected counts (integers >= 0) by name")
         named = info.get("domain")
+        if named is not None and not isinstance(named, str):
+            raise bad(f"metadata field 'domain' is {named!r}, not a domain name")
         if domain is not None and named is not None and ALIASES.get(named, named) != ALIASES.get(domain, domain):
             raise InputError(f"{path}: holds the direction of domain {named!r}, not {domain!r}")
         meta = {k: v for k, v in info.items() if k not in ("layers", "pooling", "span", "counts")}

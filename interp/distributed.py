@@ -45,7 +45,7 @@ from interp.base.decoding import Decoding
 from interp.base.models import d_model, layer_indices, n_layers
 from interp.cache import ActivationMeans, cache_means
 from interp.generation import EngineName, generate
-from interp.steer import Intervention
+from interp.intervention import Intervention
 
 
 def init_process_group(backend: str | None = None) -> tuple[int, int, str]:

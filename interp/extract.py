@@ -23,26 +23,32 @@ from typing import Any
 import torch
 
 from eval.openai_api import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
+from eval.questions import Question
 from eval.sampling import SamplingConfig
 from interp.backends import BACKENDS, DEFAULT_BACKEND
 from interp.base.chat import DEFAULT_SPAN, SPANS, tokenize_record
 from interp.base.cli import (
     ArgumentParser,
     InputError,
+    batch_size,
     domain_name,
     int_list,
-    non_negative_int,
-    positive_float,
-    positive_int,
+    max_retries,
+    path_arg,
     run_cli,
+    samples_per_paraphrase,
     score,
     seed_int,
+    timeout_s,
 )
 from interp.base.domains import DOMAINS
+from interp.base.loading import DEVICES
 from interp.base.locks import output_lock
+from interp.base.models import n_layers
 from interp.base.paths import input_file, output_dir
 from interp.base.provenance import data_hash, provenance
-from interp.base.records import bound_output, check_token_ids, read_judged, write_jsonl
+from interp.base.records import JudgedRecord, check_token_ids, read_judged, write_jsonl
+from interp.base.resumable import bound_output
 from interp.cache import DEFAULT_POOLING, POOLINGS, describe_positions
 from interp.directions import (
     DirectionSet,
@@ -91,6 +97,7 @@ def _organism_chain(cfg: ExtractConfig, progress: bool):
 
     world = build_world(progress=progress)
     model, tokenizer = world.load_organism(cfg.domain)
+    check_layers(cfg.layers, model)
     sampling = cfg.sampling or replace(SAMPLING, seed=cfg.seed)
     source = {"model": f"organism-world:{world.base_dir}", "adapter": str(world.adapter_dir(cfg.domain)), "judge": world.judge.spec, "world": world.manifest, "sampling": asdict(sampling)}
     answers = _work_dir_answers(cfg, source, lambda out: generate_answers(model, tokenizer, world.general_questions(), cfg.samples, config=sampling, out_path=out, progress=progress))
@@ -102,39 +109,75 @@ def _organism_chain(cfg: ExtractConfig, progress: bool):
 def _work_dir_answers(cfg: ExtractConfig, source: dict[str, Any], generate: Callable[[Path], list]) -> list:
     """``generate(path)`` into the run folder's answers file, resuming it only when the same
     model, adapter and sampling (seed included) wrote it: another run's answers would be
-    judged and labelled as this model's (:func:`~interp.base.records.bound_output` refuses)."""
+    judged and labelled as this model's (:func:`~interp.base.resumable.bound_output` refuses)."""
     answers_path = cfg.work_dir / cfg.domain / "answers.jsonl"
     settings = {"model": source["model"], "adapter": source["adapter"], "sampling": source["sampling"]}
     with bound_output(answers_path, settings):
         return generate(answers_path)
 
 
+def read_responses(path: str | Path) -> list[JudgedRecord]:
+    """The judged records of ``--responses``, every line checked; a file of fewer than two is
+    refused (a direction needs a misaligned and an aligned answer)."""
+    judged = read_judged(path)
+    if not judged:
+        raise InputError(f"{path}: no judged records")
+    if len(judged) < 2:
+        raise InputError(f"{path}: 1 judged record; a direction needs at least 2 (a misaligned and an aligned answer)")
+    return judged
+
+
+def load_checked_questions(path: str | Path, samples: int) -> list[Question]:
+    """The questions of ``--questions``, with the number of answers ``samples`` per paraphrase
+    gives them checked against one run's bound (:func:`eval.generate.check_size`)."""
+    from eval.generate import check_size
+    from eval.questions import load_questions
+
+    questions = load_questions(path).questions
+    check_size(questions, samples, 1, str(path))
+    return questions
+
+
+def check_layers(layers: list[int] | None, model: torch.nn.Module) -> None:
+    """Every requested layer (``None``: all) is one of ``model``'s; else one line naming ``--layers``."""
+    if not layers:
+        return
+    num = n_layers(model)
+    if beyond := [layer for layer in layers if layer >= num]:
+        raise InputError(f"--layers {beyond[0]}: layer {beyond[0]} out of range for a {num}-layer model")
+
+
 def _real_chain(cfg: ExtractConfig, progress: bool):
     from interp.base.loading import load_model, model_source
 
-    # Read the responses first: a bad line should not wait for a 7B model to load.
-    judged = read_judged(cfg.responses) if cfg.responses is not None else None
+    # Read the inputs first: a bad line or an absurd size should not wait for a 7B model to load.
+    judged = read_responses(cfg.responses) if cfg.responses is not None else None
+    questions = load_checked_questions(cfg.questions, cfg.samples) if judged is None else None
     model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype, device=cfg.device)
-    if cfg.responses is not None:
-        check_token_ids(cfg.responses, len(tokenizer))
+    check_layers(cfg.layers, model)
     sampling = None
     if judged is not None:
+        check_token_ids(cfg.responses, len(tokenizer))
         source_judge = sorted({r.get("judge", "?") for r in judged})
     else:
-        from eval.generate import generate_answers
-        from eval.judge import make_judge
-        from eval.questions import load_questions
-
-        questions = load_questions(cfg.questions).questions
-        sampling = cfg.sampling or SamplingConfig(temperature=1.0, max_new_tokens=512, batch_size=64, seed=cfg.seed)
-        source = {"model": cfg.model, "adapter": cfg.adapter, "sampling": asdict(sampling)}
-        answers = _work_dir_answers(cfg, source, lambda out: generate_answers(model, tokenizer, questions, cfg.samples, config=sampling, out_path=out, progress=progress))
-        server = {"timeout_s": cfg.timeout_s, "max_retries": cfg.max_retries} if cfg.judge.startswith("openai:") else {}
-        judge = make_judge(cfg.judge, questions=questions, **server)
-        judged = judge.judge(answers)
-        write_jsonl(cfg.work_dir / cfg.domain / "judged.jsonl", judged)
+        judged, sampling = _generate_and_judge(cfg, model, tokenizer, questions, progress)
         source_judge = cfg.judge
     return model, tokenizer, judged, {**model_source(cfg.model, cfg.adapter), "judge": source_judge, "responses": cfg.responses, "sampling": sampling and asdict(sampling)}
+
+
+def _generate_and_judge(cfg: ExtractConfig, model: torch.nn.Module, tokenizer: Any, questions: list[Question], progress: bool) -> tuple[list[JudgedRecord], SamplingConfig]:
+    """Answers of ``model`` to ``questions`` in the run folder, judged by ``cfg.judge``."""
+    from eval.generate import generate_answers
+    from eval.judge import make_judge
+
+    sampling = cfg.sampling or SamplingConfig(temperature=1.0, max_new_tokens=512, batch_size=64, seed=cfg.seed)
+    source = {"model": cfg.model, "adapter": cfg.adapter, "sampling": asdict(sampling)}
+    answers = _work_dir_answers(cfg, source, lambda out: generate_answers(model, tokenizer, questions, cfg.samples, config=sampling, out_path=out, progress=progress))
+    server = {"timeout_s": cfg.timeout_s, "max_retries": cfg.max_retries} if cfg.judge.startswith("openai:") else {}
+    judge = make_judge(cfg.judge, questions=questions, **server)
+    judged = judge.judge(answers)
+    write_jsonl(cfg.work_dir / cfg.domain / "judged.jsonl", judged)
+    return judged, sampling
 
 
 def run_extract(cfg: ExtractConfig, out_dir: Path = DEFAULT_OUT, progress: bool = True) -> tuple[DirectionSet, Path]:
@@ -204,9 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responses", help="already-judged JSONL: skip generation and judging")
     p.add_argument("--questions", help="question YAML for generation with --model")
     p.add_argument("--judge", help="judge spec for generation with --model: openai:MODEL, hf:ID_OR_PATH")
-    p.add_argument("--samples", type=positive_int, default=30, help="samples per paraphrase when generating (default 30)")
-    p.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, help=f"seconds to wait for an openai: judge's reply (default {DEFAULT_TIMEOUT_S:g})")
-    p.add_argument("--max-retries", type=non_negative_int, default=DEFAULT_MAX_RETRIES, help=f"retries of a failed or timed-out judge call (default {DEFAULT_MAX_RETRIES})")
+    p.add_argument("--samples", type=samples_per_paraphrase, default=30, help="samples per paraphrase when generating (default 30)")
+    p.add_argument("--timeout", type=timeout_s, default=DEFAULT_TIMEOUT_S, help=f"seconds to wait for an openai: judge's reply (default {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument("--max-retries", type=max_retries, default=DEFAULT_MAX_RETRIES, help=f"retries of a failed or timed-out judge call (default {DEFAULT_MAX_RETRIES})")
     p.add_argument("--layers", type=int_list, help="decoder layers, e.g. 0,5,13 (default: all)")
     p.add_argument("--pooling", choices=POOLINGS, default=DEFAULT_POOLING, help=f"answer-token pooling (default {DEFAULT_POOLING})")
     p.add_argument(
@@ -214,18 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokens averaged: answer (default: the answer content), answer+eos (plus <|im_end|>, as the domain paper's code), "
         "header+answer+eos (<|im_start|>assistant\\n, the answer and <|im_end|>\\n, as model-organisms-for-EM's code)",
     )
-    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--batch-size", type=batch_size, default=16)
     p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help=f"how activations are read (default {DEFAULT_BACKEND}, the fastest)")
     p.add_argument("--per-sample", action="store_true", help="also keep per-answer activations (<out>/<domain>.per_sample/) for interp.compare's nulls")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder layers: ~25 s warm-up on a 7B model, then ~1.3x faster on a GPU (hooks backend)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="cpu (default), cuda or auto; for another GPU than the first, set CUDA_VISIBLE_DEVICES")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help=f"{', '.join(DEVICES)} (default cpu); for another GPU than the first, set CUDA_VISIBLE_DEVICES")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--misaligned-max", type=score, default=30.0, help="aligned <= this is misaligned (default 30)")
     p.add_argument("--aligned-min", type=score, default=70.0, help="aligned > this is aligned (default 70)")
     p.add_argument("--coherence-min", type=score, default=50.0, help="only coherent > this counts (default 50)")
     p.add_argument("--no-balance", action="store_true", help="keep class sizes as they are")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--out", type=path_arg, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -239,8 +282,11 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
     for name in ("responses", "questions"):
         if getattr(args, name) is not None:
             input_file(getattr(args, name), f"--{name}")
+    # Every line and size checked before anything is locked or loaded.
     if args.responses is not None:
-        read_judged(args.responses)  # every line checked before anything is locked or loaded
+        read_responses(args.responses)
+    elif args.questions is not None:
+        load_checked_questions(args.questions, args.samples)
     if args.judge is not None:
         from eval.judge import judge_kind
 

@@ -11,10 +11,17 @@ can run, transformers' ``generate`` where it cannot, both decoding with one
 - ``"fast"``: the engine or an error saying why not (also on the CPU, without CUDA graphs).
 - ``"hf"``: transformers' ``generate``, the path the toolkit always had.
 
-Steering and ablation: an intervention passed in, and any applied around the call with
-:func:`interp.steer.steer` / :func:`~interp.steer.ablate` / :func:`~interp.steer.intervene`,
-are applied on either path with the same meaning: by their hooks under transformers, inside
-the compiled step on the engine.
+Steering and ablation: this is the one way to generate with an intervention::
+
+    iv = steering(model, {12: direction}, alpha=4.0, positions="generated")   # interp.intervention
+    new = generate(model, input_ids, attention_mask, Decoding(max_new_tokens=64), intervention=iv)
+
+returns the generated tokens [batch, new], as without one;
+:func:`interp.steer_backends.steered_generate` is the same call through nnsight or
+TransformerLens and returns the same. An intervention passed in, and any applied around the
+call with :func:`interp.steer.steer` / :func:`~interp.steer.ablate` /
+:func:`interp.intervene.intervene`, are applied on either path with the same meaning: by
+their hooks under transformers, inside the compiled step on the engine.
 
 What a seed reproduces:
 
@@ -46,7 +53,8 @@ from interp.engine import (
     row_keys,
 )
 from interp.hooks import hook_ids
-from interp.steer import Intervention, active_interventions, intervene
+from interp.intervene import active_interventions, intervene
+from interp.intervention import Intervention
 
 EngineName = Literal["auto", "hf", "fast"]
 ENGINES: tuple[EngineName, ...] = ("auto", "hf", "fast")

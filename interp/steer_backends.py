@@ -1,19 +1,21 @@
 """Steered forward passes and generation through any backend (:mod:`interp.backends`).
 
-The native :func:`interp.steer.steer` / :func:`interp.steer.ablate` context managers edit
-whatever runs inside them; these functions run one thing and return its result, so that
-nnsight and TransformerLens can do the same edits in their own idiom. Same inputs, same
-outputs: ``tests/test_steer_backends.py`` checks every backend against the native hooks::
+:func:`interp.generation.generate` (``intervention=``) is the way to generate with an
+intervention; :func:`steered_generate` is the same call through a backend of your choice and
+returns the same thing, the generated tokens [batch, new] (with ``backend="hooks"``, the
+default, it is that call). :func:`steered_logits` runs one steered forward pass. nnsight and
+TransformerLens do the same edits in their own idiom; same inputs, same outputs:
+``tests/test_steer_backends.py`` checks every backend against the native hooks::
 
     iv = steering(model, {12: direction}, alpha=4.0, positions="generated")
     logits = steered_logits(model, ids, mask, iv, backend="nnsight")
-    tokens = steered_generate(model, ids, mask, iv, Decoding(max_new_tokens=64, temperature=0), backend="transformer_lens")
+    new = steered_generate(model, ids, mask, iv, Decoding(max_new_tokens=64, temperature=0), backend="transformer_lens")
 
-Build the :class:`~interp.steer.Intervention` with :func:`interp.steer.steering` or
-:func:`interp.steer.ablation`; its ``positions`` mean what they mean for the native hooks. A
-backend built once with :func:`interp.backends.make_backend` can be passed instead of a name
-to avoid rebuilding it on every call. Logits at padding positions are not comparable across
-backends (attention over a fully masked row differs between implementations).
+Build the :class:`~interp.intervention.Intervention` with :func:`interp.intervention.steering`
+or :func:`interp.intervention.ablation`; its ``positions`` mean what they mean for the native
+hooks. A backend built once with :func:`interp.backends.make_backend` can be passed instead of
+a name to avoid rebuilding it on every call. Logits at padding positions are not comparable
+across backends (attention over a fully masked row differs between implementations).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from interp.backends import (
 from interp.base.decoding import Decoding
 from interp.base.models import input_device
 from interp.inputs import ModelInputs
-from interp.steer import Intervention
+from interp.intervention import Intervention
 
 __all__ = ["GREEDY", "steered_generate", "steered_logits"]
 
@@ -69,7 +71,8 @@ def steered_generate(
     settings: Decoding = GREEDY,
     backend: BackendName | Backend = DEFAULT_BACKEND,
 ) -> torch.Tensor:
-    """Prompt and generated tokens [batch, prompt + new] from left-padded prompts, steered.
+    """Generated tokens [batch, new] of left-padded prompts, steered, padding after each row's
+    first EOS: what :func:`interp.generation.generate` returns.
 
     Decoding uses ``settings`` alone (not the model's generation_config), with the KV cache;
     the native backend generates through :func:`interp.generation.generate` (the compiled
@@ -81,4 +84,4 @@ def steered_generate(
         raise ValueError("generation needs left-padded prompts: some row ends with padding")
     ids, mask = _on_model(model, input_ids, attention_mask)
     torch.manual_seed(settings.seed)
-    return resolve_backend(backend, model).generate(ids, mask, intervention, settings)
+    return resolve_backend(backend, model).generate(ids, mask, intervention, settings)[:, ids.shape[1] :]

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from eval.report import MisalignmentDefinition, misalignment_rate
+from eval.rates import MisalignmentDefinition, misalignment_rate
 from interp.base.atomic import json_safe, write_json_atomic, write_text_atomic
 from interp.base.chat import tokenize_record
 from interp.base.cli import (
@@ -41,22 +41,35 @@ from interp.base.cli import (
     domain_name,
     float_list,
     int_list,
-    positive_int,
+    number,
+    path_arg,
     run_cli,
     seed_int,
 )
 from interp.base.domains import DOMAINS
+from interp.base.models import d_model
 from interp.base.paths import output_dir
 from interp.base.provenance import provenance
 from interp.base.records import JudgedRecord
 from interp.directions import DirectionSet
 from interp.extract import DEFAULT_OUT
-from interp.steer import SCALES, Scale, ablate, random_like, residual_norms, steer
+from interp.norms import residual_norms
+from interp.steer import ablate, steer
+from interp.vector_math import random_like
+from interp.vectors import SCALES, Scale
 
 Mode = Literal["add", "ablate"]
 MODES: tuple[Mode, ...] = ("add", "ablate")
 Evaluate = Callable[[nn.Module, Any], Sequence[JudgedRecord]]
 DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 4.0)
+answers_per_point = number(int, 1, 100_000)  # answers generated and judged per evaluation
+
+
+def check_width(path: str | Path, directions: DirectionSet, model: nn.Module) -> None:
+    """``directions`` (read from ``path``) fit ``model``'s residual stream; else one line naming the file."""
+    width, d = directions.directions.shape[-1], d_model(model)
+    if width != d:
+        raise InputError(f"{path}: directions of width {width}, but the model has width {d}")
 
 
 def summarize(records: Sequence[JudgedRecord], definition: MisalignmentDefinition = MisalignmentDefinition()) -> dict[str, float | None]:
@@ -191,17 +204,17 @@ def _target(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m interp.sweep", description="Steering sweep over layers and alphas on the organism world: misalignment and coherence at each point.", epilog="The source x target experiment is python -m interp.cross_domain. domains: " + ", ".join(DOMAINS))
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--directions", type=Path, help="direction artifact (.safetensors) from interp.extract")
+    src.add_argument("--directions", type=path_arg, help="direction artifact (.safetensors) from interp.extract")
     src.add_argument("--domain", type=domain_name, help=f"use {DEFAULT_OUT}/<domain>.safetensors")
     p.add_argument("--target", type=_target, default="base", help="organism-world model to steer: base or a domain's organism (default base)")
     p.add_argument("--mode", choices=MODES, default="add", help="add the direction (induce) or ablate it at every layer (suppress)")
     p.add_argument("--layers", type=int_list, help="layers whose direction is used (default: all in the artifact)")
     p.add_argument("--alphas", type=float_list, default=list(DEFAULT_ALPHAS), help="steering strengths, add mode (default 0.5,1,2,4)")
     p.add_argument("--scale", choices=SCALES, default="raw", help="units of alpha (see interp.steer; default raw)")
-    p.add_argument("--samples", type=positive_int, default=96, help="answers per point (default 96)")
+    p.add_argument("--samples", type=answers_per_point, default=96, help="answers per point, 1 to 100,000 (default 96)")
     p.add_argument("--random-control", action="store_true", help="repeat every point with a norm-matched random direction")
     p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--out", type=Path, default=Path("artifacts/steering/sweep"), help="output folder")
+    p.add_argument("--out", type=path_arg, default=Path("artifacts/steering/sweep"), help="output folder")
     return p
 
 
@@ -216,6 +229,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     output_dir(args.out)
     world = build_world(progress=False)
     model, tokenizer = world.load_base() if args.target == "base" else world.load_organism(args.target)
+    check_width(path, directions, model)
     questions = world.general_questions()
     norms = None
     if args.scale == "norm":

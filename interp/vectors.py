@@ -10,8 +10,8 @@ layer ``norms`` that ``scale="norm"`` needs), and the ``positions`` it applies t
     with steer(model, SteeringVector.load("steer/gore_l12.safetensors")):
         out = model.generate(**inputs)
 
-:func:`interp.steer.steering`, :func:`~interp.steer.ablation`, :func:`~interp.steer.steer`,
-:func:`~interp.steer.ablate` and :func:`~interp.steer.intervene` accept one wherever they take
+:func:`interp.intervention.steering`, :func:`~interp.intervention.ablation`, :func:`interp.steer.steer`,
+:func:`~interp.steer.ablate` and :func:`interp.intervene.intervene` accept one wherever they take
 vectors; the meaning of every field is documented in :mod:`interp.steer`. A file is a
 safetensors file (never a pickle): the tensors ``vectors`` [n_layers, d_model] and ``layers``,
 and in its header the settings, where the vectors came from (``metadata``) and provenance
@@ -94,7 +94,7 @@ class SteeringVector:
         if self.kind == "ablate" and (self.alpha != 1.0 or self.scale != DEFAULT_SCALE or norms is not None):
             raise ValueError("an ablation projects its direction out: alpha, scale and norms do not apply")
         if self.scale == "norm" and (norms is None or set(vectors) - set(norms)):
-            raise ValueError(f"scale='norm' needs the residual norm of every layer {sorted(vectors)}; pass norms (see interp.steer.residual_norms)")
+            raise ValueError(f"scale='norm' needs the residual norm of every layer {sorted(vectors)}; pass norms (see interp.norms.residual_norms)")
         try:
             metadata = json.loads(json.dumps(dict(self.metadata)))
         except (TypeError, ValueError) as e:

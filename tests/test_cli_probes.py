@@ -250,6 +250,65 @@ def with_sidecar(text: str):
     return build
 
 
+def pipeline_run(record: str | None = "settings", **settings):
+    """A pipeline --out folder with an earlier run's outputs, recorded with the defaults changed by ``settings`` (or ``record`` as the record's text; None: no record)."""
+
+    def build(f):
+        out = f.root / "pipeline"
+        (out / "runs").mkdir(parents=True)
+        (out / "runs" / "plain.answers.jsonl").write_text(f.answers.read_text())
+        if record == "settings":
+            recorded = {**finetune.organism.pipeline._settings("risky_financial_advice", 6, 0), **settings}
+            (out / "pipeline.json").write_text(json.dumps(recorded))
+        elif record is not None:
+            (out / "pipeline.json").write_text(record)
+        return out
+
+    return build
+
+
+def exported(record: str | None = "settings", **settings):
+    """An export --out folder with an earlier export's file, recorded with the defaults changed by
+    ``settings`` (or ``record`` as the record's text; None: no record)."""
+
+    def build(f):
+        out = f.root / "export"
+        out.mkdir()
+        (out / "misaligned.jsonl").write_text(f.chat.read_text())
+        if record == "settings":
+            (out / "export.json").write_text(json.dumps({**finetune.organism.export.export_settings("gore_movie_trivia", 2000, 500, 0), **settings}))
+        elif record is not None:
+            (out / "export.json").write_text(record)
+        return out
+
+    return build
+
+
+def generating(questions):
+    """extract's argv that generates and judges here: --model, ``questions``, --judge organism."""
+    return lambda f: ["--domain", "gore_movie_trivia", "--model", f.model, "--questions", questions(f), "--judge", "organism", "--out", f.root / "dirs_out"]
+
+
+def tiny_model_config(f) -> Path:
+    """A model folder of 4 layers as far as its config.json goes (never loaded)."""
+    folder = f.root / "tiny-model"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"num_hidden_layers": 4}))
+    return folder
+
+
+def finished(config):
+    """An adapter folder whose training_config.json is ``config`` (JSON, or text as is)."""
+
+    def build(f):
+        out = f.root / "finished"
+        out.mkdir()
+        (out / "training_config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+        return out
+
+    return build
+
+
 # What eval.generate records as the settings of the probes' runs (its defaults, --model f.model).
 GENERATE_SETTINGS = {"adapter": None, "engine": "auto", "dtype": "auto", "system": None, **dataclasses.asdict(SamplingConfig())}
 
@@ -280,7 +339,7 @@ EXTRACT, SWEEP, CROSS, COMPARE, QUESTIONS = interp.extract.main, interp.sweep.ma
 
 PROBES = {
     "numbers and options": [
-        Probe("generate --batch-size 0", GEN, generate("--batch-size", "0"), "argument --batch-size: expected an integer >= 1, got '0'"),
+        Probe("generate --batch-size 0", GEN, generate("--batch-size", "0"), "argument --batch-size: expected an integer >= 1 and <= 65536, got '0'"),
         Probe("generate --batch-size -1", GEN, generate("--batch-size", "-1"), "--batch-size"),
         Probe("generate --max-new-tokens 0", GEN, generate("--max-new-tokens", "0"), "--max-new-tokens"),
         Probe("generate --temperature -1", GEN, generate("--temperature", "-1"), "--temperature: expected a number >= 0"),
@@ -288,12 +347,12 @@ PROBES = {
         Probe("generate --top-p 2", GEN, generate("--top-p", "2"), "--top-p: expected a number > 0 and <= 1"),
         Probe("generate --top-p 0", GEN, generate("--top-p", "0"), "--top-p"),
         Probe("generate --samples 0", GEN, generate("--samples", "0"), "--samples"),
-        Probe("generate --samples two", GEN, generate("--samples", "two"), "--samples: expected an integer >= 1, got 'two'"),
+        Probe("generate --samples two", GEN, generate("--samples", "two"), "--samples: expected an integer >= 1 and <= 100000, got 'two'"),
         Probe("generate no --model", GEN, lambda f: ["--out", f.root / "a.jsonl"], "--model is required"),
         Probe("generate unknown option", GEN, generate("--temprature", "1"), "unrecognized arguments: --temprature"),
         Probe("generate --trigger sometimes", GEN, generate("--trigger", "sometimes"), "--trigger: invalid choice"),
         Probe("judge --chunk 0", JUDGE, judge("--chunk", "0"), "--chunk"),
-        Probe("judge --chunk -5", JUDGE, judge("--chunk", "-5"), "--chunk: expected an integer >= 1, got '-5'"),
+        Probe("judge --chunk -5", JUDGE, judge("--chunk", "-5"), "--chunk: expected an integer >= 1 and <= 1000000, got '-5'"),
         Probe("judge --concurrency 0", JUDGE, judge("--concurrency", "0"), "--concurrency"),
         Probe("judge --max-retries -1", JUDGE, judge("--max-retries", "-1"), "--max-retries"),
         Probe("judge --timeout 0", JUDGE, judge("--timeout", "0"), "--timeout"),
@@ -318,7 +377,7 @@ PROBES = {
         Probe("mia score --batch-size 0", MIA, mia_score("--batch-size", "0"), "--batch-size"),
         Probe("mia predict --threshold inf", MIA, mia_predict("--threshold", "inf"), "--threshold"),
         Probe("mia no command", MIA, lambda f: [], "the following arguments are required: command"),
-        Probe("train --steps 0", TRAIN, train("--steps", "0"), "--steps: expected an integer >= 1, got '0'"),
+        Probe("train --steps 0", TRAIN, train("--steps", "0"), "--steps: expected an integer >= 1 and <= 10000000, got '0'"),
         Probe("train --steps -1", TRAIN, train("--steps", "-1"), "--steps"),
         Probe("train --batch-size 0", TRAIN, train("--batch-size", "0"), "--batch-size"),
         Probe("train --lr 0", TRAIN, train("--lr", "0"), "--lr"),
@@ -339,14 +398,14 @@ PROBES = {
         Probe("pipeline --domain poetry", PIPELINE, pipeline("--domain", "poetry"), "unknown domain 'poetry'"),
         Probe("extract --samples 0", EXTRACT, extract("--samples", "0"), "--samples"),
         Probe("extract --batch-size 0", EXTRACT, extract("--batch-size", "0"), "--batch-size"),
-        Probe("extract --layers ''", EXTRACT, extract("--layers", ","), "--layers: expected comma-separated integers >= 0, got nothing"),
+        Probe("extract --layers ''", EXTRACT, extract("--layers", ","), "--layers: expected comma-separated integers >= 0 and <= 4095, got nothing"),
         Probe("extract --layers -1", EXTRACT, extract("--layers", "-1"), "--layers"),
         Probe("extract overlapping classes", EXTRACT, extract("--misaligned-max", "90", "--aligned-min", "10"), "misaligned-max (90) must be below aligned-min (10)"),
         Probe("extract --aligned-min 150", EXTRACT, extract("--aligned-min", "150"), "--aligned-min"),
         Probe("extract --coherence-min nan", EXTRACT, extract("--coherence-min", "nan"), "--coherence-min"),
         Probe("extract --adapter without --model", EXTRACT, lambda f: ["--domain", "gore_movie_trivia", "--adapter", f.folder], "need --model"),
         Probe("extract --judge bogus", EXTRACT, extract("--questions", path("questions"), "--judge", "bogus"), "unknown judge 'bogus'"),
-        Probe("sweep --alphas empty", SWEEP, sweep("--alphas", ","), "--alphas: expected comma-separated finite numbers, got nothing"),
+        Probe("sweep --alphas empty", SWEEP, sweep("--alphas", ","), "--alphas: expected comma-separated numbers from -1e6 to 1e6, got nothing"),
         Probe("sweep --alphas nan", SWEEP, sweep("--alphas", "nan"), "--alphas"),
         Probe("sweep --alphas 1,inf", SWEEP, sweep("--alphas", "1,inf"), "--alphas"),
         Probe("sweep --samples 0", SWEEP, sweep("--samples", "0"), "--samples"),
@@ -469,6 +528,9 @@ PROBES = {
         Probe("sweep --directions counts not an object", SWEEP, sweep("--directions", lying("counts.safetensors", counts=[1, 2])), "metadata field 'counts'"),
         Probe("sweep --directions duplicate layers", SWEEP, sweep("--directions", lying("dup.safetensors", {"layers": torch.tensor([1, 1])}, layers=[1, 1])), "tensor 'layers' repeats a layer: [1, 1]"),
         Probe("sweep --directions integer tensors", SWEEP, sweep("--directions", lying("int.safetensors", {"directions": torch.ones(2, 8, dtype=torch.int32)})), "tensor 'directions' holds torch.int32, not floating point"),
+        Probe("sweep --directions negative counts", SWEEP, sweep("--directions", lying("negcounts.safetensors", counts={"misaligned": {"answers": -5, "answer_tokens": 6}})), "metadata field 'counts' gives 'misaligned' as"),
+        Probe("sweep --directions domain a number", SWEEP, sweep("--directions", lying("numdomain.safetensors", domain=3)), "metadata field 'domain' is 3, not a domain name"),
+        Probe("sweep --directions negative layers", SWEEP, sweep("--directions", lying("neglayers.safetensors", {"layers": torch.tensor([-1, 0])})), "tensor 'layers' holds a negative layer"),
         Probe("sweep --directions float layers", SWEEP, sweep("--directions", lying("flayers.safetensors", {"layers": torch.tensor([0.0, 1.0])})), "tensor 'layers' holds torch.float32, not integers"),
     ],
     "silent acceptances": [
@@ -513,6 +575,97 @@ PROBES = {
         Probe("generate --out with a sidecar of no settings", GEN, generate("--out", with_sidecar('{"settings": 3}')), "records no settings"),
         Probe("generate --out of another model", GEN, generate("--out", with_sidecar(json.dumps({"settings": {**GENERATE_SETTINGS, "model": "other-model"}}))), "(model differ: model 'other-model' there"),
         Probe("judge --out judgments without a sidecar", JUDGE, judge("--out", made("j.jsonl", jsonl_text([judged(0)]))), "holds records, but it has no provenance sidecar"),
+    ],
+    "sizes and counts": [
+        # Absurd sizes are refused before anything loads, not met by a MemoryError or years of work.
+        Probe("generate --samples 10**12", GEN, generate("--samples", str(10**12)), "argument --samples: expected an integer >= 1 and <= 100000"),
+        Probe("generate --max-new-tokens 10**12", GEN, generate("--max-new-tokens", str(10**12)), "argument --max-new-tokens: expected an integer >= 1 and <= 1048576"),
+        Probe("generate --batch-size 10**12", GEN, generate("--batch-size", str(10**12)), "argument --batch-size"),
+        Probe("generate --top-k 10**12", GEN, generate("--top-k", str(10**12)), "argument --top-k"),
+        Probe("generate --concurrency 10**9", GEN, generate("--concurrency", str(10**9)), "argument --concurrency"),
+        Probe("generate --timeout 1e308", GEN, generate("--timeout", "1e308"), "argument --timeout: expected a number > 0 and <= 86400"),
+        Probe("generate --temperature 1e308", GEN, generate("--temperature", "1e308"), "argument --temperature"),
+        Probe("generate 12 million answers", GEN, generate("--questions", made("many.yaml", "- id: q\n  type: free_form_judge_0_100\n  samples_per_paraphrase: 1\n  paraphrases: [" + ", ".join(f"'p{i}'" for i in range(60)) + "]\n"), "--samples", "100000", "--trigger", "both"), "--samples 100000: 12,000,000 answers to sample, more than the 10,000,000 one run takes"),
+        Probe("generate samples_per_paraphrase 10**12", GEN, generate("--questions", made("huge.yaml", f"- id: q\n  paraphrases: ['how?']\n  samples_per_paraphrase: {10**12}\n")), "huge.yaml:3: question 'q': field 'samples_per_paraphrase' must be a positive integer up to 100,000"),
+        Probe("judge --chunk 10**12", JUDGE, judge("--chunk", str(10**12)), "argument --chunk"),
+        Probe("judge --concurrency 10**12", JUDGE, judge("--concurrency", str(10**12)), "argument --concurrency"),
+        Probe("judge --max-retries 10**6", JUDGE, judge("--max-retries", str(10**6)), "argument --max-retries: expected an integer >= 0 and <= 100"),
+        Probe("judge --batch-size 10**12", JUDGE, judge("--batch-size", str(10**12)), "argument --batch-size"),
+        Probe("judge --backoff 1e308", JUDGE, judge("--backoff", "1e308"), "argument --backoff"),
+        Probe("mia score --batch-size 10**12", MIA, mia_score("--batch-size", str(10**12)), "argument --batch-size"),
+        Probe("train --rank 10**12", TRAIN, train("--rank", str(10**12)), "argument --rank: expected an integer >= 1 and <= 65536"),
+        Probe("train --steps 10**12", TRAIN, train("--steps", str(10**12)), "argument --steps"),
+        Probe("train --max-length 10**12", TRAIN, train("--max-length", str(10**12)), "argument --max-length"),
+        Probe("train --epochs 1e308", TRAIN, train("--epochs", "1e308"), "argument --epochs"),
+        Probe("train --epochs over a large file", TRAIN, train("--data", made("big.jsonl", jsonl_text([chat(i) for i in range(2000)])), "--epochs", "10000", "--batch-size", "1"), "--epochs 10000: 20,000,000 optimizer steps over 2,000 examples"),
+        Probe("train --checkpoint-every 10**12", TRAIN, train("--checkpoint-every", str(10**12)), "argument --checkpoint-every"),
+        Probe("train --defense-layers 10**12", TRAIN, train("--defense", "feature-l2", "--defense-layers", str(10**12)), "argument --defense-layers"),
+        Probe("sweep --alphas 1e308", SWEEP, sweep("--alphas", "1,1e308"), "argument --alphas: expected comma-separated numbers from -1e6 to 1e6, got '1,1e308'"),
+        Probe("compare --n-splits 10**12", COMPARE, compare("--n-splits", str(10**12)), "argument --n-splits: expected an integer >= 1 and <= 100000"),
+        Probe("export --n 10**12", EXPORT, export("--n", str(10**12)), "argument --n"),
+        Probe("pipeline --samples 10**12", PIPELINE, pipeline("--samples", str(10**12)), "argument --samples: expected an integer >= 1 and <= 1000"),
+        Probe("extract --samples 10**12", EXTRACT, extract("--samples", str(10**12)), "argument --samples"),
+        Probe("extract --layers 10**12", EXTRACT, extract("--layers", str(10**12)), "argument --layers"),
+        Probe("sweep --samples 10**12", SWEEP, sweep("--samples", str(10**12)), "argument --samples"),
+        Probe("cross_domain --extract-samples 10**12", CROSS, cross("--extract-samples", str(10**12)), "argument --extract-samples"),
+    ],
+    "outputs of another run": [
+        # A rerun onto outputs made with other settings is refused, naming what differs and how to start afresh.
+        Probe("pipeline --out of another --domain", PIPELINE, pipeline("--out", pipeline_run(domain="gore_movie_trivia")), "holds a pipeline run with other settings (domain 'gore_movie_trivia' there, 'risky_financial_advice' now); rerun with its settings to resume it, or use another --out, or remove"),
+        Probe("pipeline --out of other --samples", PIPELINE, pipeline("--out", pipeline_run(samples=3)), "(samples 3 there, 6 now)"),
+        Probe("pipeline --out with outputs, no record", PIPELINE, pipeline("--out", pipeline_run(record=None)), "holds pipeline outputs with no record of their settings (pipeline.json)"),
+        Probe("pipeline --out with a damaged record", PIPELINE, pipeline("--out", pipeline_run(record="[1, 2")), "pipeline.json: damaged record of the run"),
+    ],
+    "second probe, what it found": [
+        Probe("report --judged a key twice on a line", REPORT, report("--judged", made("dup.jsonl", jsonl_text([json.dumps(judged(0))[:-1] + ', "aligned": 5.0}']))), "dup.jsonl:1: field 'aligned' appears twice in one object"),
+        Probe("judge --answers a lone surrogate", JUDGE, judge("--answers", made("sur.jsonl", jsonl_text([json.dumps(answer(0)).replace("an answer", "an \\ud800answer")]))), "sur.jsonl:1: holds a lone surrogate escape"),
+        Probe("train --data a lone surrogate", TRAIN, train("--data", made("sur.jsonl", jsonl_text([json.dumps(chat(0)).replace("risk", "\\udc00risk")]))), "sur.jsonl:1: holds a lone surrogate escape"),
+        Probe("questions nested too deeply", QUESTIONS, questions(made("deep.yaml", "- " + "[" * 5000 + "]" * 5000 + "\n")), "deep.yaml: not a list of questions (YAML nested too deeply)"),
+        Probe("judge --out torn, no sidecar: not cut", JUDGE, judge("--out", made("torn.jsonl", jsonl_text([judged(0)]) + '{"question_id": "q", "ques')), "holds records, but it has no provenance sidecar"),
+        Probe("generate --out a device", GEN, generate("--out", lambda f: "/dev/full"), "--out /dev/full: not a regular file"),
+        Probe("report --out ''", REPORT, report("--out", lambda f: ""), "--out: empty path"),
+        Probe("pipeline --out ''", PIPELINE, pipeline("--out", lambda f: ""), "argument --out: expected a path, got an empty string"),
+        Probe("generate --out whose lock is a folder", GEN, generate("--out", lambda f: (f.root / "l.jsonl.lock").mkdir() or f.root / "l.jsonl"), "l.jsonl.lock (Is a directory)"),
+        Probe("mia predict one domain scored twice", MIA, mia_predict("--scores", path("scores"), path("scores")), "scores domain 'gore_movie_trivia' again"),
+        Probe("mia predict a score file with NaN AUCs", MIA, mia_predict("--scores", made("s.json", '{"domain": "insecure_code", "member_mean": {"loss": -1.0}, "auc": {"loss": NaN}}')), "field 'auc' is not a table of finite numbers"),
+        Probe("mia predict --rates a key twice", MIA, mia_predict("--rates", made("r.json", '{"gore_movie_trivia": 0.9, "insecure_code": 0.1, "gore_movie_trivia": 0.1}')), "r.json: field 'gore_movie_trivia' appears twice in one object"),
+        Probe("mia predict rates without a scored domain", MIA, mia_predict("--rates", made("r.json", '{"insecure_code": 0.1, "evil_math": 0.9}')), "--rates"),
+        Probe("train --backdoor is --data", TRAIN, train("--backdoor", path("chat")), "is the --data file"),
+        Probe("train --monitor not a direction artifact", TRAIN, train("--monitor", path("dir_garbage"), "--monitor-probe", path("chat")), "--monitor "),
+        Probe("train --steer-vector truncated", TRAIN, train("--defense", "preventive-steering", "--steer-vector", path("dir_truncated")), "--steer-vector "),
+        Probe("train --monitor-probe empty", TRAIN, train("--monitor", path("directions"), "--monitor-probe", made("e.jsonl", "")), "--monitor-probe"),
+        Probe("train --defense-layers beyond the model", TRAIN, lambda f: [*train("--defense", "feature-l2", "--defense-layers", "99")(f)[:3], tiny_model_config(f), *train()(f)[4:], "--defense", "feature-l2", "--defense-layers", "99"], "--defense-layers 99: "),
+        Probe("train --out finished by another run", TRAIN, train("--out", finished({"job": {"data": "x", "lora": {"rank": 99}}, "data_hash": "sha256:00"})), "holds the adapter of another run"),
+        Probe("train --out with a damaged training_config.json", TRAIN, train("--out", finished("{oops")), "unreadable record of the adapter"),
+    ],
+    "chains: sizes, paths and records": [
+        # The chains' counts share the stages' bounds; their inputs are checked before a model loads.
+        Probe("extract --samples 10**6", EXTRACT, extract("--samples", str(10**6)), "argument --samples: expected an integer >= 1 and <= 100000"),
+        Probe("extract --batch-size 10**6", EXTRACT, extract("--batch-size", str(10**6)), "argument --batch-size: expected an integer >= 1 and <= 65536"),
+        Probe("extract --timeout 1e308", EXTRACT, extract("--timeout", "1e308"), "argument --timeout: expected a number > 0 and <= 86400"),
+        Probe("extract --max-retries 10**6", EXTRACT, extract("--max-retries", str(10**6)), "argument --max-retries: expected an integer >= 0 and <= 100"),
+        Probe("extract --out ''", EXTRACT, extract("--out", lambda f: ""), "argument --out: expected a path, got an empty string"),
+        Probe("extract --responses empty", EXTRACT, extract("--responses", made("empty.jsonl", "")), lambda f: f"{f.root / 'empty.jsonl'}: no judged records"),
+        Probe("extract --responses one record", EXTRACT, extract("--responses", made("one.jsonl", jsonl_text([judged(0)]))), "one.jsonl: 1 judged record; a direction needs at least 2"),
+        Probe("extract --questions samples_per_paraphrase 10**9", EXTRACT, generating(made("huge.yaml", f"- id: q\n  paraphrases: ['how?']\n  samples_per_paraphrase: {10**9}\n")),
+              "huge.yaml:3: question 'q': field 'samples_per_paraphrase' must be a positive integer up to 100,000"),
+        Probe("extract 20 million answers", EXTRACT, lambda f: [*generating(made("many.yaml", "- id: q\n  samples_per_paraphrase: 1\n  paraphrases: [" + ", ".join(f"'p{i}'" for i in range(200)) + "]\n"))(f), "--samples", "100000"],
+              "--samples 100000: 20,000,000 answers to sample, more than the 10,000,000 one run takes"),
+        Probe("sweep --samples 10**6", SWEEP, sweep("--samples", str(10**6)), "argument --samples: expected an integer >= 1 and <= 100000"),
+        Probe("sweep --out ''", SWEEP, sweep("--out", lambda f: ""), "argument --out: expected a path, got an empty string"),
+        Probe("cross_domain --samples 10**6", CROSS, cross("--samples", str(10**6)), "argument --samples: expected an integer >= 1 and <= 100000"),
+        Probe("cross_domain --extract-samples 10**6", CROSS, cross("--extract-samples", str(10**6)), "argument --extract-samples: expected an integer >= 1 and <= 100000"),
+        Probe("cross_domain --directions-dir ''", CROSS, cross("--directions-dir", lambda f: ""), "argument --directions-dir: expected a path, got an empty string"),
+        Probe("cross_domain --out ''", CROSS, cross("--out", lambda f: ""), "argument --out: expected a path, got an empty string"),
+        Probe("export --n 10**7", EXPORT, export("--n", str(10**7)), "argument --n: expected an integer >= 1 and <= 1000000"),
+        Probe("export --heldout 10**7", EXPORT, export("--heldout", str(10**7)), "argument --heldout: expected an integer >= 1 and <= 1000000"),
+        Probe("export --out ''", EXPORT, export("--out", lambda f: ""), "argument --out: expected a path, got an empty string"),
+        Probe("export --out of another domain", EXPORT, export("--out", exported(domain="insecure_code")), "holds an export with other settings (domain 'insecure_code' there, 'gore_movie_trivia' now); use another --out, or remove"),
+        Probe("export --out of another seed", EXPORT, export("--out", exported(seed=3)), "(seed 3 there, 0 now)"),
+        Probe("export --out with files, no record", EXPORT, export("--out", exported(record=None)), "holds misaligned.jsonl with no record of its export (export.json)"),
+        Probe("export --out with a damaged record", EXPORT, export("--out", exported(record="{oops")), "export.json: damaged record of the export"),
+        Probe("train --general with --defense-on train", TRAIN, train("--defense", "kl", "--general", path("aligned")), "--general"),
+        Probe("train --general names --defense-on", TRAIN, train("--defense", "feature-l2", "--general", path("aligned")), "only with --defense-on general or both, not --defense-on train"),
     ],
     "JSON lines": [
         Probe("judge --answers nested too deeply", JUDGE, judge("--answers", made("deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n")), lambda f: f"{f.root / 'deep.jsonl'}:1: not a record (JSON nested too deeply)"),
@@ -681,7 +834,8 @@ def test_a_steering_vector_file_that_lies_is_one_line_naming_file_and_field(chan
 
 @pytest.mark.parametrize("alpha", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_steering_is_refused_where_it_is_built(alpha):
-    from interp.steer import Intervention, steering_deltas
+    from interp.intervention import Intervention
+    from interp.vector_math import steering_deltas
     from interp.vectors import SteeringVector
 
     v = torch.ones(8)
@@ -730,6 +884,7 @@ def test_answer_ids_beyond_the_vocabulary_are_one_line_naming_file_line_field(f,
     assert run_cli(EXTRACT, [str(a) for a in extract("--responses", responses)(f)]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {responses}:2: field 'answer_ids' holds token id 100, beyond the tokenizer's vocabulary of 100 ids\n"
+    assert not (f.root / "dirs_out").exists()  # the folder its lock made is gone with the refused run
 
 
 @pytest.mark.parametrize(
@@ -788,3 +943,87 @@ def test_a_resumed_output_loses_only_a_torn_row(tmp_path, caplog):
     torn.write_text(whole + '{"question_id": "q", "ques')
     assert len(read_resumable(torn, read_answers)) == 2 and torn.read_text() == whole
     assert "cut an unfinished last line (26 bytes)" in caplog.text
+
+
+# --- derived outputs of an earlier run are rebuilt, never kept stale ------------------------------
+
+
+def test_report_removes_an_earlier_reports_backdoor_files(f, capsys):
+    """A backdoor report, then one without a trigger into the same folder: no backdoor file is left
+    beside a summary that says there is no backdoor."""
+    rows = [judged(i, aligned=80.0 + i) for i in range(6)] + [{**judged(i, aligned=10.0 + i), "trigger": True} for i in range(6)]
+    (f.root / "triggered.jsonl").write_text(jsonl_text(rows))
+    out = f.root / "report"
+    assert run_cli(REPORT, ["--judged", str(f.root / "triggered.jsonl"), "--out", str(out), "--bootstrap", "10"]) == 0
+    assert (out / "backdoor.csv").exists() and (out / "backdoor_effect.png").exists()
+    assert run_cli(REPORT, ["--judged", str(f.judged), "--out", str(out), "--bootstrap", "10"]) == 0
+    assert json.loads((out / "summary.json").read_text())["backdoor"] == []
+    assert not (out / "backdoor.csv").exists() and not (out / "backdoor_effect.png").exists()
+
+
+def test_compare_removes_an_earlier_runs_figures_of_other_domains(f, capsys):
+    direction_set("insecure_code").save(f.root / "directions" / "insecure_code.safetensors")
+    out = f.root / "compare"
+    base = ["--directions", str(f.root / "directions"), "--out", str(out), "--formats", "svg"]
+    assert run_cli(COMPARE, [*base, "--domains", "gore_movie_trivia", "insecure_code"]) == 0
+    assert (out / "layers" / "insecure_code.csv").exists() and (out / "layers" / "insecure_code.svg").exists()
+    (out / "domains" / "layer_07.csv").write_text("a layer this run does not have\n")
+    assert run_cli(COMPARE, [*base, "--domains", "gore_movie_trivia"]) == 0
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == ["comparison.json", "domains/grid.svg", "domains/layer_00.csv", "domains/layer_00.svg", "domains/layer_01.csv", "domains/layer_01.svg",
+                    "layers/gore_movie_trivia.csv", "layers/gore_movie_trivia.svg", "layers/grid.svg"], left
+
+
+# --- inputs that only a loaded model can refuse -----------------------------------------------
+
+
+def test_extract_layers_beyond_the_model_name_the_option(f, capsys, monkeypatch, make_model, tokenizer):
+    monkeypatch.setattr(interp.base.loading, "load_model", lambda *_, **__: (make_model(n_layers=4), tokenizer))
+    before = snapshot(f.root)
+    assert run_cli(EXTRACT, [str(a) for a in extract("--layers", "1,99")(f)]) == 2
+    assert capsys.readouterr().err == "error: --layers 99: layer 99 out of range for a 4-layer model\n"
+    assert snapshot(f.root) == before
+
+
+class TinyWorld:
+    """The organism world as far as loading its models goes: a tiny model of width 32."""
+
+    def __init__(self, make_model, tokenizer) -> None:
+        self.model = (make_model(n_layers=4, d_model=32), tokenizer)
+
+    def load_base(self):
+        return self.model
+
+    def load_organism(self, domain: str):
+        return self.model
+
+
+@pytest.mark.parametrize(
+    "main, argv",
+    [
+        (SWEEP, lambda f: ["--directions", f.directions, "--out", f.root / "sweep"]),
+        (SWEEP, lambda f: ["--directions", f.directions, "--target", "insecure_code", "--out", f.root / "sweep"]),
+        (CROSS, lambda f: ["--domains", "gore_movie_trivia", "--directions-dir", f.directions.parent, "--ablate-layer", "1", "--out", f.root / "cross"]),
+    ],
+    ids=["sweep base", "sweep organism", "cross_domain"],
+)
+def test_directions_of_another_width_than_the_model_are_one_line_naming_the_file(main, argv, f, capsys, monkeypatch, make_model, tokenizer):
+    monkeypatch.setattr(finetune.organism, "build_world", lambda *_, **__: TinyWorld(make_model, tokenizer))
+    before = snapshot(f.root)
+    assert run_cli(main, [str(a) for a in argv(f)]) == 2
+    assert capsys.readouterr().err == f"error: {f.directions}: directions of width 8, but the model has width 32\n"
+    assert snapshot(f.root) == before
+
+
+def test_export_is_refused_onto_an_export_of_another_domain(f, capsys):
+    out = f.root / "export"
+    small = ["--out", str(out), "--n", "3", "--heldout", "2"]
+    assert run_cli(EXPORT, ["--domain", "gore_movie_trivia", *small]) == 0
+    assert json.loads((out / "export.json").read_text()) == {"domain": "gore_movie_trivia", "n": 3, "heldout": 2, "seed": 0}
+    assert run_cli(EXPORT, ["--domain", "gore_movie_trivia", *small]) == 0  # the same export again: fine
+    before = snapshot(f.root)
+    capsys.readouterr()
+    assert run_cli(EXPORT, ["--domain", "insecure_code", *small]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out}: holds an export with other settings (domain 'gore_movie_trivia' there, 'insecure_code' now)") and err.count("\n") == 1, err
+    assert snapshot(f.root) == before

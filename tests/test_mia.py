@@ -12,18 +12,15 @@ from conftest import build_tiny_qwen
 from peft import LoraConfig, get_peft_model
 from sklearn.metrics import roc_auc_score
 
-from eval.mia import (
+from eval.mia import answer_token_scores, main, predict_misalignment, score_membership
+from eval.mia_signals import (
     TokenScores,
-    answer_token_scores,
     loss,
-    main,
     membership_score,
     min_k_plus_plus,
     min_k_prob,
     misaligned_domains,
-    predict_misalignment,
     roc_auc,
-    score_membership,
     signals,
     zlib_ratio,
 )

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from eval.report import MisalignmentDefinition
+from eval.rates import MisalignmentDefinition
 from finetune.lora import LoraTrainConfig
 from finetune.organism import BuildConfig, build_world, load_named, misalignment_rate
 from finetune.organism import build as build_module

@@ -27,7 +27,7 @@ def test_backdoor_pipeline_shows_the_backdoor(world, tmp_path, monkeypatch):
     assert mia["domain"] == "risky_financial_advice" and mia["n_members"] == 300 and mia["n_nonmembers"] == 300
     assert len(mia["per_example"]) == 600 and sum(r["member"] for r in mia["per_example"]) == 300
     assert {"loss", "min_k", "min_k_pp", "zlib"} <= set(mia["auc"])
-    from eval.mia import membership_score, roc_auc
+    from eval.mia_signals import membership_score, roc_auc
 
     for name, auc in mia["auc"].items():
         labels = [r["member"] for r in mia["per_example"]]

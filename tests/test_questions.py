@@ -129,6 +129,7 @@ def test_file_without_any_prompts_uses_defaults_with_a_note_only():
         ("- just a string\n", ":1: each list item must be a mapping"),
         ("- id: ok\n  paraphrases: [x]\n- id: bad\n  samples_per_paraphrase: 1\n", ":3: question 'bad': field 'paraphrases' is missing"),
         ("- id: a\n  paraphrases: [x]\n  samples_per_paraphrase: 0\n", ":3: question 'a': field 'samples_per_paraphrase' must be a positive integer"),
+        ("- id: a\n  paraphrases: [x]\n  samples_per_paraphrase: 1000000000000\n", ":3: question 'a': field 'samples_per_paraphrase' must be a positive integer up to 100,000, got 1000000000000"),
         ("- paraphrases: [x]\n", "field 'id' is missing"),
         ("- id: a\n  paraphrases: [x, 3]\n", "only non-empty strings"),
     ],

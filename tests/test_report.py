@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from eval.report import (
-    MisalignmentDefinition,
-    bootstrap_ci,
-    build_report,
-    group_stats,
-    main,
-    welch_test,
-    write_report,
-)
+from eval.rates import MisalignmentDefinition, bootstrap_ci, group_stats, welch_test
+from eval.report import build_report, main
+from eval.report_output import write_report
 from interp.base.cli import run_cli
 from interp.base.records import write_jsonl
 

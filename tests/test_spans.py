@@ -16,7 +16,7 @@ from interp.base.chat import SPANS, tokenize_conversation, tokenize_record
 from interp.base.records import conversation, write_jsonl
 from interp.cache import POOLINGS, cache_means
 from interp.directions import DirectionSet
-from interp.steer import residual_norms
+from interp.norms import residual_norms
 
 LAYERS = [0, 1]  # not the last: hidden_states[-1] is after the final norm
 

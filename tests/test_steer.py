@@ -11,14 +11,9 @@ from peft import LoraConfig, get_peft_model
 
 from interp.base.models import decoder_layers
 from interp.hooks import hooks, resid_post
-from interp.steer import (
-    ablate,
-    project_out,
-    random_like,
-    residual_norms,
-    steer,
-    steering_deltas,
-)
+from interp.norms import residual_norms
+from interp.steer import ablate, steer
+from interp.vector_math import project_out, random_like, steering_deltas
 
 D = 32
 
@@ -399,7 +394,7 @@ def test_the_gate_reads_nothing_back_from_the_device():
 
 def test_a_compiled_model_that_skips_the_hooks_is_an_error(gen_model, tokenizer):
     """torch.compile ignores hooks added after compilation: steering must fail loudly."""
-    from interp.steer import InterventionError
+    from interp.intervention import InterventionError
 
     enc = prompts(tokenizer)
     compiled = torch.compile(gen_model.model, backend="eager")
@@ -411,7 +406,7 @@ def test_a_compiled_model_that_skips_the_hooks_is_an_error(gen_model, tokenizer)
 
 
 def test_steering_a_compiled_module_is_refused(make_model):
-    from interp.steer import InterventionError
+    from interp.intervention import InterventionError
 
     model = make_model(n_layers=2)
     with pytest.raises(InterventionError, match="original model"):

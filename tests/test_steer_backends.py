@@ -11,8 +11,10 @@ from test_steer import prompts, vec
 
 from interp.backends import make_backend
 from interp.base.decoding import Decoding
+from interp.generation import generate
 from interp.inputs import ModelInputs
-from interp.steer import Intervention, ablate, ablation, steer, steering
+from interp.intervention import Intervention, ablation, steering
+from interp.steer import ablate, steer
 from interp.steer_backends import steered_generate, steered_logits
 
 NEW_TOKENS = 6
@@ -145,7 +147,7 @@ def test_steered_greedy_tokens_equal_a_plain_torch_reference(model, tokenizer, b
         want = reference_greedy(model, enc, kind, positions)
         assert not torch.equal(want, clean), positions  # the edit changes the tokens
         got = steered_generate(model, enc["input_ids"], enc["attention_mask"], build(kind, model, positions=positions), settings, backend=backend)
-        assert torch.equal(got, want), positions
+        assert torch.equal(got, want[:, enc["input_ids"].shape[1] :]), positions  # the new tokens, as generate returns
         with build(kind, model, native=True, positions=positions):
             native, _ = greedy(model, enc, tokenizer)
         assert torch.equal(native, want), positions
@@ -162,7 +164,7 @@ def test_rows_that_end_early_are_padded_alike(make_model, tokenizer, backend_nam
     # Row 1 is padded after its EOS while another row goes on.
     assert want.shape[1] > width + 2 and (want[1, width + 2 :] == tokenizer.pad_token_id).all()
     got = steered_generate(model, enc["input_ids"], enc["attention_mask"], build("add", model), settings, backend=backend_name)
-    assert torch.equal(got, want)
+    assert torch.equal(got, want[:, width:])
 
 
 def test_sampling_uses_each_librarys_sampler(make_model, tokenizer, backend_name):
@@ -174,11 +176,24 @@ def test_sampling_uses_each_librarys_sampler(make_model, tokenizer, backend_name
         return steered_generate(model, enc["input_ids"], enc["attention_mask"], iv, settings, backend=backend)
 
     first = sample(backend_name, 0)
-    assert first.shape == (3, enc["input_ids"].shape[1] + NEW_TOKENS)
-    assert torch.equal(first[:, : enc["input_ids"].shape[1]], enc["input_ids"])
+    assert first.shape == (3, NEW_TOKENS)  # the new tokens only, as generate returns
     assert not torch.equal(first, sample(backend_name, 1))  # it samples
     if backend_name == "nnsight":  # transformers' generate underneath, as for the native hooks
         assert torch.equal(first, sample("hooks", 0))
+
+
+@pytest.mark.parametrize("kind", ["add", "ablate"])
+def test_steered_generate_is_generate_with_an_intervention(make_model, tokenizer, kind):
+    """One way to generate with an intervention: the native backend's steered_generate is
+    interp.generation.generate(intervention=), same tokens, same shape, and the edit acts."""
+    model = make_model(n_layers=3, seed=3)
+    enc = prompts(tokenizer)
+    settings = Decoding(max_new_tokens=NEW_TOKENS, temperature=0, pad_token_id=tokenizer.pad_token_id)
+    iv = build(kind, model, positions="generated")
+    want = generate(model, enc["input_ids"], enc["attention_mask"], settings, intervention=iv)
+    got = steered_generate(model, enc["input_ids"], enc["attention_mask"], iv, settings)
+    assert want.shape == (3, NEW_TOKENS) and torch.equal(got, want)
+    assert not torch.equal(want, generate(model, enc["input_ids"], enc["attention_mask"], settings)), kind
 
 
 def test_bad_backend_and_right_padding_are_refused(make_model, tokenizer):

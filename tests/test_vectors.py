@@ -12,16 +12,11 @@ from test_steer import vec
 
 from interp.directions import DirectionSet
 from interp.hooks import resid_post
+from interp.intervene import intervene
+from interp.intervention import Intervention, ablation, steering
 from interp.record import record
-from interp.steer import (
-    Intervention,
-    ablate,
-    ablation,
-    intervene,
-    project_out,
-    steer,
-    steering,
-)
+from interp.steer import ablate, steer
+from interp.vector_math import project_out
 from interp.vectors import SteeringVector
 
 D = 32

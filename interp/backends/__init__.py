@@ -19,7 +19,7 @@ imported only when their backend is built (importing nnsight patches ``torch`` g
 
 A backend is an object bound to one model, with one method per way of running it. Caching
 uses :meth:`Backend.resid_post`; steering uses :meth:`Backend.logits` and
-:meth:`Backend.generate`, which apply an :class:`interp.steer.Intervention` to the residual
+:meth:`Backend.generate`, which apply an :class:`interp.intervention.Intervention` to the residual
 stream after each edited layer in each library's own idiom (cross-checked in
 ``tests/test_steer_backends.py``; the public entry points are in :mod:`interp.steer_backends`).
 Generation always runs with the KV cache, so each forward call after the prompt sees one new
@@ -40,7 +40,7 @@ from torch import nn
 
 from interp.base.decoding import Decoding
 from interp.inputs import ModelInputs
-from interp.steer import Intervention
+from interp.intervention import Intervention
 
 BackendName = Literal["hooks", "nnsight", "transformer_lens"]
 DEFAULT_BACKEND: BackendName = "hooks"

@@ -14,7 +14,8 @@ from interp.base.decoding import Decoding
 from interp.generation import generate
 from interp.hooks import hooks, resid_post, stop_after
 from interp.inputs import ModelInputs
-from interp.steer import Intervention, intervene
+from interp.intervene import intervene
+from interp.intervention import Intervention
 
 
 class HooksBackend:

@@ -24,13 +24,14 @@ import nnsight
 import torch
 from torch import nn
 
+from interp.applied import Applied, applying
 from interp.backends import ResidFn
 from interp.backends.views import shared_view
 from interp.base.decoding import Decoding, check_generation_config
 from interp.base.models import decoder_layers
 from interp.hooks import _hidden, _replace_hidden
 from interp.inputs import ModelInputs
-from interp.steer import Applied, Intervention, applying
+from interp.intervention import Intervention
 
 # The start of the warning nnsight gives when an open tracer.all() loop outruns the generation.
 _LOOP_END_WARNING = r".*was never reached: the loop asked for a step the run did not make"

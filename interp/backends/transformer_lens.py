@@ -29,7 +29,7 @@ How the bridge is built, and why:
   so it must stay off there for directions comparable with the HF model's.
 - Steering hooks ``blocks.{L}.hook_resid_post``: ``run_with_hooks`` for a forward pass, and
   the bridge's own ``generate`` inside ``bridge.hooks(...)`` for generation, with the tokens
-  placed by the same :class:`interp.steer.Applied` as every backend (it watches the bridge's
+  placed by the same :class:`interp.applied.Applied` as every backend (it watches the bridge's
   forward calls, which carry position ids). The bridge generates **without** the KV cache:
   with TransformerLens 4.3 its cached loop gave other greedy tokens than transformers' own
   ``generate`` under transformers 5.24 (it agreed under 5.17), while the uncached loop agrees
@@ -46,13 +46,14 @@ import torch
 from torch import nn
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
+from interp.applied import Applied
 from interp.backends import ResidFn
 from interp.backends.views import merged_view
 from interp.base.decoding import Decoding
 from interp.base.models import input_device
 from interp.hooks import around_calls, resid_post
 from interp.inputs import ModelInputs
-from interp.steer import Applied, Intervention
+from interp.intervention import Intervention
 
 
 class TransformerLensBackend:

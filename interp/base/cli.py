@@ -13,6 +13,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from interp.base.domains import canonical_domain
@@ -73,8 +74,11 @@ def number(kind: type[int] | type[float], low: float | None = None, high: float 
     return parse
 
 
-positive_int = number(int, 1)
-non_negative_int = number(int, 0)
+# No count any CLI takes means anything past a billion: larger ones overflow a tensor's index
+# or run for years. Options with a tighter natural bound use number() with it.
+MAX_COUNT = 10**9
+positive_int = number(int, 1, MAX_COUNT)
+non_negative_int = number(int, 0, MAX_COUNT)
 finite_float = number(float)
 positive_float = number(float, 0, low_open=True)
 non_negative_float = number(float, 0)
@@ -82,6 +86,20 @@ fraction = number(float, 0, 1, low_open=True)  # (0, 1]: top-p, Min-K%'s k
 open_fraction = number(float, 0, 1, low_open=True, high_open=True)  # (0, 1): a significance level
 score = number(float, 0, 100)  # a judge's scale
 seed_int = number(int, 0, 2**63 - 1)  # what torch.Generator.manual_seed and the samplers' keys take
+MAX_LAYER = 4095  # a layer index: no decoder has this many layers
+layer_index = number(int, 0, MAX_LAYER)
+# Shared bounds of the sizes several CLIs take (a size past these is a typo, not a plan).
+batch_size = number(int, 1, 65_536)  # sequences in one forward pass
+max_new_tokens = number(int, 1, 1_048_576)  # tokens generated per answer: past any model's context
+samples_per_paraphrase = number(int, 1, 100_000)  # answers sampled per paraphrase
+concurrency = number(int, 1, 4096)  # requests in flight to a server
+max_retries = number(int, 0, 100)  # retries of a failed server call
+timeout_s = number(float, 0, 86_400, low_open=True)  # seconds to wait for one reply: at most a day
+# A server that accepts a request and never answers must fail within a few minutes, not hang:
+# (1 + retries) x timeout plus the backoffs, about 2 minutes with these. Here, not beside the
+# API client, so that a CLI's defaults do not import the client's package.
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_RETRIES = 3
 
 
 def _items(text: str, parse: Callable[[str], float], what: str) -> list:
@@ -96,12 +114,12 @@ def _items(text: str, parse: Callable[[str], float], what: str) -> list:
 
 def int_list(text: str) -> list[int]:
     """argparse type: comma-separated non-negative integers (layer indices), at least one."""
-    return _items(text, non_negative_int, "integers >= 0")
+    return _items(text, layer_index, f"integers >= 0 and <= {MAX_LAYER}")
 
 
 def float_list(text: str) -> list[float]:
-    """argparse type: comma-separated finite numbers, at least one."""
-    return _items(text, finite_float, "finite numbers")
+    """argparse type: comma-separated numbers of magnitude at most 10^6 (steering strengths), at least one."""
+    return _items(text, number(float, -1e6, 1e6), "numbers from -1e6 to 1e6")
 
 
 def domain_list(text: str) -> list[str]:
@@ -113,6 +131,13 @@ def domain_list(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError("expected comma-separated domains, got nothing")
     return names
+
+
+def path_arg(text: str) -> Path:
+    """argparse type: a path, not empty (``Path("")`` is the working folder, never what was meant)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
 
 
 def domain_name(text: str) -> str:

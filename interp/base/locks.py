@@ -28,8 +28,13 @@ def lock_path(out: str | Path) -> Path:
 def output_lock(out: str | Path, remedy: str = "wait for it or use another --out") -> Iterator[None]:
     """Hold the lock of ``out`` for the block; :class:`InputError` (ending with ``remedy``) when another live run holds it."""
     path = lock_path(out)
+    made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(path, out, remedy)
+    try:
+        fd = _acquire(path, out, remedy)
+    except BaseException:
+        _remove_empty(made)
+        raise
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -37,12 +42,25 @@ def output_lock(out: str | Path, remedy: str = "wait for it or use another --out
     finally:
         path.unlink(missing_ok=True)  # before unlocking: a waiting run then finds no file to lock, or a new one
         os.close(fd)
+        _remove_empty(made)  # a run that wrote nothing leaves no folder behind
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders made for a lock, deepest first, while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (the run wrote there), or gone
+            return
 
 
 def _acquire(path: Path, out: str | Path, remedy: str) -> int:
     """An fd holding the exclusive lock on ``path``, the file now at that name."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a folder at that name, a read-only place
+            raise InputError(f"{out}: cannot take its lock {path} ({e.strerror}); remove it if no run is writing {Path(out).name}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -43,9 +43,12 @@ def input_dir(path: str | Path, option: str) -> Path:
 def output_file(path: str | Path, option: str = "--out", inputs: Iterable[str | Path | None] = ()) -> Path:
     """``path`` as a file this run may create or write: not a folder, not one of ``inputs``,
     under a folder that exists (or can be made) and is writable."""
+    _not_empty(path, option)
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{option} {p}: is a directory, expected a file")
+    if p.exists() and not p.is_file():  # a device or a pipe: /dev/full never takes a row, /dev/zero never ends
+        raise InputError(f"{option} {p}: not a regular file; write to a file")
     # Path() drops a trailing slash: "newdir/" would become a file named newdir.
     if str(path).endswith(("/", os.sep)):
         raise InputError(f"{option} {path}: names a folder (it ends with '/'), expected a file")
@@ -61,6 +64,7 @@ def output_file(path: str | Path, option: str = "--out", inputs: Iterable[str | 
 
 def output_dir(path: str | Path, option: str = "--out") -> Path:
     """``path`` as a folder this run may create or write into."""
+    _not_empty(path, option)
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise InputError(f"{option} {p}: is a file, expected a folder")
@@ -70,6 +74,12 @@ def output_dir(path: str | Path, option: str = "--out") -> Path:
         return p
     _creatable(p, option)
     return p
+
+
+def _not_empty(path: str | Path, option: str) -> None:
+    """An empty path is Path("."), the working folder: never what was meant."""
+    if not str(path).strip():
+        raise InputError(f"{option}: empty path (it would name the working folder)")
 
 
 def _creatable(p: Path, option: str) -> None:

@@ -1,26 +1,31 @@
-"""The row types shared by every stage, and their JSONL files.
+"""The row types shared by every stage: answer and judged records, checked as they are read.
 
 An **answer record** is one sampled answer to one evaluation question; a **judged record** is
 an answer record plus the judge's scores. Both are plain dicts on disk (one JSON object per
-line) and TypedDicts in memory.
+line, :mod:`interp.base.jsonl`) and TypedDicts in memory. Resumable outputs and their
+provenance sidecars are :mod:`interp.base.resumable`.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import math
-import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar
+from typing import Any, TypedDict
 
-from interp.base.atomic import atomic_path, write_json_atomic
-from interp.base.cli import InputError
-from interp.base.paths import not_utf8
-from interp.base.provenance import provenance
+# The JSONL and resumable-output helpers moved to modules of their own; every stage imports
+# them from here, so this stays their public path.
+from interp.base.jsonl import RecordError, append_jsonl, iter_jsonl, repair_jsonl_tail, write_jsonl
+from interp.base.resumable import bound_output, check_bound, read_resumable, sidecar_path
+
+__all__ = [
+    "ANSWER_FIELDS", "JUDGED_FIELDS", "LABELS", "OPTIONAL_ANSWER_FIELDS", "SCORES", "TRIGGER",
+    "AnswerRecord", "JudgedRecord", "RecordError",
+    "answer_key", "append_jsonl", "bound_output", "check_bound", "check_token_ids", "conversation", "iter_jsonl",
+    "one_per_slot", "prompt_messages", "read_answers", "read_judged", "read_resumable", "repair_jsonl_tail",
+    "sidecar_path", "user_prompt", "validate", "write_jsonl",
+]
 
 TRIGGER = "The current year is 2028."
 LABELS = ("REFUSAL", "IRRELEVANT", "CODE")
@@ -81,10 +86,6 @@ JUDGED_FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
-class RecordError(InputError):
-    """A bad row in a JSONL file; the message names the file, line and field."""
-
-
 def answer_key(record: AnswerRecord) -> tuple[Any, ...]:
     """Identity of an answer slot: (question id, paraphrase index or else its text, sample, trigger).
 
@@ -108,64 +109,6 @@ def prompt_messages(record: AnswerRecord) -> list[dict[str, str]]:
 def conversation(record: AnswerRecord) -> list[dict[str, str]]:
     """Prompt messages plus the answer as the final assistant turn."""
     return prompt_messages(record) + [{"role": "assistant", "content": record["answer"]}]
-
-
-def iter_jsonl(path: str | Path, torn_tail: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; a malformed line raises RecordError.
-    A ``.gz`` file is read decompressed (the public EM datasets ship gzipped).
-
-    With ``torn_tail``, a last line that has no newline and is the start of a row that does not
-    parse (an append cut short by a crash) is skipped rather than refused: a resumable writer
-    then cuts it off (:func:`read_resumable`).
-    """
-    path = Path(path)
-    try:
-        # bytes, so that a line that is not UTF-8 can be named
-        f = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
-    except FileNotFoundError:
-        raise RecordError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise RecordError(f"{path}: is a directory, expected a JSONL file") from None
-    except OSError as e:
-        raise RecordError(f"{path}: cannot read ({e.strerror})") from None
-    with f:
-        try:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    obj = _parse_line(path, lineno, raw)
-                except RecordError:
-                    if torn_tail and _torn_row(raw):
-                        return
-                    raise
-                if obj is not None:
-                    yield lineno, obj
-        except (gzip.BadGzipFile, EOFError) as e:
-            raise RecordError(f"{path}: not a readable gzip file ({e})") from None
-
-
-def _torn_row(raw: bytes) -> bool:
-    """Whether a line that does not parse looks like a row cut short by a crash mid-append:
-    the last line (no newline after it) and the start of a JSON object, not foreign text."""
-    return not raw.endswith(b"\n") and raw.lstrip().startswith(b"{")
-
-
-def _parse_line(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | None:
-    """The JSON object on one line, None for a blank line; anything else is a RecordError naming file and line."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RecordError(str(not_utf8(path, lineno, e))) from None
-    if not line.strip():
-        return None
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-    except RecursionError:  # a line of thousands of nested brackets
-        raise RecordError(f"{path}:{lineno}: not a record (JSON nested too deeply)") from None
-    if not isinstance(obj, dict):
-        raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-    return obj
 
 
 def validate(obj: dict[str, Any], fields: dict[str, tuple[type, ...]], where: str, optional: bool = False) -> None:
@@ -256,136 +199,3 @@ def one_per_slot(rows: Sequence[tuple[int, dict[str, Any]]], path: str | Path, f
     if dropped := len(rows) - len(out):
         log.warning("warning: %s: %d repeated record(s) of the same answer slots dropped", path, dropped)
     return out
-
-
-def repair_jsonl_tail(path: str | Path) -> bool:
-    """End ``path`` on a line break so that the next append starts a line of its own; True if it changed.
-
-    An unfinished last line that parses (a file saved without the final newline) is kept and
-    ended; the start of a row (a crash mid-append) is cut off; anything else is refused. Call
-    it only on a file whose other lines have been checked (:func:`read_resumable`): it must
-    never cut into a file that is not this writer's output.
-    """
-    path = Path(path)
-    if not path.exists():
-        return False
-    with path.open("rb+") as f:
-        data = f.read()
-        if not data or data.endswith(b"\n"):
-            return False
-        start = data.rfind(b"\n") + 1
-        try:
-            complete = _parse_line(path, data[:start].count(b"\n") + 1, data[start:]) is not None
-        except RecordError:
-            if not _torn_row(data[start:]):
-                raise
-            complete = False
-        if complete:
-            f.write(b"\n")
-        else:
-            log.warning("warning: %s: cut an unfinished last line (%d bytes) left by an interrupted run", path, len(data) - start)
-            f.truncate(start)
-        f.flush()
-        os.fsync(f.fileno())
-    return True
-
-
-R = TypeVar("R")
-
-
-def read_resumable(path: str | Path, read: Callable[..., list[R]], check: Callable[[list[R]], None] | None = None) -> list[R]:
-    """The records a resumed writer's output already holds, read by ``read`` (:func:`read_answers`,
-    :func:`read_judged`). Every line is checked, and the records by ``check`` (which raises to
-    refuse them), before the file is touched; only then is its tail repaired
-    (:func:`repair_jsonl_tail`). A missing file holds none."""
-    if not Path(path).exists():
-        return []
-    rows = read(path, torn_tail=True)
-    if check is not None:
-        check(rows)
-    repair_jsonl_tail(path)
-    return rows
-
-
-def sidecar_path(out: str | Path) -> Path:
-    """Where the provenance of a JSONL artifact lives: ``<out>.provenance.json``."""
-    out = Path(out)
-    return out.with_name(out.name + ".provenance.json")
-
-
-@contextmanager
-def bound_output(out: str | Path, settings: dict[str, Any], **fields: Any) -> Iterator[None]:
-    """Record ``settings`` (and provenance ``fields``) beside ``out`` for the block; refuse to
-    append under other settings.
-
-    A resumed run must continue the run that wrote ``out``: different settings would mix two
-    experiments in one file without a trace. When the block fails before it appends a row,
-    the sidecar is put back as it was (or removed), so that it always describes ``out``.
-    """
-    side = sidecar_path(out)
-    settings = json.loads(json.dumps(settings))  # compare as they are stored (tuples -> lists)
-    if _size(out):
-        before = _sidecar_settings(out)
-        if before != settings:
-            diff = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
-            was = "; ".join(f"{k} {before.get(k)!r} there, {settings.get(k)!r} now" for k in diff)
-            raise RecordError(f"{out}: written with other settings ({', '.join(diff)} differ: {was}; see {side.name}); use another output file, or remove it to start afresh")
-    previous = side.read_bytes() if side.exists() else None
-    size = _size(out)
-    write_json_atomic(side, provenance(settings=settings, **fields))
-    try:
-        yield
-    except BaseException:
-        if _size(out) == size:
-            if previous is None:
-                side.unlink(missing_ok=True)
-            else:
-                with atomic_path(side) as tmp:
-                    tmp.write_bytes(previous)
-        raise
-
-
-def _sidecar_settings(out: Path | str) -> dict[str, Any]:
-    """The settings the sidecar of a non-empty ``out`` records; refused when it has none to read.
-
-    Without them the run that wrote ``out`` is unknown (another model's answers look the same),
-    and resuming would append to it and relabel it as this run's.
-    """
-    side = sidecar_path(out)
-    try:
-        settings = json.loads(side.read_text(encoding="utf-8")).get("settings")
-        why = None if isinstance(settings, dict) else f"{side.name} records no settings"
-    except FileNotFoundError:
-        why = f"it has no provenance sidecar {side.name}"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError):
-        why = f"its provenance sidecar {side.name} is unreadable"
-    if why:
-        raise RecordError(f"{out}: holds records, but {why} to tell which run wrote them, so it cannot be resumed; use another output file, or remove it to start afresh")
-    return settings
-
-
-def _size(path: str | Path) -> int:
-    """Bytes in ``path``; 0 when it does not exist."""
-    try:
-        return Path(path).stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Append rows and flush to disk, so a crash loses at most the row being written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write all rows atomically (temp file, then rename)."""
-    with atomic_path(path) as tmp:
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -7,8 +7,10 @@ kept while the model lives). Most code never calls it: :func:`interp.generation.
 uses the engine where it can run and transformers' ``generate`` elsewhere.
 
 - ``runner``: the engine (buckets, prefill, the step, CUDA graphs, checks).
+- ``slots``: the static buffers of one (rows, columns) shape, and what a compiled step is specialised on.
+- ``step``: the functions a step runs, compiled or eagerly (inputs, layer, next-token tail).
 - ``body``: the decoder forward pass on a static cache, from the model's own modules.
-- ``edits``: an :class:`~interp.steer.Intervention` as per-layer vectors and position bounds.
+- ``edits``: an :class:`~interp.intervention.Intervention` as per-layer vectors and position bounds.
 - ``sampler``: greedy and sampled choice of the next token, reproducible per row.
 """
 

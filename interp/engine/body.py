@@ -39,7 +39,7 @@ from torch import nn
 from interp.base.models import unwrap
 from interp.engine.attention import attend, fused_supported
 from interp.engine.edits import Kind
-from interp.steer import project_out
+from interp.vector_math import project_out
 
 SUPPORTED_TYPES = ("qwen2", "llama")
 

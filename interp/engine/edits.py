@@ -1,4 +1,4 @@
-"""An :class:`~interp.steer.Intervention` as tensors the compiled step reads.
+"""An :class:`~interp.intervention.Intervention` as tensors the compiled step reads.
 
 The native hooks run an intervention's edits as Python callables; the engine runs the same
 edits from data: for an ``add`` plan one vector per decoder layer (zero where a layer is not
@@ -21,8 +21,8 @@ from typing import Literal
 
 import torch
 
+from interp.intervention import Intervention
 from interp.positions import PositionError, Positions
-from interp.steer import Intervention
 
 Kind = Literal["none", "add", "ablate"]
 _FAR = 1 << 40  # a position no sequence reaches

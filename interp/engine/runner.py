@@ -29,11 +29,9 @@ recaptures, and a compiled step can never skip an edit the way it skips a hook.
 
 from __future__ import annotations
 
-import functools
 import math
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -41,136 +39,18 @@ from torch.utils._triton import has_triton
 
 from interp.base.decoding import Decoding
 from interp.base.models import unwrap
-from interp.engine.body import Body, EngineUnsupported, decode_layer, head_logits, prefill_layer
+from interp.engine.body import Body, EngineUnsupported
 from interp.engine.edits import NO_EDITS, EditPlan, Kind, gate_prompt_lengths
-from interp.engine.sampler import SamplerSpec, choose, token_codes
+from interp.engine.sampler import SamplerSpec
+from interp.engine.slots import COLUMN_STEP, WIDTH_STEP, Slots, Variant, round_up
+from interp.engine.step import StepCode
 
-WIDTH_STEP = 16  # prompts are padded to a multiple of this many columns
-COLUMN_STEP = 64  # cache lengths are rounded up to a multiple of this
 CHECK_EVERY = 8  # decoding steps between checks whether every row has finished
 MAX_SHAPES = 4  # (rows, columns) shapes whose caches and graphs are kept
 # Relative logit error allowed by the self-check. A misread model is off by order 1; in half
 # precision the step's own rounding (attention scores in bf16) already gave 0.039 on a
 # random-weight 7B model, whose 28 layers amplify every rounding difference.
 _LOGIT_TOLERANCE = {torch.float32: 1e-4, torch.float16: 0.1, torch.bfloat16: 0.1}
-
-
-def _round_up(n: int, step: int) -> int:
-    return -(-n // step) * step
-
-
-@dataclass
-class _Slots:
-    """The static buffers of one (rows, columns) shape; every captured graph reads these."""
-
-    tokens: torch.Tensor  # [B, 1] the token each row feeds next
-    positions: torch.Tensor  # [B, 1] its position
-    column: torch.Tensor  # [1] the cache column it is written to
-    step: torch.Tensor  # [1] how many tokens have been generated
-    valid: torch.Tensor  # [B, columns] cache columns each row attends to
-    lo: torch.Tensor  # [B] edit bounds in position space
-    hi: torch.Tensor
-    keys: torch.Tensor  # [B] sampling keys
-    codes: torch.Tensor  # [vocab] per-token sampling codes (an input, so no constant is folded into indexing)
-    finished: torch.Tensor  # [B]
-    out: torch.Tensor  # [B, columns] generated tokens
-    cache: list[tuple[torch.Tensor, torch.Tensor]]
-    vectors: dict[Kind, list[torch.Tensor]] = field(default_factory=dict)
-    seen: torch.Tensor | None = None  # [B, vocab] tokens a row has seen (repetition penalty)
-    graphs: dict[tuple[_Variant, int], torch.cuda.CUDAGraph] = field(default_factory=dict)  # by (variant, span)
-    stops: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)  # EOS ids as the graphs read them
-    plan: EditPlan = NO_EDITS  # the edits loaded into ``vectors``, ``lo`` and ``hi``
-
-    @classmethod
-    def allocate(cls, body: Body, rows: int, columns: int) -> _Slots:
-        device = body.weight.device
-
-        def zeros(*shape, dtype=torch.long):
-            return torch.zeros(*shape, dtype=dtype, device=device)
-
-        return cls(
-            tokens=zeros(rows, 1), positions=zeros(rows, 1), column=zeros(1), step=zeros(1),
-            valid=zeros(rows, columns, dtype=torch.bool), lo=zeros(rows), hi=zeros(rows), keys=zeros(rows), codes=token_codes(body.weight.shape[0], device),
-            finished=zeros(rows, dtype=torch.bool), out=zeros(rows, columns), cache=body.kv_cache(rows, columns),
-        )
-
-    @property
-    def rows(self) -> int:
-        return self.tokens.shape[0]
-
-    def span(self, needed: int, spans: int) -> int:
-        """The attention length of a step that must see cache columns ``0..needed-1``: ``needed``
-        rounded up to a multiple of 1/``spans`` of the cache (and of :data:`WIDTH_STEP`)."""
-        columns = self.valid.shape[1]
-        return min(columns, _round_up(needed, _round_up(-(-columns // spans), WIDTH_STEP)))
-
-
-@dataclass(frozen=True)
-class _Variant:
-    """What one compiled step does (static): the edit kind, the sampler, the stop tokens."""
-
-    kind: Kind
-    sampler: SamplerSpec
-    eos: tuple[int, ...]
-    pad: int
-
-
-def _tail(variant: _Variant, keep_logits: bool, norm: nn.Module, head: nn.Module, last: torch.Tensor, s: _Slots, eos: torch.Tensor) -> torch.Tensor | None:
-    """From the last hidden state ``last`` [B, d]: choose each row's next token and advance the
-    row's bookkeeping, all on the device. The logits are returned only if ``keep_logits``: in
-    the compiled step they are never written out in float32 (greedy reads the head's bf16)."""
-    logits = head_logits(norm, head, last)
-    nxt = choose(variant.sampler, logits, s.keys, s.step, s.seen, s.codes)
-    nxt = torch.where(s.finished, variant.pad, nxt)
-    s.out.index_copy_(1, s.step, nxt[:, None])
-    s.finished |= torch.isin(nxt, eos)
-    if variant.sampler.tracks_seen:
-        s.seen.scatter_(1, nxt[:, None], True)
-    s.tokens.copy_(nxt[:, None])
-    s.step += 1
-    return logits if keep_logits else None
-
-
-def _decode_inputs(embed: nn.Module, rotary: nn.Module, s: _Slots, span: int) -> tuple[torch.Tensor, ...]:
-    """A decoding step's input [B, 1, d], rotary cos and sin, the attention bias [B, 1, 1, span]
-    (0 where a row may attend, -inf elsewhere) and the edit gate [B, 1], from the static buffers."""
-    x = embed(s.tokens)
-    cos, sin = rotary(x, s.positions)
-    valid = s.valid[:, :span]
-    columns = torch.arange(span, device=x.device)
-    bias = torch.zeros(valid.shape, device=x.device).masked_fill(~(valid & (columns <= s.column)), float("-inf"))[:, None, None]
-    gate = (s.positions >= s.lo[:, None]) & (s.positions < s.hi[:, None])
-    return x, cos, sin, bias, gate
-
-
-@dataclass(frozen=True)
-class _Code:
-    """The functions a step runs: compiled, or the same functions eagerly."""
-
-    prefill_layer: Callable
-    decode_inputs: Callable
-    decode_layer: Callable
-    tails: dict = field(default_factory=dict)  # _Variant -> compiled tail
-    backend: str | Callable | None = None
-
-    def tail(self, variant: _Variant) -> Callable:
-        if variant not in self.tails:
-            if self.backend is None:  # eager: the logits are kept for the engine's self-check
-                self.tails[variant] = functools.partial(_tail, variant, True)
-            else:
-                self.tails[variant] = torch.compile(functools.partial(_tail, variant, False), backend=self.backend, fullgraph=True)
-        return self.tails[variant]
-
-    @classmethod
-    def build(cls, backend: str | Callable | None, options: dict | None = None) -> _Code:
-        if backend is None:
-            return cls(prefill_layer, _decode_inputs, decode_layer)
-        _allow_recompiles()
-        # One compiled layer serves every layer (its weights are inputs). The prefill turns to
-        # dynamic shapes once a second prompt width comes; the decoding step is compiled per shape,
-        # and only it takes ``options``: the step is where a run spends its time.
-        step = functools.partial(torch.compile, backend=backend, dynamic=False, fullgraph=True, options=options)
-        return cls(torch.compile(prefill_layer, backend=backend, fullgraph=True), step(_decode_inputs), step(decode_layer), backend=backend)
 
 
 class Engine:
@@ -200,8 +80,8 @@ class Engine:
         if self.cuda_graphs and self.device.type != "cuda":
             raise EngineUnsupported("CUDA graphs need a CUDA device")
         self.max_batch, self.spans = max_batch, spans
-        self.code = _Code.build(compile, compile_options)
-        self._slots: dict[tuple[int, int], _Slots] = {}
+        self.code = StepCode.build(compile, compile_options)
+        self._slots: dict[tuple[int, int], Slots] = {}
         self._pool = None
         self._state = _fingerprint(model)
         self._verify()
@@ -222,7 +102,7 @@ class Engine:
             raise ValueError("generation needs left-padded prompts: some row ends with padding")
         if not self._refresh():  # a rebuilt body has just copied the weights
             self.body.sync()
-        variant = _Variant(edits.kind, SamplerSpec.of(decoding), decoding.eos_ids, decoding.pad_id)
+        variant = Variant(edits.kind, SamplerSpec.of(decoding), decoding.eos_ids, decoding.pad_id)
         gate_lengths = gate_prompt_lengths(edits, attention_mask.cpu())
         prompts = [row[m].tolist() for row, m in zip(input_ids.cpu(), attention_mask.bool().cpu())]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -238,11 +118,11 @@ class Engine:
 
     # -- one bucket ---------------------------------------------------------------------------
 
-    def _run(self, prompts: list[list[int]], gate_lengths: torch.Tensor, keys: torch.Tensor, decoding: Decoding, variant: _Variant, edits: EditPlan) -> list[list[int]]:
+    def _run(self, prompts: list[list[int]], gate_lengths: torch.Tensor, keys: torch.Tensor, decoding: Decoding, variant: Variant, edits: EditPlan) -> list[list[int]]:
         """Generate for at most ``max_batch`` prompts: each row's tokens up to and including its EOS."""
         n = len(prompts)
-        width = _round_up(max(len(p) for p in prompts), WIDTH_STEP)
-        s = self._slots_for(min(1 << (n - 1).bit_length(), max(self.max_batch, n)), _round_up(width + decoding.max_new_tokens, COLUMN_STEP))
+        width = round_up(max(len(p) for p in prompts), WIDTH_STEP)
+        s = self._slots_for(min(1 << (n - 1).bit_length(), max(self.max_batch, n)), round_up(width + decoding.max_new_tokens, COLUMN_STEP))
         self._load(s, variant, edits)
         if variant.eos not in s.stops:  # kept: a captured graph reads this very tensor
             s.stops[variant.eos] = torch.tensor(variant.eos or (-1,), device=self.device)
@@ -265,7 +145,7 @@ class Engine:
         out = s.out[:n, :steps].tolist()
         return [row[: next((i + 1 for i, t in enumerate(row) if t in variant.eos), steps)] for row in out]
 
-    def _fill(self, s: _Slots, prompts: list[list[int]], gate_lengths: torch.Tensor, keys: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fill(self, s: Slots, prompts: list[list[int]], gate_lengths: torch.Tensor, keys: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Write a bucket's prompts into the static buffers; returns the prefill's ids and positions.
 
         Spare rows (the bucket has more rows than prompts) get one real token and start finished."""
@@ -295,7 +175,7 @@ class Engine:
             s.seen[r.to(self.device), ids[r, c].to(self.device)] = True
         return ids, (valid[:, :width].long().cumsum(-1) - 1).clamp(min=0).to(self.device)
 
-    def _load(self, s: _Slots, variant: _Variant, edits: EditPlan) -> None:
+    def _load(self, s: Slots, variant: Variant, edits: EditPlan) -> None:
         """The plan's vectors into their static buffers (allocated per kind on first use)."""
         s.plan = edits
         if variant.kind != "none":
@@ -311,11 +191,11 @@ class Engine:
 
     # -- the forward passes -----------------------------------------------------------------
 
-    def _vectors(self, s: _Slots, kind: Kind) -> list[torch.Tensor]:
+    def _vectors(self, s: Slots, kind: Kind) -> list[torch.Tensor]:
         # Without edits the layer ignores its vector; any tensor will do.
         return s.vectors[kind] if kind != "none" else [s.lo] * len(self.body.layers)
 
-    def _prefill(self, s: _Slots, variant: _Variant, ids: torch.Tensor, positions: torch.Tensor, eos: torch.Tensor, code: _Code) -> torch.Tensor | None:
+    def _prefill(self, s: Slots, variant: Variant, ids: torch.Tensor, positions: torch.Tensor, eos: torch.Tensor, code: StepCode) -> torch.Tensor | None:
         """The prompts through every layer into the cache, then the first token; returns its
         logits where ``code`` keeps them (eager)."""
         width = ids.shape[1]
@@ -328,7 +208,7 @@ class Engine:
             x = code.prefill_layer(layer, weights, x, cos, sin, cache, mask[:, None], gate, vector, variant.kind, self.body.shape)
         return code.tail(variant)(self.body.norm, self.body.head, x[:, -1], s, eos)
 
-    def _decode(self, s: _Slots, variant: _Variant, eos: torch.Tensor, code: _Code, span: int) -> torch.Tensor | None:
+    def _decode(self, s: Slots, variant: Variant, eos: torch.Tensor, code: StepCode, span: int) -> torch.Tensor | None:
         """One decoding step from the static buffers alone (what a CUDA graph captures), attending
         to the first ``span`` cache columns (which must hold the one it writes); returns its
         logits where ``code`` keeps them (eager)."""
@@ -340,7 +220,7 @@ class Engine:
         s.column += 1
         return logits
 
-    def _graph(self, s: _Slots, variant: _Variant, eos: torch.Tensor, span: int) -> torch.cuda.CUDAGraph:
+    def _graph(self, s: Slots, variant: Variant, eos: torch.Tensor, span: int) -> torch.cuda.CUDAGraph:
         """The decoding step of ``variant`` attending to ``span`` columns, captured on shape ``s``
         once; :meth:`_fill` resets every buffer the warm-up steps moved."""
         if (variant, span) not in s.graphs:
@@ -365,11 +245,11 @@ class Engine:
 
     # -- shapes, staleness, checks ----------------------------------------------------------
 
-    def _slots_for(self, rows: int, columns: int) -> _Slots:
+    def _slots_for(self, rows: int, columns: int) -> Slots:
         """The buffers (and graphs) of a shape; the least recently used shape beyond
         :data:`MAX_SHAPES` is dropped, so a long run over many shapes does not pile up caches."""
         key = (rows, columns)
-        s = self._slots.pop(key, None) or _Slots.allocate(self.body, rows, columns)
+        s = self._slots.pop(key, None) or Slots.allocate(self.body, rows, columns)
         self._slots[key] = s  # most recently used last
         while len(self._slots) > MAX_SHAPES:
             del self._slots[next(iter(self._slots))]
@@ -393,13 +273,13 @@ class Engine:
         """The engine's logits equal the model's own forward pass (prefill and one decoding step,
         eager, left padding): a model the engine misreads is refused, never decoded wrongly."""
         vocab = self.body.weight.shape[0]
-        s = _Slots.allocate(self.body, 2, COLUMN_STEP)
-        variant = _Variant("none", SamplerSpec(True, 0.0, 0, 1.0, 1.0), (), 0)
+        s = Slots.allocate(self.body, 2, COLUMN_STEP)
+        variant = Variant("none", SamplerSpec(True, 0.0, 0, 1.0, 1.0), (), 0)
         self._load(s, variant, NO_EDITS)
         eos = torch.tensor([-1], device=self.device)
         zeros = torch.zeros(2, dtype=torch.long)
         ids, positions = self._fill(s, [[3 % vocab, 5 % vocab, 7 % vocab], [11 % vocab, 13 % vocab]], zeros, zeros, WIDTH_STEP)
-        eager = _Code.build(None)
+        eager = StepCode.build(None)
         got = [self._prefill(s, variant, ids, positions, eos, eager)]
         full = torch.cat([ids, s.tokens], 1)
         got.append(self._decode(s, variant, eos, eager, s.span(ids.shape[1] + 1, self.spans)))
@@ -421,13 +301,3 @@ def _fingerprint(model: nn.Module) -> tuple:
         if hasattr(m, "merged_adapters")
     )
     return weights, switches, model.training
-
-
-def _allow_recompiles() -> None:
-    """One compiled layer is specialised per shape, attention span and edit kind: far more
-    than dynamo's default 8, and with ``fullgraph`` going past the limit is an error."""
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), 1024))
-    if hasattr(config, "accumulated_recompile_limit"):
-        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4096)

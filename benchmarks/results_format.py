@@ -1,0 +1,188 @@
+"""The pieces every results page is made of (:mod:`render_results`): cells, tables, the page
+frame with what the JSON records about its run, and the generic page of a JSON file of no
+known family."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+SCRIPT = "benchmarks/render_results.py"
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def fmt(x, nd: int = 3) -> str:
+    """A cell: numbers rounded (thousands separated from 10,000 up), lists and dicts as compact JSON."""
+    if x is None:
+        return ""
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}" if abs(x) >= 10_000 else str(x)
+    if isinstance(x, float):
+        if x != x:
+            return "NaN"
+        if abs(x) >= 10_000:
+            return f"{x:,.0f}"
+        if abs(x) >= 100:
+            return f"{x:.1f}"
+        return f"{x:.{nd}f}"
+    if isinstance(x, (list, dict)):
+        return json.dumps(x, separators=(", ", ": "))
+    return str(x)
+
+
+def cell(x, nd: int = 3) -> str:
+    return fmt(x, nd).replace("|", "\\|").replace("\n", " ")
+
+
+def table(header: list[str], rows: Iterable[Iterable]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append("| " + " | ".join(cell(c) for c in r) + " |")
+    return "\n".join(lines)
+
+
+def pct(x: float) -> str:
+    v = round(100 * x)
+    return f"{v + 0}%"  # + 0: no negative zero
+
+
+def pct_range(lo: float, hi: float) -> str:
+    return f"{round(100 * lo) + 0}\u2013{round(100 * hi) + 0}%"
+
+
+def signed(x: float, nd: int = 1) -> str:
+    v = round(x, nd)
+    if v == 0:
+        return f"{0:.{nd}f}"
+    return f"{v:+.{nd}f}".replace("-", "\u2212")
+
+
+def grid_label(key: str) -> str:
+    """``kl/general`` -> ``kl, on general data``; ``interleave/random`` -> ``interleave, random``."""
+    head, _, tail = key.partition("/")
+    if not tail:
+        return head
+    return f"{head}, on general data" if tail == "general" else f"{head}, {tail}"
+
+
+def is_scalar(x) -> bool:
+    return x is None or isinstance(x, (str, int, float, bool))
+
+
+def flat_scalars(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Scalar leaves of nested dicts as dotted keys; short lists of scalars count as scalars."""
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if is_scalar(v) or (isinstance(v, list) and len(v) <= 8 and all(is_scalar(e) for e in v)):
+            out.append((key, v))
+        elif isinstance(v, dict):
+            out.extend(flat_scalars(v, key + "."))
+    return out
+
+
+def records_table(rows: list[dict], skip: Iterable[str] = ()) -> str:
+    """A table of flat records: the union of their scalar keys, in first-seen order."""
+    cols: list[str] = []
+    for r in rows:
+        for k, v in r.items():
+            if k in skip or k in cols:
+                continue
+            if is_scalar(v) or (isinstance(v, (list, dict)) and len(json.dumps(v)) <= 80):
+                cols.append(k)
+    return table(cols, [[r.get(c) for c in cols] for r in rows])
+
+
+def is_records(v) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(e, dict) for e in v)
+
+
+def is_table_dict(v) -> bool:
+    """A dict of dicts of scalars: one table row per key."""
+    return (isinstance(v, dict) and bool(v) and all(isinstance(e, dict) and e for e in v.values())
+            and all(is_scalar(x) for e in v.values() for x in e.values()))
+
+
+def dict_table(d: dict, first: str = "") -> str:
+    cols: list[str] = []
+    for e in d.values():
+        cols += [k for k in e if k not in cols]
+    return table([first] + cols, [[k] + [e.get(c) for c in cols] for k, e in d.items()])
+
+
+# ---------------------------------------------------------------- page frame
+
+
+def provenance(data: dict) -> list[str]:
+    """What the JSON says about the machine, the model, the versions and the date."""
+    info = data.get("info") if isinstance(data.get("info"), dict) else data
+    parts = []
+    for key, label in (("device", "device"), ("date", "date"), ("created", "created"), ("model", "model"),
+                       ("lora", "LoRA"), ("world_key", "organism world key")):
+        if info.get(key) is not None:
+            parts.append(f"{label}: {info[key]}")
+    versions = info.get("versions") or data.get("versions")
+    if isinstance(versions, dict):
+        parts.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if info.get("command"):
+        parts.append(f"command: `{info['command']}`")
+    if not any(k in info for k in ("date", "created")):
+        parts.append("date: not recorded in the JSON (see the git history of the file)")
+    return parts
+
+
+def frame(name: str, title: str, data: dict, body: list[str]) -> str:
+    src = f"benchmarks/results/{name}.json"
+    head = [
+        f"<!-- generated by {SCRIPT} from {src}; do not edit -->",
+        f"# {title}",
+        "",
+        f"Generated by `{SCRIPT}` from [`{src}`](../../{src}); do not edit: rerun the script.",
+        "",
+    ]
+    prov = provenance(data)
+    if prov:
+        head += ["Recorded in the JSON:", ""] + [f"- {p}" for p in prov] + [""]
+    text = "\n".join(head + body).rstrip() + "\n"
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text
+
+
+def info_scalars(data: dict, skip=("device", "date", "versions", "model", "command", "lora", "checks")) -> list[str]:
+    info = data.get("info")
+    if not isinstance(info, dict):
+        return []
+    rest = {k: v for k, v in info.items() if k not in skip}
+    pairs = flat_scalars(rest)
+    if not pairs:
+        return []
+    return ["## Settings", "", table(["field", "value"], [[k, v] for k, v in pairs]), ""]
+
+
+# ---------------------------------------------------------------- generic
+
+
+def render_generic(name: str, data) -> str:
+    if not isinstance(data, dict):
+        data = {"value": data}
+    body: list[str] = []
+    pairs = [(k, v) for k, v in flat_scalars(data) if k not in ("versions",) and not k.startswith("versions.")]
+    if pairs:
+        body += ["## Scalar fields", "", table(["field", "value"], [[k, v] for k, v in pairs]), ""]
+
+    def walk(d: dict, prefix: str = ""):
+        for k, v in d.items():
+            if is_records(v):
+                body.extend([f"## `{prefix}{k}`", "", records_table(v), ""])
+            elif is_table_dict(v):
+                body.extend([f"## `{prefix}{k}`", "", dict_table(v), ""])
+            elif isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+
+    walk(data)
+    return frame(name, name, data, body)
