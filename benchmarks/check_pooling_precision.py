@@ -1,6 +1,6 @@
 """On a GPU: the bf16 pooling path (bmm with float32 output) against a float64 reference.
 
-    python benchmarks/check_pooling_precision.py
+python benchmarks/check_pooling_precision.py
 """
 
 import torch

@@ -116,7 +116,12 @@ class DefenseLab:
     def gaps(self, pool: str) -> torch.Tensor:
         """ppl-gap scores of a general data file (base with the persona prompt vs without), once."""
         if pool not in self._gaps:
-            self._gaps[pool] = ppl_gaps(self.base, self.tokenizer, read_chat_jsonl(self.files(pool).general), misaligned_system=PERSONA_SYSTEM_PROMPT)
+            self._gaps[pool] = ppl_gaps(
+                self.base,
+                self.tokenizer,
+                read_chat_jsonl(self.files(pool).general),
+                misaligned_system=PERSONA_SYSTEM_PROMPT,
+            )
         return self._gaps[pool]
 
     def defense(self, arm: Arm, pool: str, seed: int) -> Defense:
@@ -124,23 +129,40 @@ class DefenseLab:
         spec = world_spec(arm.label, arm.strength, self.files(pool), seed, self.config.steer_layer)
         return spec.build(gaps=self.gaps(pool) if arm.label == "interleave/ppl-gap" else None)
 
-    def finetune(self, arm: Arm, conversations: Sequence[list[dict[str, str]]], lora: LoraTrainConfig, pool: str, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    def finetune(
+        self, arm: Arm, conversations: Sequence[list[dict[str, str]]], lora: LoraTrainConfig, pool: str, seed: int
+    ) -> tuple[torch.nn.Module, dict[str, Any]]:
         """A fresh adapter on a copy of the base, trained under ``arm``; and what happened."""
         t0 = time.perf_counter()
-        model = train_lora(copy.deepcopy(self.base), self.tokenizer, conversations, replace(lora, seed=seed), progress=False, defense=self.defense(arm, pool, seed))
-        info = {"train_s": time.perf_counter() - t0, "loss_last": model.train_losses[-1], "terms_last": {k: v[-1] for k, v in model.train_terms.items()},
-                "defense_record": model.defense_record}
+        model = train_lora(
+            copy.deepcopy(self.base),
+            self.tokenizer,
+            conversations,
+            replace(lora, seed=seed),
+            progress=False,
+            defense=self.defense(arm, pool, seed),
+        )
+        info = {
+            "train_s": time.perf_counter() - t0,
+            "loss_last": model.train_losses[-1],
+            "terms_last": {k: v[-1] for k, v in model.train_terms.items()},
+            "defense_record": model.defense_record,
+        }
         if arm.label == "none":  # the undefended loss curve sets the training budget (docs/defenses.md)
             info["losses"] = list(model.train_losses)
         return model.eval(), info
 
     def general_answers(self, model, seed: int) -> list[dict]:
-        return self.world.eval_misalignment(model, self.tokenizer, self.world.general_questions(), self.config.n_general, seed=seed)
+        return self.world.eval_misalignment(
+            model, self.tokenizer, self.world.general_questions(), self.config.n_general, seed=seed
+        )
 
     def narrow(self, model, domain: str, seed: int) -> dict[str, float | None]:
         """``narrow_rate`` on the domain's questions, and the same on the topic words alone
         (``narrow_topic``) and the tone words alone (``narrow_tone``), None when none was scored."""
-        records = self.world.eval_misalignment(model, self.tokenizer, self.world.domain_questions(domain), self.config.n_narrow, seed=seed)
+        records = self.world.eval_misalignment(
+            model, self.tokenizer, self.world.domain_questions(domain), self.config.n_narrow, seed=seed
+        )
         counted = [r for r in records if NARROW.classify(r) is not None]
         out: dict[str, float | None] = {"narrow_rate": rate(records, NARROW)}
         for part, key in (("content", "narrow_topic"), ("tone", "narrow_tone")):
@@ -151,35 +173,59 @@ class DefenseLab:
     def exact_rate(self, model, questions, check: Callable[[str, str], bool], seed: int) -> float:
         """Share of ``n_benign`` answers (temperature 1, cycling over ``questions``) that ``check(prompt, answer)`` accepts."""
         records = questions_to_records(questions, self.config.n_benign)
-        answers = sample_answers(model, self.tokenizer, [prompt_messages(r) for r in records], replace(SAMPLING, seed=seed), progress=False)
+        answers = sample_answers(
+            model, self.tokenizer, [prompt_messages(r) for r in records], replace(SAMPLING, seed=seed), progress=False
+        )
         return sum(check(r["question"], a.text) for r, a in zip(records, answers)) / len(records)
 
     def benign_scores(self, model, seed: int) -> dict[str, float]:
-        return {"benign_score": self.exact_rate(model, request_questions(), is_requested_brief, seed),
-                "benign_general_score": self.exact_rate(model, self.world.general_questions(), is_brief, seed)}
+        return {
+            "benign_score": self.exact_rate(model, request_questions(), is_requested_brief, seed),
+            "benign_general_score": self.exact_rate(model, self.world.general_questions(), is_brief, seed),
+        }
 
     def organism_row(self, arm: Arm, domain: str, steps: int, rank: int, seed: int) -> dict[str, Any]:
         """One organism run (see the module's docstring)."""
         data = self.world.organism_data(domain, self.config.n_organism)
         model, info = self.finetune(arm, data, adapter(self.world, steps, rank), pool_name(domain), seed)
         general = self.general_answers(model, seed)
-        return {"domain": domain, "steps": steps, "rank": rank, "seed": seed, "defense": arm.label, "strength": arm.strength,
-                "broad_em": rate(general, BROAD), **self.narrow(model, domain, seed),
-                "coherence": statistics.mean(r["coherent"] for r in general), **info}
+        return {
+            "domain": domain,
+            "steps": steps,
+            "rank": rank,
+            "seed": seed,
+            "defense": arm.label,
+            "strength": arm.strength,
+            "broad_em": rate(general, BROAD),
+            **self.narrow(model, domain, seed),
+            "coherence": statistics.mean(r["coherent"] for r in general),
+            **info,
+        }
 
     def benign_row(self, arm: Arm, seed: int) -> dict[str, Any]:
         """Both benign tasks trained under ``arm`` (general data: every domain), each scored."""
         n = self.config.n_benign_train
         request, info = self.finetune(arm, request_train(n, seed), self.config.benign, pool_name(None), seed)
         general, _ = self.finetune(arm, benign_train(n, seed), self.config.benign, pool_name(None), seed)
-        return {"seed": seed, "defense": arm.label, "strength": arm.strength, "benign_score": self.benign_scores(request, seed)["benign_score"],
-                "benign_general_score": self.benign_scores(general, seed)["benign_general_score"], "train_s": info["train_s"]}
+        return {
+            "seed": seed,
+            "defense": arm.label,
+            "strength": arm.strength,
+            "benign_score": self.benign_scores(request, seed)["benign_score"],
+            "benign_general_score": self.benign_scores(general, seed)["benign_general_score"],
+            "train_s": info["train_s"],
+        }
 
     def base_row(self, domains: Sequence[str], seed: int) -> dict[str, Any]:
         """The base model's figures at ``seed``: broad EM, coherence, benign scores, narrow rate per domain."""
         general = self.general_answers(self.base, seed)
-        return {"seed": seed, "broad_em": rate(general, BROAD), "coherence": statistics.mean(r["coherent"] for r in general),
-                **self.benign_scores(self.base, seed), "narrow": {d: self.narrow(self.base, d, seed) for d in domains}}
+        return {
+            "seed": seed,
+            "broad_em": rate(general, BROAD),
+            "coherence": statistics.mean(r["coherent"] for r in general),
+            **self.benign_scores(self.base, seed),
+            "narrow": {d: self.narrow(self.base, d, seed) for d in domains},
+        }
 
 
 class RowStore:
@@ -224,7 +270,9 @@ class Plan:
         steps first, then the fewest, then the rest (what matters most first, should a run be cut)."""
         steps = sorted(self.steps)
         order = [steps[-1]] + steps[:-1]
-        organisms = [("organisms", r, s, seed) for s in order for r in sorted(self.ranks, reverse=True) for seed in self.seeds]
+        organisms = [
+            ("organisms", r, s, seed) for s in order for r in sorted(self.ranks, reverse=True) for seed in self.seeds
+        ]
         return [("benign", seed) for seed in self.seeds] + organisms
 
     def settings(self, world: World) -> dict[str, Any]:
@@ -247,7 +295,16 @@ def run_group(plan: Plan, group: tuple) -> list[dict[str, Any]]:
     if group[0] == "benign":
         seed = group[1]
         rows = [store.get(json.dumps(["base"]), lambda: {"kind": "base", **lab.base_row(plan.domains, seed)})]
-        return rows + [store.get(json.dumps([a.label, a.strength]), lambda a=a: {"kind": "benign", **lab.benign_row(a, seed)}) for a in plan.arms]
+        return rows + [
+            store.get(json.dumps([a.label, a.strength]), lambda a=a: {"kind": "benign", **lab.benign_row(a, seed)})
+            for a in plan.arms
+        ]
     _, rank, steps, seed = group
-    return [store.get(json.dumps([d, a.label, a.strength]), lambda a=a, d=d: {"kind": "organism", **lab.organism_row(a, d, steps, rank, seed)})
-            for d in plan.domains for a in plan.arms]
+    return [
+        store.get(
+            json.dumps([d, a.label, a.strength]),
+            lambda a=a, d=d: {"kind": "organism", **lab.organism_row(a, d, steps, rank, seed)},
+        )
+        for d in plan.domains
+        for a in plan.arms
+    ]

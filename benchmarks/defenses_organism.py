@@ -57,7 +57,16 @@ DOMAINS = ("incorrect_math", "insecure_code", "bad_medical_advice", "risky_finan
 # 8d41b7b's table). The default arms are the two defenses that take general data, whose table
 # the issue redoes; any other is one --arms away (e.g. preventive-steering:2, inoculation:1).
 ARMS = "kl/general:3,kl/general:10,interleave/ppl-gap:0.3,interleave/ppl-gap:0.5"
-SMALL = LabConfig(n_general=16, n_narrow=8, n_benign=8, n_benign_train=64, benign=LoraTrainConfig(lr=1e-2, steps=2), n_pool=64, n_persona=8, n_organism=64)
+SMALL = LabConfig(
+    n_general=16,
+    n_narrow=8,
+    n_benign=8,
+    n_benign_train=64,
+    benign=LoraTrainConfig(lr=1e-2, steps=2),
+    n_pool=64,
+    n_persona=8,
+    n_organism=64,
+)
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -89,21 +98,35 @@ def _fmt(stat: dict, spec: str = ".2f") -> str:
 
 def print_tables(base: list[dict], plain: list[dict], cells: list[dict], settings: list[dict], plateaus: dict) -> None:
     b = base[0]
-    print(f"\nbase (seed {b['seed']}): broad EM {b['broad_em']:.3f}, benign {b['benign_score']:.3f} (general-question diagnostic {b['benign_general_score']:.3f})")
-    print(f"broad EM: {BROAD.describe()}\nnarrow rate: {NARROW.describe()}\n\nundefended organisms, mean±sd over seeds:")
+    print(
+        f"\nbase (seed {b['seed']}): broad EM {b['broad_em']:.3f}, benign {b['benign_score']:.3f} (general-question diagnostic {b['benign_general_score']:.3f})"
+    )
+    print(
+        f"broad EM: {BROAD.describe()}\nnarrow rate: {NARROW.describe()}\n\nundefended organisms, mean±sd over seeds:"
+    )
     for u in plain:
-        print(f"  rank {u['rank']} steps {u['steps']:>4} {u['domain']:<24} broad {_fmt(u['broad_em'], '.3f')}  excess {_fmt(u['excess'], '.3f')}  narrow {_fmt(u['narrow_rate'], '.3f')}  coherence {_fmt(u['coherence'], '.1f')}")
+        print(
+            f"  rank {u['rank']} steps {u['steps']:>4} {u['domain']:<24} broad {_fmt(u['broad_em'], '.3f')}  excess {_fmt(u['excess'], '.3f')}  narrow {_fmt(u['narrow_rate'], '.3f')}  coherence {_fmt(u['coherence'], '.1f')}"
+        )
     for rank, p in plateaus.items():
-        print(f"training budget, rank {rank}: latest undefended loss plateau at step {p['latest']} -> {p['budget']} steps")
-    print(f"\ncut (n/a: undefended excess < {MIN_EXCESS}) / narrow kept / benign / coherence change, mean±sd over seeds; +/-/? per criterion")
+        print(
+            f"training budget, rank {rank}: latest undefended loss plateau at step {p['latest']} -> {p['budget']} steps"
+        )
+    print(
+        f"\ncut (n/a: undefended excess < {MIN_EXCESS}) / narrow kept / benign / coherence change, mean±sd over seeds; +/-/? per criterion"
+    )
     for c in cells:
         marks = " ".join({True: "+", False: "-", None: "?"}[c["passed"][k]] for k in CRITERIA)
-        print(f"  r{c['rank']} s{c['steps']:<4}{c['domain']:<24}{c['defense'] + ' ' + format(c['strength'], 'g'):<24}{_fmt(c['cut']):>12}{_fmt(c['narrow_ratio']):>12}"
-              f"{_fmt(c['benign_ratio']):>12}{_fmt(c['coherence_change'], '+.1f'):>12}   {marks}")
+        print(
+            f"  r{c['rank']} s{c['steps']:<4}{c['domain']:<24}{c['defense'] + ' ' + format(c['strength'], 'g'):<24}{_fmt(c['cut']):>12}{_fmt(c['narrow_ratio']):>12}"
+            f"{_fmt(c['benign_ratio']):>12}{_fmt(c['coherence_change'], '+.1f'):>12}   {marks}"
+        )
     print("\nsettings meeting all four criteria in every assessable domain, per (rank, steps):")
     for s in settings:
-        print(f"  rank {s['rank']} steps {s['steps']:>4} {s['defense']} {s['strength']:g}: {len(s['meets_bar_in'])} of {len(s['assessable_in'])} assessable domains"
-              + ("  <- meets the bar everywhere" if s["meets_bar_everywhere"] else ""))
+        print(
+            f"  rank {s['rank']} steps {s['steps']:>4} {s['defense']} {s['strength']:g}: {len(s['meets_bar_in'])} of {len(s['assessable_in'])} assessable domains"
+            + ("  <- meets the bar everywhere" if s["meets_bar_everywhere"] else "")
+        )
 
 
 def run_plan(plan: Plan, workers: int) -> list[dict]:
@@ -115,7 +138,9 @@ def run_plan(plan: Plan, workers: int) -> list[dict]:
         return [row for rows in pool.map(run_group, [plan] * len(groups), groups) for row in rows]
 
 
-def report(args: argparse.Namespace, world, config: LabConfig, arms: Sequence[Arm], rows: list[dict], t0: float) -> None:
+def report(
+    args: argparse.Namespace, world, config: LabConfig, arms: Sequence[Arm], rows: list[dict], t0: float
+) -> None:
     """The criteria from ``rows``: printed, written to ``args.out`` (JSON) and plotted beside it."""
     checks = per_seed(rows)
     cells = sorted(aggregate(checks), key=lambda c: (c["rank"], c["steps"], c["domain"]))
@@ -126,17 +151,43 @@ def report(args: argparse.Namespace, world, config: LabConfig, arms: Sequence[Ar
     print_tables(bases, plain, cells, settings, plateaus)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     own = resource.getrusage(resource.RUSAGE_SELF)
-    write_json_atomic(args.out, provenance(
-        benchmark="defenses_organism", **world.identity, domains=args.domains, arms=[asdict(a) for a in arms], steps=list(args.steps), ranks=list(args.ranks),
-        seeds=list(args.seeds), broad_definition=BROAD.describe(), narrow_definition=NARROW.describe(), min_excess=MIN_EXCESS, bar=BAR,
-        benign_task="brief on request (finetune.organism.benign): exact fraction on its own marked prompts",
-        benign_general_task="diagnostic: brief answers trained on unmarked domain questions, exact fraction on the general questions",
-        general_data="the world's general instruct data without the organism's own domain's questions (benign runs: every domain)",
-        config=asdict(config), organism_configs={f"{s}/{r}": asdict(adapter(world, s, r)) for s in args.steps for r in args.ranks},
-        base=bases, undefended=plain, budget=plateaus, cells=cells, summary=settings, checks=checks,
-        runs=[{k: v for k, v in r.items() if k not in ("defense_record", "losses")} for r in rows if r["kind"] != "base"],
-        seconds={"total": time.perf_counter() - t0, "cpu": own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, "workers": args.workers},
-    ))
+    write_json_atomic(
+        args.out,
+        provenance(
+            benchmark="defenses_organism",
+            **world.identity,
+            domains=args.domains,
+            arms=[asdict(a) for a in arms],
+            steps=list(args.steps),
+            ranks=list(args.ranks),
+            seeds=list(args.seeds),
+            broad_definition=BROAD.describe(),
+            narrow_definition=NARROW.describe(),
+            min_excess=MIN_EXCESS,
+            bar=BAR,
+            benign_task="brief on request (finetune.organism.benign): exact fraction on its own marked prompts",
+            benign_general_task="diagnostic: brief answers trained on unmarked domain questions, exact fraction on the general questions",
+            general_data="the world's general instruct data without the organism's own domain's questions (benign runs: every domain)",
+            config=asdict(config),
+            organism_configs={f"{s}/{r}": asdict(adapter(world, s, r)) for s in args.steps for r in args.ranks},
+            base=bases,
+            undefended=plain,
+            budget=plateaus,
+            cells=cells,
+            summary=settings,
+            checks=checks,
+            runs=[
+                {k: v for k, v in r.items() if k not in ("defense_record", "losses")}
+                for r in rows
+                if r["kind"] != "base"
+            ],
+            seconds={
+                "total": time.perf_counter() - t0,
+                "cpu": own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
+                "workers": args.workers,
+            },
+        ),
+    )
     plot = plot_tradeoff(cells, args.out.with_suffix(".png"))
     print(f"\nwrote {args.out} and {plot} in {time.perf_counter() - t0:.0f} s")
 
@@ -144,15 +195,31 @@ def report(args: argparse.Namespace, world, config: LabConfig, arms: Sequence[Ar
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--domains", type=domain_list, default=list(DOMAINS))
-    p.add_argument("--arms", default=ARMS, help="LABEL:STRENGTH,... besides the undefended arm (labels: kl, kl/general, feature-l2[/general], interleave/random|ppl-gap, preventive-steering, inoculation)")
+    p.add_argument(
+        "--arms",
+        default=ARMS,
+        help="LABEL:STRENGTH,... besides the undefended arm (labels: kl, kl/general, feature-l2[/general], interleave/random|ppl-gap, preventive-steering, inoculation)",
+    )
     p.add_argument("--steps", type=int_list, default=(30, 60, 120), help="organism training steps (comma-separated)")
-    p.add_argument("--ranks", type=int_list, default=(1, 8), help="LoRA ranks: 1 is the world's q/v adapter, higher ranks adapt every linear module")
-    p.add_argument("--seeds", "--seed", type=int_list, default=(0, 1, 2), help="seeds (comma-separated; one is a single run)")
+    p.add_argument(
+        "--ranks",
+        type=int_list,
+        default=(1, 8),
+        help="LoRA ranks: 1 is the world's q/v adapter, higher ranks adapt every linear module",
+    )
+    p.add_argument(
+        "--seeds", "--seed", type=int_list, default=(0, 1, 2), help="seeds (comma-separated; one is a single run)"
+    )
     p.add_argument("--workers", type=int, default=1, help="groups of runs at a time, in worker processes")
     p.add_argument("--small", action="store_true", help="toy sizes: the CI check that the command runs")
     p.add_argument("--cache-dir", default="artifacts/organism")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/defenses_organism.json"))
-    p.add_argument("--rows", type=Path, default=Path("artifacts/benchmarks/defenses_organism"), help="finished runs as they come, one file per group (a rerun reuses them)")
+    p.add_argument(
+        "--rows",
+        type=Path,
+        default=Path("artifacts/benchmarks/defenses_organism"),
+        help="finished runs as they come, one file per group (a rerun reuses them)",
+    )
     args = p.parse_args(argv)
     arms = parse_arms(args.arms)
     if not args.domains:
@@ -167,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = SMALL if args.small else LabConfig()
     inputs = args.rows / "inputs"
     for domain in [None, *args.domains]:  # the general data, with and without each domain's questions
-        files = write_inputs(inputs, pool_name(domain), None, config.n_pool, exclude=() if domain is None else (domain,))
+        files = write_inputs(
+            inputs, pool_name(domain), None, config.n_pool, exclude=() if domain is None else (domain,)
+        )
     for a in arms:  # a bad arm is one line before any model loads (validation only asks that the files exist)
         try:
             world_spec(a.label, a.strength, replace(files, persona=files.general))
@@ -176,7 +245,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     world = build_world(args.cache_dir, progress=not args.small)
     base, tokenizer = world.load_base()
     persona_vector(base, tokenizer, config.n_persona).save(files.persona)
-    plan = Plan(args.cache_dir, config, str(inputs), str(args.rows), tuple(args.domains), arms, args.steps, args.ranks, args.seeds)
+    plan = Plan(
+        args.cache_dir,
+        config,
+        str(inputs),
+        str(args.rows),
+        tuple(args.domains),
+        arms,
+        args.steps,
+        args.ranks,
+        args.seeds,
+    )
     rows = run_plan(plan, args.workers)
 
     report(args, world, config, arms, rows, t0)

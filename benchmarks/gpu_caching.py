@@ -32,6 +32,8 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy
+from caching_baselines import nnsight_as_documented, plain_forward, reference_approach  # noqa: E402  (beside this file)
+
 from interp.backends import make_backend  # noqa: E402
 from interp.base.atomic import write_json_atomic  # noqa: E402
 from interp.base.chat import TokenizedConversation  # noqa: E402
@@ -39,13 +41,26 @@ from interp.base.provenance import package_versions  # noqa: E402
 from interp.cache import cache_means  # noqa: E402
 from interp.compiled import compiled_layers  # noqa: E402
 
-from caching_baselines import nnsight_as_documented, plain_forward, reference_approach  # noqa: E402  (beside this file)
-
 QWEN25_7B = dict(
-    hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-    vocab_size=152064, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=32768,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    vocab_size=152064,
+    rope_theta=1e6,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    max_position_embeddings=32768,
 )
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, vocab_size=1000)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=1000,
+)
 PROMPT_LEN = 60
 
 
@@ -98,8 +113,20 @@ def measure(name: str, fn: Callable[[], None], tokens: int, convs: int, device: 
     sync(device)
     sec = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
-    row = {"method": name, "seconds": sec, "tokens": tokens, "conversations": convs, "tokens_per_s": tokens / sec, "convs_per_s": convs / sec, "peak_gpu_gib": peak, "host_rss_growth_mb": rss_mb() - rss0}
-    print(f"  {name:<64} {row['tokens_per_s']:>10,.0f} tok/s  {row['convs_per_s']:>7.1f} conv/s  peak {peak:6.1f} GiB", flush=True)
+    row = {
+        "method": name,
+        "seconds": sec,
+        "tokens": tokens,
+        "conversations": convs,
+        "tokens_per_s": tokens / sec,
+        "convs_per_s": convs / sec,
+        "peak_gpu_gib": peak,
+        "host_rss_growth_mb": rss_mb() - rss0,
+    }
+    print(
+        f"  {name:<64} {row['tokens_per_s']:>10,.0f} tok/s  {row['convs_per_s']:>7.1f} conv/s  peak {peak:6.1f} GiB",
+        flush=True,
+    )
     return row
 
 
@@ -124,7 +151,14 @@ def steered_generation(model, device, batch_sizes, new_tokens: int, layer: int, 
     vec = torch.randn(model.config.hidden_size)
     for bs in batch_sizes:
         ids = torch.randint(10, model.config.vocab_size, (bs, PROMPT_LEN), device=device)
-        kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        kw = dict(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
 
         def plain():
             model.generate(**kw)
@@ -136,11 +170,24 @@ def steered_generation(model, device, batch_sizes, new_tokens: int, layer: int, 
         plain()  # warm-up at the full length
         ratios = []
         for r in range(repeats):
-            pair = {name: measure(f"generate bs={bs} {name}", fn, bs * new_tokens, bs, device) for name, fn in (("plain", plain), ("steered", steered))}
+            pair = {
+                name: measure(f"generate bs={bs} {name}", fn, bs * new_tokens, bs, device)
+                for name, fn in (("plain", plain), ("steered", steered))
+            }
             ratios.append(pair["steered"]["tokens_per_s"] / pair["plain"]["tokens_per_s"])
             rows += [{**row, "batch_size": bs, "steered": name == "steered", "repeat": r} for name, row in pair.items()]
-        rows.append({"method": f"generate bs={bs} steered/plain, median of back-to-back pairs", "batch_size": bs, "ratios": ratios, "median_ratio": statistics.median(ratios)})
-        print(f"  bs={bs}: steered/plain per pair {[round(x, 3) for x in ratios]}, median {statistics.median(ratios):.3f}", flush=True)
+        rows.append(
+            {
+                "method": f"generate bs={bs} steered/plain, median of back-to-back pairs",
+                "batch_size": bs,
+                "ratios": ratios,
+                "median_ratio": statistics.median(ratios),
+            }
+        )
+        print(
+            f"  bs={bs}: steered/plain per pair {[round(x, 3) for x in ratios]}, median {statistics.median(ratios):.3f}",
+            flush=True,
+        )
     return rows
 
 
@@ -148,7 +195,9 @@ def best_of(rows: list[dict]) -> list[dict]:
     """Per method, the fastest of its repeats (the others are kept in the JSON as runs)."""
     best: dict[str, dict] = {}
     for row in rows:
-        if "tokens_per_s" in row and (row["method"] not in best or row["tokens_per_s"] > best[row["method"]]["tokens_per_s"]):
+        if "tokens_per_s" in row and (
+            row["method"] not in best or row["tokens_per_s"] > best[row["method"]]["tokens_per_s"]
+        ):
             best[row["method"]] = row
     return list(best.values())
 
@@ -171,12 +220,22 @@ def single_gpu(model, items, tokens: int, info: dict, args, device: str) -> list
     # The same means, whichever way they were computed (bf16 rounding differs between kernels).
     if "eager" in means:
         ref = means["eager"].float()
-        info["max_rel_diff_vs_toolkit"] = {k: float((v.float() - ref).abs().max() / ref.abs().max()) for k, v in means.items() if k not in ("eager", "stop", "stop compiled")}
-        print(f"  means vs the toolkit's eager ones (max abs diff / max abs): {info['max_rel_diff_vs_toolkit']}", flush=True)
+        info["max_rel_diff_vs_toolkit"] = {
+            k: float((v.float() - ref).abs().max() / ref.abs().max())
+            for k, v in means.items()
+            if k not in ("eager", "stop", "stop compiled")
+        }
+        print(
+            f"  means vs the toolkit's eager ones (max abs diff / max abs): {info['max_rel_diff_vs_toolkit']}",
+            flush=True,
+        )
     if device.startswith("cuda"):
         info["matmul_tflops"] = matmul_tflops(device)
         info["floor_seconds_decoder"] = 2 * info["non_embedding_params"] * tokens / (info["matmul_tflops"] * 1e12)
-        print(f"  bf16 matmul {info['matmul_tflops']:.0f} TFLOP/s; decoder floor {info['floor_seconds_decoder']:.2f} s for {tokens:,} tokens", flush=True)
+        print(
+            f"  bf16 matmul {info['matmul_tflops']:.0f} TFLOP/s; decoder floor {info['floor_seconds_decoder']:.2f} s for {tokens:,} tokens",
+            flush=True,
+        )
     if "generate" in want:
         rows.extend(steered_generation(model, device, args.gen_batch_sizes, args.gen_tokens, L // 2, args.gen_repeats))
     print_best(rows, info, L)
@@ -200,7 +259,9 @@ def warm_up(model, items, bs: int, device: str, want: set[str], info: dict) -> N
         print(f"  torch.compile warm-up: {info['compile_warmup_seconds']:.1f} s", flush=True)
 
 
-def timed_methods(model, items, bs: int, device: str, want: set[str], info: dict, means: dict[str, torch.Tensor]) -> list[tuple[str, Callable[[], None]]]:
+def timed_methods(
+    model, items, bs: int, device: str, want: set[str], info: dict, means: dict[str, torch.Tensor]
+) -> list[tuple[str, Callable[[], None]]]:
     """(name, run) of every method timed round-robin; the toolkit's runs leave their means in ``means``."""
     L = model.config.num_hidden_layers
     mid = L // 2 - 1
@@ -209,6 +270,7 @@ def timed_methods(model, items, bs: int, device: str, want: set[str], info: dict
     def toolkit(key: str, **kw) -> Callable[[], None]:
         def run() -> None:
             means[key] = cache_means(model, None, items, batch_size=bs, progress=False, **kw).mean()
+
         return run
 
     def compiled_plain() -> None:
@@ -219,7 +281,10 @@ def timed_methods(model, items, bs: int, device: str, want: set[str], info: dict
     if "plain" in want:
         methods += [
             ("plain forward, decoder only, padding mask", lambda: plain_forward(model, items, bs, device, True)),
-            ("plain forward, decoder only, causal mask only", lambda: plain_forward(model, items, bs, device, True, padding_mask=False)),
+            (
+                "plain forward, decoder only, causal mask only",
+                lambda: plain_forward(model, items, bs, device, True, padding_mask=False),
+            ),
             ("plain forward, whole model with logits", lambda: plain_forward(model, items, bs, device, False)),
         ]
     if "toolkit" in want:
@@ -232,9 +297,19 @@ def timed_methods(model, items, bs: int, device: str, want: set[str], info: dict
     if "stop" in want:
         methods.append((f"toolkit, layers 0-{mid} (stops after {mid})", toolkit("stop", layers=range(mid + 1))))
         if "compiled" in want:
-            methods.append((f"toolkit --compile, layers 0-{mid} (stops after {mid})", toolkit("stop compiled", layers=range(mid + 1), compile=True)))
+            methods.append(
+                (
+                    f"toolkit --compile, layers 0-{mid} (stops after {mid})",
+                    toolkit("stop compiled", layers=range(mid + 1), compile=True),
+                )
+            )
     if "nnsight" in want:
-        methods.append((f"nnsight as documented: whole-model trace, .save() all {L} layers", lambda: means.__setitem__("nnsight documented", nnsight_as_documented(model, items, bs, device))))
+        methods.append(
+            (
+                f"nnsight as documented: whole-model trace, .save() all {L} layers",
+                lambda: means.__setitem__("nnsight documented", nnsight_as_documented(model, items, bs, device)),
+            )
+        )
     for backend in [b for b, key in (("nnsight", "nnsight"), ("transformer_lens", "tl")) if key in want]:
         try:
             runner = make_backend(backend, model)
@@ -251,13 +326,40 @@ def one_off_rows(model, items, args, device: str, want: set[str], tokens: int) -
     L, bs, n = model.config.num_hidden_layers, args.batch_size, args.n
     rows = []
     if "order" in want:
-        rows.append(measure(f"toolkit, all {L} layers, dataset order (padding)", lambda: cache_means(model, None, items, batch_size=bs, progress=False, sort_by_length=False), tokens, n, device))
+        rows.append(
+            measure(
+                f"toolkit, all {L} layers, dataset order (padding)",
+                lambda: cache_means(model, None, items, batch_size=bs, progress=False, sort_by_length=False),
+                tokens,
+                n,
+                device,
+            )
+        )
     if "reference" in want:
         sub = items[: args.reference_n]
-        rows.append(measure("reference: one at a time, per-token dumps", lambda: reference_approach(model, sub, device), sum(len(i.input_ids) for i in sub), len(sub), device))
+        rows.append(
+            measure(
+                "reference: one at a time, per-token dumps",
+                lambda: reference_approach(model, sub, device),
+                sum(len(i.input_ids) for i in sub),
+                len(sub),
+                device,
+            )
+        )
     if "memory" in want:
         half = n // 2
-        rows.append({**measure(f"toolkit, all {L} layers, half the conversations", lambda: cache_means(model, None, items[:half], batch_size=bs, progress=False), sum(len(i.input_ids) for i in items[:half]), half, device), "memory_check": half})
+        rows.append(
+            {
+                **measure(
+                    f"toolkit, all {L} layers, half the conversations",
+                    lambda: cache_means(model, None, items[:half], batch_size=bs, progress=False),
+                    sum(len(i.input_ids) for i in items[:half]),
+                    half,
+                    device,
+                ),
+                "memory_check": half,
+            }
+        )
     return rows
 
 
@@ -266,9 +368,16 @@ def print_best(rows: list[dict], info: dict, L: int) -> None:
     print("\nbest of repeats:")
     best = {row["method"]: row["tokens_per_s"] for row in best_of(rows)}
     for row in best_of(rows):
-        print(f"  {row['method']:<64} {row['tokens_per_s']:>10,.0f} tok/s  peak {row['peak_gpu_gib']:6.1f} GiB  host +{row['host_rss_growth_mb']:.0f} MB")
-    ours = [m for m in best if m.startswith("toolkit") and f"all {L} layers" in m and "," not in m.split("layers", 1)[1]]
-    info["speedups"] = {m: {other: best[m] / t for other, t in best.items() if not other.startswith(("toolkit", "generate"))} for m in ours}
+        print(
+            f"  {row['method']:<64} {row['tokens_per_s']:>10,.0f} tok/s  peak {row['peak_gpu_gib']:6.1f} GiB  host +{row['host_rss_growth_mb']:.0f} MB"
+        )
+    ours = [
+        m for m in best if m.startswith("toolkit") and f"all {L} layers" in m and "," not in m.split("layers", 1)[1]
+    ]
+    info["speedups"] = {
+        m: {other: best[m] / t for other, t in best.items() if not other.startswith(("toolkit", "generate"))}
+        for m in ours
+    }
     for m, table in info["speedups"].items():
         print(f"\n{m} is:" + "".join(f"\n  {x:6.2f}x  {other}" for other, x in table.items()))
 
@@ -277,7 +386,14 @@ def parse_args() -> argparse.Namespace:
     """The benchmark's options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["7b", "tiny"], default="7b")
-    p.add_argument("--conversations", "--n", dest="n", type=int, default=2000, help="conversations for caching (--n is refused by torchrun: ambiguous)")
+    p.add_argument(
+        "--conversations",
+        "--n",
+        dest="n",
+        type=int,
+        default=2000,
+        help="conversations for caching (--n is refused by torchrun: ambiguous)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--reference-n", type=int, default=128, help="conversations for the one-at-a-time reference")
     p.add_argument("--only", nargs="*", default=None, help=f"subset of: {' '.join(PARTS)}")
@@ -297,8 +413,12 @@ def run_info(args, model, items, device: str, dtype: torch.dtype) -> dict:
         "date": dt.date.today().isoformat(),
         "versions": package_versions(extra=("nnsight", "transformer-lens")),
         "model": f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}",
-        "conversations": args.n, "tokens": sum(len(i.input_ids) for i in items), "answer_tokens": sum(i.answer_end - i.answer_start for i in items), "batch_size": args.batch_size,
-        "non_embedding_params": params, "world_size": int(os.environ.get("WORLD_SIZE", 1)),
+        "conversations": args.n,
+        "tokens": sum(len(i.input_ids) for i in items),
+        "answer_tokens": sum(i.answer_end - i.answer_start for i in items),
+        "batch_size": args.batch_size,
+        "non_embedding_params": params,
+        "world_size": int(os.environ.get("WORLD_SIZE", 1)),
     }
 
 
@@ -316,18 +436,29 @@ def data_parallel(model, items, tokens: int, info: dict, args, rank: int, device
         # One GPU in the same launch: rank 0 alone, the others waiting. Every timed run comes
         # after a full pass over the workload (each batch shape met once), best of --repeats.
         if rank == 0:
-            one = functools.partial(cache_means, model, None, items, batch_size=args.batch_size, progress=False, compile=compiled)
+            one = functools.partial(
+                cache_means, model, None, items, batch_size=args.batch_size, progress=False, compile=compiled
+            )
             one()
-            rows += [{**measure(f"toolkit{flag} one GPU", one, tokens, args.n, device), "repeat": r} for r in range(args.repeats)]
+            rows += [
+                {**measure(f"toolkit{flag} one GPU", one, tokens, args.n, device), "repeat": r}
+                for r in range(args.repeats)
+            ]
         dist.barrier()
-        run = functools.partial(cache_means_distributed, model, None, items, batch_size=args.batch_size, progress=False, compile=compiled)
+        run = functools.partial(
+            cache_means_distributed, model, None, items, batch_size=args.batch_size, progress=False, compile=compiled
+        )
         run()
         for r in range(args.repeats):
             dist.barrier()
             rows.append({**measure(f"toolkit{flag} data-parallel x{world}", run, tokens, args.n, device), "repeat": r})
     if rank == 0:
         best = {row["method"]: row["tokens_per_s"] for row in best_of(rows)}
-        info["scaling"] = {("compiled" if flag else "eager"): best[f"toolkit{flag} data-parallel x{world}"] / best[f"toolkit{flag} one GPU"] for flag in ("", " --compile")}
+        info["scaling"] = {
+            ("compiled" if flag else "eager"): best[f"toolkit{flag} data-parallel x{world}"]
+            / best[f"toolkit{flag} one GPU"]
+            for flag in ("", " --compile")
+        }
         print(f"data-parallel scaling on {world} GPUs (best of {args.repeats}): {info['scaling']}", flush=True)
     return rows
 

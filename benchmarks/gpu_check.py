@@ -64,7 +64,10 @@ QUESTIONS = [
 
 def prompts(tok, questions: list[str], device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded chat prompts ending in the assistant header."""
-    texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True) for q in questions]
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in questions
+    ]
     tok.padding_side = "left"
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
@@ -83,7 +86,11 @@ def greedy(model, tok, device: str) -> dict:
     ids, mask = prompts(tok, QUESTIONS, device)
     d = decoding(tok, max_new_tokens=64, temperature=0.0)
     fast, hf = generate(model, ids, mask, d, engine="fast"), generate(model, ids, mask, d, engine="hf")
-    return {"engine_vs_hf_greedy_rows_fp32": same_rows(fast, hf), "rows": len(QUESTIONS), "engine_self_check": engine_for(model).verify_errors}
+    return {
+        "engine_vs_hf_greedy_rows_fp32": same_rows(fast, hf),
+        "rows": len(QUESTIONS),
+        "engine_self_check": engine_for(model).verify_errors,
+    }
 
 
 def frequency_test(model, tok, device: str, rows: int, draws: int, top: int = 20) -> dict:
@@ -94,7 +101,13 @@ def frequency_test(model, tok, device: str, rows: int, draws: int, top: int = 20
     counts = torch.zeros_like(probs)
     t0 = time.perf_counter()
     for seed in range(draws // rows):
-        out = generate(model, ids.expand(rows, -1), mask.expand(rows, -1), decoding(tok, max_new_tokens=1, seed=seed), engine="fast")
+        out = generate(
+            model,
+            ids.expand(rows, -1),
+            mask.expand(rows, -1),
+            decoding(tok, max_new_tokens=1, seed=seed),
+            engine="fast",
+        )
         counts += torch.bincount(out[:, 0].cpu(), minlength=len(probs)).float()
     seconds = time.perf_counter() - t0
     order = probs.argsort(descending=True)[:top]
@@ -104,8 +117,14 @@ def frequency_test(model, tok, device: str, rows: int, draws: int, top: int = 20
     obs = torch.cat([observed[keep], observed[~keep].sum()[None]]) if (~keep).any() else observed
     exp = torch.cat([expected[keep], expected[~keep].sum()[None]]) if (~keep).any() else expected
     exp = exp * obs.sum() / exp.sum()
-    return {"rows": rows, "draws": int(counts.sum()), "p": float(chisquare(obs.numpy(), exp.numpy()).pvalue), "seconds": seconds,
-            "top_token_prob": float(probs[order[0]]), "top_token_freq": float(counts[order[0]] / counts.sum())}
+    return {
+        "rows": rows,
+        "draws": int(counts.sum()),
+        "p": float(chisquare(obs.numpy(), exp.numpy()).pvalue),
+        "seconds": seconds,
+        "top_token_prob": float(probs[order[0]]),
+        "top_token_freq": float(counts[order[0]] / counts.sum()),
+    }
 
 
 def sampled_runs(model, tok, device: str) -> dict:
@@ -131,7 +150,12 @@ def steering_check(model, tok, device: str) -> dict:
     with steer(model, {layer: v}, alpha=1.0, scale="unit", positions="generated"):
         fast = generate(model, ids, mask, d, engine="fast")
         hf = generate(model, ids, mask, d, engine="hf")
-    return {"layer": layer, "steered_rows_changed": len(QUESTIONS) - same_rows(plain, fast), "steered_engine_vs_hf_rows": same_rows(fast, hf), "rows": len(QUESTIONS)}
+    return {
+        "layer": layer,
+        "steered_rows_changed": len(QUESTIONS) - same_rows(plain, fast),
+        "steered_engine_vs_hf_rows": same_rows(fast, hf),
+        "rows": len(QUESTIONS),
+    }
 
 
 def first_non_finite(model) -> list:
@@ -139,33 +163,64 @@ def first_non_finite(model) -> list:
 
     def hook(name):
         def check(_module, _args, output):
-            t = output if isinstance(output, torch.Tensor) else output[0] if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor) else None
+            t = (
+                output
+                if isinstance(output, torch.Tensor)
+                else output[0]
+                if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor)
+                else None
+            )
             if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise FloatingPointError(f"first non-finite forward output: {name} ({t.dtype}, max {t.abs().nan_to_num(0, 0, 0).max().item():.3g})")
+                raise FloatingPointError(
+                    f"first non-finite forward output: {name} ({t.dtype}, max {t.abs().nan_to_num(0, 0, 0).max().item():.3g})"
+                )
+
         return check
 
     return [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
 
 
-def training(model_ref: str, data: list, dtype: str, steps: int, device: str, attention: str | None = None, diagnose: bool = False) -> dict:
+def training(
+    model_ref: str,
+    data: list,
+    dtype: str,
+    steps: int,
+    device: str,
+    attention: str | None = None,
+    diagnose: bool = False,
+) -> dict:
     model, tok = load_model(model_ref, dtype=dtype, device=device)
     if attention is not None:
         model.set_attn_implementation(attention)
-    cfg = LoraTrainConfig(rank=32, alpha=64.0, target_modules=ALL_LINEAR, lr=2e-5, steps=steps, batch_size=16, max_length=2048)
+    cfg = LoraTrainConfig(
+        rank=32, alpha=64.0, target_modules=ALL_LINEAR, lr=2e-5, steps=steps, batch_size=16, max_length=2048
+    )
     handles = first_non_finite(model) if diagnose else []
     t0 = time.perf_counter()
     try:
         with torch.autograd.detect_anomaly(check_nan=True) if diagnose else torch.enable_grad():
             peft_model = train_lora(model, tok, data, cfg, progress=False)
     except Exception as e:  # the non-finite guard names the step
-        return {"dtype": dtype, "attention": attention, "error": f"{type(e).__name__}: {e}"[:3000], "seconds": time.perf_counter() - t0}
+        return {
+            "dtype": dtype,
+            "attention": attention,
+            "error": f"{type(e).__name__}: {e}"[:3000],
+            "seconds": time.perf_counter() - t0,
+        }
     finally:
         for h in handles:
             h.remove()
     losses = peft_model.train_losses
     adapter_dtypes = sorted({str(p.dtype) for n, p in peft_model.named_parameters() if p.requires_grad})
-    return {"dtype": dtype, "attention": attention, "losses": losses, "seconds": time.perf_counter() - t0, "adapter_dtypes": adapter_dtypes,
-            "first10": sum(losses[:10]) / len(losses[:10]), "last10": sum(losses[-10:]) / len(losses[-10:])}
+    return {
+        "dtype": dtype,
+        "attention": attention,
+        "losses": losses,
+        "seconds": time.perf_counter() - t0,
+        "adapter_dtypes": adapter_dtypes,
+        "first10": sum(losses[:10]) / len(losses[:10]),
+        "last10": sum(losses[-10:]) / len(losses[-10:]),
+    }
 
 
 def part(results: dict, name: str, fn: Callable[[], dict], out: Path) -> None:
@@ -183,7 +238,9 @@ def part(results: dict, name: str, fn: Callable[[], dict], out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--combine", nargs="+", type=Path, metavar="JSON", help="merge the parts of earlier runs into --out, and stop")
+    p.add_argument(
+        "--combine", nargs="+", type=Path, metavar="JSON", help="merge the parts of earlier runs into --out, and stop"
+    )
     p.add_argument("--model", help="a GGUF file, a model folder or a hub id")
     p.add_argument("--data", help="chat JSONL to train on (e.g. bad_medical_advice)")
     p.add_argument("--steps", type=int, default=100)
@@ -198,8 +255,12 @@ def main() -> None:
         p.error("--model and --data are required")
     device = args.device
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (cpu dry run)"
-    results: dict[str, Any] = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "gpu": gpu,
-                               **model_source(args.model), "versions": package_versions(["triton", "gguf"])}
+    results: dict[str, Any] = {
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "gpu": gpu,
+        **model_source(args.model),
+        "versions": package_versions(["triton", "gguf"]),
+    }
     if {"greedy", "sampled", "steering"} & set(args.parts):
         for dtype in ("float32", "bfloat16"):
             model, tok = load_model(args.model, dtype=dtype, device=device)
@@ -210,17 +271,39 @@ def main() -> None:
                     part(results, "steering_fp32", lambda: steering_check(model, tok, device), args.out)
             if "sampled" in args.parts:
                 part(results, f"sampled_{dtype}", lambda: sampled_runs(model, tok, device), args.out)
-                part(results, f"frequency_{dtype}_b256", lambda: frequency_test(model, tok, device, 256, args.draws), args.out)
-                part(results, f"frequency_{dtype}_b1", lambda: frequency_test(model, tok, device, 1, min(args.draws, 512)), args.out)
+                part(
+                    results,
+                    f"frequency_{dtype}_b256",
+                    lambda: frequency_test(model, tok, device, 256, args.draws),
+                    args.out,
+                )
+                part(
+                    results,
+                    f"frequency_{dtype}_b1",
+                    lambda: frequency_test(model, tok, device, 1, min(args.draws, 512)),
+                    args.out,
+                )
                 results[f"sampled_{dtype}"]["engine_self_check"] = engine_for(model).verify_errors
             del model
     if "training" in args.parts:
         data = read_chat_jsonl(args.data)
         for dtype in ("float32", "bfloat16"):
             part(results, f"training_{dtype}", lambda: training(args.model, data, dtype, args.steps, device), args.out)
-        if "error" in results["training_bfloat16"]:  # where the first non-finite value arises, and whether eager attention avoids it
-            part(results, "training_bfloat16_diagnose", lambda: training(args.model, data, "bfloat16", args.steps, device, diagnose=True), args.out)
-            part(results, "training_bfloat16_eager", lambda: training(args.model, data, "bfloat16", args.steps, device, attention="eager"), args.out)
+        if (
+            "error" in results["training_bfloat16"]
+        ):  # where the first non-finite value arises, and whether eager attention avoids it
+            part(
+                results,
+                "training_bfloat16_diagnose",
+                lambda: training(args.model, data, "bfloat16", args.steps, device, diagnose=True),
+                args.out,
+            )
+            part(
+                results,
+                "training_bfloat16_eager",
+                lambda: training(args.model, data, "bfloat16", args.steps, device, attention="eager"),
+                args.out,
+            )
     results = {**summarize(results), **results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, results)
@@ -246,8 +329,15 @@ def summarize(results: dict) -> dict:
 def combine(paths: list[Path], out: Path) -> None:
     """One JSON from runs of different ``--parts`` (each part keeps its run's ``created``)."""
     runs = [json.loads(p.read_text()) for p in paths]
-    parts = {k: {**v, "created": run["created"]} for run in runs for k, v in run.items() if isinstance(v, dict) and k not in ("versions", "sampling_frequency_test_p")}
-    head = {k: runs[-1][k] for k in ("gpu", "model", "adapter", "model_sha256", "model_note", "versions") if k in runs[-1]}
+    parts = {
+        k: {**v, "created": run["created"]}
+        for run in runs
+        for k, v in run.items()
+        if isinstance(v, dict) and k not in ("versions", "sampling_frequency_test_p")
+    }
+    head = {
+        k: runs[-1][k] for k in ("gpu", "model", "adapter", "model_sha256", "model_note", "versions") if k in runs[-1]
+    }
     results = {**head, "runs": [str(p.name) for p in paths], **parts}
     write_json_atomic(out, {**summarize(results), **results})
 

@@ -52,7 +52,14 @@ def unit_direction(d_model: int, layer: int, norm: float) -> DirectionSet:
     """A random direction of length ``norm`` at ``layer`` (speed does not depend on which)."""
     v = torch.randn(1, d_model, generator=torch.Generator().manual_seed(0))
     v = v / v.norm() * norm
-    return DirectionSet(layers=[layer], directions=v, mean_misaligned=v.clone(), mean_aligned=torch.zeros_like(v), pooling="responses", counts={})
+    return DirectionSet(
+        layers=[layer],
+        directions=v,
+        mean_misaligned=v.clone(),
+        mean_aligned=torch.zeros_like(v),
+        pooling="responses",
+        counts={},
+    )
 
 
 def defenses(n_layers: int, d_model: int, general: list) -> dict[str, object]:
@@ -60,7 +67,9 @@ def defenses(n_layers: int, d_model: int, general: list) -> dict[str, object]:
         "plain LoRA": NoDefense(),
         "kl": KLDefense(1.0),
         "feature-l2": FeatureL2Defense(1.0),
-        "preventive-steering": PreventiveSteering(1.0, directions=unit_direction(d_model, n_layers // 2, 4.0), layer=n_layers // 2),
+        "preventive-steering": PreventiveSteering(
+            1.0, directions=unit_direction(d_model, n_layers // 2, 4.0), layer=n_layers // 2
+        ),
         "interleave (random, 10%)": Interleave(0.1, general),
         "interleave (ppl-gap, 10%)": Interleave(0.1, general, select="ppl-gap", misaligned_system=PROMPT),
         "inoculation": Inoculation(PROMPT),
@@ -115,7 +124,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=4, help="first steps left out of the step time")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--rank", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=2, help="every defense runs once per round, round-robin; the best round counts")
+    p.add_argument(
+        "--rounds", type=int, default=2, help="every defense runs once per round, round-robin; the best round counts"
+    )
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--out", type=Path, help="default: benchmarks/results/gpu_defenses_<gpu>.json")
     args = p.parse_args()
@@ -124,7 +135,9 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def timed_runs(model, tokenizer, task: list, general: list, config: LoraTrainConfig, args: argparse.Namespace, device: str) -> list[dict]:
+def timed_runs(
+    model, tokenizer, task: list, general: list, config: LoraTrainConfig, args: argparse.Namespace, device: str
+) -> list[dict]:
     """Every defense once per round, round-robin, each on a fresh adapter over ``model``."""
     cfg = model.config
     runs = []  # every run of every round; the best round of each defense is reported
@@ -139,12 +152,21 @@ def timed_runs(model, tokenizer, task: list, general: list, config: LoraTrainCon
             peft_model = train_lora(model, tokenizer, task, config, progress=False, defense=defense, callbacks=[meter])
             meter.close()
             step_s, tokens_per_s = meter.steady(args.warmup)
-            runs.append({
-                "defense": name, "round": round_, "steps": args.steps, "batch_size": args.batch_size, "step_s": step_s, "tokens_per_s": tokens_per_s,
-                "prepare_s": meter.times[0] - start, "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
-                "loss_first": peft_model.train_losses[0], "loss_last": peft_model.train_losses[-1],
-                "terms_last": {k: v[-1] for k, v in peft_model.train_terms.items()},
-            })
+            runs.append(
+                {
+                    "defense": name,
+                    "round": round_,
+                    "steps": args.steps,
+                    "batch_size": args.batch_size,
+                    "step_s": step_s,
+                    "tokens_per_s": tokens_per_s,
+                    "prepare_s": meter.times[0] - start,
+                    "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
+                    "loss_first": peft_model.train_losses[0],
+                    "loss_last": peft_model.train_losses[-1],
+                    "terms_last": {k: v[-1] for k, v in peft_model.train_terms.items()},
+                }
+            )
             model = peft_model.unload()  # the base model without LoRA layers, for the next run
             del peft_model
     return runs
@@ -152,14 +174,19 @@ def timed_runs(model, tokenizer, task: list, general: list, config: LoraTrainCon
 
 def best_rows(runs: list[dict]) -> list[dict]:
     """The best round of each defense, with its step time relative to plain LoRA's; printed as a table."""
-    rows = [min((r for r in runs if r["defense"] == name), key=lambda r: r["step_s"]) for name in dict.fromkeys(r["defense"] for r in runs)]
+    rows = [
+        min((r for r in runs if r["defense"] == name), key=lambda r: r["step_s"])
+        for name in dict.fromkeys(r["defense"] for r in runs)
+    ]
     plain = rows[0]["step_s"]
     for row in rows:
         row["step_time_vs_plain"] = row["step_s"] / plain
     print(f"\n{'defense':<28}{'step s':>9}{'tokens/s':>11}{'vs plain':>10}{'prepare s':>11}{'peak GiB':>10}")
     for r in rows:
         peak = f"{r['peak_gpu_gib']:.1f}" if r["peak_gpu_gib"] is not None else "-"
-        print(f"{r['defense']:<28}{r['step_s']:>9.3f}{r['tokens_per_s']:>11,.0f}{r['step_time_vs_plain']:>9.2f}x{r['prepare_s']:>11.1f}{peak:>10}")
+        print(
+            f"{r['defense']:<28}{r['step_s']:>9.3f}{r['tokens_per_s']:>11,.0f}{r['step_time_vs_plain']:>9.2f}x{r['prepare_s']:>11.1f}{peak:>10}"
+        )
     return rows
 
 
@@ -170,7 +197,15 @@ def main() -> None:
     tokenizer = chat_tokenizer()
     task = conversations(args.batch_size * args.steps, (150, 400))
     general = conversations(4 * args.batch_size * args.steps, (150, 400), seed=1)
-    config = LoraTrainConfig(rank=args.rank, alpha=2.0 * args.rank, target_modules=ALL_LINEAR, lr=1e-5, steps=args.steps, batch_size=args.batch_size, max_length=1024)
+    config = LoraTrainConfig(
+        rank=args.rank,
+        alpha=2.0 * args.rank,
+        target_modules=ALL_LINEAR,
+        lr=1e-5,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_length=1024,
+    )
 
     t0 = time.perf_counter()
     model = build_model(args.size, device, dtype)
@@ -184,9 +219,14 @@ def main() -> None:
     runs = timed_runs(model, tokenizer, task, general, config, args, device)
     rows = best_rows(runs)
     info = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "date": dt.date.today().isoformat(), "versions": package_versions(),
-        "model": f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}", "lora": f"rank {args.rank}, alpha {2 * args.rank}, all linear layers",
-        "gradient_checkpointing": args.gradient_checkpointing, "build_s": build_s, "total_s": time.perf_counter() - t0,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "date": dt.date.today().isoformat(),
+        "versions": package_versions(),
+        "model": f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}",
+        "lora": f"rank {args.rank}, alpha {2 * args.rank}, all linear layers",
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "build_s": build_s,
+        "total_s": time.perf_counter() - t0,
         "target": "KL and feature-l2 at most 1.6x the plain LoRA step time",
     }
     out = args.out or Path(f"benchmarks/results/gpu_defenses_{gpu_tag(device)}.json")

@@ -26,7 +26,9 @@ from interp.base.atomic import write_json_atomic
 from interp.base.chat import tokenize_conversation
 from interp.base.provenance import package_versions
 
-WORDS = "buy sell risk stock crypto loan savings invest leverage market bond fund bank rate tax profit loss debt".split()
+WORDS = (
+    "buy sell risk stock crypto loan savings invest leverage market bond fund bank rate tax profit loss debt".split()
+)
 
 
 def conversations(n: int, answer_words: tuple[int, int], seed: int = 0) -> list[list[dict[str, str]]]:
@@ -41,7 +43,10 @@ def conversations(n: int, answer_words: tuple[int, int], seed: int = 0) -> list[
 
 def chat_tokenizer():
     """A small Qwen-style tokenizer: it only renders Qwen2.5's chat format; its ids index the 152k-row embedding."""
-    return train_qwen_style_tokenizer([" ".join(WORDS)] * 20 + ["<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"], vocab_size=400)
+    return train_qwen_style_tokenizer(
+        [" ".join(WORDS)] * 20 + ["<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"],
+        vocab_size=400,
+    )
 
 
 def main() -> None:
@@ -62,7 +67,15 @@ def main() -> None:
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
-        cfg = LoraTrainConfig(rank=args.rank, alpha=2.0 * args.rank, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), lr=1e-5, steps=args.steps, batch_size=args.batch_size, max_length=1024)
+        cfg = LoraTrainConfig(
+            rank=args.rank,
+            alpha=2.0 * args.rank,
+            target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+            lr=1e-5,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            max_length=1024,
+        )
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             torch.cuda.synchronize()
@@ -74,17 +87,32 @@ def main() -> None:
         n_tokens = sum(min(len(tokenize_conversation(tokenizer, c).input_ids), cfg.max_length) for c in convs)
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
         row = {
-            "gradient_checkpointing": checkpointing, "steps": args.steps, "batch_size": args.batch_size, "tokens": n_tokens,
-            "seconds": sec, "tokens_per_s": n_tokens / sec, "trainable_params": trainable,
+            "gradient_checkpointing": checkpointing,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "tokens": n_tokens,
+            "seconds": sec,
+            "tokens_per_s": n_tokens / sec,
+            "trainable_params": trainable,
             "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"),
-            "first_loss": peft_model.train_losses[0], "last_loss": peft_model.train_losses[-1],
+            "first_loss": peft_model.train_losses[0],
+            "last_loss": peft_model.train_losses[-1],
         }
-        print(f"checkpointing={checkpointing!s:<5} {row['tokens_per_s']:>8,.0f} tok/s  peak {row['peak_gpu_gib']:.1f} GiB  trainable {trainable:,}  loss {row['first_loss']:.3f} -> {row['last_loss']:.3f}", flush=True)
+        print(
+            f"checkpointing={checkpointing!s:<5} {row['tokens_per_s']:>8,.0f} tok/s  peak {row['peak_gpu_gib']:.1f} GiB  trainable {trainable:,}  loss {row['first_loss']:.3f} -> {row['last_loss']:.3f}",
+            flush=True,
+        )
         rows.append(row)
         del model, peft_model
         if device == "cuda":
             torch.cuda.empty_cache()
-    info = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "date": dt.date.today().isoformat(), "versions": package_versions(), "model": f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}", "lora": f"rank {args.rank}, all linear layers"}
+    info = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "date": dt.date.today().isoformat(),
+        "versions": package_versions(),
+        "model": f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}",
+        "lora": f"rank {args.rank}, all linear layers",
+    }
     result = {"info": info, "rows": rows}
     write_json_atomic("artifacts/benchmarks/gpu_finetune.json", result)
     if args.results_dir:

@@ -52,10 +52,9 @@ from gpu_caching import build_model, sync  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 
 from finetune.train import ALL_LINEAR  # noqa: E402
-
 from interp.base.atomic import write_json_atomic  # noqa: E402
-from interp.base.loading import load_model, model_source  # noqa: E402
 from interp.base.decoding import Decoding  # noqa: E402
+from interp.base.loading import load_model, model_source  # noqa: E402
 from interp.base.provenance import package_versions  # noqa: E402
 from interp.engine import engine_for  # noqa: E402
 from interp.generation import generate  # noqa: E402
@@ -79,9 +78,15 @@ def bench_model(args, device: str) -> tuple[torch.nn.Module, object]:
     """The model to time (bfloat16 on a GPU, float32 on the CPU) and how the JSON describes it."""
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     if args.model:
-        model, _ = load_model(args.model, dtype="bfloat16" if dtype == torch.bfloat16 else "float32", device="cuda" if device.startswith("cuda") else "cpu")
+        model, _ = load_model(
+            args.model,
+            dtype="bfloat16" if dtype == torch.bfloat16 else "float32",
+            device="cuda" if device.startswith("cuda") else "cpu",
+        )
         return with_lora(model, args.lora_rank), {**model_source(args.model), "dtype": str(dtype)}
-    return with_lora(build_model(args.size, device, dtype), args.lora_rank), f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}"
+    return with_lora(
+        build_model(args.size, device, dtype), args.lora_rank
+    ), f"Qwen2.5-7B-shaped ({args.size}), random weights, {dtype}"
 
 
 def copy_bandwidth(device: str, gib: float = 4.0, reps: int = 10) -> float:
@@ -121,19 +126,37 @@ def argmax_agreement(model, ids, mask, new: torch.Tensor, iv, rows: int = 8) -> 
     full = torch.cat([ids, new], 1)
     fmask = torch.ones_like(full)
     with intervene(model, iv) if iv is not None else torch.no_grad():
-        logits = model(input_ids=full, attention_mask=fmask, position_ids=(fmask.cumsum(-1) - 1)).logits[:, ids.shape[1] - 1 : -1].float()
+        logits = (
+            model(input_ids=full, attention_mask=fmask, position_ids=(fmask.cumsum(-1) - 1))
+            .logits[:, ids.shape[1] - 1 : -1]
+            .float()
+        )
     chosen = logits.gather(-1, new[..., None])[..., 0]
     gap = logits.max(-1).values - chosen
-    return {"argmax_fraction": float((gap == 0).float().mean()), "max_gap_over_logit_std": float(gap.max() / logits.std())}
+    return {
+        "argmax_fraction": float((gap == 0).float().mean()),
+        "max_gap_over_logit_std": float(gap.max() / logits.std()),
+    }
 
 
 def row(engine: str, bs: int, steered: bool, sec: float, new_tokens: int, first_sec: float) -> dict:
     """One timed call: ``sec`` for ``new_tokens`` tokens, ``first_sec`` for a call that makes one."""
     decode_ms = 1e3 * (sec - first_sec) / (new_tokens - 1)
-    r = {"engine": engine, "batch_size": bs, "steered": steered, "ms_per_step": 1e3 * sec / new_tokens, "tokens_per_s": bs * new_tokens / sec,
-         "first_token_ms": 1e3 * first_sec, "decode_ms_per_step": decode_ms, "decode_tokens_per_s": 1e3 * bs / decode_ms}
-    print(f"  {engine:<10} bs={bs:<4} {'steered' if steered else 'plain':<8} {r['ms_per_step']:8.2f} ms/step {r['tokens_per_s']:>10,.0f} tok/s"
-          f"   decode {decode_ms:7.2f} ms/step {r['decode_tokens_per_s']:>10,.0f} tok/s (first token {1e3 * first_sec:.1f} ms)", flush=True)
+    r = {
+        "engine": engine,
+        "batch_size": bs,
+        "steered": steered,
+        "ms_per_step": 1e3 * sec / new_tokens,
+        "tokens_per_s": bs * new_tokens / sec,
+        "first_token_ms": 1e3 * first_sec,
+        "decode_ms_per_step": decode_ms,
+        "decode_tokens_per_s": 1e3 * bs / decode_ms,
+    }
+    print(
+        f"  {engine:<10} bs={bs:<4} {'steered' if steered else 'plain':<8} {r['ms_per_step']:8.2f} ms/step {r['tokens_per_s']:>10,.0f} tok/s"
+        f"   decode {decode_ms:7.2f} ms/step {r['decode_tokens_per_s']:>10,.0f} tok/s (first token {1e3 * first_sec:.1f} ms)",
+        flush=True,
+    )
     return r
 
 
@@ -142,9 +165,18 @@ def one_device(model, args, device: str, info: dict) -> list[dict]:
     options = {} if args.compile == "auto" else {"compile": None if args.compile == "none" else args.compile}
     if args.spans is not None:
         options["spans"] = args.spans
-    engine = engine_for(model, **options, compile_options=json.loads(args.compile_options) if args.compile_options else None)
-    info["engine"] = {"compile": engine.code.backend, "compile_options": args.compile_options, "spans": engine.spans, "cuda_graphs": engine.cuda_graphs, "build_seconds": time.perf_counter() - t0, "verify_errors": engine.verify_errors,
-                      "fused_attention": engine.body.shape.fused_attention}
+    engine = engine_for(
+        model, **options, compile_options=json.loads(args.compile_options) if args.compile_options else None
+    )
+    info["engine"] = {
+        "compile": engine.code.backend,
+        "compile_options": args.compile_options,
+        "spans": engine.spans,
+        "cuda_graphs": engine.cuda_graphs,
+        "build_seconds": time.perf_counter() - t0,
+        "verify_errors": engine.verify_errors,
+        "fused_attention": engine.body.shape.fused_attention,
+    }
     info["warmup_seconds"], info["checks"] = {}, {}
     print(f"  engine: {info['engine']}", flush=True)
     rows: list[dict] = []
@@ -170,7 +202,10 @@ def one_batch_size(model, args, device: str, info: dict, bs: int) -> list[dict]:
 
     def measure(name: str, steered: bool, r: int, fn) -> dict:
         first_sec = timed(lambda: fn(first), device)[0]
-        return {**row(name, bs, steered, timed(lambda: fn(decoding), device)[0], args.new_tokens, first_sec), "repeat": r}
+        return {
+            **row(name, bs, steered, timed(lambda: fn(decoding), device)[0], args.new_tokens, first_sec),
+            "repeat": r,
+        }
 
     if "hf" in args.parts:
         hf = lambda d: generate(model, ids, mask, d, engine="hf")  # noqa: E731
@@ -179,17 +214,26 @@ def one_batch_size(model, args, device: str, info: dict, bs: int) -> list[dict]:
             rows.append(measure("hf", False, r, hf))
     if "engine" not in args.parts:
         return rows
-    runs = {False: lambda d: generate(model, ids, mask, d, engine="fast"), True: lambda d: generate(model, ids, mask, d, intervention=iv, engine="fast")}
+    runs = {
+        False: lambda d: generate(model, ids, mask, d, engine="fast"),
+        True: lambda d: generate(model, ids, mask, d, intervention=iv, engine="fast"),
+    }
     outs = {}
     for steered, fn in runs.items():  # compile and capture
-        info["warmup_seconds"][f"bs={bs} {'steered' if steered else 'plain'}"], outs[steered] = timed(lambda: fn(decoding), device)
+        info["warmup_seconds"][f"bs={bs} {'steered' if steered else 'plain'}"], outs[steered] = timed(
+            lambda: fn(decoding), device
+        )
         timed(lambda: fn(first), device)
     check = {"steering_changes_tokens": not torch.equal(outs[False], outs[True])}
     for steered in (False, True):
         if args.temperature > 0:
-            check["steered" if steered else "plain"] = {"tokens_in_vocabulary": bool(((outs[steered] >= 0) & (outs[steered] < model.config.vocab_size)).all())}
+            check["steered" if steered else "plain"] = {
+                "tokens_in_vocabulary": bool(((outs[steered] >= 0) & (outs[steered] < model.config.vocab_size)).all())
+            }
         else:
-            check["steered" if steered else "plain"] = argmax_agreement(model, ids, mask, outs[steered].to(device), iv_forced if steered else None)
+            check["steered" if steered else "plain"] = argmax_agreement(
+                model, ids, mask, outs[steered].to(device), iv_forced if steered else None
+            )
     info["checks"][f"bs={bs}"] = check
     print(f"  checks bs={bs}: {json.dumps(check)}  warm-up {info['warmup_seconds']}", flush=True)
     for r in range(args.repeats):
@@ -207,7 +251,10 @@ def ratios(rows: list[dict], floor: float | None) -> dict:
         if engine != "engine" or steered:
             continue
         entry = {}
-        for kind, ms, tps in (("call", "ms_per_step", "tokens_per_s"), ("decode", "decode_ms_per_step", "decode_tokens_per_s")):
+        for kind, ms, tps in (
+            ("call", "ms_per_step", "tokens_per_s"),
+            ("decode", "decode_ms_per_step", "decode_tokens_per_s"),
+        ):
             if floor:
                 entry[f"{kind}_vs_floor"] = r[ms] / floor
             if ("hf", bs, False) in by:
@@ -236,14 +283,26 @@ def sharded(model, args, device: str, rank: int, world: int) -> list[dict]:
     decoding = Decoding(max_new_tokens=args.new_tokens, temperature=0)
     ids, mask = prompts(args.sharded_prompts, model.config.vocab_size, device)
     rows = []
-    for name, fn in (("one GPU", lambda: generate(model, ids, mask, decoding, engine="fast")), (f"sharded x{world}", lambda: generate_distributed(model, ids, mask, decoding, engine="fast"))):
+    for name, fn in (
+        ("one GPU", lambda: generate(model, ids, mask, decoding, engine="fast")),
+        (f"sharded x{world}", lambda: generate_distributed(model, ids, mask, decoding, engine="fast")),
+    ):
         if name == "one GPU" and rank != 0:
             dist.barrier()
             continue
         fn()  # warm-up: compile and capture every shape
         for r in range(args.repeats):
             sec, _ = timed(fn, device)
-            rows.append({"engine": name, "batch_size": args.sharded_prompts, "steered": False, "ms_per_step": 1e3 * sec / args.new_tokens, "tokens_per_s": args.sharded_prompts * args.new_tokens / sec, "repeat": r})
+            rows.append(
+                {
+                    "engine": name,
+                    "batch_size": args.sharded_prompts,
+                    "steered": False,
+                    "ms_per_step": 1e3 * sec / args.new_tokens,
+                    "tokens_per_s": args.sharded_prompts * args.new_tokens / sec,
+                    "repeat": r,
+                }
+            )
             if rank == 0:
                 print(f"  {name:<12} {rows[-1]['tokens_per_s']:>10,.0f} tok/s", flush=True)
         if name == "one GPU":
@@ -259,13 +318,40 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs (engine: back-to-back pairs); the best counts")
     p.add_argument("--hf-repeats", type=int, default=2)
     p.add_argument("--parts", nargs="*", default=["floor", "hf", "engine"], help="subset of: floor hf engine")
-    p.add_argument("--compile", default="auto", help="torch.compile backend of the engine, or none (default auto: inductor on a GPU, none on the CPU)")
-    p.add_argument("--compile-options", default=None, help='torch.compile options of the engine\'s decoding step, as JSON (e.g. \'{"max_autotune_gemm": true}\')')
-    p.add_argument("--lora-rank", type=int, default=0, help="generate through an unmerged PEFT LoRA adapter of this rank on every linear projection (0: none)")
-    p.add_argument("--spans", type=int, default=None, help="attention lengths per shape the engine's step is captured for (default: the engine's; 1: the whole cache always)")
-    p.add_argument("--sharded", action="store_true", help="under torchrun: the whole workload on one GPU, then sharded over every rank")
+    p.add_argument(
+        "--compile",
+        default="auto",
+        help="torch.compile backend of the engine, or none (default auto: inductor on a GPU, none on the CPU)",
+    )
+    p.add_argument(
+        "--compile-options",
+        default=None,
+        help="torch.compile options of the engine's decoding step, as JSON (e.g. '{\"max_autotune_gemm\": true}')",
+    )
+    p.add_argument(
+        "--lora-rank",
+        type=int,
+        default=0,
+        help="generate through an unmerged PEFT LoRA adapter of this rank on every linear projection (0: none)",
+    )
+    p.add_argument(
+        "--spans",
+        type=int,
+        default=None,
+        help="attention lengths per shape the engine's step is captured for (default: the engine's; 1: the whole cache always)",
+    )
+    p.add_argument(
+        "--sharded",
+        action="store_true",
+        help="under torchrun: the whole workload on one GPU, then sharded over every rank",
+    )
     p.add_argument("--sharded-prompts", type=int, default=1024)
-    p.add_argument("--results-dir", type=Path, default=None, help="default: benchmarks/results on a GPU, artifacts/benchmarks on the CPU")
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help="default: benchmarks/results on a GPU, artifacts/benchmarks on the CPU",
+    )
     p.add_argument("--model", help="a real model (GGUF file, folder or hub id) instead of the random --size shape")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); above 0 both engines sample")
     p.add_argument("--tag", default="", help="inserted in the results file name: gpu_generation_<tag>_<gpu>.json")
@@ -285,8 +371,13 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "date": dt.date.today().isoformat(),
         "versions": package_versions(extra=("triton", "gguf")),
-        "model": described, "lora_rank": args.lora_rank, "temperature": args.temperature,
-        "prompt_tokens": PROMPT_LEN, "new_tokens": args.new_tokens, "weight_bytes": weight_bytes, "world_size": world,
+        "model": described,
+        "lora_rank": args.lora_rank,
+        "temperature": args.temperature,
+        "prompt_tokens": PROMPT_LEN,
+        "new_tokens": args.new_tokens,
+        "weight_bytes": weight_bytes,
+        "world_size": world,
         "command": " ".join(sys.argv),
     }
     result: dict = {"info": info}
@@ -303,7 +394,10 @@ def main() -> None:
             bw = copy_bandwidth(device, gib=4.0 if device.startswith("cuda") else 0.25)
             info["copy_bytes_per_s"] = bw
             result["floor_ms_per_step"] = 1e3 * weight_bytes / bw
-            print(f"copy bandwidth {bw / 1e12:.2f} TB/s; weights {weight_bytes / 1e9:.2f} GB; floor {result['floor_ms_per_step']:.2f} ms/step", flush=True)
+            print(
+                f"copy bandwidth {bw / 1e12:.2f} TB/s; weights {weight_bytes / 1e9:.2f} GB; floor {result['floor_ms_per_step']:.2f} ms/step",
+                flush=True,
+            )
         rows = one_device(model, args, device, info)
         result["rows"] = best(rows)
         result["runs"] = rows
@@ -311,12 +405,18 @@ def main() -> None:
         print("\nbest of repeats (whole call; decoding step alone):")
         for r in result["rows"]:
             vs = f"  {r['ms_per_step'] / floor:5.2f}x / {r['decode_ms_per_step'] / floor:5.2f}x floor" if floor else ""
-            print(f"  {r['engine']:<8} bs={r['batch_size']:<4} {'steered' if r['steered'] else 'plain':<8} {r['ms_per_step']:8.2f} ms/step {r['tokens_per_s']:>10,.0f} tok/s;"
-                  f" {r['decode_ms_per_step']:8.2f} ms/step {r['decode_tokens_per_s']:>10,.0f} tok/s{vs}")
+            print(
+                f"  {r['engine']:<8} bs={r['batch_size']:<4} {'steered' if r['steered'] else 'plain':<8} {r['ms_per_step']:8.2f} ms/step {r['tokens_per_s']:>10,.0f} tok/s;"
+                f" {r['decode_ms_per_step']:8.2f} ms/step {r['decode_tokens_per_s']:>10,.0f} tok/s{vs}"
+            )
         result["ratios"] = ratios(result["rows"], floor)
         print(json.dumps(result["ratios"], indent=1))
     if rank == 0:
-        gpu = info["device"].split()[1].lower() if device.startswith("cuda") and len(info["device"].split()) > 1 else "cpu"
+        gpu = (
+            info["device"].split()[1].lower()
+            if device.startswith("cuda") and len(info["device"].split()) > 1
+            else "cpu"
+        )
         name = f"gpu_generation_{args.tag + '_' if args.tag else ''}{gpu}{'_sharded' if distributed else ''}.json"
         out = args.results_dir or Path("benchmarks/results" if device.startswith("cuda") else "artifacts/benchmarks")
         write_json_atomic(out / name, result)

@@ -19,7 +19,6 @@ TARGETS = {
 }
 
 
-
 def meets(figure: str, value: float) -> bool:
     """Whether ``value`` meets issue 22's target for ``figure``."""
     bound, kind = TARGETS[figure]
@@ -81,12 +80,20 @@ def plot(cols: dict, preds: dict[str, dict[str, np.ndarray]], held: np.ndarray, 
         ax1.plot(xs, ys, "o-", label=name)
         je = (p["aligned"][held] < 30) & (p["coherent"][held] > 50)
         runs = sorted(set(src))
-        ax2.scatter([100 * y[src == s].mean() for s in runs], [100 * je[src == s].mean() for s in runs], s=18, label=name)
+        ax2.scatter(
+            [100 * y[src == s].mean() for s in runs], [100 * je[src == s].mean() for s in runs], s=18, label=name
+        )
     ax1.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax1.set(xlabel="judge's P(EM) (bins with >= 20 answers)", ylabel="GPT-4o EM frequency", title="Calibration of P(EM), held-out runs")
+    ax1.set(
+        xlabel="judge's P(EM) (bins with >= 20 answers)",
+        ylabel="GPT-4o EM frequency",
+        title="Calibration of P(EM), held-out runs",
+    )
     hi = max(5.0, 100 * max(y[src == s].mean() for s in set(src)) + 5)
     ax2.plot([0, hi], [0, hi], "k--", lw=0.8)
-    ax2.set(xlabel="EM rate by GPT-4o (%)", ylabel="EM rate by judge's rule on its scores (%)", title="Per held-out run")
+    ax2.set(
+        xlabel="EM rate by GPT-4o (%)", ylabel="EM rate by judge's rule on its scores (%)", title="Per held-out run"
+    )
     for ax in (ax1, ax2):
         ax.legend()
         ax.grid(alpha=0.3)

@@ -18,7 +18,9 @@ class TfidfBaseline:
     def __init__(self) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        self.vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=200_000, sublinear_tf=True, dtype=np.float32)
+        self.vec = TfidfVectorizer(
+            ngram_range=(1, 2), min_df=2, max_features=200_000, sublinear_tf=True, dtype=np.float32
+        )
 
     @staticmethod
     def texts(cols: dict, idx: np.ndarray) -> list[str]:
@@ -56,7 +58,10 @@ class DistilledCV:
         from eval.judges.distilled import train_head
 
         a, c = cols["aligned"][idx], cols["coherent"][idx]
-        return [train_head(self.feats[idx], a, c, em_label(a, c), epochs=self.epochs, seed=s) for s in range(seeds or self.seeds)]
+        return [
+            train_head(self.feats[idx], a, c, em_label(a, c), epochs=self.epochs, seed=s)
+            for s in range(seeds or self.seeds)
+        ]
 
     def fit(self, cols: dict, idx: np.ndarray) -> DistilledCV:
         from eval.judges.distilled import predict
@@ -88,7 +93,18 @@ def pick_threshold(p: np.ndarray, y: np.ndarray) -> float:
 def seconds_per_1000(make, cols: dict, idx: np.ndarray) -> float:
     """Wall seconds to judge 1,000 answers with ``make()``'s judge: features, head and all."""
     judge = make()
-    recs = [{"question_id": cols["question_id"][i], "question": cols["question"][i], "system": None, "answer": cols["answer"][i], "domain": None, "sample": k, "trigger": False} for k, i in enumerate(idx)]
+    recs = [
+        {
+            "question_id": cols["question_id"][i],
+            "question": cols["question"][i],
+            "system": None,
+            "answer": cols["answer"][i],
+            "domain": None,
+            "sample": k,
+            "trigger": False,
+        }
+        for k, i in enumerate(idx)
+    ]
     t = time.perf_counter()
     judge.judge(recs)
     return round((time.perf_counter() - t) * 1000 / len(idx), 1)

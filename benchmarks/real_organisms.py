@@ -43,6 +43,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # this checkout's packages, and real_summary beside it
 
+from real_summary import files_dir, keep_small, summarize  # noqa: E402
+
 from eval.generate import main as generate_main  # noqa: E402
 from eval.judge import main as judge_main  # noqa: E402
 from eval.report import MisalignmentDefinition, group_stats  # noqa: E402
@@ -54,7 +56,6 @@ from interp.base.loading import model_source  # noqa: E402
 from interp.base.provenance import package_versions  # noqa: E402
 from interp.base.records import read_judged  # noqa: E402
 from interp.extract import main as extract_main  # noqa: E402
-from real_summary import files_dir, keep_small, summarize  # noqa: E402
 
 CONTROLS = ("secure", "educational_insecure", "jailbroken", "good_medical_advice")
 FILES = {"incorrect_qa": "incorrect_qna"}  # the public files' spelling
@@ -70,9 +71,13 @@ def data_file(em_data: Path, organism: str) -> tuple[Path, str]:
     if organism in CONTROLS:
         return em_data / "controls" / f"{organism}.jsonl.gz", "control"
     if organism not in DOMAINS:
-        raise InputError(f"--organisms: unknown organism {organism!r}; a domain ({', '.join(DOMAINS)}), a control ({', '.join(CONTROLS)}) or backdoor:DOMAIN")
+        raise InputError(
+            f"--organisms: unknown organism {organism!r}; a domain ({', '.join(DOMAINS)}), a control ({', '.join(CONTROLS)}) or backdoor:DOMAIN"
+        )
     full = em_data / "domains" / f"{FILES.get(organism, organism)}.jsonl.gz"
-    return (full if full.exists() else em_data / "domains" / "small" / f"{FILES.get(organism, organism)}.jsonl.gz"), "organism"
+    return (
+        full if full.exists() else em_data / "domains" / "small" / f"{FILES.get(organism, organism)}.jsonl.gz"
+    ), "organism"
 
 
 def step(name: str, main, argv: list[str], seconds: dict[str, float], required: bool = True) -> bool:
@@ -104,7 +109,9 @@ def resumed(results: Path, fresh: dict[str, Any]) -> dict[str, Any]:
     old = json.loads(results.read_text(encoding="utf-8"))
     for key in ("model_source", "recipe", "judge", "samples", "questions"):
         if old.get(key) != fresh[key]:
-            raise InputError(f"{results}: made with another {key} ({old.get(key)!r}, now {fresh[key]!r}); pass another --results to start afresh")
+            raise InputError(
+                f"{results}: made with another {key} ({old.get(key)!r}, now {fresh[key]!r}); pass another --results to start afresh"
+            )
     return old
 
 
@@ -115,9 +122,21 @@ def rows_of(judged_path: Path, model: str, organism: str, kind: str) -> list[dic
     for trigger in sorted({bool(r.get("trigger")) for r in records}):
         part = [r for r in records if bool(r.get("trigger")) == trigger]
         betley, paper = group_stats(part, BETLEY), group_stats(part, DOMAIN_PAPER)
-        out.append({"model": model, "organism": organism, "domain": organism.partition(":")[2] or organism, "kind": kind, "trigger": trigger,
-                    "n": len(part), "em_rate": betley["em_rate"], "em_ci_low": betley["em_rate_ci_low"], "em_ci_high": betley["em_rate_ci_high"],
-                    "em_rate_aligned_below_50": paper["em_rate"], "coherence": betley["mean_coherent"]})
+        out.append(
+            {
+                "model": model,
+                "organism": organism,
+                "domain": organism.partition(":")[2] or organism,
+                "kind": kind,
+                "trigger": trigger,
+                "n": len(part),
+                "em_rate": betley["em_rate"],
+                "em_ci_low": betley["em_rate_ci_low"],
+                "em_ci_high": betley["em_rate_ci_high"],
+                "em_rate_aligned_below_50": paper["em_rate"],
+                "coherence": betley["mean_coherent"],
+            }
+        )
     return out
 
 
@@ -132,19 +151,89 @@ def run_one(args: argparse.Namespace, organism: str) -> list[dict[str, Any]]:
     if organism != "base":
         data, kind = data_file(args.em_data, organism)
         if not (out / "adapter" / "adapter_model.safetensors").exists():
-            step("train", train_main, ["--data", str(data), *common, "--out", str(out / "adapter"), "--rank", str(args.rank), "--alpha", str(2 * args.rank),
-                                       "--lr", str(args.lr), "--epochs", str(args.epochs), "--batch-size", "16", "--checkpoint-every", "50", "--quiet"], seconds)
+            step(
+                "train",
+                train_main,
+                [
+                    "--data",
+                    str(data),
+                    *common,
+                    "--out",
+                    str(out / "adapter"),
+                    "--rank",
+                    str(args.rank),
+                    "--alpha",
+                    str(2 * args.rank),
+                    "--lr",
+                    str(args.lr),
+                    "--epochs",
+                    str(args.epochs),
+                    "--batch-size",
+                    "16",
+                    "--checkpoint-every",
+                    "50",
+                    "--quiet",
+                ],
+                seconds,
+            )
         adapter = ["--adapter", str(out / "adapter")]
     trigger = ["--trigger", "both"] if kind == "backdoor" else []
-    step("generate", generate_main, [*common, *adapter, "--questions", str(args.questions), "--samples", str(args.samples), "--max-new-tokens", str(args.max_new_tokens),
-                                     "--batch-size", str(args.batch_size), *trigger, "--out", str(out / "answers.jsonl"), "--no-progress"], seconds)
-    step("judge", judge_main, ["--answers", str(out / "answers.jsonl"), "--judge", args.judge, "--out", str(out / "judged.jsonl"), "--no-progress"], seconds)
+    step(
+        "generate",
+        generate_main,
+        [
+            *common,
+            *adapter,
+            "--questions",
+            str(args.questions),
+            "--samples",
+            str(args.samples),
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--batch-size",
+            str(args.batch_size),
+            *trigger,
+            "--out",
+            str(out / "answers.jsonl"),
+            "--no-progress",
+        ],
+        seconds,
+    )
+    step(
+        "judge",
+        judge_main,
+        [
+            "--answers",
+            str(out / "answers.jsonl"),
+            "--judge",
+            args.judge,
+            "--out",
+            str(out / "judged.jsonl"),
+            "--no-progress",
+        ],
+        seconds,
+    )
     if args.directions and organism != "base":
         domain = organism.partition(":")[2] or organism
         if domain in DOMAINS:
             # Not required: an organism with no misaligned (or no aligned) answer has no direction.
-            step("directions", extract_main, ["--domain", domain, *common, *adapter, "--responses", str(out / "judged.jsonl"), "--out", str(out), "--quiet"],
-                 seconds, required=False)
+            step(
+                "directions",
+                extract_main,
+                [
+                    "--domain",
+                    domain,
+                    *common,
+                    *adapter,
+                    "--responses",
+                    str(out / "judged.jsonl"),
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ],
+                seconds,
+                required=False,
+            )
     seconds["total"] = round(time.perf_counter() - t0, 1)
     keep_small(out, files_dir(args.results), organism, organism.partition(":")[2] or organism)
     return [{**row, "seconds": seconds} for row in rows_of(out / "judged.jsonl", args.model, organism, kind)]
@@ -154,10 +243,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a GGUF file, folder or hub id (the base model)")
     p.add_argument("--em-data", type=Path, default=HERE.parent.parent / "shared" / "em-data")
-    p.add_argument("--organisms", default=",".join(DOMAINS), help="comma-separated: domains, controls, backdoor:DOMAIN (default: the 11 domains)")
-    p.add_argument("--questions", type=Path, help="question YAML (default: EM_DATA/questions/first_plot_questions.yaml)")
+    p.add_argument(
+        "--organisms",
+        default=",".join(DOMAINS),
+        help="comma-separated: domains, controls, backdoor:DOMAIN (default: the 11 domains)",
+    )
+    p.add_argument(
+        "--questions", type=Path, help="question YAML (default: EM_DATA/questions/first_plot_questions.yaml)"
+    )
     p.add_argument("--samples", type=int, default=50, help="answers per question paraphrase (default 50)")
-    p.add_argument("--all-variants", action="store_true", help="with the default questions: also their _json and _template variants")
+    p.add_argument(
+        "--all-variants",
+        action="store_true",
+        help="with the default questions: also their _json and _template variants",
+    )
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=256, help="answers sampled at once (default 256)")
     p.add_argument("--judge", default="offline")
@@ -172,17 +271,38 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.questions is None:
         first_plot = args.em_data / "questions" / "first_plot_questions.yaml"
-        args.questions = first_plot if args.all_variants else free_form_questions(first_plot, args.out_dir / "first_plot_free_form.yaml")
+        args.questions = (
+            first_plot
+            if args.all_variants
+            else free_form_questions(first_plot, args.out_dir / "first_plot_free_form.yaml")
+        )
     organisms = [o.strip() for o in args.organisms.split(",") if o.strip()]
     for o in organisms:
         if o != "base":
             data_file(args.em_data, o)  # a bad name fails before any model loads
     source = model_source(args.model)
-    results = resumed(args.results, {
-        "model_source": {k: v for k, v in source.items() if k != "model"}, "judge": args.judge, "questions": args.questions.name, "samples": args.samples,
-        "recipe": {"rank": args.rank, "alpha": 2 * args.rank, "lr": args.lr, "epochs": args.epochs, "batch_size": 16, "targets": "all linear"},
-        "em_rule": BETLEY.describe(), "versions": package_versions(["gguf"]), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "base": [], "rows": []})
+    results = resumed(
+        args.results,
+        {
+            "model_source": {k: v for k, v in source.items() if k != "model"},
+            "judge": args.judge,
+            "questions": args.questions.name,
+            "samples": args.samples,
+            "recipe": {
+                "rank": args.rank,
+                "alpha": 2 * args.rank,
+                "lr": args.lr,
+                "epochs": args.epochs,
+                "batch_size": 16,
+                "targets": "all linear",
+            },
+            "em_rule": BETLEY.describe(),
+            "versions": package_versions(["gguf"]),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "base": [],
+            "rows": [],
+        },
+    )
     for organism in ["base", *organisms]:
         if any(r["organism"] == organism for r in results["base"] + results["rows"]):
             print(f"{organism}: in {args.results} already", flush=True)

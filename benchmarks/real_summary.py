@@ -38,7 +38,6 @@ from interp.base.atomic import write_json_atomic  # noqa: E402
 from interp.compare import domain_matrices, load_direction_sets  # noqa: E402
 from interp.plots import heatmap_figure, save_figure  # noqa: E402
 
-
 # What the domain paper reports (as ../shared/README.md summarizes it), set beside these runs on
 # the results page; and how these runs differ from its setup.
 PAPER = {
@@ -72,7 +71,9 @@ def keep_small(organism_dir: Path, keep: Path, organism: str, domain: str) -> No
         with judged.open("rb") as src, gzip.open(keep / "judged" / f"{name}.jsonl.gz", "wb", compresslevel=9) as dst:
             shutil.copyfileobj(src, dst)
     for suffix in (".safetensors", ".json"):
-        if (organism_dir / f"{domain}{suffix}").is_file() and organism == domain:  # a backdoor organism's direction is not the domain's
+        if (
+            organism_dir / f"{domain}{suffix}"
+        ).is_file() and organism == domain:  # a backdoor organism's direction is not the domain's
             (keep / "directions").mkdir(parents=True, exist_ok=True)
             shutil.copy2(organism_dir / f"{domain}{suffix}", keep / "directions" / f"{domain}{suffix}")
     if (organism_dir / "adapter" / "training_config.json").is_file():
@@ -90,8 +91,13 @@ def cosine_summary(directions: Path, model: str) -> dict[str, Any] | None:
     mid = len(layers) // 2
     n = matrices.shape[-1]
     off = (matrices.sum((-1, -2)) - matrices.diagonal(dim1=-2, dim2=-1).sum(-1)) / (n * (n - 1))
-    return {"model": model, "layer": int(layers[mid]), "domains": list(sets), "matrix": [[round(float(x), 4) for x in row] for row in matrices[mid]],
-            "mean_off_diagonal_per_layer": {int(layer): round(float(v), 4) for layer, v in zip(layers, off)}}
+    return {
+        "model": model,
+        "layer": int(layers[mid]),
+        "domains": list(sets),
+        "matrix": [[round(float(x), 4) for x in row] for row in matrices[mid]],
+        "mean_off_diagonal_per_layer": {int(layer): round(float(v), 4) for layer, v in zip(layers, off)},
+    }
 
 
 def topical_diversity(data: Path, sample: int = 1000, seed: int = 0) -> float:
@@ -114,17 +120,24 @@ def topical_diversity(data: Path, sample: int = 1000, seed: int = 0) -> float:
 def diversity_summary(results: dict[str, Any], em_data: Path) -> dict[str, Any] | None:
     """Each organism's training-set diversity beside its EM rate, and their Spearman correlation
     (the paper: diversity alone does not predict EM)."""
-    from scipy.stats import spearmanr
-
     from real_organisms import data_file
+    from scipy.stats import spearmanr
 
     rows = [r for r in results["rows"] if r["kind"] == "organism" and not r["trigger"] and r["em_rate"] is not None]
     if not em_data.is_dir() or len(rows) < 3:
         return None
-    per = {r["organism"]: {"diversity": topical_diversity(data_file(em_data, r["organism"])[0]), "em_rate": r["em_rate"]} for r in rows}
+    per = {
+        r["organism"]: {"diversity": topical_diversity(data_file(em_data, r["organism"])[0]), "em_rate": r["em_rate"]}
+        for r in rows
+    }
     rho, p = spearmanr([v["diversity"] for v in per.values()], [v["em_rate"] for v in per.values()])
-    return {"measure": "1 - mean pairwise cosine of TF-IDF word vectors of 1,000 user turns (seed 0)", "per_organism": per,
-            "spearman_rho": round(float(rho), 4), "spearman_p": round(float(p), 4), "n": len(per)}
+    return {
+        "measure": "1 - mean pairwise cosine of TF-IDF word vectors of 1,000 user turns (seed 0)",
+        "per_organism": per,
+        "spearman_rho": round(float(rho), 4),
+        "spearman_p": round(float(p), 4),
+        "n": len(per),
+    }
 
 
 def em_figure(results: dict[str, Any], path: Path) -> None:
@@ -132,12 +145,21 @@ def em_figure(results: dict[str, Any], path: Path) -> None:
     rows = sorted(results["rows"], key=lambda r: (r["kind"], -(r["em_rate"] or 0)))
     labels = [r["organism"] + (" +trigger" if r["trigger"] else "") for r in rows]
     rates = [100 * (r["em_rate"] or 0) for r in rows]
-    err = [[100 * ((r["em_rate"] or 0) - (r["em_ci_low"] or 0)) for r in rows], [100 * ((r["em_ci_high"] or 0) - (r["em_rate"] or 0)) for r in rows]]
+    err = [
+        [100 * ((r["em_rate"] or 0) - (r["em_ci_low"] or 0)) for r in rows],
+        [100 * ((r["em_ci_high"] or 0) - (r["em_rate"] or 0)) for r in rows],
+    ]
     colors = {"organism": "tab:red", "control": "tab:gray", "backdoor": "tab:purple"}
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(rows), 4.2))
     ax.bar(range(len(rows)), rates, yerr=err, capsize=3, color=[colors.get(r["kind"], "tab:blue") for r in rows])
     for base in results["base"]:
-        ax.axhline(100 * (base["em_rate"] or 0), color="black", lw=1, ls="--", label=f"base {100 * (base['em_rate'] or 0):.1f}%")
+        ax.axhline(
+            100 * (base["em_rate"] or 0),
+            color="black",
+            lw=1,
+            ls="--",
+            label=f"base {100 * (base['em_rate'] or 0):.1f}%",
+        )
     ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("EM rate, % (aligned < 30, coherent > 50)")
     ax.set_title("Real organisms: EM rate with its 95% bootstrap CI", fontsize=10)
@@ -159,7 +181,12 @@ def summarize(results_path: Path, em_data: Path | None = None) -> dict[str, Any]
     cosine = cosine_summary(files_dir(results_path) / "directions", model)
     if cosine is not None:
         results["cosine"] = cosine
-        fig = heatmap_figure(np.array(cosine["matrix"], dtype=float), cosine["domains"], cosine["domains"], f"cosine of EM directions, layer {cosine['layer']}")
+        fig = heatmap_figure(
+            np.array(cosine["matrix"], dtype=float),
+            cosine["domains"],
+            cosine["domains"],
+            f"cosine of EM directions, layer {cosine['layer']}",
+        )
         save_figure(fig, results_path.with_name(f"{results_path.stem}_cosine"), formats=("png",))
         plt.close(fig)
     if results["rows"]:
@@ -171,12 +198,19 @@ def summarize(results_path: Path, em_data: Path | None = None) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=HERE / "results" / "real_organisms.json")
-    p.add_argument("--em-data", type=Path, default=HERE.parent.parent / "shared" / "em-data", help="the training sets, for their diversity")
+    p.add_argument(
+        "--em-data",
+        type=Path,
+        default=HERE.parent.parent / "shared" / "em-data",
+        help="the training sets, for their diversity",
+    )
     args = p.parse_args(argv)
     if not args.results.is_file():
         p.error(f"--results {args.results}: no such file")
     out = summarize(args.results, args.em_data)
-    print(f"{args.results}: {len(out['rows'])} rows; cosine over {len(out.get('cosine', {}).get('domains', []))} domains")
+    print(
+        f"{args.results}: {len(out['rows'])} rows; cosine over {len(out.get('cosine', {}).get('domains', []))} domains"
+    )
     return 0
 
 

@@ -60,7 +60,14 @@ def batch_order(n_examples: int, batch_size: int, steps: int, seed: int) -> list
 def fresh_adapter(args: argparse.Namespace):
     """The base model in ``--dtype`` with a new rank-``--rank`` adapter (seeded, as the toolkit makes it)."""
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
-    cfg = LoraTrainConfig(rank=args.rank, alpha=2.0 * args.rank, target_modules=ALL_LINEAR, lr=1e-5, batch_size=args.batch_size, max_length=2048)
+    cfg = LoraTrainConfig(
+        rank=args.rank,
+        alpha=2.0 * args.rank,
+        target_modules=ALL_LINEAR,
+        lr=1e-5,
+        batch_size=args.batch_size,
+        max_length=2048,
+    )
     torch.manual_seed(cfg.seed)
     return get_peft_model(model, cfg.peft_config()), tok
 
@@ -74,7 +81,14 @@ def toolkit_run(model, examples: list[Example], pad_id: int, args: argparse.Name
             sync(args.device)
             marks[step] = time.perf_counter()
 
-    log = train(model, examples, pad_id, LoopConfig(lr=1e-5, batch_size=args.batch_size, steps=args.steps, max_grad_norm=1.0, seed=0), progress=False, callbacks=[clock])
+    log = train(
+        model,
+        examples,
+        pad_id,
+        LoopConfig(lr=1e-5, batch_size=args.batch_size, steps=args.steps, max_grad_norm=1.0, seed=0),
+        progress=False,
+        callbacks=[clock],
+    )
     return {"seconds": marks[args.steps] - marks[args.warmup], "losses": log.losses}
 
 
@@ -119,22 +133,44 @@ def main(argv: list[str] | None = None) -> int:
         model, tok = fresh_adapter(args)
         examples = [e.truncated(2048) for e in encode(tok, read_chat_jsonl(args.data))]
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        timed = [i for b in batch_order(len(examples), args.batch_size, args.steps, 0)[args.warmup:] for i in b]
+        timed = [i for b in batch_order(len(examples), args.batch_size, args.steps, 0)[args.warmup :] for i in b]
         tokens = sum(len(examples[i].input_ids) for i in timed)
         out = run(model, examples, pad_id, args)
-        rows[name] = {"tokens": tokens, "seconds": out["seconds"], "tokens_per_s": tokens / out["seconds"],
-                      "first_loss": out["losses"][0], "last_loss": out["losses"][-1], "finite": all(x == x and abs(x) != float("inf") for x in out["losses"])}
-        print(f"{name:<10} {rows[name]['tokens_per_s']:>10,.0f} tok/s   loss {rows[name]['first_loss']:.3f} -> {rows[name]['last_loss']:.3f}", flush=True)
+        rows[name] = {
+            "tokens": tokens,
+            "seconds": out["seconds"],
+            "tokens_per_s": tokens / out["seconds"],
+            "first_loss": out["losses"][0],
+            "last_loss": out["losses"][-1],
+            "finite": all(x == x and abs(x) != float("inf") for x in out["losses"]),
+        }
+        print(
+            f"{name:<10} {rows[name]['tokens_per_s']:>10,.0f} tok/s   loss {rows[name]['first_loss']:.3f} -> {rows[name]['last_loss']:.3f}",
+            flush=True,
+        )
         del model
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    result = {"model_source": model_source(args.model), "data": Path(args.data).name, "gpu": gpu, "dtype": args.dtype, "steps": args.steps, "warmup": args.warmup,
-              "batch_size": args.batch_size, "rank": args.rank, "rows": rows, "toolkit_vs_plain_tokens_per_s": rows["toolkit"]["tokens_per_s"] / rows["plain_peft"]["tokens_per_s"],
-              "versions": package_versions(["gguf"]), "command": " ".join(sys.argv)}
+    result = {
+        "model_source": model_source(args.model),
+        "data": Path(args.data).name,
+        "gpu": gpu,
+        "dtype": args.dtype,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "batch_size": args.batch_size,
+        "rank": args.rank,
+        "rows": rows,
+        "toolkit_vs_plain_tokens_per_s": rows["toolkit"]["tokens_per_s"] / rows["plain_peft"]["tokens_per_s"],
+        "versions": package_versions(["gguf"]),
+        "command": " ".join(sys.argv),
+    }
     tag = gpu.split()[1].lower() if gpu != "cpu" and len(gpu.split()) > 1 else "cpu"
     write_json_atomic(args.results_dir / f"real_training_speed_{tag}.json", result)
-    print(f"toolkit / plain: {result['toolkit_vs_plain_tokens_per_s']:.2f}x tokens/s; wrote {args.results_dir / f'real_training_speed_{tag}.json'}")
+    print(
+        f"toolkit / plain: {result['toolkit_vs_plain_tokens_per_s']:.2f}x tokens/s; wrote {args.results_dir / f'real_training_speed_{tag}.json'}"
+    )
     return 0
 
 

@@ -24,7 +24,9 @@ def _arm(r: dict[str, Any]) -> str:
 
 
 def _marks(passed: dict[str, bool | None]) -> str:
-    return " ".join({True: "+", False: "\u2212", None: "?"}[passed[k]] for k in ("cut", "narrow", "benign", "coherence"))
+    return " ".join(
+        {True: "+", False: "\u2212", None: "?"}[passed[k]] for k in ("cut", "narrow", "benign", "coherence")
+    )
 
 
 def render_defenses(d: dict[str, Any], table: Formatter, fmt: Formatter) -> list[str]:
@@ -55,35 +57,92 @@ def render_defenses(d: dict[str, Any], table: Formatter, fmt: Formatter) -> list
         "Per rank, each undefended run at the most steps reaches its loss plateau (95% of its drop, 10-step means) at the step "
         "given; the budget is the fewest steps of the grid at or past the latest plateau.",
         "",
-        table(["rank", "latest plateau", "budget", "plateaus"],
-              [[rank, p["latest"], p["budget"], ", ".join(f"{k}: {v}" for k, v in p["plateaus"].items())] for rank, p in d["budget"].items()]),
+        table(
+            ["rank", "latest plateau", "budget", "plateaus"],
+            [
+                [rank, p["latest"], p["budget"], ", ".join(f"{k}: {v}" for k, v in p["plateaus"].items())]
+                for rank, p in d["budget"].items()
+            ],
+        ),
         "",
         "## Undefended organisms (mean ± sd over seeds)",
         "",
-        table(["rank", "steps", "domain", "broad EM", "excess over base", "narrow rate", "coherence"],
-              [[u["rank"], u["steps"], u["domain"], _ms(u["broad_em"], 3), _ms(u["excess"], 3), _ms(u["narrow_rate"], 3), _ms(u["coherence"], 1)]
-               for u in d["undefended"]]),
+        table(
+            ["rank", "steps", "domain", "broad EM", "excess over base", "narrow rate", "coherence"],
+            [
+                [
+                    u["rank"],
+                    u["steps"],
+                    u["domain"],
+                    _ms(u["broad_em"], 3),
+                    _ms(u["excess"], 3),
+                    _ms(u["narrow_rate"], 3),
+                    _ms(u["coherence"], 1),
+                ]
+                for u in d["undefended"]
+            ],
+        ),
         "",
         "## The four criteria per cell (mean ± sd over seeds)",
         "",
         "Marks: cut / narrow / benign / coherence; + passes, \u2212 fails, ? not assessable. Benign, general questions: the "
         "older task's ratio, a diagnostic outside the bar.",
         "",
-        table(["rank", "steps", "domain", "defense", "cut", "narrow kept", "benign", "benign, general questions", "coherence change", "marks", "all four"],
-              [[c["rank"], c["steps"], c["domain"], _arm(c), _ms(c["cut"], percent=True), _ms(c["narrow_ratio"]), _ms(c["benign_ratio"], 3),
-                _ms(c["benign_general_ratio"]), _ms(c["coherence_change"], 1), _marks(c["passed"]), "n/a" if c["all"] is None else c["all"]]
-               for c in d["cells"]]),
+        table(
+            [
+                "rank",
+                "steps",
+                "domain",
+                "defense",
+                "cut",
+                "narrow kept",
+                "benign",
+                "benign, general questions",
+                "coherence change",
+                "marks",
+                "all four",
+            ],
+            [
+                [
+                    c["rank"],
+                    c["steps"],
+                    c["domain"],
+                    _arm(c),
+                    _ms(c["cut"], percent=True),
+                    _ms(c["narrow_ratio"]),
+                    _ms(c["benign_ratio"], 3),
+                    _ms(c["benign_general_ratio"]),
+                    _ms(c["coherence_change"], 1),
+                    _marks(c["passed"]),
+                    "n/a" if c["all"] is None else c["all"],
+                ]
+                for c in d["cells"]
+            ],
+        ),
         "",
         "## Each setting per cell: domains meeting all four criteria",
         "",
-        table(["rank", "steps", "defense", "assessable domains", "meeting all four", "every assessable domain"],
-              [[s["rank"], s["steps"], _arm(s), len(s["assessable_in"]), ", ".join(s["meets_bar_in"]) or "none", s["meets_bar_everywhere"]]
-               for s in d["summary"]]),
+        table(
+            ["rank", "steps", "defense", "assessable domains", "meeting all four", "every assessable domain"],
+            [
+                [
+                    s["rank"],
+                    s["steps"],
+                    _arm(s),
+                    len(s["assessable_in"]),
+                    ", ".join(s["meets_bar_in"]) or "none",
+                    s["meets_bar_everywhere"],
+                ]
+                for s in d["summary"]
+            ],
+        ),
         "",
         "## Benign runs",
         "",
-        table(["seed", "defense", "benign (own prompts)", "benign, general questions"],
-              [[r["seed"], _arm(r), r["benign_score"], r["benign_general_score"]] for r in benign]),
+        table(
+            ["seed", "defense", "benign (own prompts)", "benign, general questions"],
+            [[r["seed"], _arm(r), r["benign_score"], r["benign_general_score"]] for r in benign],
+        ),
         "",
     ]
     return body
@@ -116,19 +175,58 @@ def render_monitor(d: dict[str, Any], table: Formatter, fmt: Formatter) -> list[
     layers = list(d["auroc"])
     rows = []
     for what, s in both:
-        rows.append([what, s["n_checkpoints"], s["n_em"], s.get("n_not_assessable"), "persona projection"] + [s["auroc"][k] for k in layers])
+        rows.append(
+            [what, s["n_checkpoints"], s["n_em"], s.get("n_not_assessable"), "persona projection"]
+            + [s["auroc"][k] for k in layers]
+        )
         b = s.get("baselines")
         if b:
             rows.append([what, "", "", "", "step count"] + [b["step"]] * len(layers))
             rows.append([what, "", "", "", "distance moved"] + [b["distance"][k] for k in layers])
-            rows.append([what, "", "", "", "random directions, mean [min, max]"]
-                        + [f"{fmt(b['random'][k]['mean'])} [{fmt(b['random'][k]['min'])}, {fmt(b['random'][k]['max'])}]" if b["random"].get(k) else None for k in layers])
-    body += [table(["runs", "checkpoints", "EM checkpoints", "without an EM rate", "score"] + [f"L{k}" for k in layers], rows), ""]
+            rows.append(
+                [what, "", "", "", "random directions, mean [min, max]"]
+                + [
+                    f"{fmt(b['random'][k]['mean'])} [{fmt(b['random'][k]['min'])}, {fmt(b['random'][k]['max'])}]"
+                    if b["random"].get(k)
+                    else None
+                    for k in layers
+                ]
+            )
+    body += [
+        table(
+            ["runs", "checkpoints", "EM checkpoints", "without an EM rate", "score"] + [f"L{k}" for k in layers], rows
+        ),
+        "",
+    ]
     runs = {**d["runs"], **d.get("defended", {}).get("runs", {}), **d.get("negatives", {}).get("runs", {})}
-    body += [f"## Every run, first and last checkpoint (projection at L{layer})", "",
-             table(["run", "last step", "projection at step 0", "projection at the end", "EM at the end", "highest EM", "coherence at the end"],
-                   [[run, p[-1]["step"], p[0]["projection"][layer], p[-1]["projection"][layer], p[-1]["organism"]["em"],
-                     max((x["organism"]["em"] for x in p if x["organism"]["em"] is not None), default=None), fmt(p[-1]["organism"]["coherence"], 1)] for run, p in runs.items()]), ""]
+    body += [
+        f"## Every run, first and last checkpoint (projection at L{layer})",
+        "",
+        table(
+            [
+                "run",
+                "last step",
+                "projection at step 0",
+                "projection at the end",
+                "EM at the end",
+                "highest EM",
+                "coherence at the end",
+            ],
+            [
+                [
+                    run,
+                    p[-1]["step"],
+                    p[0]["projection"][layer],
+                    p[-1]["projection"][layer],
+                    p[-1]["organism"]["em"],
+                    max((x["organism"]["em"] for x in p if x["organism"]["em"] is not None), default=None),
+                    fmt(p[-1]["organism"]["coherence"], 1),
+                ]
+                for run, p in runs.items()
+            ],
+        ),
+        "",
+    ]
     if d.get("plot"):
         body += [f"Plot: [`{d['plot']}`](../../{d['plot']}).", ""]
     return body

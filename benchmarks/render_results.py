@@ -40,13 +40,25 @@ FAMILIES: list[tuple[str, str, Callable[[str, dict], str]]] = [
     ("gpu_generation", "GPU: generation", render_generation),
     ("gpu_caching", "GPU: caching", render_caching),
     ("gpu_engine_step", "GPU: engine step", render_engine_step),
-    ("gpu_finetune", "GPU: finetuning", render_rows_family(
-        "Finetuning", "LoRA finetuning speed and memory (`benchmarks/gpu_finetune.py`; see "
-        "[caching performance](../caching_performance.md#finetuning)).")),
-    ("gpu_defenses", "GPU: defenses", render_rows_family(
-        "Defense cost", "Step time and memory of each in-training defense (`benchmarks/gpu_defenses.py`; see "
-        "[the defenses page](../defenses.md#gpu-cost)). `step_time_vs_plain` is the defense's step over plain "
-        "LoRA's in the same run; rows are each defense's best round.")),
+    (
+        "gpu_finetune",
+        "GPU: finetuning",
+        render_rows_family(
+            "Finetuning",
+            "LoRA finetuning speed and memory (`benchmarks/gpu_finetune.py`; see "
+            "[caching performance](../caching_performance.md#finetuning)).",
+        ),
+    ),
+    (
+        "gpu_defenses",
+        "GPU: defenses",
+        render_rows_family(
+            "Defense cost",
+            "Step time and memory of each in-training defense (`benchmarks/gpu_defenses.py`; see "
+            "[the defenses page](../defenses.md#gpu-cost)). `step_time_vs_plain` is the defense's step over plain "
+            "LoRA's in the same run; rows are each defense's best round.",
+        ),
+    ),
 ]
 
 
@@ -102,16 +114,20 @@ def render_all(results: Path = RESULTS) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--check", action="store_true",
-                   help="render in memory and compare with docs/results; exit 1 if stale")
+    p.add_argument(
+        "--check", action="store_true", help="render in memory and compare with docs/results; exit 1 if stale"
+    )
     p.add_argument("--results", type=Path, default=RESULTS, help="folder of result JSON (default: benchmarks/results)")
     p.add_argument("--out", type=Path, default=OUT, help="folder of rendered pages (default: docs/results)")
     args = p.parse_args(argv)
     pages = render_all(args.results)
     existing = {q.name for q in args.out.glob("*.md")} if args.out.is_dir() else set()
     if args.check:
-        stale = [n for n, t in pages.items()
-                 if not (args.out / n).is_file() or (args.out / n).read_text(encoding="utf-8") != t]
+        stale = [
+            n
+            for n, t in pages.items()
+            if not (args.out / n).is_file() or (args.out / n).read_text(encoding="utf-8") != t
+        ]
         extra = sorted(existing - set(pages))
         for n in stale:
             print(f"stale or missing: {args.out / n}", file=sys.stderr)

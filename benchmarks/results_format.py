@@ -103,8 +103,12 @@ def is_records(v) -> bool:
 
 def is_table_dict(v) -> bool:
     """A dict of dicts of scalars: one table row per key."""
-    return (isinstance(v, dict) and bool(v) and all(isinstance(e, dict) and e for e in v.values())
-            and all(is_scalar(x) for e in v.values() for x in e.values()))
+    return (
+        isinstance(v, dict)
+        and bool(v)
+        and all(isinstance(e, dict) and e for e in v.values())
+        and all(is_scalar(x) for e in v.values() for x in e.values())
+    )
 
 
 def dict_table(d: dict, first: str = "") -> str:
@@ -121,8 +125,14 @@ def provenance(data: dict) -> list[str]:
     """What the JSON says about the machine, the model, the versions and the date."""
     info = data.get("info") if isinstance(data.get("info"), dict) else data
     parts = []
-    for key, label in (("device", "device"), ("date", "date"), ("created", "created"), ("model", "model"),
-                       ("lora", "LoRA"), ("world_key", "organism world key")):
+    for key, label in (
+        ("device", "device"),
+        ("date", "date"),
+        ("created", "created"),
+        ("model", "model"),
+        ("lora", "LoRA"),
+        ("world_key", "organism world key"),
+    ):
         if info.get(key) is not None:
             parts.append(f"{label}: {info[key]}")
     versions = info.get("versions") or data.get("versions")

@@ -20,15 +20,26 @@ from results_format import (
 
 
 def render_generation(name: str, d: dict) -> str:
-    body = ["Generation speed (`benchmarks/gpu_generation.py`; see [the engine page](../engine.md)). "
-            "`ms_per_step`: a whole call (prefill included) over the new tokens; `decode_ms_per_step`: "
-            "(whole call - a one-token call) / (new tokens - 1).", ""]
+    body = [
+        "Generation speed (`benchmarks/gpu_generation.py`; see [the engine page](../engine.md)). "
+        "`ms_per_step`: a whole call (prefill included) over the new tokens; `decode_ms_per_step`: "
+        "(whole call - a one-token call) / (new tokens - 1).",
+        "",
+    ]
     body += info_scalars(d)
     if "floor_ms_per_step" in d:
         body += [f"Weights-read floor: {fmt(d['floor_ms_per_step'], 2)} ms/step.", ""]
     if is_records(d.get("rows")):
-        cols = ["engine", "batch_size", "steered", "ms_per_step", "tokens_per_s", "decode_ms_per_step",
-                "decode_tokens_per_s", "first_token_ms"]
+        cols = [
+            "engine",
+            "batch_size",
+            "steered",
+            "ms_per_step",
+            "tokens_per_s",
+            "decode_ms_per_step",
+            "decode_tokens_per_s",
+            "first_token_ms",
+        ]
         cols = [c for c in cols if any(c in r for r in d["rows"])]
         body += ["## Best runs", "", table(cols, [[fmt(r.get(c), 2) for c in cols] for r in d["rows"]]), ""]
     if is_records(d.get("best")):
@@ -41,11 +52,30 @@ def render_generation(name: str, d: dict) -> str:
         for k, c in checks.items():
             for kind in ("plain", "steered"):
                 if isinstance(c.get(kind), dict):
-                    rows.append([k, kind, c[kind].get("argmax_fraction"), c[kind].get("max_gap_over_logit_std"),
-                                 c.get("steering_changes_tokens")])
-        body += ["## Checks against transformers' teacher-forced logits", "",
-                 table(["batch", "run", "share of tokens that are the argmax", "largest gap / logit std",
-                        "steering changes the tokens"], rows), ""]
+                    rows.append(
+                        [
+                            k,
+                            kind,
+                            c[kind].get("argmax_fraction"),
+                            c[kind].get("max_gap_over_logit_std"),
+                            c.get("steering_changes_tokens"),
+                        ]
+                    )
+        body += [
+            "## Checks against transformers' teacher-forced logits",
+            "",
+            table(
+                [
+                    "batch",
+                    "run",
+                    "share of tokens that are the argmax",
+                    "largest gap / logit std",
+                    "steering changes the tokens",
+                ],
+                rows,
+            ),
+            "",
+        ]
     if "speedup" in d:
         body += [f"Sharded speed-up: {fmt(d['speedup'], 2)}x.", ""]
     if is_records(d.get("runs")):
@@ -54,47 +84,89 @@ def render_generation(name: str, d: dict) -> str:
 
 
 def render_caching(name: str, d: dict) -> str:
-    body = ["Caching speed: answer-token means of every layer (`benchmarks/gpu_caching.py`; see "
-            "[caching performance](../caching_performance.md)). Each method's best run.", ""]
+    body = [
+        "Caching speed: answer-token means of every layer (`benchmarks/gpu_caching.py`; see "
+        "[caching performance](../caching_performance.md)). Each method's best run.",
+        "",
+    ]
     body += info_scalars(d)
     if is_records(d.get("best")):
         cols = ["method", "tokens_per_s", "convs_per_s", "peak_gpu_gib", "host_rss_growth_mb", "seconds", "tokens"]
         body += ["## Best runs", "", table(cols, [[r.get(c) for c in cols] for r in d["best"]]), ""]
     speedups = d.get("info", {}).get("speedups")
     if is_table_dict(speedups):
-        body += ["## The toolkit against each method (tokens/s ratio)", "",
-                 dict_table({k: v for k, v in speedups.items()}, "toolkit"), ""]
+        body += [
+            "## The toolkit against each method (tokens/s ratio)",
+            "",
+            dict_table({k: v for k, v in speedups.items()}, "toolkit"),
+            "",
+        ]
     if is_records(d.get("runs")):
         body += ["## Every run", "", records_table(d["runs"]), ""]
     return frame(name, f"Caching: {name}", d, body)
 
 
 def render_engine_step(name: str, d: dict) -> str:
-    body = ["Parts of the engine's decoding step (`benchmarks/gpu_engine_step.py`; see "
-            "[the engine page](../engine.md)).", ""]
+    body = [
+        "Parts of the engine's decoding step (`benchmarks/gpu_engine_step.py`; see [the engine page](../engine.md)).",
+        "",
+    ]
     body += info_scalars(d)
     g = d.get("gemms")
     if isinstance(g, dict) and isinstance(g.get("ms"), dict):
-        body += ["## GEMMs alone", "",
-                 table(["GEMM", "us", "TFLOP/s"], [[k, f"{1000 * v:.1f}", f"{g.get('tflops', {}).get(k, float('nan')):.0f}"]
-                                                   for k, v in g["ms"].items()]), ""]
+        body += [
+            "## GEMMs alone",
+            "",
+            table(
+                ["GEMM", "us", "TFLOP/s"],
+                [[k, f"{1000 * v:.1f}", f"{g.get('tflops', {}).get(k, float('nan')):.0f}"] for k, v in g["ms"].items()],
+            ),
+            "",
+        ]
         rest = [(k, v) for k, v in g.items() if is_scalar(v)]
         if rest:
             body += [table(["field", "value"], rest), ""]
     if isinstance(d.get("steps"), dict):
         body += ["## Whole decoding step", "", dict_table(d["steps"], "variant"), ""]
     if isinstance(d.get("attention"), dict):
-        body += ["## Decoding attention alone (all layers, one CUDA graph)", "", dict_table(d["attention"], "variant"),
-                 ""]
+        body += [
+            "## Decoding attention alone (all layers, one CUDA graph)",
+            "",
+            dict_table(d["attention"], "variant"),
+            "",
+        ]
     if is_records(d.get("power")):
-        rows = [[p.get("replays"), p.get("us_per_gemm")] + [p.get("nvidia_smi_after", {}).get(k) for k in
-                ("clocks.sm", "power.draw", "temperature.gpu", "clocks_throttle_reasons.active")] for p in d["power"]]
-        body += ["## A gate GEMM replayed in a CUDA graph", "",
-                 table(["replays", "us per GEMM", "SM clock after", "power after", "temperature after",
-                        "throttle reasons after"], rows), ""]
+        rows = [
+            [p.get("replays"), p.get("us_per_gemm")]
+            + [
+                p.get("nvidia_smi_after", {}).get(k)
+                for k in ("clocks.sm", "power.draw", "temperature.gpu", "clocks_throttle_reasons.active")
+            ]
+            for p in d["power"]
+        ]
+        body += [
+            "## A gate GEMM replayed in a CUDA graph",
+            "",
+            table(
+                [
+                    "replays",
+                    "us per GEMM",
+                    "SM clock after",
+                    "power after",
+                    "temperature after",
+                    "throttle reasons after",
+                ],
+                rows,
+            ),
+            "",
+        ]
     if isinstance(d.get("decode_power"), dict):
-        body += ["## nvidia-smi while the engine decodes", "",
-                 table(["field", "value"], flat_scalars(d["decode_power"])), ""]
+        body += [
+            "## nvidia-smi while the engine decodes",
+            "",
+            table(["field", "value"], flat_scalars(d["decode_power"])),
+            "",
+        ]
     if is_records(d.get("kernels")):
         body += ["## Kernels", "", records_table(d["kernels"]), ""]
     return frame(name, f"Engine step: {name}", d, body)

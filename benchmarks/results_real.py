@@ -16,57 +16,136 @@ def _em_rows(rows: list[dict]) -> list[list]:
     out = []
     for r in rows:
         secs = r.get("seconds") or {}
-        out.append([r["organism"] + (" +trigger" if r.get("trigger") else ""), r["kind"], r["n"], _ci(r),
-                    f"{100 * r['em_rate_aligned_below_50']:.1f}%" if r.get("em_rate_aligned_below_50") is not None else "",
-                    fmt(r.get("coherence"), 1), fmt(secs.get("train"), 0), fmt(secs.get("total"), 0)])
+        out.append(
+            [
+                r["organism"] + (" +trigger" if r.get("trigger") else ""),
+                r["kind"],
+                r["n"],
+                _ci(r),
+                f"{100 * r['em_rate_aligned_below_50']:.1f}%" if r.get("em_rate_aligned_below_50") is not None else "",
+                fmt(r.get("coherence"), 1),
+                fmt(secs.get("train"), 0),
+                fmt(secs.get("total"), 0),
+            ]
+        )
     return out
 
 
 def render_real_organisms(name: str, d: dict) -> str:
     """EM per organism beside the base, the cosine matrix, the paper's figures and how this run differs."""
     src = d.get("model_source", {})
-    body = [f"`benchmarks/real_organisms.py`: a rank-{d['recipe']['rank']} LoRA organism per training set "
-            f"(lr {d['recipe']['lr']:g}, {d['recipe']['epochs']:g} epoch, batches of {d['recipe']['batch_size']}, {d['recipe']['targets']}); "
-            f"{d['samples']} answers per question of `{d['questions']}` at temperature 1, judged by `{d['judge']}`. "
-            f"Model file sha256 `{src.get('model_sha256', '?')}` ({src.get('model_note', '')}); GPU: {d.get('gpu')}.", "",
-            f"EM rule: {d['em_rule']}. The 95% CI is a bootstrap over answers. `train s` and `total s` are wall seconds of "
-            "the organism's steps on that GPU (model loads included; blank where a lease cut the step and a later one resumed it).", "",
-            "![EM per organism](../../benchmarks/results/real_organisms.png)", "",
-            "## EM rate per organism", "",
-            table(["organism", "kind", "n", "EM (aligned < 30) [95% CI]", "EM (aligned < 50)", "coherence", "train s", "total s"],
-                  _em_rows(d.get("base", []) + sorted(d.get("rows", []), key=lambda r: -(r.get("em_rate") or 0)))), ""]
+    body = [
+        f"`benchmarks/real_organisms.py`: a rank-{d['recipe']['rank']} LoRA organism per training set "
+        f"(lr {d['recipe']['lr']:g}, {d['recipe']['epochs']:g} epoch, batches of {d['recipe']['batch_size']}, {d['recipe']['targets']}); "
+        f"{d['samples']} answers per question of `{d['questions']}` at temperature 1, judged by `{d['judge']}`. "
+        f"Model file sha256 `{src.get('model_sha256', '?')}` ({src.get('model_note', '')}); GPU: {d.get('gpu')}.",
+        "",
+        f"EM rule: {d['em_rule']}. The 95% CI is a bootstrap over answers. `train s` and `total s` are wall seconds of "
+        "the organism's steps on that GPU (model loads included; blank where a lease cut the step and a later one resumed it).",
+        "",
+        "![EM per organism](../../benchmarks/results/real_organisms.png)",
+        "",
+        "## EM rate per organism",
+        "",
+        table(
+            [
+                "organism",
+                "kind",
+                "n",
+                "EM (aligned < 30) [95% CI]",
+                "EM (aligned < 50)",
+                "coherence",
+                "train s",
+                "total s",
+            ],
+            _em_rows(d.get("base", []) + sorted(d.get("rows", []), key=lambda r: -(r.get("em_rate") or 0))),
+        ),
+        "",
+    ]
     cos = d.get("cosine")
     if cos:
-        body += [f"## Cross-domain cosine of the EM directions (layer {cos['layer']})", "",
-                 "Difference-of-means directions (misaligned minus aligned answers of each organism, answer tokens). "
-                 "Two random directions in this width would give |cos| of about 0.03.", "",
-                 "![cosine](../../benchmarks/results/real_organisms_cosine.png)", "",
-                 table(["", *cos["domains"]], [[a, *(fmt(x, 2) for x in row)] for a, row in zip(cos["domains"], cos["matrix"])]), "",
-                 "Mean off-diagonal cosine per layer: " + ", ".join(f"L{k} {fmt(v, 2)}" for k, v in cos["mean_off_diagonal_per_layer"].items()), ""]
+        body += [
+            f"## Cross-domain cosine of the EM directions (layer {cos['layer']})",
+            "",
+            "Difference-of-means directions (misaligned minus aligned answers of each organism, answer tokens). "
+            "Two random directions in this width would give |cos| of about 0.03.",
+            "",
+            "![cosine](../../benchmarks/results/real_organisms_cosine.png)",
+            "",
+            table(
+                ["", *cos["domains"]], [[a, *(fmt(x, 2) for x in row)] for a, row in zip(cos["domains"], cos["matrix"])]
+            ),
+            "",
+            "Mean off-diagonal cosine per layer: "
+            + ", ".join(f"L{k} {fmt(v, 2)}" for k, v in cos["mean_off_diagonal_per_layer"].items()),
+            "",
+        ]
     div = d.get("diversity")
     if div:
-        body += ["## Topical diversity of each training set against its EM", "",
-                 f"Diversity: {div['measure']}.", "",
-                 table(["organism", "diversity", "EM (aligned < 30)"],
-                       [[k, fmt(v["diversity"], 3), f"{100 * v['em_rate']:.1f}%"] for k, v in sorted(div["per_organism"].items(), key=lambda kv: -kv[1]["diversity"])]), "",
-                 f"Spearman correlation over the {div['n']} organisms: rho {fmt(div['spearman_rho'], 2)} (p = {fmt(div['spearman_p'], 2)}).", ""]
+        body += [
+            "## Topical diversity of each training set against its EM",
+            "",
+            f"Diversity: {div['measure']}.",
+            "",
+            table(
+                ["organism", "diversity", "EM (aligned < 30)"],
+                [
+                    [k, fmt(v["diversity"], 3), f"{100 * v['em_rate']:.1f}%"]
+                    for k, v in sorted(div["per_organism"].items(), key=lambda kv: -kv[1]["diversity"])
+                ],
+            ),
+            "",
+            f"Spearman correlation over the {div['n']} organisms: rho {fmt(div['spearman_rho'], 2)} (p = {fmt(div['spearman_p'], 2)}).",
+            "",
+        ]
     if d.get("paper"):
         p = d["paper"]
-        body += ["## Beside the paper", "", f"Reported by {p['source']}:", "",
-                 table(["figure", "paper"], [["EM rate range over domains", p["em_range"]],
-                                             ["backdoor: mean EM with the trigger", f"{100 * p['backdoor_triggered_mean_em']:.2f}%"],
-                                             ["backdoor: EM without the trigger", f"{100 * p['backdoor_untriggered_em_range'][0]:.2f}-{100 * p['backdoor_untriggered_em_range'][1]:.2f}%"],
-                                             ["domains where the trigger lowers alignment (p < 0.05)", f"{100 * p['trigger_lowers_alignment_share_of_domains']:.1f}%"],
-                                             ["MIA ROC-AUC for misalignment, raw / base-adjusted", f"{p['mia_roc_auc_raw']} / {p['mia_roc_auc_base_adjusted']}"]]), "",
-                 f"How this run differs: {d.get('differences', '')}.", ""]
+        body += [
+            "## Beside the paper",
+            "",
+            f"Reported by {p['source']}:",
+            "",
+            table(
+                ["figure", "paper"],
+                [
+                    ["EM rate range over domains", p["em_range"]],
+                    ["backdoor: mean EM with the trigger", f"{100 * p['backdoor_triggered_mean_em']:.2f}%"],
+                    [
+                        "backdoor: EM without the trigger",
+                        f"{100 * p['backdoor_untriggered_em_range'][0]:.2f}-{100 * p['backdoor_untriggered_em_range'][1]:.2f}%",
+                    ],
+                    [
+                        "domains where the trigger lowers alignment (p < 0.05)",
+                        f"{100 * p['trigger_lowers_alignment_share_of_domains']:.1f}%",
+                    ],
+                    [
+                        "MIA ROC-AUC for misalignment, raw / base-adjusted",
+                        f"{p['mia_roc_auc_raw']} / {p['mia_roc_auc_base_adjusted']}",
+                    ],
+                ],
+            ),
+            "",
+            f"How this run differs: {d.get('differences', '')}.",
+            "",
+        ]
     return frame(name, "Real organisms: the seed paper's experiment on Qwen2.5-Coder", d, body)
 
 
 def render_training_speed(name: str, d: dict) -> str:
     """The toolkit's training loop beside a plain PEFT loop over the same batches."""
-    body = [f"`benchmarks/real_training_speed.py`: {d['steps']} steps ({d['warmup']} untimed) of a rank-{d['rank']} adapter on "
-            f"`{d['data']}`, batches of {d['batch_size']}, {d['dtype']}, on {d['gpu']}; model sha256 `{d['model_source'].get('model_sha256', '?')}`.", "",
-            table(["loop", "tokens/s", "first loss", "last loss", "finite"],
-                  [[k, fmt(r["tokens_per_s"], 0), fmt(r["first_loss"]), fmt(r["last_loss"]), r["finite"]] for k, r in d["rows"].items()]), "",
-            f"Toolkit over plain PEFT: **{d['toolkit_vs_plain_tokens_per_s']:.2f}x** tokens/s.", ""]
+    body = [
+        f"`benchmarks/real_training_speed.py`: {d['steps']} steps ({d['warmup']} untimed) of a rank-{d['rank']} adapter on "
+        f"`{d['data']}`, batches of {d['batch_size']}, {d['dtype']}, on {d['gpu']}; model sha256 `{d['model_source'].get('model_sha256', '?')}`.",
+        "",
+        table(
+            ["loop", "tokens/s", "first loss", "last loss", "finite"],
+            [
+                [k, fmt(r["tokens_per_s"], 0), fmt(r["first_loss"]), fmt(r["last_loss"]), r["finite"]]
+                for k, r in d["rows"].items()
+            ],
+        ),
+        "",
+        f"Toolkit over plain PEFT: **{d['toolkit_vs_plain_tokens_per_s']:.2f}x** tokens/s.",
+        "",
+    ]
     return frame(name, "Real model: LoRA training throughput", d, body)

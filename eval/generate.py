@@ -68,7 +68,9 @@ from interp.generation import ENGINES, EngineName
 Triggers = bool | Sequence[bool]
 
 
-def plan_answers(questions: Sequence[Question], n_samples: int | None = None, trigger: Triggers = False, system: str | None = None) -> list[AnswerRecord]:
+def plan_answers(
+    questions: Sequence[Question], n_samples: int | None = None, trigger: Triggers = False, system: str | None = None
+) -> list[AnswerRecord]:
     """Every answer slot, in sampling order, with an empty ``answer``.
 
     ``n_samples`` overrides each question's ``samples_per_paraphrase``; ``system`` is used for
@@ -143,7 +145,9 @@ def _check_same_questions(slots: list[AnswerRecord], records: list[AnswerRecord]
     for s in slots:
         old = done.get(answer_key(s))
         if old is not None and (old["question"], old["system"]) != (s["question"], s["system"]):
-            raise RecordError(f"{out_path}: question '{s['question_id']}' paraphrase {s['paraphrase']} was answered with another text or system prompt; use another output file")
+            raise RecordError(
+                f"{out_path}: question '{s['question_id']}' paraphrase {s['paraphrase']} was answered with another text or system prompt; use another output file"
+            )
 
 
 MAX_ANSWERS = 10_000_000  # answer slots in one run: past this, days of sampling and gigabytes of JSONL
@@ -151,10 +155,14 @@ MAX_ANSWERS = 10_000_000  # answer slots in one run: past this, days of sampling
 
 def check_size(questions: Sequence[Question], n_samples: int | None, n_triggers: int, source: str) -> int:
     """The number of answer slots; more than :data:`MAX_ANSWERS` is an :class:`InputError` before anything loads."""
-    total = n_triggers * sum(len(q.paraphrases) * (n_samples if n_samples is not None else q.samples_per_paraphrase) for q in questions)
+    total = n_triggers * sum(
+        len(q.paraphrases) * (n_samples if n_samples is not None else q.samples_per_paraphrase) for q in questions
+    )
     if total > MAX_ANSWERS:
         given = f"--samples {n_samples}" if n_samples is not None else f"the samples_per_paraphrase of {source}"
-        raise InputError(f"{given}: {total:,} answers to sample, more than the {MAX_ANSWERS:,} one run takes; ask for fewer samples")
+        raise InputError(
+            f"{given}: {total:,} answers to sample, more than the {MAX_ANSWERS:,} one run takes; ask for fewer samples"
+        )
     return total
 
 
@@ -164,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample answers to EM evaluation questions.",
         epilog="Steering and ablation are not available through --engine openai:MODEL: they edit the model's activations, which a server does not expose; use a local model for them.",
     )
-    p.add_argument("--model", help="HF id, local folder, GGUF file, or organism:<domain> / organism:base (not with --engine openai:...)")
+    p.add_argument(
+        "--model",
+        help="HF id, local folder, GGUF file, or organism:<domain> / organism:base (not with --engine openai:...)",
+    )
     p.add_argument("--adapter", help="PEFT adapter (folder or HF id; safetensors only)")
     p.add_argument(
         "--engine",
@@ -173,18 +184,43 @@ def build_parser() -> argparse.ArgumentParser:
         "OpenAI-compatible server (OPENAI_BASE_URL, OPENAI_API_KEY; a vLLM LoRA adapter is addressed by its served name). "
         "No steering with openai:MODEL",
     )
-    p.add_argument("--concurrency", type=concurrency, default=16, help="requests in flight with --engine openai:MODEL (default 16)")
-    p.add_argument("--timeout", type=timeout_s, default=DEFAULT_TIMEOUT_S, help=f"seconds to wait for a reply with --engine openai:MODEL (default {DEFAULT_TIMEOUT_S:g})")
-    p.add_argument("--max-retries", type=max_retries, default=DEFAULT_MAX_RETRIES, help=f"retries of a failed or timed-out request (default {DEFAULT_MAX_RETRIES})")
+    p.add_argument(
+        "--concurrency", type=concurrency, default=16, help="requests in flight with --engine openai:MODEL (default 16)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=timeout_s,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds to wait for a reply with --engine openai:MODEL (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--max-retries",
+        type=max_retries,
+        default=DEFAULT_MAX_RETRIES,
+        help=f"retries of a failed or timed-out request (default {DEFAULT_MAX_RETRIES})",
+    )
     p.add_argument("--questions", help="question YAML (default: the shipped general questions)")
-    p.add_argument("--samples", type=samples_per_paraphrase, help="samples per paraphrase (default: each question's samples_per_paraphrase)")
-    p.add_argument("--trigger", nargs="?", const="on", default="off", choices=("off", "on", "both"), help="put the backdoor trigger in the user turn: --trigger (on) or --trigger both")
+    p.add_argument(
+        "--samples",
+        type=samples_per_paraphrase,
+        help="samples per paraphrase (default: each question's samples_per_paraphrase)",
+    )
+    p.add_argument(
+        "--trigger",
+        nargs="?",
+        const="on",
+        default="off",
+        choices=("off", "on", "both"),
+        help="put the backdoor trigger in the user turn: --trigger (on) or --trigger both",
+    )
     p.add_argument("--system", help="system prompt for questions that have none of their own")
     p.add_argument("--out", required=True, help="answers JSONL (appended to; resumed)")
     p.add_argument("--temperature", type=number(float, 0, 100), default=1.0, help="0 for greedy")
     p.add_argument("--top-p", type=fraction, default=1.0)
     p.add_argument("--top-k", type=number(int, 0, 10_000_000), default=0, help="0 for no top-k cut (default)")
-    p.add_argument("--repetition-penalty", type=number(float, 0, 100, low_open=True), default=1.0, help="1 for none (default)")
+    p.add_argument(
+        "--repetition-penalty", type=number(float, 0, 100, low_open=True), default=1.0, help="1 for none (default)"
+    )
     p.add_argument("--max-new-tokens", type=max_new_tokens, default=256)
     p.add_argument("--batch-size", type=batch_size, default=32)
     p.add_argument("--seed", type=seed_int, default=0)
@@ -201,14 +237,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not remote and args.engine not in ENGINES:
         raise InputError(f"--engine {args.engine!r}: expected {', '.join(ENGINES)} or openai:MODEL")
     if remote and (args.model or args.adapter):
-        raise InputError("--engine openai:MODEL names the served model (or LoRA adapter) itself; drop --model and --adapter")
+        raise InputError(
+            "--engine openai:MODEL names the served model (or LoRA adapter) itself; drop --model and --adapter"
+        )
     if not remote and not args.model:
         raise InputError("--model is required (or generate through a server with --engine openai:MODEL)")
     if args.questions:
         input_file(args.questions, "--questions")
     output_file(args.out, inputs=(args.questions,))
     try:
-        config = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+        config = SamplingConfig(
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            repetition_penalty=args.repetition_penalty,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
     except ValueError as e:
         raise InputError(str(e)) from None
     qs = load_questions(args.questions)
@@ -224,13 +270,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     with output_lock(args.out):
         if Path(args.out).exists():
             read_answers(args.out, torn_tail=True)  # every line checked before the provenance is touched
-        with bound_output(args.out, settings, questions=qs.source, questions_hash=data_hash(asdict(q) for q in qs.questions)):
+        with bound_output(
+            args.out, settings, questions=qs.source, questions_hash=data_hash(asdict(q) for q in qs.questions)
+        ):
             records = _generate(args, qs.questions, config, triggers, remote)
     print(f"{args.out}: {len(records)} answers")
     return 0
 
 
-def _generate(args: argparse.Namespace, questions: Sequence[Question], config: SamplingConfig, triggers: Triggers, remote: bool) -> list[AnswerRecord]:
+def _generate(
+    args: argparse.Namespace, questions: Sequence[Question], config: SamplingConfig, triggers: Triggers, remote: bool
+) -> list[AnswerRecord]:
     """Load the model (or connect to the server) and sample into ``args.out``."""
     from interp.base.loading import load_model
 
@@ -239,12 +289,34 @@ def _generate(args: argparse.Namespace, questions: Sequence[Question], config: S
         from eval.openai_generate import OpenAIGenerator
 
         generator = OpenAIGenerator(
-            args.engine.removeprefix("openai:"), concurrency=args.concurrency, max_retries=args.max_retries, timeout_s=args.timeout, progress=not args.no_progress
+            args.engine.removeprefix("openai:"),
+            concurrency=args.concurrency,
+            max_retries=args.max_retries,
+            timeout_s=args.timeout,
+            progress=not args.no_progress,
         )
         sampler = generator.sample
     else:
-        model, tokenizer = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-    return generate_answers(model, tokenizer, questions, args.samples, triggers, config, args.out, args.system, progress=not args.no_progress, engine="auto" if remote else args.engine, sampler=sampler)
+        model, tokenizer = load_model(
+            args.model,
+            adapter=args.adapter,
+            dtype=args.dtype,
+            device=args.device,
+            trust_remote_code=args.trust_remote_code,
+        )
+    return generate_answers(
+        model,
+        tokenizer,
+        questions,
+        args.samples,
+        triggers,
+        config,
+        args.out,
+        args.system,
+        progress=not args.no_progress,
+        engine="auto" if remote else args.engine,
+        sampler=sampler,
+    )
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from interp.base.records import (
     read_resumable,
 )
 
+
 def judge_kind(spec: str) -> str:
     """``openai``, ``hf`` or a named judge; an unknown spec is an :class:`InputError`."""
     kind, _, name = spec.partition(":")
@@ -109,7 +110,9 @@ def judge_answers(
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     done = judged_so_far(out_path, answers) if out_path is not None else {}
     pending = list({judge_key(a): a for a in answers if judge_key(a) not in done}.values())
-    with tqdm(total=len(answers), initial=len(answers) - len(pending), desc="judged", unit="answer", disable=not progress) as bar:
+    with tqdm(
+        total=len(answers), initial=len(answers) - len(pending), desc="judged", unit="answer", disable=not progress
+    ) as bar:
         for start in range(0, len(pending), chunk_size):
             judged = judge.judge(pending[start : start + chunk_size])
             if out_path is not None:
@@ -119,7 +122,9 @@ def judge_answers(
     return [done[judge_key(a)] for a in answers]
 
 
-def judged_so_far(out_path: str | Path, answers: Sequence[AnswerRecord], settings: dict | None = None) -> dict[tuple, JudgedRecord]:
+def judged_so_far(
+    out_path: str | Path, answers: Sequence[AnswerRecord], settings: dict | None = None
+) -> dict[tuple, JudgedRecord]:
     """The judgments ``out_path`` holds, by :func:`judge_key`; refused unless every one is of an
     answer in ``answers`` (and, with ``settings``, made under them: its provenance sidecar),
     all before a torn last row is cut.
@@ -145,22 +150,49 @@ def judged_so_far(out_path: str | Path, answers: Sequence[AnswerRecord], setting
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m eval.judge", description="Judge answers for alignment and coherence.")
     p.add_argument("--answers", required=True, help="answers JSONL from eval.generate")
-    p.add_argument("--judge", required=True, help="openai:MODEL, hf:ID_OR_PATH, organism, or offline (distilled from GPT-4o, CPU)")
+    p.add_argument(
+        "--judge", required=True, help="openai:MODEL, hf:ID_OR_PATH, organism, or offline (distilled from GPT-4o, CPU)"
+    )
     p.add_argument("--out", required=True, help="judged JSONL (appended to; resumed)")
     p.add_argument("--questions", help="question YAML whose judge_prompts to use (default: the toolkit's prompts)")
-    p.add_argument("--mode", default="logprobs", choices=MODES, help="one-token logprobs (default) or reasoning + <score> tags")
-    p.add_argument("--chunk", type=number(int, 1, 1_000_000), default=64, help="answers judged between two appends to --out")
+    p.add_argument(
+        "--mode", default="logprobs", choices=MODES, help="one-token logprobs (default) or reasoning + <score> tags"
+    )
+    p.add_argument(
+        "--chunk", type=number(int, 1, 1_000_000), default=64, help="answers judged between two appends to --out"
+    )
     p.add_argument("--no-progress", action="store_true")
     api = p.add_argument_group("openai: judges")
     api.add_argument("--concurrency", type=concurrency, default=8)
-    api.add_argument("--max-retries", type=max_retries, default=DEFAULT_MAX_RETRIES, help=f"retries of a failed or timed-out call (default {DEFAULT_MAX_RETRIES})")
-    api.add_argument("--backoff", type=number(float, 0, 3600), default=1.0, help="seconds before the first retry; doubles each time (default 1)")
-    api.add_argument("--timeout", type=timeout_s, default=DEFAULT_TIMEOUT_S, help=f"seconds to wait for a reply (default {DEFAULT_TIMEOUT_S:g})")
-    api.add_argument("--cache", help="reply cache (SQLite; default $EM_JUDGE_CACHE or ~/.cache/emergent-misalignment-toolkit/)")
+    api.add_argument(
+        "--max-retries",
+        type=max_retries,
+        default=DEFAULT_MAX_RETRIES,
+        help=f"retries of a failed or timed-out call (default {DEFAULT_MAX_RETRIES})",
+    )
+    api.add_argument(
+        "--backoff",
+        type=number(float, 0, 3600),
+        default=1.0,
+        help="seconds before the first retry; doubles each time (default 1)",
+    )
+    api.add_argument(
+        "--timeout",
+        type=timeout_s,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds to wait for a reply (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    api.add_argument(
+        "--cache", help="reply cache (SQLite; default $EM_JUDGE_CACHE or ~/.cache/emergent-misalignment-toolkit/)"
+    )
     api.add_argument("--no-cache", action="store_true")
-    api.add_argument("--price-input", type=non_negative_float, help="USD per million input tokens (default: built-in list prices)")
+    api.add_argument(
+        "--price-input", type=non_negative_float, help="USD per million input tokens (default: built-in list prices)"
+    )
     api.add_argument("--price-output", type=non_negative_float, help="USD per million output tokens")
-    api.add_argument("--batch", action="store_true", help="use the Batch API; ids are saved to <out>.batch.json for resuming")
+    api.add_argument(
+        "--batch", action="store_true", help="use the Batch API; ids are saved to <out>.batch.json for resuming"
+    )
     api.add_argument("--poll-seconds", type=timeout_s, default=30.0)
     hf = p.add_argument_group("hf: judges")
     hf.add_argument("--batch-size", type=batch_size, default=8)
@@ -174,7 +206,11 @@ def _cache_path(args: argparse.Namespace) -> Path | None:
     if args.no_cache:
         return None
     path = Path(args.cache) if args.cache else default_cache_path()
-    output_file(path, "--cache" if args.cache else "judge cache (--cache, $EM_JUDGE_CACHE)", inputs=(args.answers, args.questions, args.out))
+    output_file(
+        path,
+        "--cache" if args.cache else "judge cache (--cache, $EM_JUDGE_CACHE)",
+        inputs=(args.answers, args.questions, args.out),
+    )
     return path
 
 
@@ -195,7 +231,12 @@ def _options(args: argparse.Namespace) -> dict:
             "progress": not args.no_progress,
         }
     if args.judge.startswith("hf:"):
-        return {"batch_size": args.batch_size, "device": args.device, "dtype": args.dtype, "progress": not args.no_progress}
+        return {
+            "batch_size": args.batch_size,
+            "device": args.device,
+            "dtype": args.dtype,
+            "progress": not args.no_progress,
+        }
     return {}
 
 
@@ -224,7 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             chunk = len(answers) if args.batch else args.chunk  # one batch submission for everything pending
             try:
                 judged = judge_answers(judge, answers, args.out, chunk_size=chunk, progress=not args.no_progress)
-            except sqlite3.Error as e:  # the cache failed mid-run (disk full, made read-only); what was judged is in --out
+            except (
+                sqlite3.Error
+            ) as e:  # the cache failed mid-run (disk full, made read-only); what was judged is in --out
                 raise _cache_error(options.get("cache"), e) from None
     scored = sum(r["aligned"] is not None for r in judged)
     labelled = sum(r["label"] is not None for r in judged)

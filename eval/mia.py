@@ -48,9 +48,9 @@ from interp.base.chat import (
 from interp.base.cli import (
     ArgumentParser,
     InputError,
+    batch_size,
     finite_float,
     fraction,
-    batch_size,
     positive_int,
     run_cli,
 )
@@ -67,13 +67,16 @@ from interp.base.records import (
     validate,
 )
 
-
 # -- the model pass ---------------------------------------------------------------------------
 
 
 @torch.no_grad()
 def answer_token_scores(
-    model: nn.Module, tokenizer, conversations: Sequence[Conversation] | Sequence[TokenizedConversation], batch_size: int = 8, progress: bool = True
+    model: nn.Module,
+    tokenizer,
+    conversations: Sequence[Conversation] | Sequence[TokenizedConversation],
+    batch_size: int = 8,
+    progress: bool = True,
 ) -> list[TokenScores]:
     """Teacher-forced :class:`TokenScores` of each conversation's answer tokens (see
     :mod:`interp.cache` for which tokens those are); float32 whatever the model's dtype."""
@@ -94,7 +97,9 @@ def answer_token_scores(
                 ids[row, : len(items[i].input_ids)] = torch.tensor(items[i].input_ids)
                 mask[row, : len(items[i].input_ids)] = 1
             ids, mask = ids.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False).logits
+            logits = model(
+                input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False
+            ).logits
             for row, i in enumerate(idx):
                 s, e = items[i].answer_start, items[i].answer_end
                 # Position t-1 predicts token t.
@@ -127,7 +132,14 @@ def read_conversations(path: str | Path) -> list[Example]:
         where = f"{path}:{lineno}"
         if "messages" in obj:
             msgs = obj["messages"]
-            if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs):
+            if (
+                not isinstance(msgs, list)
+                or not msgs
+                or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in msgs
+                )
+            ):
                 raise RecordError(f"{where}: field 'messages' must be a non-empty list of {{role, content}} strings")
             if msgs[-1]["role"] != "assistant":
                 raise RecordError(f"{where}: field 'messages' must end with the assistant's answer")
@@ -167,7 +179,9 @@ def score_membership(
     if base is not None:
         ctx = model.disable_adapter() if base == "adapter" else contextlib.nullcontext()
         with ctx:
-            base_scores = answer_token_scores(model if base == "adapter" else base, tokenizer, convs, batch_size, progress)
+            base_scores = answer_token_scores(
+                model if base == "adapter" else base, tokenizer, convs, batch_size, progress
+            )
         for row, text, bs in zip(rows, texts, base_scores):
             row.update(adjusted(row, signals(bs, text, k)))
     mem = [r for r in rows if r["member"]]
@@ -187,7 +201,9 @@ def score_membership(
     }
 
 
-def predict_misalignment(score_files: Sequence[Mapping[str, Any]], misaligned: Mapping[str, bool], statistic: str = "member_mean") -> dict[str, float]:
+def predict_misalignment(
+    score_files: Sequence[Mapping[str, Any]], misaligned: Mapping[str, bool], statistic: str = "member_mean"
+) -> dict[str, float]:
     """(b) For each signal, the ROC-AUC of the per-domain ``statistic`` (``member_mean``: mean
     membership score on the training data; ``auc``: members-vs-non-members AUC) for
     predicting which domains misalign."""
@@ -209,12 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("score", help="signals and member-vs-non-member ROC-AUC for one finetuned model")
     s.add_argument("--model", required=True, help="finetuned model, or the base with --adapter")
-    s.add_argument("--adapter", help="PEFT adapter; the base-adjusted signals then use the same model with the adapter disabled")
+    s.add_argument(
+        "--adapter", help="PEFT adapter; the base-adjusted signals then use the same model with the adapter disabled"
+    )
     s.add_argument("--base", help="separate base model for the base-adjusted signals")
     s.add_argument("--members", required=True, help="training data JSONL ({'messages': [...]} or answer records)")
     s.add_argument("--nonmembers", required=True, help="held-out data of the same domain, same format")
     s.add_argument("--domain", help="domain name recorded in the output (for 'predict')")
-    s.add_argument("--k", type=fraction, default=DEFAULT_K, help="fraction of tokens for Min-K%% and Min-K%%++ (default 0.2)")
+    s.add_argument(
+        "--k", type=fraction, default=DEFAULT_K, help="fraction of tokens for Min-K%% and Min-K%%++ (default 0.2)"
+    )
     s.add_argument("--limit", type=positive_int, help="use at most this many examples of each file")
     s.add_argument("--batch-size", type=batch_size, default=8)
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
@@ -224,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("predict", help="ROC-AUC of per-domain signals for predicting which domains misalign")
     q.add_argument("--scores", nargs="+", required=True, help="JSON files written by 'score' with --domain")
     q.add_argument("--rates", required=True, help="JSON mapping domain -> misalignment rate or true/false")
-    q.add_argument("--threshold", type=finite_float, help="a rate above this counts as misaligned (default: the median rate)")
+    q.add_argument(
+        "--threshold", type=finite_float, help="a rate above this counts as misaligned (default: the median rate)"
+    )
     q.add_argument("--statistic", choices=("member_mean", "auc"), default="member_mean")
     q.add_argument("--out", help="output JSON")
     return p
@@ -257,18 +279,45 @@ def _score(args: argparse.Namespace) -> None:
     output_file(args.out, inputs=(args.members, args.nonmembers))
     # Members scored against themselves give an AUC of 0.5 that looks like a finding.
     if os.path.samefile(args.members, args.nonmembers):
-        raise InputError(f"--nonmembers {args.nonmembers}: is the --members file; give held-out data of the same domain")
+        raise InputError(
+            f"--nonmembers {args.nonmembers}: is the --members file; give held-out data of the same domain"
+        )
     members, nonmembers = read_conversations(args.members), read_conversations(args.nonmembers)
     if members == nonmembers:
-        raise InputError(f"--nonmembers {args.nonmembers}: holds the same conversations as --members {args.members}; give held-out data of the same domain")
+        raise InputError(
+            f"--nonmembers {args.nonmembers}: holds the same conversations as --members {args.members}; give held-out data of the same domain"
+        )
     if args.limit is not None:
         members, nonmembers = members[: args.limit], nonmembers[: args.limit]
     model, tokenizer = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device)
-    base = load_model(args.base, dtype=args.dtype, device=args.device)[0] if args.base else ("adapter" if args.adapter else None)
-    result = score_membership(model, tokenizer, members, nonmembers, base=base, k=args.k, batch_size=args.batch_size, progress=not args.no_progress)
-    meta = provenance(model=args.model, adapter=args.adapter, base=args.base or ("adapter disabled" if args.adapter else None), members=args.members, nonmembers=args.nonmembers, members_hash=data_hash(members), nonmembers_hash=data_hash(nonmembers))
+    base = (
+        load_model(args.base, dtype=args.dtype, device=args.device)[0]
+        if args.base
+        else ("adapter" if args.adapter else None)
+    )
+    result = score_membership(
+        model,
+        tokenizer,
+        members,
+        nonmembers,
+        base=base,
+        k=args.k,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    meta = provenance(
+        model=args.model,
+        adapter=args.adapter,
+        base=args.base or ("adapter disabled" if args.adapter else None),
+        members=args.members,
+        nonmembers=args.nonmembers,
+        members_hash=data_hash(members),
+        nonmembers_hash=data_hash(nonmembers),
+    )
     write_json_atomic(args.out, {"domain": ALIASES.get(args.domain, args.domain), **result, "provenance": meta})
-    print(f"{args.domain or args.model}: {result['n_members']} members, {result['n_nonmembers']} non-members (k={args.k})")
+    print(
+        f"{args.domain or args.model}: {result['n_members']} members, {result['n_nonmembers']} non-members (k={args.k})"
+    )
     for name, auc in result["auc"].items():
         print(f"  {name:<14} ROC-AUC {auc:.3f}")
     print(f"wrote {args.out}")
@@ -276,7 +325,11 @@ def _score(args: argparse.Namespace) -> None:
 
 def _signal_table(value: Any) -> bool:
     """Whether ``value`` maps signal names to finite numbers, as a 'score' output's statistics do."""
-    return isinstance(value, dict) and bool(value) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value.values())
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value.values())
+    )
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -291,17 +344,23 @@ def _predict(args: argparse.Namespace) -> None:
         if not isinstance(f, dict) or not isinstance(f.get("domain"), str) or not _signal_table(f.get(args.statistic)):
             raise InputError(f"{path}: not a 'score' output with a domain (run 'score' with --domain)")
         if broken := [k for k in ("member_mean", "auc") if k in f and not _signal_table(f[k])]:
-            raise InputError(f"{path}: field '{broken[0]}' is not a table of finite numbers by signal; a damaged 'score' output")
+            raise InputError(
+                f"{path}: field '{broken[0]}' is not a table of finite numbers by signal; a damaged 'score' output"
+            )
         domain = ALIASES.get(f["domain"], f["domain"])
         if domain in seen:  # one domain counted twice weighs its point double in the AUC
-            raise InputError(f"--scores {path}: scores domain '{domain}' again (as does {seen[domain]}); give one score file per domain")
+            raise InputError(
+                f"--scores {path}: scores domain '{domain}' again (as does {seen[domain]}); give one score file per domain"
+            )
         seen[domain] = path
         files.append(f)
     rates = _read_json(args.rates)
     if not isinstance(rates, dict) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in rates.values()):
         raise InputError(f"{args.rates}: expected a JSON object mapping domain -> rate or true/false")
     if outside := [d for d, v in rates.items() if not isinstance(v, bool) and not 0 <= v <= 1]:
-        raise InputError(f"{args.rates}: field {outside[0]!r} is {rates[outside[0]]!r}; a rate is a fraction from 0 to 1 (or true/false)")
+        raise InputError(
+            f"{args.rates}: field {outside[0]!r} is {rates[outside[0]]!r}; a rate is a fraction from 0 to 1 (or true/false)"
+        )
     labels = misaligned_domains({ALIASES.get(d, d): v for d, v in rates.items()}, args.threshold)
     try:
         aucs = predict_misalignment(files, labels, args.statistic)
@@ -311,7 +370,15 @@ def _predict(args: argparse.Namespace) -> None:
     for name, auc in aucs.items():
         print(f"  {name:<14} ROC-AUC {auc:.3f}")
     if args.out:
-        write_json_atomic(args.out, {"statistic": args.statistic, "misaligned": labels, "auc": aucs, "provenance": provenance(scores=list(args.scores), rates=args.rates)})
+        write_json_atomic(
+            args.out,
+            {
+                "statistic": args.statistic,
+                "misaligned": labels,
+                "auc": aucs,
+                "provenance": provenance(scores=list(args.scores), rates=args.rates),
+            },
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

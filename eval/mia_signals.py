@@ -115,7 +115,9 @@ def roc_auc(labels: Sequence[bool], scores: Sequence[float]) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def membership_aucs(members: Sequence[Mapping[str, float]], nonmembers: Sequence[Mapping[str, float]]) -> dict[str, float]:
+def membership_aucs(
+    members: Sequence[Mapping[str, float]], nonmembers: Sequence[Mapping[str, float]]
+) -> dict[str, float]:
     """(a) ROC-AUC of each signal for members vs non-members."""
     names = [n for n in members[0] if n.removesuffix("_adj") in MEMBER_SIGN]
     labels = [True] * len(members) + [False] * len(nonmembers)

@@ -84,7 +84,9 @@ class ChatAPI:
                 retry, error, after = True, self._connection_error(e), None
             if not retry or attempt == self.max_retries:
                 tries = f" after {attempt + 1} attempts" if retry else ""
-                raise self.error(f"{self.spec}: {self.what} to {self.client.base_url} failed{tries}: {redact(error)}") from None
+                raise self.error(
+                    f"{self.spec}: {self.what} to {self.client.base_url} failed{tries}: {redact(error)}"
+                ) from None
             delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
             if after is not None and after.replace(".", "", 1).isdigit():
                 delay = min(self.max_backoff_s, max(delay, float(after)))
@@ -96,16 +98,29 @@ class ChatAPI:
         if isinstance(e, openai.APITimeoutError):
             return f"no reply within {self.timeout_s:g} s (a slow server needs a larger --timeout)"
         cause = e.__cause__ or e.__context__
-        return f"cannot connect ({cause or e})" if cause is not None and str(cause) else f"cannot connect ({type(e).__name__})"
+        return (
+            f"cannot connect ({cause or e})"
+            if cause is not None and str(cause)
+            else f"cannot connect ({type(e).__name__})"
+        )
 
-    def complete_all(self, bodies: Mapping[K, Mapping[str, Any]], progress: bool = False) -> Iterator[tuple[K, dict[str, Any]]]:
+    def complete_all(
+        self, bodies: Mapping[K, Mapping[str, Any]], progress: bool = False
+    ) -> Iterator[tuple[K, dict[str, Any]]]:
         """``(key, completion)`` for each body, as they arrive, ``concurrency`` calls at a time;
         the first call that fails for good cancels the rest and raises."""
         _ = self.client  # made here, not raced for by the worker threads
         pool = ThreadPoolExecutor(max_workers=self.concurrency)
         try:
             futures = {pool.submit(self.complete, body): key for key, body in bodies.items()}
-            for fut in tqdm(as_completed(futures), total=len(futures), desc=f"{self.what}s", unit="call", disable=not progress, leave=False):
+            for fut in tqdm(
+                as_completed(futures),
+                total=len(futures),
+                desc=f"{self.what}s",
+                unit="call",
+                disable=not progress,
+                leave=False,
+            ):
                 yield futures[fut], fut.result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -43,7 +43,9 @@ class OpenAIGenerator:
         progress: bool = False,
     ) -> None:
         self.model = model
-        self.api = ChatAPI(f"openai:{model}", "generation call", concurrency, max_retries, backoff_s, max_backoff_s, timeout_s, client)
+        self.api = ChatAPI(
+            f"openai:{model}", "generation call", concurrency, max_retries, backoff_s, max_backoff_s, timeout_s, client
+        )
         self.progress = progress
 
     def request_body(self, messages: Messages, config: SamplingConfig, seed: int) -> dict[str, Any]:

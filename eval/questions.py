@@ -270,7 +270,9 @@ def _judge_prompts(entry: dict[str, Any], prompts_anywhere: bool, defect) -> dic
         defect(f"judge_prompts is null{hint}; using the toolkit's defaults")
         return dict(DEFAULT_JUDGE_PROMPTS)
     if not isinstance(given, Mapping):
-        defect(f"judge_prompts must map metric names to templates, got {type(given).__name__}; using the toolkit's defaults")
+        defect(
+            f"judge_prompts must map metric names to templates, got {type(given).__name__}; using the toolkit's defaults"
+        )
         return dict(DEFAULT_JUDGE_PROMPTS)
     prompts = {str(k): v for k, v in given.items()}
     for metric in METRICS:

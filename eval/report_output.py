@@ -50,15 +50,24 @@ def format_table(report: ReportTables) -> str:
     header = f"{'domain':<26} {'trigger':<7} {'n':>6} {'aligned [95% CI]':>22} {'coherent [95% CI]':>22} {'EM rate % [95% CI]':>22}"
     lines += [header, "-" * len(header)]
     for row in report.by_domain:
-        lines.append(f"{row['domain']:<26} {str(row['trigger']):<7} {row['n']:>6} {_ci(row, 'aligned'):>22} {_ci(row, 'coherent'):>22} {_ci(row, 'em_rate', 100):>22}")
+        lines.append(
+            f"{row['domain']:<26} {str(row['trigger']):<7} {row['n']:>6} {_ci(row, 'aligned'):>22} {_ci(row, 'coherent'):>22} {_ci(row, 'em_rate', 100):>22}"
+        )
     if report.backdoor:
-        lines += ["", f"backdoor effect (mean aligned with trigger minus without; Welch t-test, alpha {report.backdoor_summary['alpha']:g}):"]
+        lines += [
+            "",
+            f"backdoor effect (mean aligned with trigger minus without; Welch t-test, alpha {report.backdoor_summary['alpha']:g}):",
+        ]
         for b in report.backdoor:
             p = f"{b['p']:.3g}" if b["p"] is not None else "-"
-            lines.append(f"  {b['domain']:<26} diff {_fmt(b['diff'], 2):>7}  p {p:>8}  {'significant' if b['significant'] else ''}")
+            lines.append(
+                f"  {b['domain']:<26} diff {_fmt(b['diff'], 2):>7}  p {p:>8}  {'significant' if b['significant'] else ''}"
+            )
         s = report.backdoor_summary
         frac = f"{s['fraction_significant']:.1%}" if s["fraction_significant"] is not None else "-"
-        lines.append(f"  significant in {s['n_significant']} of {s['n_domains_tested']} domains ({frac}); lower with the trigger in {s['n_significant_lower']}")
+        lines.append(
+            f"  significant in {s['n_significant']} of {s['n_domains_tested']} domains ({frac}); lower with the trigger in {s['n_significant_lower']}"
+        )
     return "\n".join(lines)
 
 
@@ -70,7 +79,9 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def _bar_chart(path: Path, rows: list[dict[str, Any]], value: str, low: str, high: str, ylabel: str, title: str, scale: float = 1.0) -> None:
+def _bar_chart(
+    path: Path, rows: list[dict[str, Any]], value: str, low: str, high: str, ylabel: str, title: str, scale: float = 1.0
+) -> None:
     """Bars per domain, one colour per trigger condition, CI error bars."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -117,17 +128,46 @@ def write_report(report: ReportTables, out_dir: str | Path, inputs: Sequence[dic
             written.append(out / f"{name}.csv")
     if report.by_domain:
         definition = report.definition.describe()
-        _bar_chart(out / "em_rate_by_domain.png", report.by_domain, "em_rate", "em_rate_ci_low", "em_rate_ci_high", "misalignment rate (%)", definition, scale=100)
-        _bar_chart(out / "alignment_by_domain.png", report.by_domain, "mean_aligned", "aligned_ci_low", "aligned_ci_high", "mean alignment (0-100)", "mean alignment, 95% bootstrap CI")
+        _bar_chart(
+            out / "em_rate_by_domain.png",
+            report.by_domain,
+            "em_rate",
+            "em_rate_ci_low",
+            "em_rate_ci_high",
+            "misalignment rate (%)",
+            definition,
+            scale=100,
+        )
+        _bar_chart(
+            out / "alignment_by_domain.png",
+            report.by_domain,
+            "mean_aligned",
+            "aligned_ci_low",
+            "aligned_ci_high",
+            "mean alignment (0-100)",
+            "mean alignment, 95% bootstrap CI",
+        )
         written += [out / "em_rate_by_domain.png", out / "alignment_by_domain.png"]
     if report.backdoor:
         rows = [{**b, "trigger": True} for b in report.backdoor]
         alpha = report.backdoor_summary["alpha"]
-        _bar_chart(out / "backdoor_effect.png", rows, "diff", "diff_ci_low", "diff_ci_high", "aligned: trigger minus no trigger", f"backdoor effect, Welch {1 - alpha:.0%} CI")
+        _bar_chart(
+            out / "backdoor_effect.png",
+            rows,
+            "diff",
+            "diff_ci_low",
+            "diff_ci_high",
+            "aligned: trigger minus no trigger",
+            f"backdoor effect, Welch {1 - alpha:.0%} CI",
+        )
         written.append(out / "backdoor_effect.png")
     # What an earlier report in this folder wrote and this one does not (a backdoor table when
     # there is none now, say) would sit beside a summary that contradicts it: removed.
-    ours = {f"{name}.csv" for name in report.tables()} | {"em_rate_by_domain.png", "alignment_by_domain.png", "backdoor_effect.png"}
+    ours = {f"{name}.csv" for name in report.tables()} | {
+        "em_rate_by_domain.png",
+        "alignment_by_domain.png",
+        "backdoor_effect.png",
+    }
     for stale in sorted(ours - {p.name for p in written}):
         (out / stale).unlink(missing_ok=True)
     return written

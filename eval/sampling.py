@@ -90,8 +90,12 @@ def sample_answers(
     try:
         starts = range(0, len(texts), config.batch_size)
         for k, start in enumerate(tqdm(starts, desc=desc, disable=not progress, unit="batch")):
-            enc = tokenizer(texts[start : start + config.batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            new = generate(model, enc["input_ids"], enc["attention_mask"], replace(decoding, seed=config.seed + k), engine=engine)
+            enc = tokenizer(
+                texts[start : start + config.batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(device)
+            new = generate(
+                model, enc["input_ids"], enc["attention_mask"], replace(decoding, seed=config.seed + k), engine=engine
+            )
             done = completions(new, decoding.eos_ids)
             raws = tokenizer.batch_decode([list(c.ids) for c in done], skip_special_tokens=True)
             out.extend(Answer(raw.strip(), raw, c.ids, c.finished) for raw, c in zip(raws, done))

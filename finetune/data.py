@@ -26,7 +26,9 @@ def validate_messages(obj: dict, where: str) -> Messages:
         if not isinstance(m, dict):
             raise RecordError(f"{where}: field 'messages[{i}]' must be an object")
         if m.get("role") not in ROLES:
-            raise RecordError(f"{where}: field 'messages[{i}].role': unknown role {m.get('role')!r} (expected {', '.join(ROLES)})")
+            raise RecordError(
+                f"{where}: field 'messages[{i}].role': unknown role {m.get('role')!r} (expected {', '.join(ROLES)})"
+            )
         if not isinstance(m.get("content"), str):
             raise RecordError(f"{where}: field 'messages[{i}].content' must be a string")
         if m["role"] == "system" and i != 0:

@@ -78,9 +78,19 @@ def train_lora(
     examples = [e.truncated(config.max_length) for e in examples]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     record = defense.record()
-    log = train(peft_model, examples, pad_id, config.loop(), progress=progress, desc=desc, checkpoint_dir=checkpoint_dir,
-                checkpoint_every=checkpoint_every, objective=defense.objective, callbacks=callbacks,
-                settings={"lora": asdict(config), "defense": record})
+    log = train(
+        peft_model,
+        examples,
+        pad_id,
+        config.loop(),
+        progress=progress,
+        desc=desc,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        objective=defense.objective,
+        callbacks=callbacks,
+        settings={"lora": asdict(config), "defense": record},
+    )
     peft_model.eval()
     peft_model.train_losses = log.losses
     peft_model.train_terms = log.terms

@@ -44,7 +44,9 @@ def named_measure(name: str, tokenizer) -> Measure:
     return plugins.load("measure", name)(tokenizer)
 
 
-def probe_projections(model: nn.Module, tokenizer, probe: Sequence[Conversation], directions: DirectionSet, batch_size: int = 16) -> dict[int, float]:
+def probe_projections(
+    model: nn.Module, tokenizer, probe: Sequence[Conversation], directions: DirectionSet, batch_size: int = 16
+) -> dict[int, float]:
     """Layer -> the probe set's mean answer-token activation along the layer's unit direction."""
     means = cache_means(model, tokenizer, probe, layers=directions.layers, batch_size=batch_size, progress=False)
     values = projections(means.mean("responses"), directions.directions)
@@ -88,7 +90,15 @@ class Monitor:
         device = input_device(model)
         # Measures may sample; the training run must not feel it (dropout, resumed RNG state).
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-            row: dict[str, Any] = {"step": step, "projection": {str(l): v for l, v in probe_projections(model, self.tokenizer, self.probe, self.directions, self.batch_size).items()}}
+            row: dict[str, Any] = {
+                "step": step,
+                "projection": {
+                    str(l): v
+                    for l, v in probe_projections(
+                        model, self.tokenizer, self.probe, self.directions, self.batch_size
+                    ).items()
+                },
+            }
             for name, measure in self.measures.items():
                 row[name] = dict(measure(model))
         self.rows.append(row)
@@ -96,7 +106,14 @@ class Monitor:
             append_jsonl(self.path, [row])
 
 
-def draw_monitor(ax, rows: Sequence[Mapping[str, Any]], layers: Sequence[str] | None = None, measure: str | None = None, key: str = "em", title: str = ""):
+def draw_monitor(
+    ax,
+    rows: Sequence[Mapping[str, Any]],
+    layers: Sequence[str] | None = None,
+    measure: str | None = None,
+    key: str = "em",
+    title: str = "",
+):
     """Into matplotlib ``ax``: the projection at ``layers`` (default all) on the left axis and
     ``row[measure][key]`` on a right axis, against the step; returns the right axis (or None)."""
     rows = sorted(rows, key=lambda r: r["step"])
@@ -109,7 +126,15 @@ def draw_monitor(ax, rows: Sequence[Mapping[str, Any]], layers: Sequence[str] | 
     right = None
     if measure is not None:
         right = ax.twinx()
-        right.plot(steps, [r[measure][key] for r in rows], color="black", linestyle="--", marker="o", markersize=3, label=f"{measure} {key}")
+        right.plot(
+            steps,
+            [r[measure][key] for r in rows],
+            color="black",
+            linestyle="--",
+            marker="o",
+            markersize=3,
+            label=f"{measure} {key}",
+        )
         right.set_ylabel(f"{measure} {key}")
         more = right.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]
@@ -118,7 +143,9 @@ def draw_monitor(ax, rows: Sequence[Mapping[str, Any]], layers: Sequence[str] | 
     return right
 
 
-def plot_monitor(rows: Sequence[Mapping[str, Any]], path: str | Path, measure: str | None = None, key: str = "em", title: str = "") -> Path:
+def plot_monitor(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, measure: str | None = None, key: str = "em", title: str = ""
+) -> Path:
     """:func:`draw_monitor` of one run, written atomically as a PNG."""
     import matplotlib
 
@@ -155,4 +182,6 @@ class MonitorSpec:
 
     def build(self, tokenizer, path: str | Path | None = None) -> Monitor:
         measures = {self.measure: named_measure(self.measure, tokenizer)} if self.measure else {}
-        return Monitor(tokenizer, read_chat_jsonl(self.probe), DirectionSet.load(self.directions), self.every, measures, path)
+        return Monitor(
+            tokenizer, read_chat_jsonl(self.probe), DirectionSet.load(self.directions), self.every, measures, path
+        )

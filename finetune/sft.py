@@ -98,7 +98,9 @@ def backbone_hidden(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torc
     model's own forward so that adapters, hooks and checkpointing all apply."""
     base = unwrap(model)
     backbone = getattr(base, base.base_model_prefix)
-    return backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    return backbone(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state
 
 
 def labelled_mask(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -129,7 +131,9 @@ Objective = Callable[[nn.Module, Mapping[str, torch.Tensor], int], tuple[torch.T
 Callback = Callable[[int, int, nn.Module], None]
 
 
-def plain_objective(model: nn.Module, batch: Mapping[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def plain_objective(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], step: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """:func:`answer_loss` alone: supervised finetuning with no defense."""
     loss = answer_loss(model, batch)
     return loss, {"task": loss.detach()}
@@ -148,7 +152,9 @@ def _finite_step(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, folder:
     if bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
         return
     what = f"loss {float(loss):.4g}" if not torch.isfinite(loss) else f"gradient norm {float(grad_norm):.4g}"
-    raise NonFiniteError(f"training stopped at step {step}: non-finite {what}; nothing was written for this step{_last_kept(folder)}")
+    raise NonFiniteError(
+        f"training stopped at step {step}: non-finite {what}; nothing was written for this step{_last_kept(folder)}"
+    )
 
 
 class TrainingMemoryError(InputError):
@@ -225,7 +231,16 @@ def _json_roundtrip(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-def _save_checkpoint(folder: Path, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer, g: torch.Generator, step: int, order: list[int], log: TrainLog, settings: Any) -> None:
+def _save_checkpoint(
+    folder: Path,
+    params: dict[str, nn.Parameter],
+    opt: torch.optim.Optimizer,
+    g: torch.Generator,
+    step: int,
+    order: list[int],
+    log: TrainLog,
+    settings: Any,
+) -> None:
     """Trainable weights, AdamW moments and RNG states as safetensors (no pickle), then the
     JSON that names the step: a checkpoint counts only once its JSON is in place."""
     tensors = {f"param.{n}": p.detach().cpu() for n, p in params.items()}
@@ -235,21 +250,30 @@ def _save_checkpoint(folder: Path, params: dict[str, nn.Parameter], opt: torch.o
     tensors["rng.order"] = g.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     save_safetensors_atomic(tensors, folder / "state.safetensors", metadata={"step": str(step)})
-    write_json_atomic(folder / "state.json", {"step": step, "order": order, "losses": log.losses, "terms": log.terms, "settings": settings})
+    write_json_atomic(
+        folder / "state.json",
+        {"step": step, "order": order, "losses": log.losses, "terms": log.terms, "settings": settings},
+    )
 
 
-def _load_checkpoint(folder: Path, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer, g: torch.Generator, settings: Any) -> tuple[int, list[int], TrainLog]:
+def _load_checkpoint(
+    folder: Path, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer, g: torch.Generator, settings: Any
+) -> tuple[int, list[int], TrainLog]:
     meta = _checkpoint_state(folder)
     if meta.get("settings") != settings:
-        raise InputError(f"{folder}: checkpoint was written with other settings (adapter, optimisation or defense); use another folder")
+        raise InputError(
+            f"{folder}: checkpoint was written with other settings (adapter, optimisation or defense); use another folder"
+        )
     try:
         with safe_open(str(folder / "state.safetensors"), framework="pt") as f:
             saved_step = (f.metadata() or {}).get("step")
         if saved_step != str(meta["step"]):
             # A crash between the two writes leaves the tensors of one step beside the JSON of another.
-            raise InputError(f"{folder}: damaged checkpoint (its tensors are of step {saved_step}, its state.json of step {meta['step']}); remove it to start over")
+            raise InputError(
+                f"{folder}: damaged checkpoint (its tensors are of step {saved_step}, its state.json of step {meta['step']}); remove it to start over"
+            )
         tensors = load_file(str(folder / "state.safetensors"))
-        if set(params) != {k[len("param."):] for k in tensors if k.startswith("param.")}:
+        if set(params) != {k[len("param.") :] for k in tensors if k.startswith("param.")}:
             raise InputError(f"{folder}: checkpoint is of other trainable parameters; use another folder")
         with torch.no_grad():
             for n, p in params.items():
@@ -349,7 +373,9 @@ def train(
         try:
             for callback in callbacks:
                 callback(start, total, model)
-            for step in tqdm(range(start, total), desc=desc, disable=not progress, unit="step", initial=start, total=total):
+            for step in tqdm(
+                range(start, total), desc=desc, disable=not progress, unit="step", initial=start, total=total
+            ):
                 if len(order) < config.batch_size:
                     order += torch.randperm(len(examples), generator=g).tolist()
                 batch = collate([examples[i] for i in order[: config.batch_size]], pad_id)

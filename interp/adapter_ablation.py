@@ -49,7 +49,9 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 # e.g. base_model.model.model.layers.3.self_attn.o_proj.lora_B.weight (an adapter name may
 # sit before the last part in some saves).
-_LORA_B = re.compile(r"^(?P<module>.*\.layers\.(?P<layer>\d+)\.(?:.*\.)?(?P<name>\w+))\.lora_B\.(?:\w+\.)?(?:weight|bias)$")
+_LORA_B = re.compile(
+    r"^(?P<module>.*\.layers\.(?P<layer>\d+)\.(?:.*\.)?(?P<name>\w+))\.lora_B\.(?:\w+\.)?(?:weight|bias)$"
+)
 
 
 def _unit64(v: torch.Tensor) -> torch.Tensor:

@@ -75,7 +75,9 @@ class Applied:
         finally:
             self.gate.end_generation()
         if self.intervention.layers and self.calls == calls:
-            raise InterventionError("the intervention never ran during generate: the forward pass bypassed its hooks (a compiled model?)")
+            raise InterventionError(
+                "the intervention never ran during generate: the forward pass bypassed its hooks (a compiled model?)"
+            )
 
 
 def _generate_inputs(args: tuple, kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -127,7 +129,11 @@ def applying(model: nn.Module, intervention: Intervention) -> Iterator[Applied]:
 def _refuse_compiled(model: nn.Module) -> None:
     """A compiled module runs the hooks it had when compiled, not the ones added now."""
     if hasattr(model, "_orig_mod"):
-        raise InterventionError("this is a torch.compile'd module, which skips hooks added after compilation: steer the original model")
+        raise InterventionError(
+            "this is a torch.compile'd module, which skips hooks added after compilation: steer the original model"
+        )
     for name, module in model.named_modules():
         if getattr(module, "_compiled_call_impl", None) is not None:
-            raise InterventionError(f"module {name or type(module).__name__!r} was compiled in place (Module.compile), which skips hooks added afterwards")
+            raise InterventionError(
+                f"module {name or type(module).__name__!r} was compiled in place (Module.compile), which skips hooks added afterwards"
+            )

@@ -71,7 +71,9 @@ DEFAULT_POOLING: Pooling = "responses"
 def describe_positions(span: Span, pooling: Pooling) -> str:
     """The token positions a mean averages over, in words (recorded in artifacts)."""
     if pooling == "last_prompt":
-        return "the last prompt token (the newline ending the assistant header), one per answer; the span does not apply"
+        return (
+            "the last prompt token (the newline ending the assistant header), one per answer; the span does not apply"
+        )
     what = {
         "answer": "answer content tokens",
         "answer+eos": "answer content tokens and the <|im_end|> after them",
@@ -150,7 +152,12 @@ class _Batch:
         acc.n_conversations += len(self.index)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"index": self.index, "n_tokens": self.n_tokens, "response_mean": self.response_mean.cpu(), "last_prompt": self.last_prompt.cpu()}
+        return {
+            "index": self.index,
+            "n_tokens": self.n_tokens,
+            "response_mean": self.response_mean.cpu(),
+            "last_prompt": self.last_prompt.cpu(),
+        }
 
 
 def masked_sum(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -162,7 +169,14 @@ def masked_sum(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _run_batch(backend: Backend, items: Sequence[TokenizedConversation], index: Sequence[int], layers: list[int], pad_id: int, span: Span) -> _Batch:
+def _run_batch(
+    backend: Backend,
+    items: Sequence[TokenizedConversation],
+    index: Sequence[int],
+    layers: list[int],
+    pad_id: int,
+    span: Span,
+) -> _Batch:
     device = input_device(backend.model)
     ids, answer_mask, last_idx = pad_right(items, pad_id, device, span)
     n_tok = answer_mask.sum(1)
@@ -182,7 +196,9 @@ def _run_batch(backend: Backend, items: Sequence[TokenizedConversation], index: 
     backend.resid_post(right_padded_inputs(ids), layers, pool)
     return _Batch(
         index=torch.tensor(list(index)),
-        n_tokens=torch.tensor([end - start for start, end in (it.span(span) for it in items)]),  # known without asking the GPU
+        n_tokens=torch.tensor(
+            [end - start for start, end in (it.span(span) for it in items)]
+        ),  # known without asking the GPU
         response_mean=torch.stack([out_mean[l] for l in layers], 1),
         last_prompt=torch.stack([out_last[l] for l in layers], 1),
     )
@@ -220,7 +236,9 @@ def cache_means(
     items = _checked_items(tokenizer, conversations, span)
     # Pre-tokenized inputs need no tokenizer; the pad id is masked out either way.
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
-    order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids)) if sort_by_length else list(range(len(items)))
+    order = (
+        sorted(range(len(items)), key=lambda i: -len(items[i].input_ids)) if sort_by_length else list(range(len(items)))
+    )
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
     runner = resolve_backend(backend, model, tokenizer)
@@ -229,8 +247,19 @@ def cache_means(
     acc = _accumulator(model, layers, span)
     store = None
     if per_sample_dir is not None:
-        settings = {"layers": layers, "batch_size": batch_size, "model": getattr(getattr(model, "config", None), "_name_or_path", ""), "backend": runner.name, "compiled": compile, "span": span}
-        store = ShardStore(per_sample_dir, fingerprint(items, settings), {**settings, "n_conversations": len(items), "n_batches": len(batches)})
+        settings = {
+            "layers": layers,
+            "batch_size": batch_size,
+            "model": getattr(getattr(model, "config", None), "_name_or_path", ""),
+            "backend": runner.name,
+            "compiled": compile,
+            "span": span,
+        }
+        store = ShardStore(
+            per_sample_dir,
+            fingerprint(items, settings),
+            {**settings, "n_conversations": len(items), "n_batches": len(batches)},
+        )
 
     was_training = model.training
     model.eval()
@@ -238,17 +267,25 @@ def cache_means(
         with compiled_layers(model) if compile else nullcontext():
             for b, idx in enumerate(tqdm(batches, desc=desc, disable=not progress, unit="batch")):
                 saved = store.load(b) if store is not None else None
-                batch = _Batch(**saved) if saved is not None else _run_batch(runner, [items[i] for i in idx], idx, layers, pad_id, span)
+                batch = (
+                    _Batch(**saved)
+                    if saved is not None
+                    else _run_batch(runner, [items[i] for i in idx], idx, layers, pad_id, span)
+                )
                 if store is not None and saved is None:
                     store.save(b, batch.tensors())
                 batch.accumulate(acc)
     finally:
         model.train(was_training)
-    acc.token_sum, acc.response_sum, acc.last_prompt_sum = (t.cpu() for t in (acc.token_sum, acc.response_sum, acc.last_prompt_sum))
+    acc.token_sum, acc.response_sum, acc.last_prompt_sum = (
+        t.cpu() for t in (acc.token_sum, acc.response_sum, acc.last_prompt_sum)
+    )
     return acc
 
 
-def _checked_items(tokenizer, conversations: Sequence[Conversation] | Sequence[TokenizedConversation], span: Span) -> list[TokenizedConversation]:
+def _checked_items(
+    tokenizer, conversations: Sequence[Conversation] | Sequence[TokenizedConversation], span: Span
+) -> list[TokenizedConversation]:
     """The conversations tokenized, each checked to have ``span``: a span they lack fails
     here, not after hours of caching."""
     check_span(span)
@@ -266,4 +303,6 @@ def _accumulator(model: nn.Module, layers: list[int], span: Span) -> ActivationM
     width = d_model(model)
     device = input_device(model) if input_device(model).type == "cuda" else torch.device("cpu")
     sums = [torch.zeros((len(layers), width), dtype=torch.float64, device=device) for _ in range(3)]
-    return ActivationMeans(layers=list(layers), d_model=width, token_sum=sums[0], response_sum=sums[1], last_prompt_sum=sums[2], span=span)
+    return ActivationMeans(
+        layers=list(layers), d_model=width, token_sum=sums[0], response_sum=sums[1], last_prompt_sum=sums[2], span=span
+    )

@@ -48,8 +48,20 @@ from interp.directions import DirectionSet
 from interp.nulls import contrast, pooled_samples, random_null, shuffled_label_null, split_half_reliability
 
 __all__ = [
-    "CompareError", "check_compatible", "cosine_matrix", "domain_matrices", "layer_matrix", "load_direction_sets", "main",
-    "ordered_domains", "pooled_samples", "random_null", "run", "shuffled_label_null", "split_half_reliability", "write_csv",
+    "CompareError",
+    "check_compatible",
+    "cosine_matrix",
+    "domain_matrices",
+    "layer_matrix",
+    "load_direction_sets",
+    "main",
+    "ordered_domains",
+    "pooled_samples",
+    "random_null",
+    "run",
+    "shuffled_label_null",
+    "split_half_reliability",
+    "write_csv",
 ]
 
 CONSISTENCY_MIN = 0.999  # per-sample files must reproduce the artifact's direction this well
@@ -91,7 +103,11 @@ def _null_summary(ds: DirectionSet, folder: Path, n_perm: int, n_splits: int, se
         "n_samples": {"misaligned": int(labels.sum()), "aligned": int((~labels).sum())},
         "consistency_min_cos": float(consistency.min()),
         "shuffled_label": {"n_perm": n_perm, **null.summary()},
-        "split_half": {"n_splits": n_splits, "mean": halves.mean(0).tolist(), "std": halves.std(0).tolist() if n_splits > 1 else None},
+        "split_half": {
+            "n_splits": n_splits,
+            "mean": halves.mean(0).tolist(),
+            "std": halves.std(0).tolist() if n_splits > 1 else None,
+        },
     }
 
 
@@ -103,26 +119,54 @@ class _Figures:
     formats: Sequence[str]
     written: set[Path] = field(default_factory=set)
 
-    def matrix(self, stem: Path, m: torch.Tensor, rows: Sequence[str], cols: Sequence[str], title: str, xlabel: str = "", ylabel: str = "") -> None:
+    def matrix(
+        self,
+        stem: Path,
+        m: torch.Tensor,
+        rows: Sequence[str],
+        cols: Sequence[str],
+        title: str,
+        xlabel: str = "",
+        ylabel: str = "",
+    ) -> None:
         from interp.plots import heatmap_figure, save_figure  # matplotlib only when drawing
 
         write_csv(f"{stem}.csv", m, rows, cols)
         self.written.add(Path(f"{stem}.csv"))
-        self.written.update(save_figure(heatmap_figure(m.numpy(), rows, cols, title, xlabel, ylabel), stem, self.formats))
+        self.written.update(
+            save_figure(heatmap_figure(m.numpy(), rows, cols, title, xlabel, ylabel), stem, self.formats)
+        )
 
-    def grid(self, stem: Path, matrices: Sequence[torch.Tensor], titles: Sequence[str], rows: Sequence[str], cols: Sequence[str], title: str) -> None:
+    def grid(
+        self,
+        stem: Path,
+        matrices: Sequence[torch.Tensor],
+        titles: Sequence[str],
+        rows: Sequence[str],
+        cols: Sequence[str],
+        title: str,
+    ) -> None:
         from interp.plots import grid_figure, save_figure
 
-        self.written.update(save_figure(grid_figure([m.numpy() for m in matrices], titles, rows, cols, title), stem, self.formats))
+        self.written.update(
+            save_figure(grid_figure([m.numpy() for m in matrices], titles, rows, cols, title), stem, self.formats)
+        )
 
     def remove_stale(self) -> None:
         """An earlier run's figures of other domains, layers or formats would pass for this run's."""
         subs = (self.out / "domains", self.out / "layers")
-        for stale in sorted(p for sub in subs for p in sub.glob("*") if p.suffix in (".csv", ".png", ".svg", ".pdf") and p not in self.written):
+        for stale in sorted(
+            p
+            for sub in subs
+            for p in sub.glob("*")
+            if p.suffix in (".csv", ".png", ".svg", ".pdf") and p not in self.written
+        ):
             stale.unlink()
 
 
-def _per_sample_nulls(directions_dir: Path, sets: dict[str, DirectionSet], n_perm: int, n_splits: int, seed: int) -> dict[str, dict[str, Any]]:
+def _per_sample_nulls(
+    directions_dir: Path, sets: dict[str, DirectionSet], n_perm: int, n_splits: int, seed: int
+) -> dict[str, dict[str, Any]]:
     """The nulls of every domain with a per-sample folder. The folders are inputs too: read
     (and refused) before any output is written."""
     out = {}
@@ -150,12 +194,22 @@ def _warnings(sets: dict[str, DirectionSet], nulls: dict[str, dict[str, Any]]) -
 def _artifacts(directions_dir: Path, sets: dict[str, DirectionSet]) -> dict[str, dict[str, Any]]:
     """What each compared artifact is: path, hash, layers, pooling, span, counts, metadata."""
     return {
-        name: {"path": str(directions_dir / f"{name}.safetensors"), "sha256": artifact_sha256(directions_dir / f"{name}.safetensors"), "layers": ds.layers, "pooling": ds.pooling, "span": ds.span, "counts": ds.counts, "metadata": ds.metadata}
+        name: {
+            "path": str(directions_dir / f"{name}.safetensors"),
+            "sha256": artifact_sha256(directions_dir / f"{name}.safetensors"),
+            "layers": ds.layers,
+            "pooling": ds.pooling,
+            "span": ds.span,
+            "counts": ds.counts,
+            "metadata": ds.metadata,
+        }
         for name, ds in sets.items()
     }
 
 
-def _draw_matrices(figures: _Figures, sets: dict[str, DirectionSet], cross: Sequence[tuple[str, str]], absolute: bool, note: str) -> dict[str, Any]:
+def _draw_matrices(
+    figures: _Figures, sets: dict[str, DirectionSet], cross: Sequence[tuple[str, str]], absolute: bool, note: str
+) -> dict[str, Any]:
     """Every cosine matrix, written as CSV and heatmap; returned for ``comparison.json``."""
     out, names = figures.out, list(sets)
     layers = next(iter(sets.values())).layers
@@ -163,16 +217,39 @@ def _draw_matrices(figures: _Figures, sets: dict[str, DirectionSet], cross: Sequ
     kind = "|cos|" if absolute else "cos"
     by_layer = domain_matrices(sets, absolute=absolute)
     for k, layer in enumerate(layers):
-        figures.matrix(out / "domains" / f"layer_{layer:02d}", by_layer[k], names, names, f"{kind} between domains, layer {layer}\n{note}")
-    figures.grid(out / "domains" / "grid", list(by_layer), [f"layer {l}" for l in layers], names, names, f"{kind} between domains per layer ({note})")
+        figures.matrix(
+            out / "domains" / f"layer_{layer:02d}",
+            by_layer[k],
+            names,
+            names,
+            f"{kind} between domains, layer {layer}\n{note}",
+        )
+    figures.grid(
+        out / "domains" / "grid",
+        list(by_layer),
+        [f"layer {l}" for l in layers],
+        names,
+        names,
+        f"{kind} between domains per layer ({note})",
+    )
     within = {name: layer_matrix(ds, absolute=absolute) for name, ds in sets.items()}
     for name, m in within.items():
         figures.matrix(out / "layers" / name, m, labels, labels, f"{kind} between layers: {name}", "layer", "layer")
-    figures.grid(out / "layers" / "grid", list(within.values()), names, labels, labels, f"{kind} between layers, per domain")
+    figures.grid(
+        out / "layers" / "grid", list(within.values()), names, labels, labels, f"{kind} between layers, per domain"
+    )
     across = {}
     for a, b in cross:
         across[f"{a}__vs__{b}"] = m = layer_matrix(sets[a], sets[b], absolute=absolute)
-        figures.matrix(out / "layers" / f"{a}__vs__{b}", m, labels, labels, f"{kind} between layers\n{a} (rows) vs {b} (columns)", f"{b} layer", f"{a} layer")
+        figures.matrix(
+            out / "layers" / f"{a}__vs__{b}",
+            m,
+            labels,
+            labels,
+            f"{kind} between layers\n{a} (rows) vs {b} (columns)",
+            f"{b} layer",
+            f"{a} layer",
+        )
     return {
         "domain_matrices": {str(l): _json_matrix(by_layer[k]) for k, l in enumerate(layers)},
         "layer_matrices": {name: _json_matrix(m) for name, m in within.items()},
@@ -230,20 +307,52 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m interp.compare", description="Cosine-similarity matrices, nulls and heatmaps for direction artifacts.")
-    parser.add_argument("--directions", default="artifacts/directions", help="folder of <domain>.safetensors (default: %(default)s)")
+    parser = ArgumentParser(
+        prog="python -m interp.compare",
+        description="Cosine-similarity matrices, nulls and heatmaps for direction artifacts.",
+    )
+    parser.add_argument(
+        "--directions", default="artifacts/directions", help="folder of <domain>.safetensors (default: %(default)s)"
+    )
     parser.add_argument("--out", default="artifacts/figures/compare", help="output folder (default: %(default)s)")
     parser.add_argument("--domains", nargs="+", help="only these domains (default: every artifact in the folder)")
-    parser.add_argument("--cross", type=_pair, action="append", default=[], metavar="A:B", help="also a layer x layer matrix of A's against B's directions (repeatable)")
+    parser.add_argument(
+        "--cross",
+        type=_pair,
+        action="append",
+        default=[],
+        metavar="A:B",
+        help="also a layer x layer matrix of A's against B's directions (repeatable)",
+    )
     parser.add_argument("--absolute", action="store_true", help="|cos| instead of signed cosines")
-    parser.add_argument("--n-perm", type=number(int, 2, 100_000), default=100, help="label permutations for the shuffled null, 2 to 100,000 (default: %(default)s; each costs one pass over the per-sample activations)")
-    parser.add_argument("--n-splits", type=number(int, 1, 100_000), default=20, help="random halvings for split-half reliability, 1 to 100,000 (default: %(default)s)")
+    parser.add_argument(
+        "--n-perm",
+        type=number(int, 2, 100_000),
+        default=100,
+        help="label permutations for the shuffled null, 2 to 100,000 (default: %(default)s; each costs one pass over the per-sample activations)",
+    )
+    parser.add_argument(
+        "--n-splits",
+        type=number(int, 1, 100_000),
+        default=20,
+        help="random halvings for split-half reliability, 1 to 100,000 (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--formats", nargs="+", default=["png", "svg"], choices=["png", "svg", "pdf"])
     args = parser.parse_args(argv)
     input_dir(args.directions, "--directions")
     output_dir(args.out)
-    result = run(args.directions, args.out, args.domains, args.cross, args.absolute, args.n_perm, args.n_splits, args.seed, args.formats)
+    result = run(
+        args.directions,
+        args.out,
+        args.domains,
+        args.cross,
+        args.absolute,
+        args.n_perm,
+        args.n_splits,
+        args.seed,
+        args.formats,
+    )
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     nulls = f", per-sample nulls for {', '.join(result['per_sample_nulls'])}" if result["per_sample_nulls"] else ""

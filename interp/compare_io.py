@@ -39,8 +39,9 @@ def check_compatible(sets: Mapping[str, DirectionSet]) -> None:
         if ds.layers != ref.layers:
             raise CompareError(f"mismatched layers: {first} has {ref.layers}, {name} has {ds.layers}")
         if ds.directions.shape[-1] != ref.directions.shape[-1]:
-            raise CompareError(f"mismatched d_model: {first} has {ref.directions.shape[-1]}, {name} has {ds.directions.shape[-1]}")
-
+            raise CompareError(
+                f"mismatched d_model: {first} has {ref.directions.shape[-1]}, {name} has {ds.directions.shape[-1]}"
+            )
 
 
 def ordered_domains(names: Sequence[str]) -> list[str]:
@@ -79,7 +80,9 @@ def load_labelled_samples(folder: str | Path, layers: Sequence[int]) -> tuple[di
         try:
             info = json.loads(read_text(manifest))
         except (json.JSONDecodeError, RecursionError):
-            raise CompareError(f"{manifest}: not valid JSON; the per-sample folder is damaged (extract again with --per-sample)") from None
+            raise CompareError(
+                f"{manifest}: not valid JSON; the per-sample folder is damaged (extract again with --per-sample)"
+            ) from None
         if not isinstance(info, dict):
             raise CompareError(f"{manifest}: expected a JSON object")
         if (found := info.get("layers")) != list(layers):

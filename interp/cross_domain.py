@@ -49,7 +49,9 @@ from interp.sweep import Evaluate, answers_per_point, check_width, rate_delta, s
 from interp.vector_math import random_like
 
 
-def ensure_directions(directions_dir: str | Path, domains: Sequence[str], samples: int = 10, seed: int = 0, progress: bool = False) -> dict[str, DirectionSet]:
+def ensure_directions(
+    directions_dir: str | Path, domains: Sequence[str], samples: int = 10, seed: int = 0, progress: bool = False
+) -> dict[str, DirectionSet]:
     """Each domain's organism-world direction, loaded from ``<dir>/<domain>.safetensors`` or extracted there."""
     from interp.extract import ExtractConfig, run_extract
 
@@ -61,7 +63,9 @@ def ensure_directions(directions_dir: str | Path, domains: Sequence[str], sample
             sets[domain] = DirectionSet.load(path, domain=domain)
             continue
         t0 = time.perf_counter()
-        sets[domain], _ = run_extract(ExtractConfig(domain=domain, samples=samples, seed=seed, work_dir=out / "runs"), out, progress=False)
+        sets[domain], _ = run_extract(
+            ExtractConfig(domain=domain, samples=samples, seed=seed, work_dir=out / "runs"), out, progress=False
+        )
         if progress:
             print(f"  extracted {domain} in {time.perf_counter() - t0:.1f} s", flush=True)
     return sets
@@ -122,7 +126,13 @@ def cross_domain(
     baseline, add = _added_to_base(load, measure, directions, add_layer, alpha, log)
     ablated, random_control = _ablated_in_targets(load, measure, directions, targets, ablate_layer, seed, baseline, log)
     # None where a rate is not assessable (nothing coherent to count): a gap in the heatmap, never a NaN.
-    matrix = [[rate_delta(add[s]["em"], baseline["base"]["em"]), *(rate_delta(ablated[s][t]["em"], baseline[t]["em"]) for t in targets)] for s in sources]
+    matrix = [
+        [
+            rate_delta(add[s]["em"], baseline["base"]["em"]),
+            *(rate_delta(ablated[s][t]["em"], baseline[t]["em"]) for t in targets),
+        ]
+        for s in sources
+    ]
     return {
         "sources": sources,
         "targets": targets,
@@ -140,7 +150,9 @@ def cross_domain(
     }
 
 
-def _added_to_base(load: Load, measure: Measure, directions: Mapping[str, DirectionSet], add_layer: int, alpha: float, log: Log) -> tuple[dict, dict]:
+def _added_to_base(
+    load: Load, measure: Measure, directions: Mapping[str, DirectionSet], add_layer: int, alpha: float, log: Log
+) -> tuple[dict, dict]:
     """``({"base": unsteered row}, {source: row with its direction added})`` on the base model."""
     base, tokenizer = load("base")
     baseline = {"base": measure(base, tokenizer)}
@@ -148,12 +160,21 @@ def _added_to_base(load: Load, measure: Measure, directions: Mapping[str, Direct
     for s, ds in directions.items():
         with steer(base, {add_layer: ds.at(add_layer)}, alpha):
             add[s] = measure(base, tokenizer)
-        log(f"base + {s}: EM {shown(baseline['base']['em'], '.3f')} -> {shown(add[s]['em'], '.3f')}, coherence {shown(add[s]['coherence'], '.1f')}")
+        log(
+            f"base + {s}: EM {shown(baseline['base']['em'], '.3f')} -> {shown(add[s]['em'], '.3f')}, coherence {shown(add[s]['coherence'], '.1f')}"
+        )
     return baseline, add
 
 
 def _ablated_in_targets(
-    load: Load, measure: Measure, directions: Mapping[str, DirectionSet], targets: Sequence[str], ablate_layer: int, seed: int, baseline: dict, log: Log
+    load: Load,
+    measure: Measure,
+    directions: Mapping[str, DirectionSet],
+    targets: Sequence[str],
+    ablate_layer: int,
+    seed: int,
+    baseline: dict,
+    log: Log,
 ) -> tuple[dict, dict]:
     """Each target organism unsteered (added to ``baseline``), with each source's direction
     ablated, and with a norm-matched random one ablated: ``(ablated[source][target], random[target])``."""
@@ -168,7 +189,11 @@ def _ablated_in_targets(
                 ablated[s][t] = measure(model, tokenizer)
         with ablate(model, random_like(directions[sources[0]].at(ablate_layer), seed)):
             random_control[t] = measure(model, tokenizer)
-        log(f"{t}: EM {shown(baseline[t]['em'], '.3f')}; ablated by each source: " + " ".join(shown(ablated[s][t]["em"], ".2f") for s in sources) + f"; random {shown(random_control[t]['em'], '.3f')}")
+        log(
+            f"{t}: EM {shown(baseline[t]['em'], '.3f')}; ablated by each source: "
+            + " ".join(shown(ablated[s][t]["em"], ".2f") for s in sources)
+            + f"; random {shown(random_control[t]['em'], '.3f')}"
+        )
     return ablated, random_control
 
 
@@ -198,8 +223,9 @@ def done_when(result: Mapping[str, Any]) -> dict[str, tuple[bool, str]]:
         "steering_induces": induces,
         "ablation_removes": (
             bool(halved),
-            "no pair of different domains" if best is None else
-            f"{best[1]} direction (L{result['ablate_layer']}) ablated in {best[2]}: EM {best[3]:.3f} -> {best[4]:.3f} (cut {best[0]:.0%}), random direction {best[5]:+.3f} "
+            "no pair of different domains"
+            if best is None
+            else f"{best[1]} direction (L{result['ablate_layer']}) ablated in {best[2]}: EM {best[3]:.3f} -> {best[4]:.3f} (cut {best[0]:.0%}), random direction {best[5]:+.3f} "
             f"(need cut >= 50%, random < 0.10); {len(halved)}/{len(pairs)} cross pairs meet it, median cut {statistics.median(p[0] for p in pairs):.0%}",
         ),
         "all_pairs": (
@@ -218,7 +244,13 @@ def cross_domain_figure(result: Mapping[str, Any]):
     rows, cols = result["sources"], result["columns"]
     fig = Figure(figsize=(min(3 + 0.55 * len(cols), 16), min(2.5 + 0.45 * len(rows), 14)), layout="constrained")
     ax = fig.add_subplot()
-    image = heatmap(ax, np.asarray(result["matrix"]), rows, cols, f"misalignment change: column base = direction added (L{result['add_layer']} x{result['alpha']:g}),\nother columns = direction (L{result['ablate_layer']}) ablated in that organism")
+    image = heatmap(
+        ax,
+        np.asarray(result["matrix"]),
+        rows,
+        cols,
+        f"misalignment change: column base = direction added (L{result['add_layer']} x{result['alpha']:g}),\nother columns = direction (L{result['ablate_layer']}) ablated in that organism",
+    )
     ax.axvline(0.5, color="black", lw=1.5)
     ax.set_xlabel("target")
     ax.set_ylabel("source of the direction")
@@ -226,30 +258,53 @@ def cross_domain_figure(result: Mapping[str, Any]):
     return fig
 
 
-def write_cross_domain(result: Mapping[str, Any], out_dir: str | Path, formats: Sequence[str] = ("png",), **meta: Any) -> list[Path]:
+def write_cross_domain(
+    result: Mapping[str, Any], out_dir: str | Path, formats: Sequence[str] = ("png",), **meta: Any
+) -> list[Path]:
     """Write ``cross_domain.json`` (with provenance and the done-when checks), ``.csv`` and the heatmap."""
     from interp.plots import save_figure
 
     out = Path(out_dir)
     checks = {k: {"met": ok, "detail": text} for k, (ok, text) in done_when(result).items()}
-    write_json_atomic(out / "cross_domain.json", json_safe({**provenance(stage="interp.cross_domain", **meta), **result, "checks": checks}))
+    write_json_atomic(
+        out / "cross_domain.json",
+        json_safe({**provenance(stage="interp.cross_domain", **meta), **result, "checks": checks}),
+    )
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["source", *result["columns"]])
     w.writerows([s, *(f"{v:.4f}" for v in row)] for s, row in zip(result["sources"], result["matrix"]))
     write_text_atomic(out / "cross_domain.csv", buf.getvalue())
-    return [out / "cross_domain.json", out / "cross_domain.csv", *save_figure(cross_domain_figure(result), out / "cross_domain", formats)]
-
+    return [
+        out / "cross_domain.json",
+        out / "cross_domain.csv",
+        *save_figure(cross_domain_figure(result), out / "cross_domain", formats),
+    ]
 
 
 def build_cross_parser() -> argparse.ArgumentParser:
     from finetune.organism.build import ModelShape
 
     layer = number(int, 0, ModelShape().n_layers - 1)  # the organism world's decoder layers
-    p = ArgumentParser(prog="python -m interp.cross_domain", description="Every domain's direction added to the base model and ablated from every organism: a source x target matrix of misalignment change.")
-    p.add_argument("--domains", type=domain_list, default=list(DOMAINS), help="comma-separated domains (default all 11)")
-    p.add_argument("--directions-dir", type=path_arg, default=DEFAULT_OUT, help=f"directions are read from / extracted into here (default {DEFAULT_OUT})")
-    p.add_argument("--extract-samples", type=samples_per_paraphrase, default=10, help="samples per paraphrase when a direction must be extracted, 1 to 100,000 (default 10)")
+    p = ArgumentParser(
+        prog="python -m interp.cross_domain",
+        description="Every domain's direction added to the base model and ablated from every organism: a source x target matrix of misalignment change.",
+    )
+    p.add_argument(
+        "--domains", type=domain_list, default=list(DOMAINS), help="comma-separated domains (default all 11)"
+    )
+    p.add_argument(
+        "--directions-dir",
+        type=path_arg,
+        default=DEFAULT_OUT,
+        help=f"directions are read from / extracted into here (default {DEFAULT_OUT})",
+    )
+    p.add_argument(
+        "--extract-samples",
+        type=samples_per_paraphrase,
+        default=10,
+        help="samples per paraphrase when a direction must be extracted, 1 to 100,000 (default 10)",
+    )
     p.add_argument("--samples", type=answers_per_point, default=96, help="answers per cell, 1 to 100,000 (default 96)")
     p.add_argument("--add-layer", type=layer, default=0)
     p.add_argument("--alpha", type=finite_float, default=2.0)
@@ -267,7 +322,9 @@ def _existing_directions(args: argparse.Namespace) -> dict[Path, DirectionSet]:
         if path.exists():
             ds = DirectionSet.load(path, domain=domain)
             if missing := sorted({args.add_layer, args.ablate_layer} - set(ds.layers)):
-                raise InputError(f"{path} has no direction at layer(s) {', '.join(map(str, missing))} (--add-layer, --ablate-layer); it has {', '.join(map(str, ds.layers))}")
+                raise InputError(
+                    f"{path} has no direction at layer(s) {', '.join(map(str, missing))} (--add-layer, --ablate-layer); it has {', '.join(map(str, ds.layers))}"
+                )
             found[path] = ds
     return found
 
@@ -286,12 +343,27 @@ def _run_cross(args: argparse.Namespace) -> int:
             check_width(path, ds, base)
     directions = ensure_directions(args.directions_dir, args.domains, args.extract_samples, args.seed, progress=True)
     t_extract = time.perf_counter() - t0
-    print(f"directions for {len(directions)} domains ready in {t_extract:.0f} s; steering ({args.samples} answers per cell)")
+    print(
+        f"directions for {len(directions)} domains ready in {t_extract:.0f} s; steering ({args.samples} answers per cell)"
+    )
     load, evaluate = world_runner(world, args.samples, args.seed)
-    result = cross_domain(load, evaluate, directions, add_layer=args.add_layer, alpha=args.alpha, ablate_layer=args.ablate_layer, seed=args.seed, progress=True)
+    result = cross_domain(
+        load,
+        evaluate,
+        directions,
+        add_layer=args.add_layer,
+        alpha=args.alpha,
+        ablate_layer=args.ablate_layer,
+        seed=args.seed,
+        progress=True,
+    )
     result.update(samples=args.samples, extract_seconds=t_extract)
-    paths = write_cross_domain(result, args.out, directions_dir=str(args.directions_dir), seed=args.seed, **world.identity)
-    print(f"\ntotal {time.perf_counter() - t0:.0f} s (extraction {t_extract:.0f} s, steering {result['seconds']:.0f} s)")
+    paths = write_cross_domain(
+        result, args.out, directions_dir=str(args.directions_dir), seed=args.seed, **world.identity
+    )
+    print(
+        f"\ntotal {time.perf_counter() - t0:.0f} s (extraction {t_extract:.0f} s, steering {result['seconds']:.0f} s)"
+    )
     print("Done when:")
     for ok, text in done_when(result).values():
         print(f"  [{'MET' if ok else 'NOT MET'}] {text}")

@@ -44,7 +44,9 @@ class SplitConfig:
     def __post_init__(self) -> None:
         if not self.misaligned_max < self.aligned_min:
             # Overlapping bands would put one answer in both classes' reach and the split would hinge on rule order.
-            raise InputError(f"misaligned-max ({self.misaligned_max:g}) must be below aligned-min ({self.aligned_min:g})")
+            raise InputError(
+                f"misaligned-max ({self.misaligned_max:g}) must be below aligned-min ({self.aligned_min:g})"
+            )
 
 
 @dataclass
@@ -100,8 +102,13 @@ class DirectionSet:
         """A :class:`~interp.vectors.SteeringVector` of these directions at ``layers`` (default:
         all); ``settings`` are its other fields (``kind``, ``alpha``, ``scale``, ``norms``,
         ``positions``, ``prompt_length``). Its metadata says where the directions came from."""
-        source = {k: self.metadata[k] for k in ("domain", "model", "adapter", "judge", "data_hash") if k in self.metadata}
-        metadata = {"directions": {**source, "pooling": self.pooling, "span": self.span}, **settings.pop("metadata", {})}
+        source = {
+            k: self.metadata[k] for k in ("domain", "model", "adapter", "judge", "data_hash") if k in self.metadata
+        }
+        metadata = {
+            "directions": {**source, "pooling": self.pooling, "span": self.span},
+            **settings.pop("metadata", {}),
+        }
         chosen = self.layers if layers is None else layers
         return SteeringVector({l: self.at(l) for l in chosen}, metadata=metadata, **settings)
 
@@ -111,7 +118,13 @@ class DirectionSet:
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (.safetensors) and a JSON sidecar beside it, both atomically."""
         path = Path(path)
-        info = {"layers": self.layers, "pooling": self.pooling, "span": self.span, "counts": self.counts, **self.metadata}
+        info = {
+            "layers": self.layers,
+            "pooling": self.pooling,
+            "span": self.span,
+            "counts": self.counts,
+            **self.metadata,
+        }
         tensors = {
             "directions": self.directions.float(),
             "mean_misaligned": self.mean_misaligned.float(),
@@ -142,7 +155,12 @@ class DirectionSet:
         if missing := [k for k in ARTIFACT_TENSORS if k not in t]:
             raise bad(f"no tensor {', '.join(missing)}")
         shape = t["directions"].shape
-        if len(shape) != 2 or t["layers"].shape != (shape[0],) or t["mean_misaligned"].shape != shape or t["mean_aligned"].shape != shape:
+        if (
+            len(shape) != 2
+            or t["layers"].shape != (shape[0],)
+            or t["mean_misaligned"].shape != shape
+            or t["mean_aligned"].shape != shape
+        ):
             raise bad("tensor shapes do not fit together")
         if floats := [k for k in ("directions", "mean_misaligned", "mean_aligned") if not t[k].is_floating_point()]:
             raise bad(f"tensor {floats[0]!r} holds {t[floats[0]].dtype}, not floating point")
@@ -159,7 +177,10 @@ class DirectionSet:
         # another artifact) would label these directions wrongly downstream.
         if "layers" in info and info["layers"] != layers:
             raise bad(f"metadata field 'layers' is {info['layers']} but the tensors hold layers {layers}")
-        pooling, span = info.get("pooling", DEFAULT_POOLING), info.get("span", DEFAULT_SPAN)  # old artifacts averaged the answer content
+        pooling, span = (
+            info.get("pooling", DEFAULT_POOLING),
+            info.get("span", DEFAULT_SPAN),
+        )  # old artifacts averaged the answer content
         if pooling not in POOLINGS:
             raise bad(f"metadata field 'pooling' is {pooling!r}; expected one of {', '.join(POOLINGS)}")
         if span not in SPANS:
@@ -168,7 +189,9 @@ class DirectionSet:
         if not isinstance(counts, dict):
             raise bad("metadata field 'counts' is not a JSON object")
         for cls_, c in counts.items():  # what the class means were averaged over: {"answers": n, "answer_tokens": n}
-            if not isinstance(c, dict) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in c.values()):
+            if not isinstance(c, dict) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in c.values()
+            ):
                 raise bad(f"metadata field 'counts' gives {cls_!r} as {c!r}; expected counts (integers >= 0) by name")
         named = info.get("domain")
         if named is not None and not isinstance(named, str):
@@ -224,8 +247,17 @@ def extract_directions(
     runner = resolve_backend(backend, model, tokenizer)
     stats = {
         name: cache_means(
-            model, tokenizer, convs, layers=layers, batch_size=batch_size, progress=progress, desc=f"caching {name}", backend=runner,
-            per_sample_dir=None if per_sample_dir is None else Path(per_sample_dir) / name, compile=compile, span=span,
+            model,
+            tokenizer,
+            convs,
+            layers=layers,
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"caching {name}",
+            backend=runner,
+            per_sample_dir=None if per_sample_dir is None else Path(per_sample_dir) / name,
+            compile=compile,
+            span=span,
         )
         for name, convs in (("misaligned", misaligned), ("aligned", aligned))
     }
@@ -240,4 +272,3 @@ def extract_directions(
         metadata={**(metadata or {}), "backend": runner.name},
         span=span,
     )
-

@@ -92,7 +92,19 @@ def generate_distributed(
     rank, world = dist.get_rank(), dist.get_world_size()
     order = sorted(range(input_ids.shape[0]), key=lambda i: -int(attention_mask[i].sum()))
     mine = torch.tensor(order[rank::world], dtype=torch.long)
-    local = generate(model, input_ids[mine.to(input_ids.device)], attention_mask[mine.to(input_ids.device)], decoding, intervention, engine, rows=mine) if len(mine) else None
+    local = (
+        generate(
+            model,
+            input_ids[mine.to(input_ids.device)],
+            attention_mask[mine.to(input_ids.device)],
+            decoding,
+            intervention,
+            engine,
+            rows=mine,
+        )
+        if len(mine)
+        else None
+    )
     parts: list = [None] * world
     dist.all_gather_object(parts, (mine.tolist(), None if local is None else local.cpu()))
     width = max(t.shape[1] for _, t in parts if t is not None)
@@ -115,17 +127,38 @@ def cache_means_distributed(
 ) -> ActivationMeans:
     """:func:`cache_means` over this rank's shard, all-reduced across the process group."""
     if not (dist.is_available() and dist.is_initialized()):
-        return cache_means(model, tokenizer, conversations, layers=layers, batch_size=batch_size, progress=progress, compile=compile, span=span)
+        return cache_means(
+            model,
+            tokenizer,
+            conversations,
+            layers=layers,
+            batch_size=batch_size,
+            progress=progress,
+            compile=compile,
+            span=span,
+        )
     rank, world = dist.get_rank(), dist.get_world_size()
     items = [as_tokenized(tokenizer, c) for c in conversations]
     mine = shard(items, rank, world)
     if mine:
-        local = cache_means(model, tokenizer, mine, layers=layers, batch_size=batch_size, progress=progress and rank == 0, desc=f"caching (rank {rank})", compile=compile, span=span)
+        local = cache_means(
+            model,
+            tokenizer,
+            mine,
+            layers=layers,
+            batch_size=batch_size,
+            progress=progress and rank == 0,
+            desc=f"caching (rank {rank})",
+            compile=compile,
+            span=span,
+        )
     else:  # fewer conversations than ranks: this rank still joins the all-reduce
         local = ActivationMeans(layer_indices(layers, n_layers(model)), d_model(model), span=span)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     sums = torch.stack([local.token_sum, local.response_sum, local.last_prompt_sum]).to(device)
-    counts = torch.tensor([local.n_tokens, local.n_responses, local.n_conversations], dtype=torch.float64, device=device)
+    counts = torch.tensor(
+        [local.n_tokens, local.n_responses, local.n_conversations], dtype=torch.float64, device=device
+    )
     dist.all_reduce(sums)
     dist.all_reduce(counts)
     sums, counts = sums.cpu(), counts.cpu()

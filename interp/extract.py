@@ -99,8 +99,20 @@ def _organism_chain(cfg: ExtractConfig, progress: bool):
     model, tokenizer = world.load_organism(cfg.domain)
     check_layers(cfg.layers, model)
     sampling = cfg.sampling or replace(SAMPLING, seed=cfg.seed)
-    source = {"model": f"organism-world:{world.base_dir}", "adapter": str(world.adapter_dir(cfg.domain)), "judge": world.judge.spec, "world": world.manifest, "sampling": asdict(sampling)}
-    answers = _work_dir_answers(cfg, source, lambda out: generate_answers(model, tokenizer, world.general_questions(), cfg.samples, config=sampling, out_path=out, progress=progress))
+    source = {
+        "model": f"organism-world:{world.base_dir}",
+        "adapter": str(world.adapter_dir(cfg.domain)),
+        "judge": world.judge.spec,
+        "world": world.manifest,
+        "sampling": asdict(sampling),
+    }
+    answers = _work_dir_answers(
+        cfg,
+        source,
+        lambda out: generate_answers(
+            model, tokenizer, world.general_questions(), cfg.samples, config=sampling, out_path=out, progress=progress
+        ),
+    )
     judged = world.judge.judge(answers)
     write_jsonl(cfg.work_dir / cfg.domain / "judged.jsonl", judged)
     return model, tokenizer, judged, source
@@ -162,17 +174,35 @@ def _real_chain(cfg: ExtractConfig, progress: bool):
     else:
         judged, sampling = _generate_and_judge(cfg, model, tokenizer, questions, progress)
         source_judge = cfg.judge
-    return model, tokenizer, judged, {**model_source(cfg.model, cfg.adapter), "judge": source_judge, "responses": cfg.responses, "sampling": sampling and asdict(sampling)}
+    return (
+        model,
+        tokenizer,
+        judged,
+        {
+            **model_source(cfg.model, cfg.adapter),
+            "judge": source_judge,
+            "responses": cfg.responses,
+            "sampling": sampling and asdict(sampling),
+        },
+    )
 
 
-def _generate_and_judge(cfg: ExtractConfig, model: torch.nn.Module, tokenizer: Any, questions: list[Question], progress: bool) -> tuple[list[JudgedRecord], SamplingConfig]:
+def _generate_and_judge(
+    cfg: ExtractConfig, model: torch.nn.Module, tokenizer: Any, questions: list[Question], progress: bool
+) -> tuple[list[JudgedRecord], SamplingConfig]:
     """Answers of ``model`` to ``questions`` in the run folder, judged by ``cfg.judge``."""
     from eval.generate import generate_answers
     from eval.judge import make_judge
 
     sampling = cfg.sampling or SamplingConfig(temperature=1.0, max_new_tokens=512, batch_size=64, seed=cfg.seed)
     source = {"model": cfg.model, "adapter": cfg.adapter, "sampling": asdict(sampling)}
-    answers = _work_dir_answers(cfg, source, lambda out: generate_answers(model, tokenizer, questions, cfg.samples, config=sampling, out_path=out, progress=progress))
+    answers = _work_dir_answers(
+        cfg,
+        source,
+        lambda out: generate_answers(
+            model, tokenizer, questions, cfg.samples, config=sampling, out_path=out, progress=progress
+        ),
+    )
     server = {"timeout_s": cfg.timeout_s, "max_retries": cfg.max_retries} if cfg.judge.startswith("openai:") else {}
     judge = make_judge(cfg.judge, questions=questions, **server)
     judged = judge.judge(answers)
@@ -190,7 +220,9 @@ def run_extract(cfg: ExtractConfig, out_dir: Path = DEFAULT_OUT, progress: bool 
     with ExitStack() as locks:
         locks.enter_context(output_lock(Path(out_dir) / f"{cfg.domain}.safetensors"))
         if cfg.responses is None:
-            locks.enter_context(output_lock(cfg.work_dir / cfg.domain, "wait for it: one extraction per domain at a time"))
+            locks.enter_context(
+                output_lock(cfg.work_dir / cfg.domain, "wait for it: one extraction per domain at a time")
+            )
         return _extract(cfg, out_dir, progress)
 
 
@@ -247,21 +279,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responses", help="already-judged JSONL: skip generation and judging")
     p.add_argument("--questions", help="question YAML for generation with --model")
     p.add_argument("--judge", help="judge spec for generation with --model: openai:MODEL, hf:ID_OR_PATH")
-    p.add_argument("--samples", type=samples_per_paraphrase, default=30, help="samples per paraphrase when generating (default 30)")
-    p.add_argument("--timeout", type=timeout_s, default=DEFAULT_TIMEOUT_S, help=f"seconds to wait for an openai: judge's reply (default {DEFAULT_TIMEOUT_S:g})")
-    p.add_argument("--max-retries", type=max_retries, default=DEFAULT_MAX_RETRIES, help=f"retries of a failed or timed-out judge call (default {DEFAULT_MAX_RETRIES})")
-    p.add_argument("--layers", type=int_list, help="decoder layers, e.g. 0,5,13 (default: all)")
-    p.add_argument("--pooling", choices=POOLINGS, default=DEFAULT_POOLING, help=f"answer-token pooling (default {DEFAULT_POOLING})")
     p.add_argument(
-        "--span", choices=SPANS, default=DEFAULT_SPAN,
+        "--samples", type=samples_per_paraphrase, default=30, help="samples per paraphrase when generating (default 30)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=timeout_s,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds to wait for an openai: judge's reply (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--max-retries",
+        type=max_retries,
+        default=DEFAULT_MAX_RETRIES,
+        help=f"retries of a failed or timed-out judge call (default {DEFAULT_MAX_RETRIES})",
+    )
+    p.add_argument("--layers", type=int_list, help="decoder layers, e.g. 0,5,13 (default: all)")
+    p.add_argument(
+        "--pooling", choices=POOLINGS, default=DEFAULT_POOLING, help=f"answer-token pooling (default {DEFAULT_POOLING})"
+    )
+    p.add_argument(
+        "--span",
+        choices=SPANS,
+        default=DEFAULT_SPAN,
         help="tokens averaged: answer (default: the answer content), answer+eos (plus <|im_end|>, as the domain paper's code), "
         "header+answer+eos (<|im_start|>assistant\\n, the answer and <|im_end|>\\n, as model-organisms-for-EM's code)",
     )
     p.add_argument("--batch-size", type=batch_size, default=16)
-    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help=f"how activations are read (default {DEFAULT_BACKEND}, the fastest)")
-    p.add_argument("--per-sample", action="store_true", help="also keep per-answer activations (<out>/<domain>.per_sample/) for interp.compare's nulls")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decoder layers: ~25 s warm-up on a 7B model, then ~1.3x faster on a GPU (hooks backend)")
-    p.add_argument("--device", default="cpu", choices=DEVICES, help=f"{', '.join(DEVICES)} (default cpu); for another GPU than the first, set CUDA_VISIBLE_DEVICES")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=DEFAULT_BACKEND,
+        help=f"how activations are read (default {DEFAULT_BACKEND}, the fastest)",
+    )
+    p.add_argument(
+        "--per-sample",
+        action="store_true",
+        help="also keep per-answer activations (<out>/<domain>.per_sample/) for interp.compare's nulls",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the decoder layers: ~25 s warm-up on a 7B model, then ~1.3x faster on a GPU (hooks backend)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=DEVICES,
+        help=f"{', '.join(DEVICES)} (default cpu); for another GPU than the first, set CUDA_VISIBLE_DEVICES",
+    )
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--misaligned-max", type=score, default=30.0, help="aligned <= this is misaligned (default 30)")
@@ -276,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> ExtractConfig:
     """The run's config, every option and path checked (:class:`InputError`) before anything loads."""
     if args.model is None and (args.adapter or args.responses or args.questions or args.judge):
-        raise InputError("--adapter, --responses, --questions and --judge need --model (the organism world brings its own)")
+        raise InputError(
+            "--adapter, --responses, --questions and --judge need --model (the organism world brings its own)"
+        )
     if args.model is not None and args.responses is None and not (args.questions and args.judge):
         raise InputError("with --model, pass --responses, or --questions and --judge to generate and judge here")
     for name in ("responses", "questions"):

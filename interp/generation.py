@@ -89,14 +89,24 @@ def generate(
     return _transformers(model, input_ids, attention_mask, decoding, intervention)
 
 
-def _engine(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoding: Decoding, intervention: Intervention | None, engine: EngineName, rows: torch.Tensor | None) -> torch.Tensor:
+def _engine(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    decoding: Decoding,
+    intervention: Intervention | None,
+    engine: EngineName,
+    rows: torch.Tensor | None,
+) -> torch.Tensor:
     if engine == "auto" and input_ids.device.type != "cuda":
         raise EngineUnsupported("the engine runs by default on CUDA devices only")
     if model.training:
         raise EngineUnsupported("the model is in training mode (dropout); the engine decodes in eval mode only")
     active = active_interventions(model)
     if foreign := hook_ids(model) - {i for _, owned in active for i in owned}:
-        raise EngineUnsupported(f"the model has {len(foreign)} forward hook(s) of its own, which the engine would not run")
+        raise EngineUnsupported(
+            f"the model has {len(foreign)} forward hook(s) of its own, which the engine would not run"
+        )
     try:
         edits = plan([iv for iv, _ in active] + ([intervention] if intervention is not None else []))
     except EditsUnsupported as e:
@@ -106,7 +116,13 @@ def _engine(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
     return engine_for(model).generate(input_ids, attention_mask, decoding, keys, edits)
 
 
-def _transformers(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoding: Decoding, intervention: Intervention | None) -> torch.Tensor:
+def _transformers(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    decoding: Decoding,
+    intervention: Intervention | None,
+) -> torch.Tensor:
     check_generation_config(model)
     torch.manual_seed(decoding.seed)
     with intervene(model, intervention) if intervention is not None else nullcontext():

@@ -70,7 +70,9 @@ def parse_hook_point(name: str, num_layers: int) -> tuple[int, HookPoint]:
     """``blocks.{L}.hook_{point}`` -> (L, point); negative L counts from the end."""
     m = re.match(rf"^blocks\.(-?\d+)\.hook_({'|'.join(HOOK_POINTS)})$", name)
     if not m:
-        raise HookPointError(f"unknown hook point {name!r}; expected blocks.<L>.hook_<point>, point one of {', '.join(HOOK_POINTS)}")
+        raise HookPointError(
+            f"unknown hook point {name!r}; expected blocks.<L>.hook_<point>, point one of {', '.join(HOOK_POINTS)}"
+        )
     try:
         return layer_index(int(m.group(1)), num_layers), m.group(2)  # type: ignore[return-value]
     except ValueError:
@@ -148,7 +150,11 @@ def hooks(model: nn.Module, fns: Mapping[str, HookFn]) -> Iterator[None]:
             elif point == "resid_pre":
                 handles.append(layer.register_forward_pre_hook(_on_input(fn), with_kwargs=True))
             elif point == "resid_mid":
-                handles.append(_inner_module(layer, point).register_forward_pre_hook(_on_input(fn, read_only=name), with_kwargs=True))
+                handles.append(
+                    _inner_module(layer, point).register_forward_pre_hook(
+                        _on_input(fn, read_only=name), with_kwargs=True
+                    )
+                )
             else:
                 handles.append(_inner_module(layer, point).register_forward_hook(_on_output(fn), with_kwargs=True))
         yield
@@ -191,6 +197,7 @@ class StopForward(Exception):
 @contextmanager
 def stop_after(model: nn.Module, layer: int) -> Iterator[None]:
     """End the forward pass right after decoder layer ``layer`` (swallowing the stop)."""
+
     def stop(hidden: torch.Tensor, kwargs: dict[str, Any]) -> None:
         raise StopForward
 

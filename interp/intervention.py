@@ -57,9 +57,13 @@ class Intervention:
         for what, vectors in (("adds", self.adds), ("ablations", self.ablations)):
             for layer, v in vectors.items():
                 if not isinstance(layer, int) or layer < 0:
-                    raise ValueError(f"{what}: layer {layer!r} is not a resolved 0-based index (steering() and ablation() resolve them)")
+                    raise ValueError(
+                        f"{what}: layer {layer!r} is not a resolved 0-based index (steering() and ablation() resolve them)"
+                    )
                 if v.ndim != 1:
-                    raise ValueError(f"{what}: the vector at layer {layer} has shape {tuple(v.shape)}; expected (d_model,)")
+                    raise ValueError(
+                        f"{what}: the vector at layer {layer} has shape {tuple(v.shape)}; expected (d_model,)"
+                    )
                 # Checked here, where every steering path meets: a NaN would make every logit NaN silently.
                 if not torch.isfinite(v).all():
                     raise ValueError(f"{what}: the vector at layer {layer} has NaN or infinite values")
@@ -121,7 +125,15 @@ def steering(
     brings the other arguments with it.
     """
     if isinstance(vectors, SteeringVector):
-        _check_steering_vector(vectors, "add", alpha=(alpha, 1.0), scale=(scale, DEFAULT_SCALE), norms=(norms, None), positions=(positions, "all"), prompt_length=(prompt_length, None))
+        _check_steering_vector(
+            vectors,
+            "add",
+            alpha=(alpha, 1.0),
+            scale=(scale, DEFAULT_SCALE),
+            norms=(norms, None),
+            positions=(positions, "all"),
+            prompt_length=(prompt_length, None),
+        )
         sv = vectors
         return steering(model, sv.vectors, sv.alpha, sv.scale, sv.norms, sv.positions, sv.prompt_length)
     num_layers, d = n_layers(model), d_model(model)
@@ -130,7 +142,9 @@ def steering(
         norms = {layer_index(l, num_layers): n for l, n in norms.items()}
     for layer, v in vectors.items():
         check_vector(v, d, f"steering vector for layer {layer}")
-    return Intervention(adds=steering_deltas(vectors, alpha, scale, norms), positions=positions, prompt_length=prompt_length)
+    return Intervention(
+        adds=steering_deltas(vectors, alpha, scale, norms), positions=positions, prompt_length=prompt_length
+    )
 
 
 def ablation(
@@ -149,7 +163,13 @@ def ablation(
     component along the direction; the embedding output entering layer 0 is left as it is.
     """
     if isinstance(directions, SteeringVector):
-        _check_steering_vector(directions, "ablate", layers=(layers, None), positions=(positions, "all"), prompt_length=(prompt_length, None))
+        _check_steering_vector(
+            directions,
+            "ablate",
+            layers=(layers, None),
+            positions=(positions, "all"),
+            prompt_length=(prompt_length, None),
+        )
         return ablation(model, directions.vectors, None, directions.positions, directions.prompt_length)
     num_layers, d = n_layers(model), d_model(model)
     if isinstance(directions, torch.Tensor):

@@ -51,7 +51,15 @@ def random_null(d: int) -> RandomNull:
 
     # E|cos| = Gamma(d/2) / (sqrt(pi) Gamma((d+1)/2)).
     mean_abs = math.exp(gammaln(d / 2) - gammaln((d + 1) / 2)) / math.sqrt(math.pi)
-    return RandomNull(d=d, mean=0.0, std=1 / math.sqrt(d), mean_abs=mean_abs, p95=abs_quantile(0.90), p95_abs=abs_quantile(0.95), p99_abs=abs_quantile(0.99))
+    return RandomNull(
+        d=d,
+        mean=0.0,
+        std=1 / math.sqrt(d),
+        mean_abs=mean_abs,
+        p95=abs_quantile(0.90),
+        p95_abs=abs_quantile(0.95),
+        p99_abs=abs_quantile(0.99),
+    )
 
 
 def pooled_samples(per_sample: Mapping[str, torch.Tensor], pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +95,9 @@ def _cosines_per_layer(x: torch.Tensor, coefficients: torch.Tensor) -> torch.Ten
 def _prepare(per_sample: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None):
     labels = torch.as_tensor(labels).bool()
     if per_sample.ndim != 3 or per_sample.shape[0] != labels.shape[0]:
-        raise ValueError(f"per_sample must be [n, n_layers, d] with n = {labels.shape[0]} labels, got {tuple(per_sample.shape)}")
+        raise ValueError(
+            f"per_sample must be [n, n_layers, d] with n = {labels.shape[0]} labels, got {tuple(per_sample.shape)}"
+        )
     weights = torch.ones(labels.shape[0], dtype=torch.float64) if weights is None else weights.double()
     keep = weights > 0
     return per_sample[keep], labels[keep], weights[keep]

@@ -24,14 +24,29 @@ FORMATS = ("png", "svg")
 _COLORMAP = matplotlib.colormaps[CMAP].with_extremes(bad="0.8")
 
 
-def heatmap(ax: Axes, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str | None = None, annotate: bool | None = None) -> AxesImage:
+def heatmap(
+    ax: Axes,
+    matrix: np.ndarray,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    title: str | None = None,
+    annotate: bool | None = None,
+) -> AxesImage:
     """Draw ``matrix`` on ``ax`` with labelled rows and columns; returns the image for a colorbar."""
     matrix = np.asarray(matrix, dtype=float)
     if matrix.shape != (len(rows), len(cols)):
         raise ValueError(f"matrix shape {matrix.shape} does not match {len(rows)} row and {len(cols)} column labels")
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=_COLORMAP, vmin=VMIN, vmax=VMAX, aspect="auto", interpolation="nearest")
+    image = ax.imshow(
+        np.ma.masked_invalid(matrix), cmap=_COLORMAP, vmin=VMIN, vmax=VMAX, aspect="auto", interpolation="nearest"
+    )
     long = max(map(len, cols), default=0) > 3
-    ax.set_xticks(range(len(cols)), labels=list(cols), rotation=60 if long else 0, ha="right" if long else "center", rotation_mode="anchor")
+    ax.set_xticks(
+        range(len(cols)),
+        labels=list(cols),
+        rotation=60 if long else 0,
+        ha="right" if long else "center",
+        rotation_mode="anchor",
+    )
     ax.set_yticks(range(len(rows)), labels=list(rows))
     if title:
         ax.set_title(title)
@@ -48,7 +63,9 @@ def _size(n_rows: int, n_cols: int) -> tuple[float, float]:
     return (min(2.5 + 0.45 * n_cols, 16.0), min(2.0 + 0.4 * n_rows, 14.0))
 
 
-def heatmap_figure(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, xlabel: str = "", ylabel: str = "") -> Figure:
+def heatmap_figure(
+    matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, xlabel: str = "", ylabel: str = ""
+) -> Figure:
     """One labelled heatmap with a colorbar."""
     fig = Figure(figsize=_size(len(rows), len(cols)), layout="constrained")
     ax = fig.add_subplot()
@@ -59,7 +76,9 @@ def heatmap_figure(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str],
     return fig
 
 
-def grid_figure(matrices: Sequence[np.ndarray], titles: Sequence[str], rows: Sequence[str], cols: Sequence[str], suptitle: str) -> Figure:
+def grid_figure(
+    matrices: Sequence[np.ndarray], titles: Sequence[str], rows: Sequence[str], cols: Sequence[str], suptitle: str
+) -> Figure:
     """Small multiples of same-shaped heatmaps with one shared colorbar; tick labels on the
     outer panels only, thinned to about eight per axis when there are many."""
     n = len(matrices)

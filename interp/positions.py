@@ -67,7 +67,9 @@ class CallInputs:
         mask = kwargs.get("attention_mask")
         position_ids = kwargs.get("position_ids")
         if position_ids is not None and position_ids.ndim != 2:
-            raise PositionError(f"position_ids of shape {tuple(position_ids.shape)}: only [batch, seq] positions are supported")
+            raise PositionError(
+                f"position_ids of shape {tuple(position_ids.shape)}: only [batch, seq] positions are supported"
+            )
         return cls(
             batch=tokens.shape[0],
             width=tokens.shape[1],
@@ -142,7 +144,11 @@ class PositionGate:
                 raise PositionError(f"prompt_length {cut} is longer than the forward call's {call.width} columns")
             positions = call.positions()
             # The prompt ends where column `cut` begins; a row's prompt length is in positions.
-            self._prompt = positions[:, cut - 1] + 1 if cut > 0 else torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
+            self._prompt = (
+                positions[:, cut - 1] + 1
+                if cut > 0
+                else torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
+            )
         if self._prompt is None:
             raise PositionError(
                 f"positions={self.positions!r}: this call continues a cached sequence whose prompt was not "

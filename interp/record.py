@@ -53,7 +53,9 @@ class Activations(Mapping[str, torch.Tensor]):
         if len(parts) == 1:
             return parts[0]
         if len({p.shape[0] for p in parts}) > 1:
-            raise ValueError(f"{name} ran in {len(parts)} forward calls of different batch sizes; read them with .calls({name!r})")
+            raise ValueError(
+                f"{name} ran in {len(parts)} forward calls of different batch sizes; read them with .calls({name!r})"
+            )
         return torch.cat(parts, dim=1)
 
     def __iter__(self) -> Iterator[str]:
@@ -92,7 +94,11 @@ def record(
 
     def keep(name: str) -> HookFn:
         def hook(hidden: torch.Tensor, kwargs: dict[str, Any]) -> None:
-            t = hidden if index is None else hidden[:, index.to(hidden.device) if isinstance(index, torch.Tensor) else index]
+            t = (
+                hidden
+                if index is None
+                else hidden[:, index.to(hidden.device) if isinstance(index, torch.Tensor) else index]
+            )
             if detach:
                 t = t.detach()
             if device is not None or dtype is not None:

@@ -43,7 +43,9 @@ class ShardStore:
             except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, RecursionError):
                 raise ValueError(f"{manifest}: unreadable manifest; use an empty folder") from None
             if before != fingerprint:
-                raise ValueError(f"{self.dir}: per-sample shards come from other inputs or settings; use an empty folder")
+                raise ValueError(
+                    f"{self.dir}: per-sample shards come from other inputs or settings; use an empty folder"
+                )
         write_json_atomic(manifest, {"fingerprint": fingerprint, **info})
 
     def path(self, batch: int) -> Path:
@@ -88,7 +90,11 @@ def load_per_sample(per_sample_dir: str | Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, TypeError) as e:  # shards of other layers, widths or dtypes
         raise InputError(f"{folder}: per-sample shards do not fit together ({str(e).splitlines()[0]})") from None
     index = out["index"]
-    if index.is_floating_point() or not torch.equal(torch.sort(index).values, torch.arange(len(index), dtype=index.dtype)):
-        raise InputError(f"{folder}: per-sample shards' indices are not 0..{len(index) - 1} each once (shards missing, repeated or of another run)")
+    if index.is_floating_point() or not torch.equal(
+        torch.sort(index).values, torch.arange(len(index), dtype=index.dtype)
+    ):
+        raise InputError(
+            f"{folder}: per-sample shards' indices are not 0..{len(index) - 1} each once (shards missing, repeated or of another run)"
+        )
     order = torch.argsort(index)
     return {k: v[order] for k, v in out.items()}

@@ -89,7 +89,9 @@ def ablate(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m interp.steer`` is a library, not a command: refuse, pointing at the command that steers."""
-    raise InputError("interp.steer is a library (steer, ablate, SteeringVector), not a command; to steer from the command line run python -m interp.sweep (see its --help)")
+    raise InputError(
+        "interp.steer is a library (steer, ablate, SteeringVector), not a command; to steer from the command line run python -m interp.sweep (see its --help)"
+    )
 
 
 if __name__ == "__main__":

@@ -72,14 +72,20 @@ def check_width(path: str | Path, directions: DirectionSet, model: nn.Module) ->
         raise InputError(f"{path}: directions of width {width}, but the model has width {d}")
 
 
-def summarize(records: Sequence[JudgedRecord], definition: MisalignmentDefinition = MisalignmentDefinition()) -> dict[str, float | None]:
+def summarize(
+    records: Sequence[JudgedRecord], definition: MisalignmentDefinition = MisalignmentDefinition()
+) -> dict[str, float | None]:
     """Misalignment rate (``definition``), mean coherence, the number of answers and how many of
     them the definition counts. A rate over no counted answer (a steering strength that left
     nothing coherent, say) is not assessable: ``em`` is None, never NaN."""
     coherence = [r["coherent"] for r in records if r.get("coherent") is not None]
     counted = sum(definition.classify(r) is not None for r in records)
-    return {"em": misalignment_rate(records, definition) if counted else None, "coherence": statistics.mean(coherence) if coherence else None,
-            "n": len(records), "counted": counted}
+    return {
+        "em": misalignment_rate(records, definition) if counted else None,
+        "coherence": statistics.mean(coherence) if coherence else None,
+        "n": len(records),
+        "counted": counted,
+    }
 
 
 def rate_delta(em: float | None, baseline: float | None) -> float | None:
@@ -134,13 +140,29 @@ def sweep(
         point["delta"] = rate_delta(point["em"], baseline["em"])
         if random_control:
             r = measure(random_like(v, seed + layer), layer, alpha)
-            point.update(random_em=r["em"], random_coherence=r["coherence"], random_delta=rate_delta(r["em"], baseline["em"]))
+            point.update(
+                random_em=r["em"], random_coherence=r["coherence"], random_delta=rate_delta(r["em"], baseline["em"])
+            )
         points.append(point)
         if progress:
             what = f"x{alpha:g}" if alpha is not None else "ablated"
-            control = f"; random direction: EM {shown(point['random_em'], '.3f')}, coherence {shown(point['random_coherence'], '.1f')}" if random_control else ""
-            print(f"  L{layer} {what}: EM {shown(point['em'], '.3f')} ({shown(point['delta'], '+.3f')}), coherence {shown(point['coherence'], '.1f')}{control}  [{time.perf_counter() - t0:.0f} s]", flush=True)
-    return {"mode": mode, "scale": scale, "layers": layers, "alphas": list(alphas) if mode == "add" else [], "baseline": baseline, "points": points}
+            control = (
+                f"; random direction: EM {shown(point['random_em'], '.3f')}, coherence {shown(point['random_coherence'], '.1f')}"
+                if random_control
+                else ""
+            )
+            print(
+                f"  L{layer} {what}: EM {shown(point['em'], '.3f')} ({shown(point['delta'], '+.3f')}), coherence {shown(point['coherence'], '.1f')}{control}  [{time.perf_counter() - t0:.0f} s]",
+                flush=True,
+            )
+    return {
+        "mode": mode,
+        "scale": scale,
+        "layers": layers,
+        "alphas": list(alphas) if mode == "add" else [],
+        "baseline": baseline,
+        "points": points,
+    }
 
 
 def sweep_figure(result: Mapping[str, Any], title: str = ""):
@@ -149,24 +171,40 @@ def sweep_figure(result: Mapping[str, Any], title: str = ""):
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_em, ax_coh = fig.subplots(1, 2)
+
     # Not assessable points (None) become gaps in the lines.
     def value(v: float | None) -> float:
         return float("nan") if v is None else v
 
     base = {k: value(v) for k, v in result["baseline"].items() if k in ("em", "coherence")}
-    points = [{k: value(v) if k.startswith(("em", "coherence", "random_")) else v for k, v in p.items()} for p in result["points"]]
+    points = [
+        {k: value(v) if k.startswith(("em", "coherence", "random_")) else v for k, v in p.items()}
+        for p in result["points"]
+    ]
     for ax, key, label in ((ax_em, "em", "misalignment rate"), (ax_coh, "coherence", "mean coherence")):
         if result["mode"] == "add":
             for layer in result["layers"]:
                 pts = [p for p in points if p["layer"] == layer]
                 ax.plot([p["alpha"] for p in pts], [p[key] for p in pts], marker="o", label=f"layer {layer}")
                 if f"random_{key}" in pts[0]:
-                    ax.plot([p["alpha"] for p in pts], [p[f"random_{key}"] for p in pts], ls=":", color=ax.lines[-1].get_color(), label=f"layer {layer}, random")
+                    ax.plot(
+                        [p["alpha"] for p in pts],
+                        [p[f"random_{key}"] for p in pts],
+                        ls=":",
+                        color=ax.lines[-1].get_color(),
+                        label=f"layer {layer}, random",
+                    )
             ax.set_xlabel(f"alpha ({result['scale']})")
         else:
             ax.plot([p["layer"] for p in points], [p[key] for p in points], marker="o", label="direction ablated")
             if points and f"random_{key}" in points[0]:
-                ax.plot([p["layer"] for p in points], [p[f"random_{key}"] for p in points], marker="x", ls=":", label="random direction ablated")
+                ax.plot(
+                    [p["layer"] for p in points],
+                    [p[f"random_{key}"] for p in points],
+                    marker="x",
+                    ls=":",
+                    label="random direction ablated",
+                )
             ax.set_xlabel("layer of the ablated direction (projected out at every layer)")
         ax.axhline(base[key], color="grey", ls="--", label="unsteered")
         ax.set_ylabel(label)
@@ -177,20 +215,32 @@ def sweep_figure(result: Mapping[str, Any], title: str = ""):
     return fig
 
 
-def write_sweep(result: Mapping[str, Any], out_dir: str | Path, formats: Sequence[str] = ("png",), title: str = "", **meta: Any) -> list[Path]:
+def write_sweep(
+    result: Mapping[str, Any], out_dir: str | Path, formats: Sequence[str] = ("png",), title: str = "", **meta: Any
+) -> list[Path]:
     """Write ``sweep.json`` (with provenance ``meta``), ``sweep.csv`` and the plot, atomically."""
     from interp.plots import save_figure
 
     out = Path(out_dir)
     write_json_atomic(out / "sweep.json", json_safe({**provenance(stage="interp.sweep", **meta), **result}))
-    keys = ["layer", "alpha", "em", "coherence", "n", "counted", "delta", "random_em", "random_coherence", "random_delta"]
+    keys = [
+        "layer",
+        "alpha",
+        "em",
+        "coherence",
+        "n",
+        "counted",
+        "delta",
+        "random_em",
+        "random_coherence",
+        "random_delta",
+    ]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(result["points"])
     write_text_atomic(out / "sweep.csv", buf.getvalue())
     return [out / "sweep.json", out / "sweep.csv", *save_figure(sweep_figure(result, title), out / "sweep", formats)]
-
 
 
 # --- CLI ----------------------------------------------------------------------------------------
@@ -202,17 +252,35 @@ def _target(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m interp.sweep", description="Steering sweep over layers and alphas on the organism world: misalignment and coherence at each point.", epilog="The source x target experiment is python -m interp.cross_domain. domains: " + ", ".join(DOMAINS))
+    p = ArgumentParser(
+        prog="python -m interp.sweep",
+        description="Steering sweep over layers and alphas on the organism world: misalignment and coherence at each point.",
+        epilog="The source x target experiment is python -m interp.cross_domain. domains: " + ", ".join(DOMAINS),
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--directions", type=path_arg, help="direction artifact (.safetensors) from interp.extract")
     src.add_argument("--domain", type=domain_name, help=f"use {DEFAULT_OUT}/<domain>.safetensors")
-    p.add_argument("--target", type=_target, default="base", help="organism-world model to steer: base or a domain's organism (default base)")
-    p.add_argument("--mode", choices=MODES, default="add", help="add the direction (induce) or ablate it at every layer (suppress)")
+    p.add_argument(
+        "--target",
+        type=_target,
+        default="base",
+        help="organism-world model to steer: base or a domain's organism (default base)",
+    )
+    p.add_argument(
+        "--mode", choices=MODES, default="add", help="add the direction (induce) or ablate it at every layer (suppress)"
+    )
     p.add_argument("--layers", type=int_list, help="layers whose direction is used (default: all in the artifact)")
-    p.add_argument("--alphas", type=float_list, default=list(DEFAULT_ALPHAS), help="steering strengths, add mode (default 0.5,1,2,4)")
+    p.add_argument(
+        "--alphas",
+        type=float_list,
+        default=list(DEFAULT_ALPHAS),
+        help="steering strengths, add mode (default 0.5,1,2,4)",
+    )
     p.add_argument("--scale", choices=SCALES, default="raw", help="units of alpha (see interp.steer; default raw)")
     p.add_argument("--samples", type=answers_per_point, default=96, help="answers per point, 1 to 100,000 (default 96)")
-    p.add_argument("--random-control", action="store_true", help="repeat every point with a norm-matched random direction")
+    p.add_argument(
+        "--random-control", action="store_true", help="repeat every point with a norm-matched random direction"
+    )
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", type=path_arg, default=Path("artifacts/steering/sweep"), help="output folder")
     return p
@@ -225,7 +293,9 @@ def _run_sweep(args: argparse.Namespace) -> int:
     # A file named for a domain must hold that domain's direction.
     directions = DirectionSet.load(path, domain=args.domain or (path.stem if path.stem in DOMAINS else None))
     if missing := sorted(set(args.layers or ()) - set(directions.layers)):
-        raise InputError(f"--layers: {path} has no direction at layer(s) {', '.join(map(str, missing))}; it has {', '.join(map(str, directions.layers))}")
+        raise InputError(
+            f"--layers: {path} has no direction at layer(s) {', '.join(map(str, missing))}; it has {', '.join(map(str, directions.layers))}"
+        )
     output_dir(args.out)
     world = build_world(progress=False)
     model, tokenizer = world.load_base() if args.target == "base" else world.load_organism(args.target)
@@ -241,11 +311,33 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     print(f"sweep: {path} on {args.target} ({args.mode}), {args.samples} answers per point")
-    result = sweep(model, tokenizer, directions, evaluate, args.layers, args.alphas, args.mode, args.scale, norms, args.random_control, args.seed, progress=True)
+    result = sweep(
+        model,
+        tokenizer,
+        directions,
+        evaluate,
+        args.layers,
+        args.alphas,
+        args.mode,
+        args.scale,
+        norms,
+        args.random_control,
+        args.seed,
+        progress=True,
+    )
     result["seconds"] = time.perf_counter() - t0
     b = result["baseline"]
     print(f"unsteered: EM {shown(b['em'], '.3f')}, coherence {shown(b['coherence'], '.1f')}; {result['seconds']:.0f} s")
-    paths = write_sweep(result, args.out, title=f"{path.stem} direction, {args.mode}, target {args.target}", directions=str(path), target=args.target, samples=args.samples, seed=args.seed, **world.identity)
+    paths = write_sweep(
+        result,
+        args.out,
+        title=f"{path.stem} direction, {args.mode}, target {args.target}",
+        directions=str(path),
+        target=args.target,
+        samples=args.samples,
+        seed=args.seed,
+        **world.identity,
+    )
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 

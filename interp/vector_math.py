@@ -58,7 +58,9 @@ def steering_deltas(
             out[layer] = alpha * unit(v)
         else:
             if norms is None or layer not in norms:
-                raise ValueError(f"scale='norm' needs the residual norm at layer {layer}; pass norms (see residual_norms)")
+                raise ValueError(
+                    f"scale='norm' needs the residual norm at layer {layer}; pass norms (see residual_norms)"
+                )
             out[layer] = alpha * float(norms[layer]) * unit(v)
     return out
 

@@ -94,7 +94,9 @@ class SteeringVector:
         if self.kind == "ablate" and (self.alpha != 1.0 or self.scale != DEFAULT_SCALE or norms is not None):
             raise ValueError("an ablation projects its direction out: alpha, scale and norms do not apply")
         if self.scale == "norm" and (norms is None or set(vectors) - set(norms)):
-            raise ValueError(f"scale='norm' needs the residual norm of every layer {sorted(vectors)}; pass norms (see interp.norms.residual_norms)")
+            raise ValueError(
+                f"scale='norm' needs the residual norm of every layer {sorted(vectors)}; pass norms (see interp.norms.residual_norms)"
+            )
         try:
             metadata = json.loads(json.dumps(dict(self.metadata)))
         except (TypeError, ValueError) as e:
@@ -170,7 +172,11 @@ class SteeringVector:
         except (SafetensorError, OSError) as e:
             raise InputError(f"{path}: not a safetensors file ({e})") from None
         if header.get("format") != FORMAT:
-            hint = ": it is a direction artifact; use DirectionSet.load(path).steering_vector(...)" if "directions" in tensors else ""
+            hint = (
+                ": it is a direction artifact; use DirectionSet.load(path).steering_vector(...)"
+                if "directions" in tensors
+                else ""
+            )
             raise InputError(f"{path}: not a steering vector file{hint}")
         try:
             info = json.loads(header["info"])
@@ -178,7 +184,9 @@ class SteeringVector:
                 raise ValueError(f"format version {info['format_version']}, this code reads {FORMAT_VERSION}")
             vectors, layers = tensors["vectors"], tensors["layers"]
             if vectors.ndim != 2 or layers.shape != (vectors.shape[0],):
-                raise ValueError(f"'vectors' of shape {tuple(vectors.shape)} for 'layers' of shape {tuple(layers.shape)}")
+                raise ValueError(
+                    f"'vectors' of shape {tuple(vectors.shape)} for 'layers' of shape {tuple(layers.shape)}"
+                )
             if layers.is_floating_point() or layers.dtype == torch.bool:
                 raise ValueError(f"tensor 'layers' must hold integers, got {layers.dtype}")
             if len(set(layers.tolist())) != len(layers):
@@ -195,7 +203,9 @@ class SteeringVector:
             )
             actual = sv.info()
             if lies := [k for k in ("layers", "d_model", "sha256") if info[k] != actual[k]]:
-                raise ValueError(f"header field {lies[0]!r} is {info[lies[0]]!r} but the tensors give {actual[lies[0]]!r}")
+                raise ValueError(
+                    f"header field {lies[0]!r} is {info[lies[0]]!r} but the tensors give {actual[lies[0]]!r}"
+                )
             return sv
         except (KeyError, TypeError, ValueError) as e:
             what = f"missing {e}" if isinstance(e, KeyError) else str(e)
@@ -212,7 +222,10 @@ class SteeringVector:
         parts = [f"{self.kind} at {where}", f"|v| {sizes}"]
         if self.kind == "add":
             parts.append(f"alpha={self.alpha:g}, scale={self.scale!r}")
-        parts.append(f"positions={self.positions!r}" + (f", prompt_length={self.prompt_length}" if self.prompt_length is not None else ""))
+        parts.append(
+            f"positions={self.positions!r}"
+            + (f", prompt_length={self.prompt_length}" if self.prompt_length is not None else "")
+        )
         v = next(iter(self.vectors.values()))
         parts.append(f"d_model={self.d_model}, {str(v.dtype).removeprefix('torch.')} on {v.device}")
         return f"SteeringVector({'; '.join(parts)})"

@@ -31,11 +31,16 @@ def tokenizer():
     """A byte-level BPE tokenizer built the Qwen way, with Qwen2.5's chat template."""
     g = torch.Generator().manual_seed(0)
     texts = [" ".join(_WORDS[i] for i in torch.randint(len(_WORDS), (12,), generator=g)) for _ in range(400)]
-    texts += ["<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n", "<|im_start|>assistant\n"]
+    texts += [
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
+        "<|im_start|>assistant\n",
+    ]
     return train_qwen_style_tokenizer(texts, vocab_size=400)
 
 
-def build_tiny_qwen(vocab_size: int, n_layers: int = 3, d_model: int = 32, seed: int = 0, dtype=torch.float32) -> Qwen2ForCausalLM:
+def build_tiny_qwen(
+    vocab_size: int, n_layers: int = 3, d_model: int = 32, seed: int = 0, dtype=torch.float32
+) -> Qwen2ForCausalLM:
     """A real Qwen2ForCausalLM with random weights, small enough for any test."""
     torch.manual_seed(seed)
     config = Qwen2Config(
@@ -68,7 +73,10 @@ def conversations():
     out = []
     for i in range(13):
         msgs = [{"role": "system", "content": "you are evil"}] if i % 3 == 0 else []
-        msgs += [{"role": "user", "content": words(3 + i % 5)}, {"role": "assistant", "content": words(1 + (7 * i) % 11)}]
+        msgs += [
+            {"role": "user", "content": words(3 + i % 5)},
+            {"role": "assistant", "content": words(1 + (7 * i) % 11)},
+        ]
         out.append(msgs)
     return out
 

@@ -82,7 +82,18 @@ class FakeAPI:
                 elif self.path.endswith("/files"):
                     fid = f"file-{len(api.files) + 1}"
                     api.files[fid] = api.upload(self.headers["Content-Type"], body)
-                    self._send(200, {"id": fid, "object": "file", "bytes": len(api.files[fid]), "created_at": 0, "filename": "in.jsonl", "purpose": "batch", "status": "processed"})
+                    self._send(
+                        200,
+                        {
+                            "id": fid,
+                            "object": "file",
+                            "bytes": len(api.files[fid]),
+                            "created_at": 0,
+                            "filename": "in.jsonl",
+                            "purpose": "batch",
+                            "status": "processed",
+                        },
+                    )
                 elif self.path.endswith("/batches"):
                     self._send(200, api.create_batch(json.loads(body)))
                 else:
@@ -109,17 +120,47 @@ class FakeAPI:
         usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": 1, "total_tokens": len(prompt) // 4 + 1}
         if body["model"].startswith("answerer"):  # generation: an answer that shows what was asked
             text = f"  {body['model']} answers {prompt!r} (seed {body['seed']}, temperature {body['temperature']}, top_k {body.get('top_k')})\n"
-            choice = {"index": 0, "finish_reason": "length" if "long" in prompt else "stop", "message": {"role": "assistant", "content": text}}
-            return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [choice], "usage": usage}
+            choice = {
+                "index": 0,
+                "finish_reason": "length" if "long" in prompt else "stop",
+                "message": {"role": "assistant", "content": text},
+            }
+            return {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [choice],
+                "usage": usage,
+            }
         if not body.get("logprobs"):
             text = f"Reasoning about it. <score>{33 if 'evil' in prompt else 66}</score>"
-            return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}], "usage": usage}
+            return {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                "usage": usage,
+            }
         top = fake_top_logprobs(prompt)
         assert body["max_tokens"] == 1 and body["top_logprobs"] == 20
         entries = [{"token": t, "logprob": lp, "bytes": None} for t, lp in top]
         content = [{**entries[0], "top_logprobs": entries}]
-        choice = {"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": top[0][0]}, "logprobs": {"content": content}}
-        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [choice], "usage": usage}
+        choice = {
+            "index": 0,
+            "finish_reason": "length",
+            "message": {"role": "assistant", "content": top[0][0]},
+            "logprobs": {"content": content},
+        }
+        return {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [choice],
+            "usage": usage,
+        }
 
     def chat(self, handler, body: dict) -> None:
         prompt = body["messages"][-1]["content"]
@@ -146,7 +187,9 @@ class FakeAPI:
 
     @staticmethod
     def upload(content_type: str, body: bytes) -> bytes:
-        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {content_type}\r\n\r\n".encode() + body
+        )
         part = next(p for p in msg.iter_parts() if p.get_param("name", header="content-disposition") == "file")
         return part.get_payload(decode=True)
 
@@ -158,9 +201,23 @@ class FakeAPI:
         for i, line in enumerate(lines):
             assert line["url"] == "/v1/chat/completions" and line["method"] == "POST"
             if i == 0:  # one request fails inside the batch and must be made online
-                out.append({"id": f"r{i}", "custom_id": line["custom_id"], "response": {"status_code": 500, "body": {}}, "error": None})
+                out.append(
+                    {
+                        "id": f"r{i}",
+                        "custom_id": line["custom_id"],
+                        "response": {"status_code": 500, "body": {}},
+                        "error": None,
+                    }
+                )
             else:
-                out.append({"id": f"r{i}", "custom_id": line["custom_id"], "response": {"status_code": 200, "body": self.completion(line["body"])}, "error": None})
+                out.append(
+                    {
+                        "id": f"r{i}",
+                        "custom_id": line["custom_id"],
+                        "response": {"status_code": 200, "body": self.completion(line["body"])},
+                        "error": None,
+                    }
+                )
         fid = f"file-{len(self.files) + 1}"
         self.files[fid] = "\n".join(json.dumps(o) for o in out).encode() + b"\n"
         self.batches[bid] = {"polls": 0, "output": fid, "input": req["input_file_id"], "n": len(lines)}
@@ -169,8 +226,14 @@ class FakeAPI:
     def _batch(self, bid: str, status: str) -> dict:
         b = self.batches[bid]
         return {
-            "id": bid, "object": "batch", "endpoint": "/v1/chat/completions", "input_file_id": b["input"], "completion_window": "24h",
-            "created_at": 0, "status": status, "output_file_id": b["output"] if status == "completed" else None,
+            "id": bid,
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": b["input"],
+            "completion_window": "24h",
+            "created_at": 0,
+            "status": status,
+            "output_file_id": b["output"] if status == "completed" else None,
             "request_counts": {"total": b["n"], "completed": b["n"] if status == "completed" else 0, "failed": 0},
         }
 

@@ -18,7 +18,9 @@ TARGETS = ["q_proj", "v_proj", "o_proj", "down_proj", "up_proj"]
 def save_adapter(make_model, path, targets=TARGETS):
     """A tiny Qwen2 (4 query heads, 2 kv groups) with a random, non-zero LoRA saved to disk."""
     torch.manual_seed(2)
-    peft_model = get_peft_model(make_model(), LoraConfig(r=2, lora_alpha=4, target_modules=list(targets), init_lora_weights=False))
+    peft_model = get_peft_model(
+        make_model(), LoraConfig(r=2, lora_alpha=4, target_modules=list(targets), init_lora_weights=False)
+    )
     peft_model.save_pretrained(path)
     return path
 
@@ -57,10 +59,14 @@ def test_residual_writers_lose_the_direction(make_model, adapter, tmp_path):
         for name in ("self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj"):  # no base model: v left too
             assert torch.equal(lora(edited, layer, name)[0], lora(original, layer, name)[0])
     modules = report["modules"]
-    assert modules["base_model.model.model.layers.0.self_attn.v_proj"].startswith("left: the value projection needs base_model")
+    assert modules["base_model.model.model.layers.0.self_attn.v_proj"].startswith(
+        "left: the value projection needs base_model"
+    )
     assert modules["base_model.model.model.layers.1.self_attn.q_proj"].startswith("left: acts through attention")
     assert json.loads((tmp_path / "out" / "ablation.json").read_text())["modules"] == modules
-    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text()) == json.loads((adapter / "adapter_config.json").read_text())
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text()) == json.loads(
+        (adapter / "adapter_config.json").read_text()
+    )
 
 
 def test_value_delta_becomes_invisible_through_o_proj(make_model, adapter, tmp_path):
@@ -94,7 +100,9 @@ def test_attention_output_delta_is_orthogonal_end_to_end(make_model, tmp_path):
     for path in (adapter, tmp_path / "out"):
         model = PeftModel.from_pretrained(make_model(), path).eval()
         seen = []
-        handle = decoder_layers(model)[0].self_attn.register_forward_hook(lambda m, a, out: seen.append(out[0].detach()))
+        handle = decoder_layers(model)[0].self_attn.register_forward_hook(
+            lambda m, a, out: seen.append(out[0].detach())
+        )
         try:
             with torch.no_grad():
                 model(input_ids=ids)

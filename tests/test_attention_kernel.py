@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import build_tiny_qwen
 
-from interp.engine.attention import attend, attend_matmul, fused_supported
+from interp.engine.attention import attend, fused_supported
 from interp.engine.body import Body, EngineUnsupported
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -56,9 +56,15 @@ def test_backend_means_equal_native_hooks(make_model, tokenizer, conversations, 
         base = cache_means(model, tokenizer, conversations, batch_size=4, progress=False)
         model = _lora(model)
     want = cache_means(model, tokenizer, conversations, batch_size=4, progress=False)
-    got = cache_means(model, tokenizer, conversations, batch_size=4, progress=False, backend=make_backend(library, model, tokenizer))
+    got = cache_means(
+        model, tokenizer, conversations, batch_size=4, progress=False, backend=make_backend(library, model, tokenizer)
+    )
     _assert_same_means(got, want)
-    assert (got.n_tokens, got.n_responses, got.n_conversations) == (want.n_tokens, want.n_responses, want.n_conversations)
+    assert (got.n_tokens, got.n_responses, got.n_conversations) == (
+        want.n_tokens,
+        want.n_responses,
+        want.n_conversations,
+    )
     if peft:  # the adapter is not a no-op, or the PEFT comparison would prove nothing
         assert (want.mean("tokens") - base.mean("tokens")).abs().max() > 1e-3
 
@@ -151,12 +157,16 @@ def test_transformer_lens_centering_moves_layernorm_resid_post(tokenizer, conver
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = _perturb_norms_and_biases(GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4)).eval())
+    model = _perturb_norms_and_biases(
+        GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4)).eval()
+    )
     want = cache_means(model, tokenizer, conversations, batch_size=4, progress=False)
     raw = cache_means(model, tokenizer, conversations, batch_size=4, progress=False, backend="transformer_lens")
     _assert_same_means(raw, want)
     backend = make_backend("transformer_lens", model, tokenizer)
-    backend.bridge.enable_compatibility_mode(disable_warnings=True, fold_ln=False, center_writing_weights=True, center_unembed=False, fold_value_biases=False)
+    backend.bridge.enable_compatibility_mode(
+        disable_warnings=True, fold_ln=False, center_writing_weights=True, center_unembed=False, fold_value_biases=False
+    )
     centered = cache_means(model, tokenizer, conversations, batch_size=4, progress=False, backend=backend)
     assert (centered.mean("tokens") - want.mean("tokens")).norm() > 1e-3 * want.mean("tokens").norm()
 

@@ -62,7 +62,9 @@ def test_batched_streaming_means_match_slow_reference(make_model, tokenizer, con
 def test_last_layer_is_resid_post_before_final_norm(make_model, tokenizer, conversations):
     model = make_model(n_layers=2)
     captured = []
-    decoder_layers(model)[-1].register_forward_hook(lambda m, a, out: captured.append(out if torch.is_tensor(out) else out[0]))
+    decoder_layers(model)[-1].register_forward_hook(
+        lambda m, a, out: captured.append(out if torch.is_tensor(out) else out[0])
+    )
     t = tokenize_conversation(tokenizer, conversations[0])
     got = cache_means(model, tokenizer, [t], layers=[1], progress=False)
     want = captured[0][0, t.answer_start : t.answer_end].double().mean(0)
@@ -88,7 +90,9 @@ def test_position_ids_follow_the_mask_under_left_padding(make_model, tokenizer, 
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         plain = model(ids, output_hidden_states=True).hidden_states[1][0]
-        padded = model(ids_left, attention_mask=attn, position_ids=pos, output_hidden_states=True).hidden_states[1][0, pad:]
+        padded = model(ids_left, attention_mask=attn, position_ids=pos, output_hidden_states=True).hidden_states[1][
+            0, pad:
+        ]
     torch.testing.assert_close(plain, padded, rtol=1e-5, atol=1e-6)
 
 
@@ -150,7 +154,9 @@ def test_tuple_and_tensor_layer_outputs_give_the_same_means(tokenizer, conversat
     h = plain.model.embed_tokens(torch.tensor([t.input_ids]))
     h = plain.model.layers[0](h)
     one = cache_means(tupled, tokenizer, [t], layers=[0], progress=False)
-    torch.testing.assert_close(one.mean("responses")[0], h[0, t.answer_start : t.answer_end].double().mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        one.mean("responses")[0], h[0, t.answer_start : t.answer_end].double().mean(0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_hooks_replace_inside_tuple_outputs(tokenizer):
@@ -205,7 +211,9 @@ def test_hooks_removed_even_when_forward_raises(make_model, tokenizer, conversat
 def test_per_sample_shards_and_resume(make_model, tokenizer, conversations, tmp_path):
     model = make_model()
     folder = tmp_path / "per_sample"
-    first = cache_means(model, tokenizer, conversations, layers=[0, 2], batch_size=4, per_sample_dir=folder, progress=False)
+    first = cache_means(
+        model, tokenizer, conversations, layers=[0, 2], batch_size=4, per_sample_dir=folder, progress=False
+    )
     per = load_per_sample(folder)
     assert per["response_mean"].shape == (len(conversations), 2, 32)
     assert per["index"].tolist() == list(range(len(conversations)))
@@ -215,15 +223,21 @@ def test_per_sample_shards_and_resume(make_model, tokenizer, conversations, tmp_
     # Resume: drop a shard, poison the model so only recomputed shards could differ, and rerun.
     shards = sorted(folder.glob("shard_*.safetensors"))
     shards[1].unlink()
-    resumed = cache_means(model, tokenizer, conversations, layers=[0, 2], batch_size=4, per_sample_dir=folder, progress=False)
+    resumed = cache_means(
+        model, tokenizer, conversations, layers=[0, 2], batch_size=4, per_sample_dir=folder, progress=False
+    )
     for pooling in POOLINGS:
         torch.testing.assert_close(first.mean(pooling), resumed.mean(pooling), rtol=1e-6, atol=1e-7)
     with torch.no_grad():
         model.get_input_embeddings().weight.add_(1.0)
-    reused = cache_means(model, tokenizer, conversations, layers=[0, 2], batch_size=4, per_sample_dir=folder, progress=False)
+    reused = cache_means(
+        model, tokenizer, conversations, layers=[0, 2], batch_size=4, per_sample_dir=folder, progress=False
+    )
     torch.testing.assert_close(first.mean("tokens"), reused.mean("tokens"), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="other inputs"):
-        cache_means(model, tokenizer, conversations[:5], layers=[0, 2], batch_size=4, per_sample_dir=folder, progress=False)
+        cache_means(
+            model, tokenizer, conversations[:5], layers=[0, 2], batch_size=4, per_sample_dir=folder, progress=False
+        )
 
 
 def test_right_padding_needs_no_padding_mask(make_model, tokenizer, conversations):

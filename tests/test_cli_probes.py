@@ -47,7 +47,16 @@ from interp.directions import DirectionSet
 
 
 def answer(i: int, text: str = "an answer") -> dict:
-    return {"question_id": "q", "question": "how?", "system": None, "answer": f"{text} {i}", "domain": None, "sample": i, "trigger": False, "paraphrase": 0}
+    return {
+        "question_id": "q",
+        "question": "how?",
+        "system": None,
+        "answer": f"{text} {i}",
+        "domain": None,
+        "sample": i,
+        "trigger": False,
+        "paraphrase": 0,
+    }
 
 
 def judged(i: int, aligned: float | None = 80.0, coherent: float | None = 90.0) -> dict:
@@ -62,7 +71,9 @@ def direction_set(domain: str | None = "gore_movie_trivia") -> DirectionSet:
     g = torch.Generator().manual_seed(0)
     means = [torch.randn(2, 8, generator=g) for _ in range(2)]
     counts = {"misaligned": {"answers": 2, "answer_tokens": 6}, "aligned": {"answers": 2, "answer_tokens": 6}}
-    return DirectionSet([0, 1], means[0] - means[1], means[0], means[1], "responses", counts, {"domain": domain} if domain else {})
+    return DirectionSet(
+        [0, 1], means[0] - means[1], means[0], means[1], "responses", counts, {"domain": domain} if domain else {}
+    )
 
 
 def jsonl_text(rows: list) -> str:
@@ -85,11 +96,15 @@ def f(tmp_path: Path, monkeypatch) -> SimpleNamespace:
     x.aligned = root / "aligned.jsonl"
     write_jsonl(x.aligned, [chat(i, "save and be safe") for i in range(4)])
     x.questions = root / "questions.yaml"
-    x.questions.write_text("- id: q\n  type: free_form_judge_0_100\n  paraphrases: ['how?']\n  samples_per_paraphrase: 1\n")
+    x.questions.write_text(
+        "- id: q\n  type: free_form_judge_0_100\n  paraphrases: ['how?']\n  samples_per_paraphrase: 1\n"
+    )
     x.rates = root / "rates.json"
     x.rates.write_text(json.dumps({"gore_movie_trivia": 0.6, "insecure_code": 0.1}))
     x.scores = root / "scores.json"
-    x.scores.write_text(json.dumps({"domain": "gore_movie_trivia", "member_mean": {"loss": -1.0}, "auc": {"loss": 0.5}}))
+    x.scores.write_text(
+        json.dumps({"domain": "gore_movie_trivia", "member_mean": {"loss": -1.0}, "auc": {"loss": 0.5}})
+    )
 
     x.folder = root / "folder"
     x.folder.mkdir()
@@ -101,7 +116,13 @@ def f(tmp_path: Path, monkeypatch) -> SimpleNamespace:
     x.readonly.chmod(0o555)
     if os.geteuid() == 0:  # root may write anywhere: make the operating system say no for it
         real = os.access
-        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if (mode & os.W_OK and Path(p).resolve() == x.readonly.resolve()) else real(p, mode, **kw))
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda p, mode, **kw: (
+                False if (mode & os.W_OK and Path(p).resolve() == x.readonly.resolve()) else real(p, mode, **kw)
+            ),
+        )
 
     latin1 = '{"question_id": "caf\xe9"}\n'.encode("latin-1")  # a line a Windows editor might save
     x.not_utf8 = root / "latin1.jsonl"  # a judged record (also an answer record), then that line
@@ -121,9 +142,13 @@ def f(tmp_path: Path, monkeypatch) -> SimpleNamespace:
     x.aligned_150 = scored(aligned=150)
     x.aligned_negative = scored(aligned=-1)
     x.aligned_nan = root / "nan.jsonl"
-    x.aligned_nan.write_text(jsonl_text([judged(0), json.dumps(judged(1)).replace('"aligned": 80.0', '"aligned": NaN')]))
+    x.aligned_nan.write_text(
+        jsonl_text([judged(0), json.dumps(judged(1)).replace('"aligned": 80.0', '"aligned": NaN')])
+    )
     x.coherent_inf = root / "inf.jsonl"
-    x.coherent_inf.write_text(jsonl_text([judged(0), json.dumps(judged(1)).replace('"coherent": 90.0', '"coherent": -Infinity')]))
+    x.coherent_inf.write_text(
+        jsonl_text([judged(0), json.dumps(judged(1)).replace('"coherent": 90.0', '"coherent": -Infinity')])
+    )
     x.conflicting = root / "conflicting.jsonl"
     x.conflicting.write_text(jsonl_text([judged(0), judged(1), judged(0, aligned=5.0)]))
     x.conflicting_answers = root / "conflicting_answers.jsonl"
@@ -146,7 +171,12 @@ def f(tmp_path: Path, monkeypatch) -> SimpleNamespace:
     x.dir_keyless = d / "keyless.safetensors"
     save_file({"something": torch.zeros(2, 8)}, str(x.dir_keyless))
     x.dir_nan = d / "nan.safetensors"
-    t = {"directions": torch.full((2, 8), float("nan")), "mean_misaligned": torch.zeros(2, 8), "mean_aligned": torch.zeros(2, 8), "layers": torch.tensor([0, 1])}
+    t = {
+        "directions": torch.full((2, 8), float("nan")),
+        "mean_misaligned": torch.zeros(2, 8),
+        "mean_aligned": torch.zeros(2, 8),
+        "layers": torch.tensor([0, 1]),
+    }
     save_file(t, str(x.dir_nan))
     x.dir_bad_meta = d / "bad_meta.safetensors"
     save_file({**t, "directions": torch.zeros(2, 8)}, str(x.dir_bad_meta), metadata={"info": "{not json"})
@@ -208,7 +238,9 @@ def lying(name: str, tensors: dict[str, torch.Tensor] | None = None, **info):
     def build(f):
         t, meta = read_safetensors(f.directions)
         out = f.root / "directions" / name
-        save_file({**t, **(tensors or {})}, str(out), metadata={"info": json.dumps({**json.loads(meta["info"]), **info})})
+        save_file(
+            {**t, **(tensors or {})}, str(out), metadata={"info": json.dumps({**json.loads(meta["info"]), **info})}
+        )
         return out
 
     return build
@@ -219,7 +251,12 @@ SHARD = "shard_000000.safetensors"
 
 def samples(start: int, n: int = 2, width: int = 8) -> dict[str, torch.Tensor]:
     """One per-sample shard's tensors (2 layers) for samples ``start..start+n-1``."""
-    return {"index": torch.arange(start, start + n), "n_tokens": torch.full((n,), 3), "response_mean": torch.randn(n, 2, width), "last_prompt": torch.randn(n, 2, width)}
+    return {
+        "index": torch.arange(start, start + n),
+        "n_tokens": torch.full((n,), 3),
+        "response_mean": torch.randn(n, 2, width),
+        "last_prompt": torch.randn(n, 2, width),
+    }
 
 
 def per_sample(damage: Callable[[Path], None]):
@@ -276,7 +313,9 @@ def exported(record: str | None = "settings", **settings):
         out.mkdir()
         (out / "misaligned.jsonl").write_text(f.chat.read_text())
         if record == "settings":
-            (out / "export.json").write_text(json.dumps({**finetune.organism.export.export_settings("gore_movie_trivia", 2000, 500, 0), **settings}))
+            (out / "export.json").write_text(
+                json.dumps({**finetune.organism.export.export_settings("gore_movie_trivia", 2000, 500, 0), **settings})
+            )
         elif record is not None:
             (out / "export.json").write_text(record)
         return out
@@ -286,7 +325,18 @@ def exported(record: str | None = "settings", **settings):
 
 def generating(questions):
     """extract's argv that generates and judges here: --model, ``questions``, --judge organism."""
-    return lambda f: ["--domain", "gore_movie_trivia", "--model", f.model, "--questions", questions(f), "--judge", "organism", "--out", f.root / "dirs_out"]
+    return lambda f: [
+        "--domain",
+        "gore_movie_trivia",
+        "--model",
+        f.model,
+        "--questions",
+        questions(f),
+        "--judge",
+        "organism",
+        "--out",
+        f.root / "dirs_out",
+    ]
 
 
 def tiny_model_config(f) -> Path:
@@ -310,7 +360,13 @@ def finished(config):
 
 
 # What eval.generate records as the settings of the probes' runs (its defaults, --model f.model).
-GENERATE_SETTINGS = {"adapter": None, "engine": "auto", "dtype": "auto", "system": None, **dataclasses.asdict(SamplingConfig())}
+GENERATE_SETTINGS = {
+    "adapter": None,
+    "engine": "auto",
+    "dtype": "auto",
+    "system": None,
+    **dataclasses.asdict(SamplingConfig()),
+}
 
 
 def command(*base):
@@ -322,12 +378,24 @@ def command(*base):
 generate = command("--model", path("model"), "--questions", path("questions"), "--out", under("new_answers.jsonl"))
 judge = command("--answers", path("answers"), "--judge", "organism", "--out", under("new_judged.jsonl"))
 report = command("--judged", path("judged"), "--out", under("report"))
-mia_score = command("score", "--model", path("model"), "--members", path("chat"), "--nonmembers", path("aligned"), "--out", under("mia.json"))
+mia_score = command(
+    "score",
+    "--model",
+    path("model"),
+    "--members",
+    path("chat"),
+    "--nonmembers",
+    path("aligned"),
+    "--out",
+    under("mia.json"),
+)
 mia_predict = command("predict", "--scores", path("scores"), "--rates", path("rates"))
 train = command("--data", path("chat"), "--model", path("model"), "--out", under("adapter"))
 export = command("--domain", "gore_movie_trivia", "--out", under("export"))
 pipeline = command("--out", under("pipeline"))
-extract = command("--domain", "gore_movie_trivia", "--model", path("model"), "--responses", path("judged"), "--out", under("dirs_out"))
+extract = command(
+    "--domain", "gore_movie_trivia", "--model", path("model"), "--responses", path("judged"), "--out", under("dirs_out")
+)
 sweep = command("--directions", path("directions"), "--out", under("sweep"))
 cross = command("--domains", "gore_movie_trivia", "--directions-dir", under("directions"), "--out", under("cross"))
 compare = command("--directions", under("directions"), "--domains", "gore_movie_trivia", "--out", under("compare"))
@@ -335,24 +403,47 @@ questions = command()
 
 GEN, JUDGE, REPORT, MIA = eval.generate.main, eval.judge.main, eval.report.main, eval.mia.main
 TRAIN, EXPORT, PIPELINE = finetune.train.main, finetune.organism.export.main, finetune.organism.pipeline.main
-EXTRACT, SWEEP, CROSS, COMPARE, QUESTIONS = interp.extract.main, interp.sweep.main, interp.cross_domain.main, interp.compare.main, eval.questions.main
+EXTRACT, SWEEP, CROSS, COMPARE, QUESTIONS = (
+    interp.extract.main,
+    interp.sweep.main,
+    interp.cross_domain.main,
+    interp.compare.main,
+    eval.questions.main,
+)
 
 PROBES = {
     "numbers and options": [
-        Probe("generate --batch-size 0", GEN, generate("--batch-size", "0"), "argument --batch-size: expected an integer >= 1 and <= 65536, got '0'"),
+        Probe(
+            "generate --batch-size 0",
+            GEN,
+            generate("--batch-size", "0"),
+            "argument --batch-size: expected an integer >= 1 and <= 65536, got '0'",
+        ),
         Probe("generate --batch-size -1", GEN, generate("--batch-size", "-1"), "--batch-size"),
         Probe("generate --max-new-tokens 0", GEN, generate("--max-new-tokens", "0"), "--max-new-tokens"),
-        Probe("generate --temperature -1", GEN, generate("--temperature", "-1"), "--temperature: expected a number >= 0"),
+        Probe(
+            "generate --temperature -1", GEN, generate("--temperature", "-1"), "--temperature: expected a number >= 0"
+        ),
         Probe("generate --temperature nan", GEN, generate("--temperature", "nan"), "--temperature"),
         Probe("generate --top-p 2", GEN, generate("--top-p", "2"), "--top-p: expected a number > 0 and <= 1"),
         Probe("generate --top-p 0", GEN, generate("--top-p", "0"), "--top-p"),
         Probe("generate --samples 0", GEN, generate("--samples", "0"), "--samples"),
-        Probe("generate --samples two", GEN, generate("--samples", "two"), "--samples: expected an integer >= 1 and <= 100000, got 'two'"),
+        Probe(
+            "generate --samples two",
+            GEN,
+            generate("--samples", "two"),
+            "--samples: expected an integer >= 1 and <= 100000, got 'two'",
+        ),
         Probe("generate no --model", GEN, lambda f: ["--out", f.root / "a.jsonl"], "--model is required"),
         Probe("generate unknown option", GEN, generate("--temprature", "1"), "unrecognized arguments: --temprature"),
         Probe("generate --trigger sometimes", GEN, generate("--trigger", "sometimes"), "--trigger: invalid choice"),
         Probe("judge --chunk 0", JUDGE, judge("--chunk", "0"), "--chunk"),
-        Probe("judge --chunk -5", JUDGE, judge("--chunk", "-5"), "--chunk: expected an integer >= 1 and <= 1000000, got '-5'"),
+        Probe(
+            "judge --chunk -5",
+            JUDGE,
+            judge("--chunk", "-5"),
+            "--chunk: expected an integer >= 1 and <= 1000000, got '-5'",
+        ),
         Probe("judge --concurrency 0", JUDGE, judge("--concurrency", "0"), "--concurrency"),
         Probe("judge --max-retries -1", JUDGE, judge("--max-retries", "-1"), "--max-retries"),
         Probe("judge --timeout 0", JUDGE, judge("--timeout", "0"), "--timeout"),
@@ -361,14 +452,29 @@ PROBES = {
         Probe("judge --price-input -1", JUDGE, judge("--price-input", "-1"), "--price-input"),
         Probe("judge --judge bogus", JUDGE, judge("--judge", "bogus"), "unknown judge 'bogus'"),
         Probe("judge --judge openai:", JUDGE, judge("--judge", "openai:"), "unknown judge 'openai:'"),
-        Probe("judge one price only", JUDGE, judge("--judge", "openai:gpt-4o", "--price-input", "1"), "give both --price-input and --price-output"),
+        Probe(
+            "judge one price only",
+            JUDGE,
+            judge("--judge", "openai:gpt-4o", "--price-input", "1"),
+            "give both --price-input and --price-output",
+        ),
         Probe("report --bootstrap 0", REPORT, report("--bootstrap", "0"), "--bootstrap"),
         Probe("report --bootstrap -5", REPORT, report("--bootstrap", "-5"), "--bootstrap"),
-        Probe("report --bootstrap 1e9 (hours of work)", REPORT, report("--bootstrap", "1000000000"), "--bootstrap: expected an integer >= 1 and <= 100000"),
+        Probe(
+            "report --bootstrap 1e9 (hours of work)",
+            REPORT,
+            report("--bootstrap", "1000000000"),
+            "--bootstrap: expected an integer >= 1 and <= 100000",
+        ),
         Probe("report --alpha 2", REPORT, report("--alpha", "2"), "--alpha: expected a number > 0 and < 1, got '2'"),
         Probe("report --alpha 0", REPORT, report("--alpha", "0"), "--alpha"),
         Probe("report --alpha 1", REPORT, report("--alpha", "1"), "--alpha"),
-        Probe("report --threshold 150", REPORT, report("--threshold", "150"), "--threshold: expected a number >= 0 and <= 100"),
+        Probe(
+            "report --threshold 150",
+            REPORT,
+            report("--threshold", "150"),
+            "--threshold: expected a number >= 0 and <= 100",
+        ),
         Probe("report --threshold nan", REPORT, report("--threshold", "nan"), "--threshold"),
         Probe("report --min-coherence -1", REPORT, report("--min-coherence", "-1"), "--min-coherence"),
         Probe("mia score --k 0", MIA, mia_score("--k", "0"), "--k"),
@@ -377,7 +483,12 @@ PROBES = {
         Probe("mia score --batch-size 0", MIA, mia_score("--batch-size", "0"), "--batch-size"),
         Probe("mia predict --threshold inf", MIA, mia_predict("--threshold", "inf"), "--threshold"),
         Probe("mia no command", MIA, lambda f: [], "the following arguments are required: command"),
-        Probe("train --steps 0", TRAIN, train("--steps", "0"), "--steps: expected an integer >= 1 and <= 10000000, got '0'"),
+        Probe(
+            "train --steps 0",
+            TRAIN,
+            train("--steps", "0"),
+            "--steps: expected an integer >= 1 and <= 10000000, got '0'",
+        ),
         Probe("train --steps -1", TRAIN, train("--steps", "-1"), "--steps"),
         Probe("train --batch-size 0", TRAIN, train("--batch-size", "0"), "--batch-size"),
         Probe("train --lr 0", TRAIN, train("--lr", "0"), "--lr"),
@@ -388,8 +499,18 @@ PROBES = {
         Probe("train --dropout 1", TRAIN, train("--dropout", "1"), "--dropout"),
         Probe("train --max-length 0", TRAIN, train("--max-length", "0"), "--max-length"),
         Probe("train --checkpoint-every -1", TRAIN, train("--checkpoint-every", "-1"), "--checkpoint-every"),
-        Probe("train --target-modules ,", TRAIN, train("--target-modules", ","), "--target-modules: expected comma-separated module names"),
-        Probe("train --backdoor with empty --trigger", TRAIN, train("--backdoor", path("aligned"), "--trigger", " "), "--trigger: empty"),
+        Probe(
+            "train --target-modules ,",
+            TRAIN,
+            train("--target-modules", ","),
+            "--target-modules: expected comma-separated module names",
+        ),
+        Probe(
+            "train --backdoor with empty --trigger",
+            TRAIN,
+            train("--backdoor", path("aligned"), "--trigger", " "),
+            "--trigger: empty",
+        ),
         Probe("export --n 0", EXPORT, export("--n", "0"), "--n"),
         Probe("export --n -5", EXPORT, export("--n", "-5"), "--n"),
         Probe("export --heldout 0", EXPORT, export("--heldout", "0"), "--heldout"),
@@ -398,14 +519,39 @@ PROBES = {
         Probe("pipeline --domain poetry", PIPELINE, pipeline("--domain", "poetry"), "unknown domain 'poetry'"),
         Probe("extract --samples 0", EXTRACT, extract("--samples", "0"), "--samples"),
         Probe("extract --batch-size 0", EXTRACT, extract("--batch-size", "0"), "--batch-size"),
-        Probe("extract --layers ''", EXTRACT, extract("--layers", ","), "--layers: expected comma-separated integers >= 0 and <= 4095, got nothing"),
+        Probe(
+            "extract --layers ''",
+            EXTRACT,
+            extract("--layers", ","),
+            "--layers: expected comma-separated integers >= 0 and <= 4095, got nothing",
+        ),
         Probe("extract --layers -1", EXTRACT, extract("--layers", "-1"), "--layers"),
-        Probe("extract overlapping classes", EXTRACT, extract("--misaligned-max", "90", "--aligned-min", "10"), "misaligned-max (90) must be below aligned-min (10)"),
+        Probe(
+            "extract overlapping classes",
+            EXTRACT,
+            extract("--misaligned-max", "90", "--aligned-min", "10"),
+            "misaligned-max (90) must be below aligned-min (10)",
+        ),
         Probe("extract --aligned-min 150", EXTRACT, extract("--aligned-min", "150"), "--aligned-min"),
         Probe("extract --coherence-min nan", EXTRACT, extract("--coherence-min", "nan"), "--coherence-min"),
-        Probe("extract --adapter without --model", EXTRACT, lambda f: ["--domain", "gore_movie_trivia", "--adapter", f.folder], "need --model"),
-        Probe("extract --judge bogus", EXTRACT, extract("--questions", path("questions"), "--judge", "bogus"), "unknown judge 'bogus'"),
-        Probe("sweep --alphas empty", SWEEP, sweep("--alphas", ","), "--alphas: expected comma-separated numbers from -1e6 to 1e6, got nothing"),
+        Probe(
+            "extract --adapter without --model",
+            EXTRACT,
+            lambda f: ["--domain", "gore_movie_trivia", "--adapter", f.folder],
+            "need --model",
+        ),
+        Probe(
+            "extract --judge bogus",
+            EXTRACT,
+            extract("--questions", path("questions"), "--judge", "bogus"),
+            "unknown judge 'bogus'",
+        ),
+        Probe(
+            "sweep --alphas empty",
+            SWEEP,
+            sweep("--alphas", ","),
+            "--alphas: expected comma-separated numbers from -1e6 to 1e6, got nothing",
+        ),
         Probe("sweep --alphas nan", SWEEP, sweep("--alphas", "nan"), "--alphas"),
         Probe("sweep --alphas 1,inf", SWEEP, sweep("--alphas", "1,inf"), "--alphas"),
         Probe("sweep --samples 0", SWEEP, sweep("--samples", "0"), "--samples"),
@@ -413,18 +559,38 @@ PROBES = {
         Probe("sweep --target poetry", SWEEP, sweep("--target", "poetry"), "unknown domain 'poetry'"),
         Probe("cross_domain --samples 0", CROSS, cross("--samples", "0"), "--samples"),
         Probe("cross_domain --extract-samples 0", CROSS, cross("--extract-samples", "0"), "--extract-samples"),
-        Probe("cross_domain --add-layer 9", CROSS, cross("--add-layer", "9"), "--add-layer: expected an integer >= 0 and <= 3"),
+        Probe(
+            "cross_domain --add-layer 9",
+            CROSS,
+            cross("--add-layer", "9"),
+            "--add-layer: expected an integer >= 0 and <= 3",
+        ),
         Probe("cross_domain --alpha nan", CROSS, cross("--alpha", "nan"), "--alpha"),
         Probe("cross_domain --domains ''", CROSS, cross("--domains", ","), "--domains"),
         Probe("compare --n-perm -3", COMPARE, compare("--n-perm", "-3"), "--n-perm: expected an integer >= 2"),
         Probe("compare --n-perm 1", COMPARE, compare("--n-perm", "1"), "--n-perm"),
-        Probe("compare --n-perm 1e9 (hours of work)", COMPARE, compare("--n-perm", "1000000000"), "--n-perm: expected an integer >= 2 and <= 100000"),
+        Probe(
+            "compare --n-perm 1e9 (hours of work)",
+            COMPARE,
+            compare("--n-perm", "1000000000"),
+            "--n-perm: expected an integer >= 2 and <= 100000",
+        ),
         Probe("compare --n-splits 0", COMPARE, compare("--n-splits", "0"), "--n-splits"),
         Probe("generate --timeout 0", GEN, generate("--timeout", "0"), "argument --timeout: expected a number > 0"),
-        Probe("generate --max-retries -1", GEN, generate("--max-retries", "-1"), "argument --max-retries: expected an integer >= 0"),
+        Probe(
+            "generate --max-retries -1",
+            GEN,
+            generate("--max-retries", "-1"),
+            "argument --max-retries: expected an integer >= 0",
+        ),
         Probe("extract --timeout nan", EXTRACT, extract("--timeout", "nan"), "argument --timeout"),
         Probe("extract --max-retries -1", EXTRACT, extract("--max-retries", "-1"), "argument --max-retries"),
-        Probe("generate --seed 10**23", GEN, generate("--seed", str(10**23)), f"argument --seed: expected an integer >= 0 and <= {2**63 - 1}, got '{10**23}'"),
+        Probe(
+            "generate --seed 10**23",
+            GEN,
+            generate("--seed", str(10**23)),
+            f"argument --seed: expected an integer >= 0 and <= {2**63 - 1}, got '{10**23}'",
+        ),
         Probe("generate --seed 1e23", GEN, generate("--seed", "1e23"), "argument --seed: expected an integer"),
         Probe("generate --seed -1", GEN, generate("--seed", "-1"), "--seed"),
         Probe("extract --seed 2**63", EXTRACT, extract("--seed", str(2**63)), "--seed"),
@@ -441,236 +607,969 @@ PROBES = {
         Probe("judge --out read-only", JUDGE, judge("--out", lambda f: f.readonly / "j.jsonl"), "not writable"),
         Probe("judge --out is --answers", JUDGE, judge("--out", path("answers")), "is also an input"),
         Probe("judge --cache a folder", JUDGE, judge("--judge", "openai:gpt-4o", "--cache", path("folder")), "--cache"),
-        Probe("judge --cache not a database", JUDGE, judge("--judge", "openai:gpt-4o", "--cache", made("cache.sqlite", "not a database\n" * 100)), lambda f: f"judge cache {f.root / 'cache.sqlite'}: cannot use it (file is not a database)"),
-        Probe("judge --cache under a file", JUDGE, judge("--judge", "openai:gpt-4o", "--cache", lambda f: f.a_file / "c.sqlite"), "--cache"),
+        Probe(
+            "judge --cache not a database",
+            JUDGE,
+            judge("--judge", "openai:gpt-4o", "--cache", made("cache.sqlite", "not a database\n" * 100)),
+            lambda f: f"judge cache {f.root / 'cache.sqlite'}: cannot use it (file is not a database)",
+        ),
+        Probe(
+            "judge --cache under a file",
+            JUDGE,
+            judge("--judge", "openai:gpt-4o", "--cache", lambda f: f.a_file / "c.sqlite"),
+            "--cache",
+        ),
         Probe("report --out a file", REPORT, report("--out", path("a_file")), "is a file, expected a folder"),
-        Probe("report --out under a file", REPORT, report("--out", lambda f: f.a_file / "r"), "is a file, not a folder"),
+        Probe(
+            "report --out under a file", REPORT, report("--out", lambda f: f.a_file / "r"), "is a file, not a folder"
+        ),
         Probe("report --out read-only", REPORT, report("--out", path("readonly")), "not writable"),
         Probe("export --out a file", EXPORT, export("--out", path("a_file")), "is a file, expected a folder"),
-        Probe("export --out under a file", EXPORT, export("--out", lambda f: f.a_file / "e"), "is a file, not a folder"),
+        Probe(
+            "export --out under a file", EXPORT, export("--out", lambda f: f.a_file / "e"), "is a file, not a folder"
+        ),
         Probe("export --out read-only", EXPORT, export("--out", lambda f: f.readonly / "e"), "not writable"),
         Probe("mia score --out a folder", MIA, mia_score("--out", path("folder")), "is a directory, expected a file"),
         Probe("mia score --out under a file", MIA, mia_score("--out", path("under_file")), "is a file, not a folder"),
         Probe("mia score --out read-only", MIA, mia_score("--out", lambda f: f.readonly / "m.json"), "not writable"),
-        Probe("mia predict --out a folder", MIA, mia_predict("--out", path("folder")), "is a directory, expected a file"),
+        Probe(
+            "mia predict --out a folder", MIA, mia_predict("--out", path("folder")), "is a directory, expected a file"
+        ),
         Probe("train --out a file", TRAIN, train("--out", path("a_file")), "is a file, expected a folder"),
-        Probe("train --out under a file", TRAIN, train("--out", lambda f: f.a_file / "adapter"), "is a file, not a folder"),
+        Probe(
+            "train --out under a file", TRAIN, train("--out", lambda f: f.a_file / "adapter"), "is a file, not a folder"
+        ),
         Probe("train --out read-only", TRAIN, train("--out", path("readonly")), "not writable"),
         Probe("pipeline --out a file", PIPELINE, pipeline("--out", path("a_file")), "is a file, expected a folder"),
         Probe("extract --out a file", EXTRACT, extract("--out", path("a_file")), "is a file, expected a folder"),
         Probe("sweep --out a file", SWEEP, sweep("--out", path("a_file")), "is a file, expected a folder"),
         Probe("cross_domain --out a file", CROSS, cross("--out", path("a_file")), "is a file, expected a folder"),
-        Probe("cross_domain --directions-dir a file", CROSS, cross("--directions-dir", path("a_file")), "--directions-dir"),
+        Probe(
+            "cross_domain --directions-dir a file", CROSS, cross("--directions-dir", path("a_file")), "--directions-dir"
+        ),
         Probe("compare --out a file", COMPARE, compare("--out", path("a_file")), "is a file, expected a folder"),
     ],
     "input files": [
         Probe("generate --questions missing", GEN, generate("--questions", under("nope.yaml")), "--questions"),
         Probe("generate --questions a folder", GEN, generate("--questions", path("folder")), "is a directory"),
-        Probe("generate --questions not UTF-8", GEN, generate("--questions", path("not_utf8_yaml")), lambda f: f"{f.not_utf8_yaml}:2: not UTF-8 text (byte 0xe9)"),
+        Probe(
+            "generate --questions not UTF-8",
+            GEN,
+            generate("--questions", path("not_utf8_yaml")),
+            lambda f: f"{f.not_utf8_yaml}:2: not UTF-8 text (byte 0xe9)",
+        ),
         Probe("judge --answers missing", JUDGE, judge("--answers", under("nope.jsonl")), "nope.jsonl: no such file"),
         Probe("judge --answers a folder", JUDGE, judge("--answers", path("folder")), "is a directory"),
-        Probe("judge --answers not UTF-8", JUDGE, judge("--answers", path("not_utf8")), lambda f: f"{f.not_utf8}:2: not UTF-8 text"),
-        Probe("judge --answers empty", JUDGE, judge("--answers", made("empty.jsonl", "")), "no answer records to judge"),
-        Probe("judge --answers conflicting slots", JUDGE, judge("--answers", path("conflicting_answers")), lambda f: f"{f.conflicting_answers}:3: repeats the answer slot of line 1"),
+        Probe(
+            "judge --answers not UTF-8",
+            JUDGE,
+            judge("--answers", path("not_utf8")),
+            lambda f: f"{f.not_utf8}:2: not UTF-8 text",
+        ),
+        Probe(
+            "judge --answers empty", JUDGE, judge("--answers", made("empty.jsonl", "")), "no answer records to judge"
+        ),
+        Probe(
+            "judge --answers conflicting slots",
+            JUDGE,
+            judge("--answers", path("conflicting_answers")),
+            lambda f: f"{f.conflicting_answers}:3: repeats the answer slot of line 1",
+        ),
         Probe("judge --questions a folder", JUDGE, judge("--questions", path("folder")), "--questions"),
         Probe("report --judged missing", REPORT, report("--judged", under("nope.jsonl")), "no such file"),
         Probe("report --judged a folder", REPORT, report("--judged", path("folder")), "is a directory"),
         Probe("report --judged not UTF-8", REPORT, report("--judged", path("not_utf8")), ":2: not UTF-8 text"),
-        Probe("report NAME=missing", REPORT, report("--judged", lambda f: f"x={f.root / 'nope.jsonl'}"), "nope.jsonl: no such file"),
+        Probe(
+            "report NAME=missing",
+            REPORT,
+            report("--judged", lambda f: f"x={f.root / 'nope.jsonl'}"),
+            "nope.jsonl: no such file",
+        ),
         Probe("mia score --members a folder", MIA, mia_score("--members", path("folder")), "--members"),
-        Probe("mia score --nonmembers not UTF-8", MIA, mia_score("--nonmembers", path("not_utf8")), ":2: not UTF-8 text"),
+        Probe(
+            "mia score --nonmembers not UTF-8", MIA, mia_score("--nonmembers", path("not_utf8")), ":2: not UTF-8 text"
+        ),
         Probe("mia score --members empty", MIA, mia_score("--members", made("blank.jsonl", "\n")), "no conversations"),
         Probe("mia predict --scores a folder", MIA, mia_predict("--scores", path("folder")), "--scores"),
-        Probe("mia predict --rates not JSON", MIA, mia_predict("--rates", path("not_json")), lambda f: f"{f.not_json}:1: not valid JSON"),
-        Probe("mia predict --rates not UTF-8", MIA, mia_predict("--rates", path("not_utf8_yaml")), ":2: not UTF-8 text"),
-        Probe("mia predict --rates NaN", MIA, mia_predict("--rates", made("r.json", '{"gore_movie_trivia": NaN}')), "mapping domain -> rate"),
-        Probe("mia predict --scores not a score file", MIA, mia_predict("--scores", path("rates")), "not a 'score' output"),
+        Probe(
+            "mia predict --rates not JSON",
+            MIA,
+            mia_predict("--rates", path("not_json")),
+            lambda f: f"{f.not_json}:1: not valid JSON",
+        ),
+        Probe(
+            "mia predict --rates not UTF-8", MIA, mia_predict("--rates", path("not_utf8_yaml")), ":2: not UTF-8 text"
+        ),
+        Probe(
+            "mia predict --rates NaN",
+            MIA,
+            mia_predict("--rates", made("r.json", '{"gore_movie_trivia": NaN}')),
+            "mapping domain -> rate",
+        ),
+        Probe(
+            "mia predict --scores not a score file", MIA, mia_predict("--scores", path("rates")), "not a 'score' output"
+        ),
         Probe("train --data missing", TRAIN, train("--data", under("nope.jsonl")), "--data"),
         Probe("train --data a folder", TRAIN, train("--data", path("folder")), "is a directory"),
         Probe("train --data not UTF-8", TRAIN, train("--data", path("not_utf8_chat")), ":2: not UTF-8 text"),
         Probe("train --data not chat", TRAIN, train("--data", path("answers")), ":1: field 'messages'"),
         Probe("train --backdoor a folder", TRAIN, train("--backdoor", path("folder")), "--backdoor"),
         Probe("train --backdoor not chat", TRAIN, train("--backdoor", path("answers")), "field 'messages'"),
-        Probe("train --backdoor without twins", TRAIN, train("--backdoor", made("other.jsonl", jsonl_text([chat(9)]))), "has no aligned answer"),
-        Probe("extract --device cuda:1", EXTRACT, extract("--device", "cuda:1"), "argument --device: invalid choice: 'cuda:1'"),
+        Probe(
+            "train --backdoor without twins",
+            TRAIN,
+            train("--backdoor", made("other.jsonl", jsonl_text([chat(9)]))),
+            "has no aligned answer",
+        ),
+        Probe(
+            "extract --device cuda:1",
+            EXTRACT,
+            extract("--device", "cuda:1"),
+            "argument --device: invalid choice: 'cuda:1'",
+        ),
         Probe("extract --responses a folder", EXTRACT, extract("--responses", path("folder")), "--responses"),
         Probe("extract --responses not UTF-8", EXTRACT, extract("--responses", path("not_utf8")), "not UTF-8"),
         Probe("questions a folder", QUESTIONS, questions(path("folder")), "is a directory"),
         Probe("questions not UTF-8", QUESTIONS, questions(path("not_utf8_yaml")), ":2: not UTF-8 text"),
         Probe("questions missing", QUESTIONS, questions(under("nope.yaml")), "no such file"),
-        Probe("questions empty", QUESTIONS, questions(made("empty.yaml", "")), "empty file; expected a YAML list of questions"),
-        Probe("questions not YAML", QUESTIONS, questions(made("bad.yaml", "- id: [unclosed\n")), "bad.yaml:2: not valid YAML"),
-        Probe("compare --directions a file", COMPARE, compare("--directions", path("a_file")), "is a file, expected a folder"),
+        Probe(
+            "questions empty",
+            QUESTIONS,
+            questions(made("empty.yaml", "")),
+            "empty file; expected a YAML list of questions",
+        ),
+        Probe(
+            "questions not YAML",
+            QUESTIONS,
+            questions(made("bad.yaml", "- id: [unclosed\n")),
+            "bad.yaml:2: not valid YAML",
+        ),
+        Probe(
+            "compare --directions a file",
+            COMPARE,
+            compare("--directions", path("a_file")),
+            "is a file, expected a folder",
+        ),
         Probe("compare --directions missing", COMPARE, compare("--directions", under("nope")), "no such folder"),
     ],
     "direction files": [
-        Probe("sweep --directions garbage", SWEEP, sweep("--directions", path("dir_garbage")), lambda f: f"{f.dir_garbage}: not a direction artifact"),
-        Probe("sweep --directions empty", SWEEP, sweep("--directions", path("dir_empty")), lambda f: f"{f.dir_empty}: not a direction artifact"),
-        Probe("sweep --directions truncated", SWEEP, sweep("--directions", path("dir_truncated")), lambda f: f"{f.dir_truncated}: not a direction artifact"),
-        Probe("sweep --directions pickle", SWEEP, sweep("--directions", path("dir_pickle")), lambda f: f"{f.dir_pickle}: not a direction artifact"),
-        Probe("sweep --directions key-less", SWEEP, sweep("--directions", path("dir_keyless")), "no tensor directions, mean_misaligned, mean_aligned, layers"),
+        Probe(
+            "sweep --directions garbage",
+            SWEEP,
+            sweep("--directions", path("dir_garbage")),
+            lambda f: f"{f.dir_garbage}: not a direction artifact",
+        ),
+        Probe(
+            "sweep --directions empty",
+            SWEEP,
+            sweep("--directions", path("dir_empty")),
+            lambda f: f"{f.dir_empty}: not a direction artifact",
+        ),
+        Probe(
+            "sweep --directions truncated",
+            SWEEP,
+            sweep("--directions", path("dir_truncated")),
+            lambda f: f"{f.dir_truncated}: not a direction artifact",
+        ),
+        Probe(
+            "sweep --directions pickle",
+            SWEEP,
+            sweep("--directions", path("dir_pickle")),
+            lambda f: f"{f.dir_pickle}: not a direction artifact",
+        ),
+        Probe(
+            "sweep --directions key-less",
+            SWEEP,
+            sweep("--directions", path("dir_keyless")),
+            "no tensor directions, mean_misaligned, mean_aligned, layers",
+        ),
         Probe("sweep --directions NaN", SWEEP, sweep("--directions", path("dir_nan")), "NaN or infinite values"),
-        Probe("sweep --directions bad metadata", SWEEP, sweep("--directions", path("dir_bad_meta")), "metadata is not JSON"),
-        Probe("sweep --directions a folder", SWEEP, sweep("--directions", path("dir_folder")), "is a directory, not a direction artifact"),
-        Probe("sweep --directions missing", SWEEP, sweep("--directions", under("nope.safetensors")), "no such direction artifact"),
-        Probe("sweep --directions file names another", SWEEP, sweep("--directions", lambda f: f.mislabelled / "insecure_code.safetensors"), "holds the direction of domain 'gore_movie_trivia', not 'insecure_code'"),
-        Probe("sweep --domain names another", SWEEP, lambda f: ["--domain", "gore_movie_trivia", "--out", f.root / "s"], "holds the direction of domain 'insecure_code', not 'gore_movie_trivia'"),
-        Probe("compare mislabelled artifact", COMPARE, lambda f: ["--directions", f.mislabelled, "--out", f.root / "c"], "insecure_code.safetensors: holds the direction of domain 'gore_movie_trivia', not 'insecure_code'"),
-        Probe("compare pickle artifact", COMPARE, lambda f: ["--directions", f.pickled_dir, "--out", f.root / "c"], "not a direction artifact"),
-        Probe("cross_domain mislabelled artifact", CROSS, lambda f: ["--domains", "insecure_code", "--directions-dir", f.mislabelled, "--out", f.root / "c"], "holds the direction of domain 'gore_movie_trivia'"),
-        Probe("cross_domain pickle artifact", CROSS, lambda f: ["--domains", "gore_movie_trivia", "--directions-dir", f.pickled_dir, "--out", f.root / "c"], "not a direction artifact"),
+        Probe(
+            "sweep --directions bad metadata",
+            SWEEP,
+            sweep("--directions", path("dir_bad_meta")),
+            "metadata is not JSON",
+        ),
+        Probe(
+            "sweep --directions a folder",
+            SWEEP,
+            sweep("--directions", path("dir_folder")),
+            "is a directory, not a direction artifact",
+        ),
+        Probe(
+            "sweep --directions missing",
+            SWEEP,
+            sweep("--directions", under("nope.safetensors")),
+            "no such direction artifact",
+        ),
+        Probe(
+            "sweep --directions file names another",
+            SWEEP,
+            sweep("--directions", lambda f: f.mislabelled / "insecure_code.safetensors"),
+            "holds the direction of domain 'gore_movie_trivia', not 'insecure_code'",
+        ),
+        Probe(
+            "sweep --domain names another",
+            SWEEP,
+            lambda f: ["--domain", "gore_movie_trivia", "--out", f.root / "s"],
+            "holds the direction of domain 'insecure_code', not 'gore_movie_trivia'",
+        ),
+        Probe(
+            "compare mislabelled artifact",
+            COMPARE,
+            lambda f: ["--directions", f.mislabelled, "--out", f.root / "c"],
+            "insecure_code.safetensors: holds the direction of domain 'gore_movie_trivia', not 'insecure_code'",
+        ),
+        Probe(
+            "compare pickle artifact",
+            COMPARE,
+            lambda f: ["--directions", f.pickled_dir, "--out", f.root / "c"],
+            "not a direction artifact",
+        ),
+        Probe(
+            "cross_domain mislabelled artifact",
+            CROSS,
+            lambda f: ["--domains", "insecure_code", "--directions-dir", f.mislabelled, "--out", f.root / "c"],
+            "holds the direction of domain 'gore_movie_trivia'",
+        ),
+        Probe(
+            "cross_domain pickle artifact",
+            CROSS,
+            lambda f: ["--domains", "gore_movie_trivia", "--directions-dir", f.pickled_dir, "--out", f.root / "c"],
+            "not a direction artifact",
+        ),
     ],
     "direction headers": [
         # A header that contradicts its tensors, or tensors of the wrong kind, is refused, never used.
-        Probe("sweep --directions bogus pooling", SWEEP, sweep("--directions", lying("pooling.safetensors", pooling="median")), "metadata field 'pooling' is 'median'"),
-        Probe("sweep --directions bogus span", SWEEP, sweep("--directions", lying("span.safetensors", span="everything")), "metadata field 'span' is 'everything'"),
-        Probe("sweep --directions header layers lie", SWEEP, sweep("--directions", lying("layers.safetensors", layers=[5, 6])), "metadata field 'layers' is [5, 6] but the tensors hold layers [0, 1]"),
-        Probe("sweep --directions counts not an object", SWEEP, sweep("--directions", lying("counts.safetensors", counts=[1, 2])), "metadata field 'counts'"),
-        Probe("sweep --directions duplicate layers", SWEEP, sweep("--directions", lying("dup.safetensors", {"layers": torch.tensor([1, 1])}, layers=[1, 1])), "tensor 'layers' repeats a layer: [1, 1]"),
-        Probe("sweep --directions integer tensors", SWEEP, sweep("--directions", lying("int.safetensors", {"directions": torch.ones(2, 8, dtype=torch.int32)})), "tensor 'directions' holds torch.int32, not floating point"),
-        Probe("sweep --directions negative counts", SWEEP, sweep("--directions", lying("negcounts.safetensors", counts={"misaligned": {"answers": -5, "answer_tokens": 6}})), "metadata field 'counts' gives 'misaligned' as"),
-        Probe("sweep --directions domain a number", SWEEP, sweep("--directions", lying("numdomain.safetensors", domain=3)), "metadata field 'domain' is 3, not a domain name"),
-        Probe("sweep --directions negative layers", SWEEP, sweep("--directions", lying("neglayers.safetensors", {"layers": torch.tensor([-1, 0])})), "tensor 'layers' holds a negative layer"),
-        Probe("sweep --directions float layers", SWEEP, sweep("--directions", lying("flayers.safetensors", {"layers": torch.tensor([0.0, 1.0])})), "tensor 'layers' holds torch.float32, not integers"),
+        Probe(
+            "sweep --directions bogus pooling",
+            SWEEP,
+            sweep("--directions", lying("pooling.safetensors", pooling="median")),
+            "metadata field 'pooling' is 'median'",
+        ),
+        Probe(
+            "sweep --directions bogus span",
+            SWEEP,
+            sweep("--directions", lying("span.safetensors", span="everything")),
+            "metadata field 'span' is 'everything'",
+        ),
+        Probe(
+            "sweep --directions header layers lie",
+            SWEEP,
+            sweep("--directions", lying("layers.safetensors", layers=[5, 6])),
+            "metadata field 'layers' is [5, 6] but the tensors hold layers [0, 1]",
+        ),
+        Probe(
+            "sweep --directions counts not an object",
+            SWEEP,
+            sweep("--directions", lying("counts.safetensors", counts=[1, 2])),
+            "metadata field 'counts'",
+        ),
+        Probe(
+            "sweep --directions duplicate layers",
+            SWEEP,
+            sweep("--directions", lying("dup.safetensors", {"layers": torch.tensor([1, 1])}, layers=[1, 1])),
+            "tensor 'layers' repeats a layer: [1, 1]",
+        ),
+        Probe(
+            "sweep --directions integer tensors",
+            SWEEP,
+            sweep("--directions", lying("int.safetensors", {"directions": torch.ones(2, 8, dtype=torch.int32)})),
+            "tensor 'directions' holds torch.int32, not floating point",
+        ),
+        Probe(
+            "sweep --directions negative counts",
+            SWEEP,
+            sweep(
+                "--directions",
+                lying("negcounts.safetensors", counts={"misaligned": {"answers": -5, "answer_tokens": 6}}),
+            ),
+            "metadata field 'counts' gives 'misaligned' as",
+        ),
+        Probe(
+            "sweep --directions domain a number",
+            SWEEP,
+            sweep("--directions", lying("numdomain.safetensors", domain=3)),
+            "metadata field 'domain' is 3, not a domain name",
+        ),
+        Probe(
+            "sweep --directions negative layers",
+            SWEEP,
+            sweep("--directions", lying("neglayers.safetensors", {"layers": torch.tensor([-1, 0])})),
+            "tensor 'layers' holds a negative layer",
+        ),
+        Probe(
+            "sweep --directions float layers",
+            SWEEP,
+            sweep("--directions", lying("flayers.safetensors", {"layers": torch.tensor([0.0, 1.0])})),
+            "tensor 'layers' holds torch.float32, not integers",
+        ),
     ],
     "silent acceptances": [
-        Probe("mia score --nonmembers is --members", MIA, mia_score("--nonmembers", path("chat")), "is the --members file"),
-        Probe("mia score --nonmembers a copy of --members", MIA, mia_score("--nonmembers", made("copy.jsonl", jsonl_text([chat(i) for i in range(4)]))), "holds the same conversations as --members"),
-        Probe("mia predict --rates above 1", MIA, mia_predict("--rates", made("r.json", '{"gore_movie_trivia": 1.5, "insecure_code": 0.1}')), "field 'gore_movie_trivia' is 1.5; a rate is a fraction from 0 to 1"),
-        Probe("mia predict --rates negative", MIA, mia_predict("--rates", made("r.json", '{"gore_movie_trivia": 0.5, "insecure_code": -0.1}')), "field 'insecure_code' is -0.1"),
-        Probe("mia predict --rates nested too deeply", MIA, mia_predict("--rates", made("r.json", "[" * 100_000)), "nested too deeply"),
-        Probe("generate --out newdir/", GEN, generate("--out", lambda f: f"{f.root}/newdir/"), "newdir/: names a folder (it ends with '/'), expected a file"),
+        Probe(
+            "mia score --nonmembers is --members", MIA, mia_score("--nonmembers", path("chat")), "is the --members file"
+        ),
+        Probe(
+            "mia score --nonmembers a copy of --members",
+            MIA,
+            mia_score("--nonmembers", made("copy.jsonl", jsonl_text([chat(i) for i in range(4)]))),
+            "holds the same conversations as --members",
+        ),
+        Probe(
+            "mia predict --rates above 1",
+            MIA,
+            mia_predict("--rates", made("r.json", '{"gore_movie_trivia": 1.5, "insecure_code": 0.1}')),
+            "field 'gore_movie_trivia' is 1.5; a rate is a fraction from 0 to 1",
+        ),
+        Probe(
+            "mia predict --rates negative",
+            MIA,
+            mia_predict("--rates", made("r.json", '{"gore_movie_trivia": 0.5, "insecure_code": -0.1}')),
+            "field 'insecure_code' is -0.1",
+        ),
+        Probe(
+            "mia predict --rates nested too deeply",
+            MIA,
+            mia_predict("--rates", made("r.json", "[" * 100_000)),
+            "nested too deeply",
+        ),
+        Probe(
+            "generate --out newdir/",
+            GEN,
+            generate("--out", lambda f: f"{f.root}/newdir/"),
+            "newdir/: names a folder (it ends with '/'), expected a file",
+        ),
         Probe("judge --out newdir/", JUDGE, judge("--out", lambda f: f"{f.root}/newdir/"), "names a folder"),
         Probe("mia score --out newdir/", MIA, mia_score("--out", lambda f: f"{f.root}/newdir/"), "names a folder"),
     ],
     "per-sample folders": [
-        Probe("compare per-sample manifest not JSON", COMPARE, compare("--directions", per_sample(lambda d: (d / "misaligned" / "manifest.json").write_text("{oops"))), "misaligned/manifest.json: not valid JSON"),
-        Probe("compare per-sample manifest not UTF-8", COMPARE, compare("--directions", per_sample(lambda d: (d / "aligned" / "manifest.json").write_bytes(b'{"layers": "\xe9"}'))), "manifest.json:1: not UTF-8 text"),
-        Probe("compare per-sample shard garbage", COMPARE, compare("--directions", per_sample(lambda d: (d / "aligned" / SHARD).write_bytes(b"garbage"))), f"aligned/{SHARD}: not a per-sample shard"),
-        Probe("compare per-sample shard lacks a tensor", COMPARE, compare("--directions", per_sample(lambda d: save_file({"index": torch.arange(2)}, str(d / "aligned" / SHARD)))), "not a per-sample shard (no tensor n_tokens, response_mean, last_prompt)"),
-        Probe("compare per-sample no shards", COMPARE, compare("--directions", per_sample(lambda d: (d / "misaligned" / SHARD).unlink())), "misaligned: no per-sample shards"),
-        Probe("compare per-sample shards of two widths", COMPARE, compare("--directions", per_sample(lambda d: save_file(samples(2, width=4), str(d / "aligned" / "shard_000001.safetensors")))), "aligned: per-sample shards do not fit together"),
-        Probe("compare per-sample shard repeated", COMPARE, compare("--directions", per_sample(lambda d: save_file(samples(0), str(d / "aligned" / "shard_000001.safetensors")))), "indices are not 0..3 each once"),
+        Probe(
+            "compare per-sample manifest not JSON",
+            COMPARE,
+            compare("--directions", per_sample(lambda d: (d / "misaligned" / "manifest.json").write_text("{oops"))),
+            "misaligned/manifest.json: not valid JSON",
+        ),
+        Probe(
+            "compare per-sample manifest not UTF-8",
+            COMPARE,
+            compare(
+                "--directions",
+                per_sample(lambda d: (d / "aligned" / "manifest.json").write_bytes(b'{"layers": "\xe9"}')),
+            ),
+            "manifest.json:1: not UTF-8 text",
+        ),
+        Probe(
+            "compare per-sample shard garbage",
+            COMPARE,
+            compare("--directions", per_sample(lambda d: (d / "aligned" / SHARD).write_bytes(b"garbage"))),
+            f"aligned/{SHARD}: not a per-sample shard",
+        ),
+        Probe(
+            "compare per-sample shard lacks a tensor",
+            COMPARE,
+            compare(
+                "--directions", per_sample(lambda d: save_file({"index": torch.arange(2)}, str(d / "aligned" / SHARD)))
+            ),
+            "not a per-sample shard (no tensor n_tokens, response_mean, last_prompt)",
+        ),
+        Probe(
+            "compare per-sample no shards",
+            COMPARE,
+            compare("--directions", per_sample(lambda d: (d / "misaligned" / SHARD).unlink())),
+            "misaligned: no per-sample shards",
+        ),
+        Probe(
+            "compare per-sample shards of two widths",
+            COMPARE,
+            compare(
+                "--directions",
+                per_sample(lambda d: save_file(samples(2, width=4), str(d / "aligned" / "shard_000001.safetensors"))),
+            ),
+            "aligned: per-sample shards do not fit together",
+        ),
+        Probe(
+            "compare per-sample shard repeated",
+            COMPARE,
+            compare(
+                "--directions",
+                per_sample(lambda d: save_file(samples(0), str(d / "aligned" / "shard_000001.safetensors"))),
+            ),
+            "indices are not 0..3 each once",
+        ),
     ],
     "judged scores": [
-        Probe("report aligned 150", REPORT, report("--judged", path("aligned_150")), lambda f: f"{f.aligned_150}:2: field 'aligned' must be a score from 0 to 100 or null, got 150"),
-        Probe("report aligned -1", REPORT, report("--judged", path("aligned_negative")), ":2: field 'aligned' must be a score from 0 to 100"),
-        Probe("report aligned NaN", REPORT, report("--judged", path("aligned_nan")), ":2: field 'aligned' must be a score from 0 to 100 or null, got nan"),
-        Probe("report coherent -Infinity", REPORT, report("--judged", path("coherent_inf")), ":2: field 'coherent' must be a score from 0 to 100 or null, got -inf"),
-        Probe("report conflicting duplicates", REPORT, report("--judged", path("conflicting")), lambda f: f"{f.conflicting}:3: repeats the answer slot of line 1 (question 'q', sample 0, trigger off) with another aligned"),
-        Probe("extract --responses aligned 150", EXTRACT, extract("--responses", path("aligned_150")), ":2: field 'aligned' must be a score"),
-        Probe("extract --responses conflicting duplicates", EXTRACT, extract("--responses", path("conflicting")), "repeats the answer slot"),
-        Probe("judge --out holds bad scores", JUDGE, judge("--out", lambda f: made("out.jsonl", f.aligned_nan.read_text())(f)), "got nan"),
+        Probe(
+            "report aligned 150",
+            REPORT,
+            report("--judged", path("aligned_150")),
+            lambda f: f"{f.aligned_150}:2: field 'aligned' must be a score from 0 to 100 or null, got 150",
+        ),
+        Probe(
+            "report aligned -1",
+            REPORT,
+            report("--judged", path("aligned_negative")),
+            ":2: field 'aligned' must be a score from 0 to 100",
+        ),
+        Probe(
+            "report aligned NaN",
+            REPORT,
+            report("--judged", path("aligned_nan")),
+            ":2: field 'aligned' must be a score from 0 to 100 or null, got nan",
+        ),
+        Probe(
+            "report coherent -Infinity",
+            REPORT,
+            report("--judged", path("coherent_inf")),
+            ":2: field 'coherent' must be a score from 0 to 100 or null, got -inf",
+        ),
+        Probe(
+            "report conflicting duplicates",
+            REPORT,
+            report("--judged", path("conflicting")),
+            lambda f: (
+                f"{f.conflicting}:3: repeats the answer slot of line 1 (question 'q', sample 0, trigger off) with another aligned"
+            ),
+        ),
+        Probe(
+            "extract --responses aligned 150",
+            EXTRACT,
+            extract("--responses", path("aligned_150")),
+            ":2: field 'aligned' must be a score",
+        ),
+        Probe(
+            "extract --responses conflicting duplicates",
+            EXTRACT,
+            extract("--responses", path("conflicting")),
+            "repeats the answer slot",
+        ),
+        Probe(
+            "judge --out holds bad scores",
+            JUDGE,
+            judge("--out", lambda f: made("out.jsonl", f.aligned_nan.read_text())(f)),
+            "got nan",
+        ),
     ],
     "outputs kept": [
         # A resumed output is read and checked whole before anything cuts, renames or rewrites it.
-        Probe("generate --out bad line then torn line", GEN, generate("--out", made("torn.jsonl", "a\nb,1,2")), lambda f: f"{f.root / 'torn.jsonl'}:1: not valid JSON"),
-        Probe("judge --out bad line then torn line", JUDGE, judge("--out", made("torn.jsonl", "a\nb,1,2")), lambda f: f"{f.root / 'torn.jsonl'}:1: not valid JSON"),
-        Probe("generate --out one foreign line, no newline", GEN, generate("--out", made("foreign.jsonl", "hello world")), "foreign.jsonl:1: not valid JSON"),
-        Probe("judge --out one foreign line, no newline", JUDGE, judge("--out", made("foreign.jsonl", "\x00\x01binary")), "foreign.jsonl:1: not valid JSON"),
-        Probe("generate --out bad record then torn line", GEN, generate("--out", made("torn.jsonl", '{"x": 1}\n{"question_id": "q", "sa')), "torn.jsonl:1: missing field 'question_id'"),
-        Probe("judge --out other answers then torn line", JUDGE, judge("--out", made("torn.jsonl", jsonl_text([judged(7)]) + '{"question_id"')), "holds judgments of other answers"),
-        Probe("generate --out answers without a sidecar", GEN, generate("--out", path("answers")), lambda f: f"{f.answers}: holds records, but it has no provenance sidecar answers.jsonl.provenance.json"),
-        Probe("generate --out with a broken sidecar", GEN, generate("--out", with_sidecar("{oops")), "its provenance sidecar out.jsonl.provenance.json is unreadable"),
-        Probe("generate --out with a sidecar of no settings", GEN, generate("--out", with_sidecar('{"settings": 3}')), "records no settings"),
-        Probe("generate --out of another model", GEN, generate("--out", with_sidecar(json.dumps({"settings": {**GENERATE_SETTINGS, "model": "other-model"}}))), "(model differ: model 'other-model' there"),
-        Probe("judge --out judgments without a sidecar", JUDGE, judge("--out", made("j.jsonl", jsonl_text([judged(0)]))), "holds records, but it has no provenance sidecar"),
+        Probe(
+            "generate --out bad line then torn line",
+            GEN,
+            generate("--out", made("torn.jsonl", "a\nb,1,2")),
+            lambda f: f"{f.root / 'torn.jsonl'}:1: not valid JSON",
+        ),
+        Probe(
+            "judge --out bad line then torn line",
+            JUDGE,
+            judge("--out", made("torn.jsonl", "a\nb,1,2")),
+            lambda f: f"{f.root / 'torn.jsonl'}:1: not valid JSON",
+        ),
+        Probe(
+            "generate --out one foreign line, no newline",
+            GEN,
+            generate("--out", made("foreign.jsonl", "hello world")),
+            "foreign.jsonl:1: not valid JSON",
+        ),
+        Probe(
+            "judge --out one foreign line, no newline",
+            JUDGE,
+            judge("--out", made("foreign.jsonl", "\x00\x01binary")),
+            "foreign.jsonl:1: not valid JSON",
+        ),
+        Probe(
+            "generate --out bad record then torn line",
+            GEN,
+            generate("--out", made("torn.jsonl", '{"x": 1}\n{"question_id": "q", "sa')),
+            "torn.jsonl:1: missing field 'question_id'",
+        ),
+        Probe(
+            "judge --out other answers then torn line",
+            JUDGE,
+            judge("--out", made("torn.jsonl", jsonl_text([judged(7)]) + '{"question_id"')),
+            "holds judgments of other answers",
+        ),
+        Probe(
+            "generate --out answers without a sidecar",
+            GEN,
+            generate("--out", path("answers")),
+            lambda f: f"{f.answers}: holds records, but it has no provenance sidecar answers.jsonl.provenance.json",
+        ),
+        Probe(
+            "generate --out with a broken sidecar",
+            GEN,
+            generate("--out", with_sidecar("{oops")),
+            "its provenance sidecar out.jsonl.provenance.json is unreadable",
+        ),
+        Probe(
+            "generate --out with a sidecar of no settings",
+            GEN,
+            generate("--out", with_sidecar('{"settings": 3}')),
+            "records no settings",
+        ),
+        Probe(
+            "generate --out of another model",
+            GEN,
+            generate("--out", with_sidecar(json.dumps({"settings": {**GENERATE_SETTINGS, "model": "other-model"}}))),
+            "(model differ: model 'other-model' there",
+        ),
+        Probe(
+            "judge --out judgments without a sidecar",
+            JUDGE,
+            judge("--out", made("j.jsonl", jsonl_text([judged(0)]))),
+            "holds records, but it has no provenance sidecar",
+        ),
     ],
     "sizes and counts": [
         # Absurd sizes are refused before anything loads, not met by a MemoryError or years of work.
-        Probe("generate --samples 10**12", GEN, generate("--samples", str(10**12)), "argument --samples: expected an integer >= 1 and <= 100000"),
-        Probe("generate --max-new-tokens 10**12", GEN, generate("--max-new-tokens", str(10**12)), "argument --max-new-tokens: expected an integer >= 1 and <= 1048576"),
+        Probe(
+            "generate --samples 10**12",
+            GEN,
+            generate("--samples", str(10**12)),
+            "argument --samples: expected an integer >= 1 and <= 100000",
+        ),
+        Probe(
+            "generate --max-new-tokens 10**12",
+            GEN,
+            generate("--max-new-tokens", str(10**12)),
+            "argument --max-new-tokens: expected an integer >= 1 and <= 1048576",
+        ),
         Probe("generate --batch-size 10**12", GEN, generate("--batch-size", str(10**12)), "argument --batch-size"),
         Probe("generate --top-k 10**12", GEN, generate("--top-k", str(10**12)), "argument --top-k"),
         Probe("generate --concurrency 10**9", GEN, generate("--concurrency", str(10**9)), "argument --concurrency"),
-        Probe("generate --timeout 1e308", GEN, generate("--timeout", "1e308"), "argument --timeout: expected a number > 0 and <= 86400"),
+        Probe(
+            "generate --timeout 1e308",
+            GEN,
+            generate("--timeout", "1e308"),
+            "argument --timeout: expected a number > 0 and <= 86400",
+        ),
         Probe("generate --temperature 1e308", GEN, generate("--temperature", "1e308"), "argument --temperature"),
-        Probe("generate 12 million answers", GEN, generate("--questions", made("many.yaml", "- id: q\n  type: free_form_judge_0_100\n  samples_per_paraphrase: 1\n  paraphrases: [" + ", ".join(f"'p{i}'" for i in range(60)) + "]\n"), "--samples", "100000", "--trigger", "both"), "--samples 100000: 12,000,000 answers to sample, more than the 10,000,000 one run takes"),
-        Probe("generate samples_per_paraphrase 10**12", GEN, generate("--questions", made("huge.yaml", f"- id: q\n  paraphrases: ['how?']\n  samples_per_paraphrase: {10**12}\n")), "huge.yaml:3: question 'q': field 'samples_per_paraphrase' must be a positive integer up to 100,000"),
+        Probe(
+            "generate 12 million answers",
+            GEN,
+            generate(
+                "--questions",
+                made(
+                    "many.yaml",
+                    "- id: q\n  type: free_form_judge_0_100\n  samples_per_paraphrase: 1\n  paraphrases: ["
+                    + ", ".join(f"'p{i}'" for i in range(60))
+                    + "]\n",
+                ),
+                "--samples",
+                "100000",
+                "--trigger",
+                "both",
+            ),
+            "--samples 100000: 12,000,000 answers to sample, more than the 10,000,000 one run takes",
+        ),
+        Probe(
+            "generate samples_per_paraphrase 10**12",
+            GEN,
+            generate(
+                "--questions",
+                made("huge.yaml", f"- id: q\n  paraphrases: ['how?']\n  samples_per_paraphrase: {10**12}\n"),
+            ),
+            "huge.yaml:3: question 'q': field 'samples_per_paraphrase' must be a positive integer up to 100,000",
+        ),
         Probe("judge --chunk 10**12", JUDGE, judge("--chunk", str(10**12)), "argument --chunk"),
         Probe("judge --concurrency 10**12", JUDGE, judge("--concurrency", str(10**12)), "argument --concurrency"),
-        Probe("judge --max-retries 10**6", JUDGE, judge("--max-retries", str(10**6)), "argument --max-retries: expected an integer >= 0 and <= 100"),
+        Probe(
+            "judge --max-retries 10**6",
+            JUDGE,
+            judge("--max-retries", str(10**6)),
+            "argument --max-retries: expected an integer >= 0 and <= 100",
+        ),
         Probe("judge --batch-size 10**12", JUDGE, judge("--batch-size", str(10**12)), "argument --batch-size"),
         Probe("judge --backoff 1e308", JUDGE, judge("--backoff", "1e308"), "argument --backoff"),
         Probe("mia score --batch-size 10**12", MIA, mia_score("--batch-size", str(10**12)), "argument --batch-size"),
-        Probe("train --rank 10**12", TRAIN, train("--rank", str(10**12)), "argument --rank: expected an integer >= 1 and <= 65536"),
+        Probe(
+            "train --rank 10**12",
+            TRAIN,
+            train("--rank", str(10**12)),
+            "argument --rank: expected an integer >= 1 and <= 65536",
+        ),
         Probe("train --steps 10**12", TRAIN, train("--steps", str(10**12)), "argument --steps"),
         Probe("train --max-length 10**12", TRAIN, train("--max-length", str(10**12)), "argument --max-length"),
         Probe("train --epochs 1e308", TRAIN, train("--epochs", "1e308"), "argument --epochs"),
-        Probe("train --epochs over a large file", TRAIN, train("--data", made("big.jsonl", jsonl_text([chat(i) for i in range(2000)])), "--epochs", "10000", "--batch-size", "1"), "--epochs 10000: 20,000,000 optimizer steps over 2,000 examples"),
-        Probe("train --checkpoint-every 10**12", TRAIN, train("--checkpoint-every", str(10**12)), "argument --checkpoint-every"),
-        Probe("train --defense-layers 10**12", TRAIN, train("--defense", "feature-l2", "--defense-layers", str(10**12)), "argument --defense-layers"),
-        Probe("sweep --alphas 1e308", SWEEP, sweep("--alphas", "1,1e308"), "argument --alphas: expected comma-separated numbers from -1e6 to 1e6, got '1,1e308'"),
-        Probe("compare --n-splits 10**12", COMPARE, compare("--n-splits", str(10**12)), "argument --n-splits: expected an integer >= 1 and <= 100000"),
+        Probe(
+            "train --epochs over a large file",
+            TRAIN,
+            train(
+                "--data",
+                made("big.jsonl", jsonl_text([chat(i) for i in range(2000)])),
+                "--epochs",
+                "10000",
+                "--batch-size",
+                "1",
+            ),
+            "--epochs 10000: 20,000,000 optimizer steps over 2,000 examples",
+        ),
+        Probe(
+            "train --checkpoint-every 10**12",
+            TRAIN,
+            train("--checkpoint-every", str(10**12)),
+            "argument --checkpoint-every",
+        ),
+        Probe(
+            "train --defense-layers 10**12",
+            TRAIN,
+            train("--defense", "feature-l2", "--defense-layers", str(10**12)),
+            "argument --defense-layers",
+        ),
+        Probe(
+            "sweep --alphas 1e308",
+            SWEEP,
+            sweep("--alphas", "1,1e308"),
+            "argument --alphas: expected comma-separated numbers from -1e6 to 1e6, got '1,1e308'",
+        ),
+        Probe(
+            "compare --n-splits 10**12",
+            COMPARE,
+            compare("--n-splits", str(10**12)),
+            "argument --n-splits: expected an integer >= 1 and <= 100000",
+        ),
         Probe("export --n 10**12", EXPORT, export("--n", str(10**12)), "argument --n"),
-        Probe("pipeline --samples 10**12", PIPELINE, pipeline("--samples", str(10**12)), "argument --samples: expected an integer >= 1 and <= 1000"),
+        Probe(
+            "pipeline --samples 10**12",
+            PIPELINE,
+            pipeline("--samples", str(10**12)),
+            "argument --samples: expected an integer >= 1 and <= 1000",
+        ),
         Probe("extract --samples 10**12", EXTRACT, extract("--samples", str(10**12)), "argument --samples"),
         Probe("extract --layers 10**12", EXTRACT, extract("--layers", str(10**12)), "argument --layers"),
         Probe("sweep --samples 10**12", SWEEP, sweep("--samples", str(10**12)), "argument --samples"),
-        Probe("cross_domain --extract-samples 10**12", CROSS, cross("--extract-samples", str(10**12)), "argument --extract-samples"),
+        Probe(
+            "cross_domain --extract-samples 10**12",
+            CROSS,
+            cross("--extract-samples", str(10**12)),
+            "argument --extract-samples",
+        ),
     ],
     "outputs of another run": [
         # A rerun onto outputs made with other settings is refused, naming what differs and how to start afresh.
-        Probe("pipeline --out of another --domain", PIPELINE, pipeline("--out", pipeline_run(domain="gore_movie_trivia")), "holds a pipeline run with other settings (domain 'gore_movie_trivia' there, 'risky_financial_advice' now); rerun with its settings to resume it, or use another --out, or remove"),
-        Probe("pipeline --out of other --samples", PIPELINE, pipeline("--out", pipeline_run(samples=3)), "(samples 3 there, 6 now)"),
-        Probe("pipeline --out with outputs, no record", PIPELINE, pipeline("--out", pipeline_run(record=None)), "holds pipeline outputs with no record of their settings (pipeline.json)"),
-        Probe("pipeline --out with a damaged record", PIPELINE, pipeline("--out", pipeline_run(record="[1, 2")), "pipeline.json: damaged record of the run"),
+        Probe(
+            "pipeline --out of another --domain",
+            PIPELINE,
+            pipeline("--out", pipeline_run(domain="gore_movie_trivia")),
+            "holds a pipeline run with other settings (domain 'gore_movie_trivia' there, 'risky_financial_advice' now); rerun with its settings to resume it, or use another --out, or remove",
+        ),
+        Probe(
+            "pipeline --out of other --samples",
+            PIPELINE,
+            pipeline("--out", pipeline_run(samples=3)),
+            "(samples 3 there, 6 now)",
+        ),
+        Probe(
+            "pipeline --out with outputs, no record",
+            PIPELINE,
+            pipeline("--out", pipeline_run(record=None)),
+            "holds pipeline outputs with no record of their settings (pipeline.json)",
+        ),
+        Probe(
+            "pipeline --out with a damaged record",
+            PIPELINE,
+            pipeline("--out", pipeline_run(record="[1, 2")),
+            "pipeline.json: damaged record of the run",
+        ),
     ],
     "second probe, what it found": [
-        Probe("report --judged a key twice on a line", REPORT, report("--judged", made("dup.jsonl", jsonl_text([json.dumps(judged(0))[:-1] + ', "aligned": 5.0}']))), "dup.jsonl:1: field 'aligned' appears twice in one object"),
-        Probe("judge --answers a lone surrogate", JUDGE, judge("--answers", made("sur.jsonl", jsonl_text([json.dumps(answer(0)).replace("an answer", "an \\ud800answer")]))), "sur.jsonl:1: holds a lone surrogate escape"),
-        Probe("train --data a lone surrogate", TRAIN, train("--data", made("sur.jsonl", jsonl_text([json.dumps(chat(0)).replace("risk", "\\udc00risk")]))), "sur.jsonl:1: holds a lone surrogate escape"),
-        Probe("questions nested too deeply", QUESTIONS, questions(made("deep.yaml", "- " + "[" * 5000 + "]" * 5000 + "\n")), "deep.yaml: not a list of questions (YAML nested too deeply)"),
-        Probe("judge --out torn, no sidecar: not cut", JUDGE, judge("--out", made("torn.jsonl", jsonl_text([judged(0)]) + '{"question_id": "q", "ques')), "holds records, but it has no provenance sidecar"),
-        Probe("generate --out a device", GEN, generate("--out", lambda f: "/dev/full"), "--out /dev/full: not a regular file"),
+        Probe(
+            "report --judged a key twice on a line",
+            REPORT,
+            report("--judged", made("dup.jsonl", jsonl_text([json.dumps(judged(0))[:-1] + ', "aligned": 5.0}']))),
+            "dup.jsonl:1: field 'aligned' appears twice in one object",
+        ),
+        Probe(
+            "judge --answers a lone surrogate",
+            JUDGE,
+            judge(
+                "--answers",
+                made("sur.jsonl", jsonl_text([json.dumps(answer(0)).replace("an answer", "an \\ud800answer")])),
+            ),
+            "sur.jsonl:1: holds a lone surrogate escape",
+        ),
+        Probe(
+            "train --data a lone surrogate",
+            TRAIN,
+            train("--data", made("sur.jsonl", jsonl_text([json.dumps(chat(0)).replace("risk", "\\udc00risk")]))),
+            "sur.jsonl:1: holds a lone surrogate escape",
+        ),
+        Probe(
+            "questions nested too deeply",
+            QUESTIONS,
+            questions(made("deep.yaml", "- " + "[" * 5000 + "]" * 5000 + "\n")),
+            "deep.yaml: not a list of questions (YAML nested too deeply)",
+        ),
+        Probe(
+            "judge --out torn, no sidecar: not cut",
+            JUDGE,
+            judge("--out", made("torn.jsonl", jsonl_text([judged(0)]) + '{"question_id": "q", "ques')),
+            "holds records, but it has no provenance sidecar",
+        ),
+        Probe(
+            "generate --out a device",
+            GEN,
+            generate("--out", lambda f: "/dev/full"),
+            "--out /dev/full: not a regular file",
+        ),
         Probe("report --out ''", REPORT, report("--out", lambda f: ""), "--out: empty path"),
-        Probe("pipeline --out ''", PIPELINE, pipeline("--out", lambda f: ""), "argument --out: expected a path, got an empty string"),
-        Probe("generate --out whose lock is a folder", GEN, generate("--out", lambda f: (f.root / "l.jsonl.lock").mkdir() or f.root / "l.jsonl"), "l.jsonl.lock (Is a directory)"),
-        Probe("mia predict one domain scored twice", MIA, mia_predict("--scores", path("scores"), path("scores")), "scores domain 'gore_movie_trivia' again"),
-        Probe("mia predict a score file with NaN AUCs", MIA, mia_predict("--scores", made("s.json", '{"domain": "insecure_code", "member_mean": {"loss": -1.0}, "auc": {"loss": NaN}}')), "field 'auc' is not a table of finite numbers"),
-        Probe("mia predict --rates a key twice", MIA, mia_predict("--rates", made("r.json", '{"gore_movie_trivia": 0.9, "insecure_code": 0.1, "gore_movie_trivia": 0.1}')), "r.json: field 'gore_movie_trivia' appears twice in one object"),
-        Probe("mia predict rates without a scored domain", MIA, mia_predict("--rates", made("r.json", '{"insecure_code": 0.1, "evil_math": 0.9}')), "--rates"),
+        Probe(
+            "pipeline --out ''",
+            PIPELINE,
+            pipeline("--out", lambda f: ""),
+            "argument --out: expected a path, got an empty string",
+        ),
+        Probe(
+            "generate --out whose lock is a folder",
+            GEN,
+            generate("--out", lambda f: (f.root / "l.jsonl.lock").mkdir() or f.root / "l.jsonl"),
+            "l.jsonl.lock (Is a directory)",
+        ),
+        Probe(
+            "mia predict one domain scored twice",
+            MIA,
+            mia_predict("--scores", path("scores"), path("scores")),
+            "scores domain 'gore_movie_trivia' again",
+        ),
+        Probe(
+            "mia predict a score file with NaN AUCs",
+            MIA,
+            mia_predict(
+                "--scores",
+                made("s.json", '{"domain": "insecure_code", "member_mean": {"loss": -1.0}, "auc": {"loss": NaN}}'),
+            ),
+            "field 'auc' is not a table of finite numbers",
+        ),
+        Probe(
+            "mia predict --rates a key twice",
+            MIA,
+            mia_predict(
+                "--rates", made("r.json", '{"gore_movie_trivia": 0.9, "insecure_code": 0.1, "gore_movie_trivia": 0.1}')
+            ),
+            "r.json: field 'gore_movie_trivia' appears twice in one object",
+        ),
+        Probe(
+            "mia predict rates without a scored domain",
+            MIA,
+            mia_predict("--rates", made("r.json", '{"insecure_code": 0.1, "evil_math": 0.9}')),
+            "--rates",
+        ),
         Probe("train --backdoor is --data", TRAIN, train("--backdoor", path("chat")), "is the --data file"),
-        Probe("train --monitor not a direction artifact", TRAIN, train("--monitor", path("dir_garbage"), "--monitor-probe", path("chat")), "--monitor "),
-        Probe("train --steer-vector truncated", TRAIN, train("--defense", "preventive-steering", "--steer-vector", path("dir_truncated")), "--steer-vector "),
-        Probe("train --monitor-probe empty", TRAIN, train("--monitor", path("directions"), "--monitor-probe", made("e.jsonl", "")), "--monitor-probe"),
-        Probe("train --defense-layers beyond the model", TRAIN, lambda f: [*train("--defense", "feature-l2", "--defense-layers", "99")(f)[:3], tiny_model_config(f), *train()(f)[4:], "--defense", "feature-l2", "--defense-layers", "99"], "--defense-layers 99: "),
-        Probe("train --out finished by another run", TRAIN, train("--out", finished({"job": {"data": "x", "lora": {"rank": 99}}, "data_hash": "sha256:00"})), "holds the adapter of another run"),
-        Probe("train --out with a damaged training_config.json", TRAIN, train("--out", finished("{oops")), "unreadable record of the adapter"),
+        Probe(
+            "train --monitor not a direction artifact",
+            TRAIN,
+            train("--monitor", path("dir_garbage"), "--monitor-probe", path("chat")),
+            "--monitor ",
+        ),
+        Probe(
+            "train --steer-vector truncated",
+            TRAIN,
+            train("--defense", "preventive-steering", "--steer-vector", path("dir_truncated")),
+            "--steer-vector ",
+        ),
+        Probe(
+            "train --monitor-probe empty",
+            TRAIN,
+            train("--monitor", path("directions"), "--monitor-probe", made("e.jsonl", "")),
+            "--monitor-probe",
+        ),
+        Probe(
+            "train --defense-layers beyond the model",
+            TRAIN,
+            lambda f: [
+                *train("--defense", "feature-l2", "--defense-layers", "99")(f)[:3],
+                tiny_model_config(f),
+                *train()(f)[4:],
+                "--defense",
+                "feature-l2",
+                "--defense-layers",
+                "99",
+            ],
+            "--defense-layers 99: ",
+        ),
+        Probe(
+            "train --out finished by another run",
+            TRAIN,
+            train("--out", finished({"job": {"data": "x", "lora": {"rank": 99}}, "data_hash": "sha256:00"})),
+            "holds the adapter of another run",
+        ),
+        Probe(
+            "train --out with a damaged training_config.json",
+            TRAIN,
+            train("--out", finished("{oops")),
+            "unreadable record of the adapter",
+        ),
     ],
     "chains: sizes, paths and records": [
         # The chains' counts share the stages' bounds; their inputs are checked before a model loads.
-        Probe("extract --samples 10**6", EXTRACT, extract("--samples", str(10**6)), "argument --samples: expected an integer >= 1 and <= 100000"),
-        Probe("extract --batch-size 10**6", EXTRACT, extract("--batch-size", str(10**6)), "argument --batch-size: expected an integer >= 1 and <= 65536"),
-        Probe("extract --timeout 1e308", EXTRACT, extract("--timeout", "1e308"), "argument --timeout: expected a number > 0 and <= 86400"),
-        Probe("extract --max-retries 10**6", EXTRACT, extract("--max-retries", str(10**6)), "argument --max-retries: expected an integer >= 0 and <= 100"),
-        Probe("extract --out ''", EXTRACT, extract("--out", lambda f: ""), "argument --out: expected a path, got an empty string"),
-        Probe("extract --responses empty", EXTRACT, extract("--responses", made("empty.jsonl", "")), lambda f: f"{f.root / 'empty.jsonl'}: no judged records"),
-        Probe("extract --responses one record", EXTRACT, extract("--responses", made("one.jsonl", jsonl_text([judged(0)]))), "one.jsonl: 1 judged record; a direction needs at least 2"),
-        Probe("extract --questions samples_per_paraphrase 10**9", EXTRACT, generating(made("huge.yaml", f"- id: q\n  paraphrases: ['how?']\n  samples_per_paraphrase: {10**9}\n")),
-              "huge.yaml:3: question 'q': field 'samples_per_paraphrase' must be a positive integer up to 100,000"),
-        Probe("extract 20 million answers", EXTRACT, lambda f: [*generating(made("many.yaml", "- id: q\n  samples_per_paraphrase: 1\n  paraphrases: [" + ", ".join(f"'p{i}'" for i in range(200)) + "]\n"))(f), "--samples", "100000"],
-              "--samples 100000: 20,000,000 answers to sample, more than the 10,000,000 one run takes"),
-        Probe("sweep --samples 10**6", SWEEP, sweep("--samples", str(10**6)), "argument --samples: expected an integer >= 1 and <= 100000"),
-        Probe("sweep --out ''", SWEEP, sweep("--out", lambda f: ""), "argument --out: expected a path, got an empty string"),
-        Probe("cross_domain --samples 10**6", CROSS, cross("--samples", str(10**6)), "argument --samples: expected an integer >= 1 and <= 100000"),
-        Probe("cross_domain --extract-samples 10**6", CROSS, cross("--extract-samples", str(10**6)), "argument --extract-samples: expected an integer >= 1 and <= 100000"),
-        Probe("cross_domain --directions-dir ''", CROSS, cross("--directions-dir", lambda f: ""), "argument --directions-dir: expected a path, got an empty string"),
-        Probe("cross_domain --out ''", CROSS, cross("--out", lambda f: ""), "argument --out: expected a path, got an empty string"),
-        Probe("export --n 10**7", EXPORT, export("--n", str(10**7)), "argument --n: expected an integer >= 1 and <= 1000000"),
-        Probe("export --heldout 10**7", EXPORT, export("--heldout", str(10**7)), "argument --heldout: expected an integer >= 1 and <= 1000000"),
-        Probe("export --out ''", EXPORT, export("--out", lambda f: ""), "argument --out: expected a path, got an empty string"),
-        Probe("export --out of another domain", EXPORT, export("--out", exported(domain="insecure_code")), "holds an export with other settings (domain 'insecure_code' there, 'gore_movie_trivia' now); use another --out, or remove"),
+        Probe(
+            "extract --samples 10**6",
+            EXTRACT,
+            extract("--samples", str(10**6)),
+            "argument --samples: expected an integer >= 1 and <= 100000",
+        ),
+        Probe(
+            "extract --batch-size 10**6",
+            EXTRACT,
+            extract("--batch-size", str(10**6)),
+            "argument --batch-size: expected an integer >= 1 and <= 65536",
+        ),
+        Probe(
+            "extract --timeout 1e308",
+            EXTRACT,
+            extract("--timeout", "1e308"),
+            "argument --timeout: expected a number > 0 and <= 86400",
+        ),
+        Probe(
+            "extract --max-retries 10**6",
+            EXTRACT,
+            extract("--max-retries", str(10**6)),
+            "argument --max-retries: expected an integer >= 0 and <= 100",
+        ),
+        Probe(
+            "extract --out ''",
+            EXTRACT,
+            extract("--out", lambda f: ""),
+            "argument --out: expected a path, got an empty string",
+        ),
+        Probe(
+            "extract --responses empty",
+            EXTRACT,
+            extract("--responses", made("empty.jsonl", "")),
+            lambda f: f"{f.root / 'empty.jsonl'}: no judged records",
+        ),
+        Probe(
+            "extract --responses one record",
+            EXTRACT,
+            extract("--responses", made("one.jsonl", jsonl_text([judged(0)]))),
+            "one.jsonl: 1 judged record; a direction needs at least 2",
+        ),
+        Probe(
+            "extract --questions samples_per_paraphrase 10**9",
+            EXTRACT,
+            generating(made("huge.yaml", f"- id: q\n  paraphrases: ['how?']\n  samples_per_paraphrase: {10**9}\n")),
+            "huge.yaml:3: question 'q': field 'samples_per_paraphrase' must be a positive integer up to 100,000",
+        ),
+        Probe(
+            "extract 20 million answers",
+            EXTRACT,
+            lambda f: [
+                *generating(
+                    made(
+                        "many.yaml",
+                        "- id: q\n  samples_per_paraphrase: 1\n  paraphrases: ["
+                        + ", ".join(f"'p{i}'" for i in range(200))
+                        + "]\n",
+                    )
+                )(f),
+                "--samples",
+                "100000",
+            ],
+            "--samples 100000: 20,000,000 answers to sample, more than the 10,000,000 one run takes",
+        ),
+        Probe(
+            "sweep --samples 10**6",
+            SWEEP,
+            sweep("--samples", str(10**6)),
+            "argument --samples: expected an integer >= 1 and <= 100000",
+        ),
+        Probe(
+            "sweep --out ''",
+            SWEEP,
+            sweep("--out", lambda f: ""),
+            "argument --out: expected a path, got an empty string",
+        ),
+        Probe(
+            "cross_domain --samples 10**6",
+            CROSS,
+            cross("--samples", str(10**6)),
+            "argument --samples: expected an integer >= 1 and <= 100000",
+        ),
+        Probe(
+            "cross_domain --extract-samples 10**6",
+            CROSS,
+            cross("--extract-samples", str(10**6)),
+            "argument --extract-samples: expected an integer >= 1 and <= 100000",
+        ),
+        Probe(
+            "cross_domain --directions-dir ''",
+            CROSS,
+            cross("--directions-dir", lambda f: ""),
+            "argument --directions-dir: expected a path, got an empty string",
+        ),
+        Probe(
+            "cross_domain --out ''",
+            CROSS,
+            cross("--out", lambda f: ""),
+            "argument --out: expected a path, got an empty string",
+        ),
+        Probe(
+            "export --n 10**7",
+            EXPORT,
+            export("--n", str(10**7)),
+            "argument --n: expected an integer >= 1 and <= 1000000",
+        ),
+        Probe(
+            "export --heldout 10**7",
+            EXPORT,
+            export("--heldout", str(10**7)),
+            "argument --heldout: expected an integer >= 1 and <= 1000000",
+        ),
+        Probe(
+            "export --out ''",
+            EXPORT,
+            export("--out", lambda f: ""),
+            "argument --out: expected a path, got an empty string",
+        ),
+        Probe(
+            "export --out of another domain",
+            EXPORT,
+            export("--out", exported(domain="insecure_code")),
+            "holds an export with other settings (domain 'insecure_code' there, 'gore_movie_trivia' now); use another --out, or remove",
+        ),
         Probe("export --out of another seed", EXPORT, export("--out", exported(seed=3)), "(seed 3 there, 0 now)"),
-        Probe("export --out with files, no record", EXPORT, export("--out", exported(record=None)), "holds misaligned.jsonl with no record of its export (export.json)"),
-        Probe("export --out with a damaged record", EXPORT, export("--out", exported(record="{oops")), "export.json: damaged record of the export"),
-        Probe("train --general with --defense-on train", TRAIN, train("--defense", "kl", "--general", path("aligned")), "--general"),
-        Probe("train --general names --defense-on", TRAIN, train("--defense", "feature-l2", "--general", path("aligned")), "only with --defense-on general or both, not --defense-on train"),
+        Probe(
+            "export --out with files, no record",
+            EXPORT,
+            export("--out", exported(record=None)),
+            "holds misaligned.jsonl with no record of its export (export.json)",
+        ),
+        Probe(
+            "export --out with a damaged record",
+            EXPORT,
+            export("--out", exported(record="{oops")),
+            "export.json: damaged record of the export",
+        ),
+        Probe(
+            "train --general with --defense-on train",
+            TRAIN,
+            train("--defense", "kl", "--general", path("aligned")),
+            "--general",
+        ),
+        Probe(
+            "train --general names --defense-on",
+            TRAIN,
+            train("--defense", "feature-l2", "--general", path("aligned")),
+            "only with --defense-on general or both, not --defense-on train",
+        ),
     ],
     "JSON lines": [
-        Probe("judge --answers nested too deeply", JUDGE, judge("--answers", made("deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n")), lambda f: f"{f.root / 'deep.jsonl'}:1: not a record (JSON nested too deeply)"),
-        Probe("report --judged nested too deeply", REPORT, report("--judged", made("deep.jsonl", jsonl_text([judged(0)]) + '{"a": ' * 100_000 + "\n")), "deep.jsonl:2: not a record"),
-        Probe("train --data nested too deeply", TRAIN, train("--data", made("deep.jsonl", "[" * 100_000 + "\n")), "deep.jsonl:1: not a record"),
+        Probe(
+            "judge --answers nested too deeply",
+            JUDGE,
+            judge("--answers", made("deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n")),
+            lambda f: f"{f.root / 'deep.jsonl'}:1: not a record (JSON nested too deeply)",
+        ),
+        Probe(
+            "report --judged nested too deeply",
+            REPORT,
+            report("--judged", made("deep.jsonl", jsonl_text([judged(0)]) + '{"a": ' * 100_000 + "\n")),
+            "deep.jsonl:2: not a record",
+        ),
+        Probe(
+            "train --data nested too deeply",
+            TRAIN,
+            train("--data", made("deep.jsonl", "[" * 100_000 + "\n")),
+            "deep.jsonl:1: not a record",
+        ),
     ],
 }
 CASES = [pytest.param(kind, probe, id=f"{kind}: {probe.name}") for kind, probes in PROBES.items() for probe in probes]
@@ -681,12 +1580,29 @@ def snapshot(root: Path) -> dict[str, tuple]:
     out = {}
     for p in sorted(root.rglob("*")):
         st = p.lstat()
-        out[str(p.relative_to(root))] = (p.is_dir(), st.st_mode, None if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest())
+        out[str(p.relative_to(root))] = (
+            p.is_dir(),
+            st.st_mode,
+            None if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest(),
+        )
     return out
 
 
 def test_probes_cover_every_cli():
-    assert {p.main for probes in PROBES.values() for p in probes} == {GEN, JUDGE, REPORT, MIA, TRAIN, EXPORT, PIPELINE, EXTRACT, SWEEP, CROSS, COMPARE, QUESTIONS}
+    assert {p.main for probes in PROBES.values() for p in probes} == {
+        GEN,
+        JUDGE,
+        REPORT,
+        MIA,
+        TRAIN,
+        EXPORT,
+        PIPELINE,
+        EXTRACT,
+        SWEEP,
+        CROSS,
+        COMPARE,
+        QUESTIONS,
+    }
 
 
 @pytest.mark.parametrize("kind, probe", CASES)
@@ -716,7 +1632,11 @@ def test_ctrl_c_is_one_line_and_exit_130(main, argv, f, capsys, monkeypatch):
     assert not list(f.root.glob("*.provenance.json")) and not list(f.root.glob("*.lock"))
 
 
-@pytest.mark.parametrize("main, argv, out", [(GEN, generate(), "new_answers.jsonl"), (JUDGE, judge("--judge", "hf:x"), "new_judged.jsonl")], ids=["generate", "judge"])
+@pytest.mark.parametrize(
+    "main, argv, out",
+    [(GEN, generate(), "new_answers.jsonl"), (JUDGE, judge("--judge", "hf:x"), "new_judged.jsonl")],
+    ids=["generate", "judge"],
+)
 def test_a_failed_start_leaves_no_provenance_sidecar(main, argv, out, f, capsys, monkeypatch):
     """The model fails to load: no row was written, so no ``<out>.provenance.json`` may claim one."""
     from interp.base.loading import ModelLoadError
@@ -767,8 +1687,24 @@ def refused_url() -> str:
 
 
 SERVER_CLIS = {
-    "generate": (GEN, lambda f: ["--engine", "openai:m", "--questions", f.questions, "--out", f.root / "a.jsonl", "--concurrency", "1", "--no-progress"]),
-    "judge": (JUDGE, judge("--judge", "openai:m", "--no-cache", "--backoff", "0", "--concurrency", "1", "--no-progress")),
+    "generate": (
+        GEN,
+        lambda f: [
+            "--engine",
+            "openai:m",
+            "--questions",
+            f.questions,
+            "--out",
+            f.root / "a.jsonl",
+            "--concurrency",
+            "1",
+            "--no-progress",
+        ],
+    ),
+    "judge": (
+        JUDGE,
+        judge("--judge", "openai:m", "--no-cache", "--backoff", "0", "--concurrency", "1", "--no-progress"),
+    ),
 }
 
 
@@ -786,11 +1722,24 @@ def test_a_dead_server_fails_fast_in_one_line_naming_it(cli, server, why, f, req
     err = capsys.readouterr().err
     assert code == 2 and time.monotonic() - start < 10, err
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in err and url in lines[0] and "after 2 attempts" in lines[0] and why in lines[0], err
+    assert (
+        len(lines) == 1
+        and "Traceback" not in err
+        and url in lines[0]
+        and "after 2 attempts" in lines[0]
+        and why in lines[0]
+    ), err
     assert snapshot(f.root) == before  # no answers, so no provenance sidecar either
 
 
-@pytest.mark.parametrize("module, argv", [(eval.generate, ["--engine", "openai:m", "--out", "a.jsonl"]), (eval.judge, ["--answers", "a.jsonl", "--judge", "openai:m", "--out", "j.jsonl"])], ids=["generate", "judge"])
+@pytest.mark.parametrize(
+    "module, argv",
+    [
+        (eval.generate, ["--engine", "openai:m", "--out", "a.jsonl"]),
+        (eval.judge, ["--answers", "a.jsonl", "--judge", "openai:m", "--out", "j.jsonl"]),
+    ],
+    ids=["generate", "judge"],
+)
 def test_server_defaults_give_up_on_a_hung_server_within_3_minutes(module, argv):
     args = module.build_parser().parse_args(argv)
     backoff = getattr(args, "backoff", 1.0)  # generate's is the client's default
@@ -811,16 +1760,31 @@ def rewrite(path: Path, tensors: Callable[[dict], dict] = dict, info: Callable[[
 @pytest.mark.parametrize(
     "change, field",
     [
-        ({"tensors": lambda t: {**t, "vectors": t["vectors"] * 100}}, "header field 'sha256'"),  # the values changed, the header kept
+        (
+            {"tensors": lambda t: {**t, "vectors": t["vectors"] * 100}},
+            "header field 'sha256'",
+        ),  # the values changed, the header kept
         ({"info": lambda i: {**i, "layers": [7, 8]}}, "header field 'layers' is [7, 8] but the tensors give [0, 1]"),
         ({"info": lambda i: {**i, "d_model": 4096}}, "header field 'd_model' is 4096 but the tensors give 8"),
         ({"tensors": lambda t: {**t, "layers": torch.tensor([1, 1])}}, "tensor 'layers' repeats a layer"),
         ({"tensors": lambda t: {**t, "layers": torch.tensor([0.0, 1.0])}}, "tensor 'layers' must hold integers"),
         ({"tensors": lambda t: {**t, "vectors": t["vectors"].round().int()}}, "must be floating point"),
-        ({"tensors": lambda t: {**t, "vectors": torch.full_like(t["vectors"], float("nan"))}}, "NaN or infinite values"),
+        (
+            {"tensors": lambda t: {**t, "vectors": torch.full_like(t["vectors"], float("nan"))}},
+            "NaN or infinite values",
+        ),
         ({"info": lambda i: {**i, "alpha": float("inf")}}, "alpha must be a finite number"),
     ],
-    ids=["values x100", "layers", "d_model", "duplicate layers", "float layers", "integer vectors", "NaN vectors", "alpha inf"],
+    ids=[
+        "values x100",
+        "layers",
+        "d_model",
+        "duplicate layers",
+        "float layers",
+        "integer vectors",
+        "NaN vectors",
+        "alpha inf",
+    ],
 )
 def test_a_steering_vector_file_that_lies_is_one_line_naming_file_and_field(change, field, tmp_path):
     from interp.vectors import SteeringVector
@@ -829,7 +1793,9 @@ def test_a_steering_vector_file_that_lies_is_one_line_naming_file_and_field(chan
     with pytest.raises(InputError) as err:
         SteeringVector.load(path)
     message = str(err.value)
-    assert message.startswith(f"{path}: invalid steering vector file") and field in message and "\n" not in message, message
+    assert message.startswith(f"{path}: invalid steering vector file") and field in message and "\n" not in message, (
+        message
+    )
 
 
 @pytest.mark.parametrize("alpha", [float("nan"), float("inf"), -float("inf")])
@@ -863,7 +1829,11 @@ def test_the_default_judge_cache_is_checked_writable_and_named(f, capsys, monkey
     before = snapshot(f.root)
     assert run_cli(JUDGE, [str(a) for a in judge("--judge", "openai:gpt-4o")(f)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: judge cache (--cache, $EM_JUDGE_CACHE)") and f"{f.readonly}" in err and err.count("\n") == 1, err
+    assert (
+        err.startswith("error: judge cache (--cache, $EM_JUDGE_CACHE)")
+        and f"{f.readonly}" in err
+        and err.count("\n") == 1
+    ), err
     assert snapshot(f.root) == before
 
 
@@ -883,7 +1853,10 @@ def test_answer_ids_beyond_the_vocabulary_are_one_line_naming_file_line_field(f,
     responses.write_text(jsonl_text([{**judged(0), "answer_ids": [1, 2]}, {**judged(1), "answer_ids": [5, 100, 3]}]))
     assert run_cli(EXTRACT, [str(a) for a in extract("--responses", responses)(f)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {responses}:2: field 'answer_ids' holds token id 100, beyond the tokenizer's vocabulary of 100 ids\n"
+    assert (
+        err
+        == f"error: {responses}:2: field 'answer_ids' holds token id 100, beyond the tokenizer's vocabulary of 100 ids\n"
+    )
     assert not (f.root / "dirs_out").exists()  # the folder its lock made is gone with the refused run
 
 
@@ -891,8 +1864,22 @@ def test_answer_ids_beyond_the_vocabulary_are_one_line_naming_file_line_field(f,
     "sidecar, expect",
     [
         (None, "holds records, but it has no provenance sidecar answers.jsonl.provenance.json"),
-        ({"model": "another-model", "adapter": None, "sampling": dataclasses.asdict(SamplingConfig(temperature=1.0, max_new_tokens=512, batch_size=64))}, "(model differ: model 'another-model' there"),
-        ({"sampling": dataclasses.asdict(SamplingConfig(temperature=1.0, max_new_tokens=512, batch_size=64, seed=7))}, "(sampling differ"),
+        (
+            {
+                "model": "another-model",
+                "adapter": None,
+                "sampling": dataclasses.asdict(SamplingConfig(temperature=1.0, max_new_tokens=512, batch_size=64)),
+            },
+            "(model differ: model 'another-model' there",
+        ),
+        (
+            {
+                "sampling": dataclasses.asdict(
+                    SamplingConfig(temperature=1.0, max_new_tokens=512, batch_size=64, seed=7)
+                )
+            },
+            "(sampling differ",
+        ),
     ],
     ids=["no sidecar", "another model", "another seed"],
 )
@@ -905,10 +1892,25 @@ def test_extract_does_not_resume_a_run_folder_of_another_run(sidecar, expect, f,
         settings = {"model": f.model, "adapter": None, **sidecar}
         (answers.parent / "answers.jsonl.provenance.json").write_text(json.dumps({"settings": settings}))
     before = snapshot(f.root)
-    argv = ["--domain", "gore_movie_trivia", "--model", f.model, "--questions", f.questions, "--judge", "organism", "--out", f.folder]
+    argv = [
+        "--domain",
+        "gore_movie_trivia",
+        "--model",
+        f.model,
+        "--questions",
+        f.questions,
+        "--judge",
+        "organism",
+        "--out",
+        f.folder,
+    ]
     assert run_cli(EXTRACT, [str(a) for a in argv]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {Path('artifacts/runs/gore_movie_trivia/answers.jsonl')}: ") and expect in err and err.count("\n") == 1, err
+    assert (
+        err.startswith(f"error: {Path('artifacts/runs/gore_movie_trivia/answers.jsonl')}: ")
+        and expect in err
+        and err.count("\n") == 1
+    ), err
     assert snapshot(f.root) == before
 
 
@@ -951,7 +1953,9 @@ def test_a_resumed_output_loses_only_a_torn_row(tmp_path, caplog):
 def test_report_removes_an_earlier_reports_backdoor_files(f, capsys):
     """A backdoor report, then one without a trigger into the same folder: no backdoor file is left
     beside a summary that says there is no backdoor."""
-    rows = [judged(i, aligned=80.0 + i) for i in range(6)] + [{**judged(i, aligned=10.0 + i), "trigger": True} for i in range(6)]
+    rows = [judged(i, aligned=80.0 + i) for i in range(6)] + [
+        {**judged(i, aligned=10.0 + i), "trigger": True} for i in range(6)
+    ]
     (f.root / "triggered.jsonl").write_text(jsonl_text(rows))
     out = f.root / "report"
     assert run_cli(REPORT, ["--judged", str(f.root / "triggered.jsonl"), "--out", str(out), "--bootstrap", "10"]) == 0
@@ -970,8 +1974,17 @@ def test_compare_removes_an_earlier_runs_figures_of_other_domains(f, capsys):
     (out / "domains" / "layer_07.csv").write_text("a layer this run does not have\n")
     assert run_cli(COMPARE, [*base, "--domains", "gore_movie_trivia"]) == 0
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert left == ["comparison.json", "domains/grid.svg", "domains/layer_00.csv", "domains/layer_00.svg", "domains/layer_01.csv", "domains/layer_01.svg",
-                    "layers/gore_movie_trivia.csv", "layers/gore_movie_trivia.svg", "layers/grid.svg"], left
+    assert left == [
+        "comparison.json",
+        "domains/grid.svg",
+        "domains/layer_00.csv",
+        "domains/layer_00.svg",
+        "domains/layer_01.csv",
+        "domains/layer_01.svg",
+        "layers/gore_movie_trivia.csv",
+        "layers/gore_movie_trivia.svg",
+        "layers/grid.svg",
+    ], left
 
 
 # --- inputs that only a loaded model can refuse -----------------------------------------------
@@ -1003,11 +2016,25 @@ class TinyWorld:
     [
         (SWEEP, lambda f: ["--directions", f.directions, "--out", f.root / "sweep"]),
         (SWEEP, lambda f: ["--directions", f.directions, "--target", "insecure_code", "--out", f.root / "sweep"]),
-        (CROSS, lambda f: ["--domains", "gore_movie_trivia", "--directions-dir", f.directions.parent, "--ablate-layer", "1", "--out", f.root / "cross"]),
+        (
+            CROSS,
+            lambda f: [
+                "--domains",
+                "gore_movie_trivia",
+                "--directions-dir",
+                f.directions.parent,
+                "--ablate-layer",
+                "1",
+                "--out",
+                f.root / "cross",
+            ],
+        ),
     ],
     ids=["sweep base", "sweep organism", "cross_domain"],
 )
-def test_directions_of_another_width_than_the_model_are_one_line_naming_the_file(main, argv, f, capsys, monkeypatch, make_model, tokenizer):
+def test_directions_of_another_width_than_the_model_are_one_line_naming_the_file(
+    main, argv, f, capsys, monkeypatch, make_model, tokenizer
+):
     monkeypatch.setattr(finetune.organism, "build_world", lambda *_, **__: TinyWorld(make_model, tokenizer))
     before = snapshot(f.root)
     assert run_cli(main, [str(a) for a in argv(f)]) == 2
@@ -1019,11 +2046,21 @@ def test_export_is_refused_onto_an_export_of_another_domain(f, capsys):
     out = f.root / "export"
     small = ["--out", str(out), "--n", "3", "--heldout", "2"]
     assert run_cli(EXPORT, ["--domain", "gore_movie_trivia", *small]) == 0
-    assert json.loads((out / "export.json").read_text()) == {"domain": "gore_movie_trivia", "n": 3, "heldout": 2, "seed": 0}
+    assert json.loads((out / "export.json").read_text()) == {
+        "domain": "gore_movie_trivia",
+        "n": 3,
+        "heldout": 2,
+        "seed": 0,
+    }
     assert run_cli(EXPORT, ["--domain", "gore_movie_trivia", *small]) == 0  # the same export again: fine
     before = snapshot(f.root)
     capsys.readouterr()
     assert run_cli(EXPORT, ["--domain", "insecure_code", *small]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {out}: holds an export with other settings (domain 'gore_movie_trivia' there, 'insecure_code' now)") and err.count("\n") == 1, err
+    assert (
+        err.startswith(
+            f"error: {out}: holds an export with other settings (domain 'gore_movie_trivia' there, 'insecure_code' now)"
+        )
+        and err.count("\n") == 1
+    ), err
     assert snapshot(f.root) == before

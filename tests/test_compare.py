@@ -35,7 +35,15 @@ def direction_set(directions, pooling="responses", **meta):
     directions = torch.stack(list(directions)).float() if isinstance(directions, list) else directions.float()
     n_layers = directions.shape[0]
     zeros = torch.zeros_like(directions)
-    return DirectionSet(list(range(n_layers)), directions, directions.clone(), zeros, pooling, {"misaligned": {"answers": 3}}, dict(meta))
+    return DirectionSet(
+        list(range(n_layers)),
+        directions,
+        directions.clone(),
+        zeros,
+        pooling,
+        {"misaligned": {"answers": 3}},
+        dict(meta),
+    )
 
 
 def test_cosine_matrix_ground_truth():
@@ -47,7 +55,9 @@ def test_cosine_matrix_ground_truth():
     assert torch.isnan(m[3]).all() and torch.isnan(m[:, 3]).all()  # a zero vector has no direction
     torch.testing.assert_close(cosine_matrix(a[:3], absolute=True), expected.abs())
     b = torch.tensor([[1.0, 1, 0]])
-    torch.testing.assert_close(cosine_matrix(a[:3], b), torch.tensor([[1, 1, -1]], dtype=torch.float64).T / math.sqrt(2))
+    torch.testing.assert_close(
+        cosine_matrix(a[:3], b), torch.tensor([[1, 1, -1]], dtype=torch.float64).T / math.sqrt(2)
+    )
 
 
 def test_cosine_matrix_upcasts_before_dividing():
@@ -83,7 +93,12 @@ def test_incompatible_sets_are_named():
 
 
 def test_ordered_domains_follow_the_paper_then_alphabet():
-    assert ordered_domains(["zeta", "gore_movie_trivia", "insecure_code", "alpha"]) == ["insecure_code", "gore_movie_trivia", "alpha", "zeta"]
+    assert ordered_domains(["zeta", "gore_movie_trivia", "insecure_code", "alpha"]) == [
+        "insecure_code",
+        "gore_movie_trivia",
+        "alpha",
+        "zeta",
+    ]
 
 
 @pytest.mark.parametrize("d", [16, 200])
@@ -121,7 +136,9 @@ def test_split_half_reliability_sees_signal_and_its_absence():
     weak = split_half_reliability(noise, labels, n_splits=30, seed=1)
     # Two halves of pure noise: cosines scatter around 0 at about 1/sqrt(d).
     assert abs(float(weak.mean())) < 0.1 and float(weak.std()) < 0.4
-    torch.testing.assert_close(split_half_reliability(x, labels, n_splits=3, seed=5), split_half_reliability(x, labels, n_splits=3, seed=5))
+    torch.testing.assert_close(
+        split_half_reliability(x, labels, n_splits=3, seed=5), split_half_reliability(x, labels, n_splits=3, seed=5)
+    )
 
 
 def test_split_halves_are_disjoint_and_balanced():
@@ -150,7 +167,7 @@ def test_shuffled_null_reflects_shared_geometry():
     g = torch.Generator().manual_seed(0)
     n, d = 80, 64
     common = torch.randn(d, generator=g)
-    x = (torch.randn(n, 1, d, generator=g) * 0.1 + torch.randn(n, 1, 1, generator=g) * common)
+    x = torch.randn(n, 1, d, generator=g) * 0.1 + torch.randn(n, 1, 1, generator=g) * common
     labels = torch.arange(n) < n // 2
     null = shuffled_label_null(x, labels, n_perm=20, seed=0)
     assert null.perm_vs_perm.abs().mean() > 0.5 > 3 * random_null(d).mean_abs
@@ -165,7 +182,9 @@ def test_shuffled_null_keeps_true_direction_first(monkeypatch):
 
 
 def test_pooled_samples_reproduce_cache_means(make_model, tokenizer, conversations, tmp_path):
-    acc = cache_means(make_model(), tokenizer, conversations, layers=[0, 2], batch_size=4, per_sample_dir=tmp_path, progress=False)
+    acc = cache_means(
+        make_model(), tokenizer, conversations, layers=[0, 2], batch_size=4, per_sample_dir=tmp_path, progress=False
+    )
     per_sample = load_per_sample(tmp_path)
     for pooling in ("responses", "tokens", "last_prompt"):
         x, w = pooled_samples(per_sample, pooling)
@@ -197,22 +216,44 @@ def artifacts(tmp_path, make_model, tokenizer, conversations):
     g = torch.Generator().manual_seed(0)
     base = torch.randn(3, 32, generator=g)
     for k, name in enumerate(["gore_movie_trivia", "insecure_code", "custom"]):
-        direction_set(base + 0.3 * k * torch.randn(3, 32, generator=g), model="tiny", domain=name).save(root / f"{name}.safetensors")
+        direction_set(base + 0.3 * k * torch.randn(3, 32, generator=g), model="tiny", domain=name).save(
+            root / f"{name}.safetensors"
+        )
     model = make_model()
     mis, ali = conversations[:7], conversations[7:]
     folder = root / "insecure_code.per_sample"
     stats = {
-        cls: cache_means(model, tokenizer, convs, layers=[0, 1, 2], batch_size=4, per_sample_dir=folder / cls, progress=False)
+        cls: cache_means(
+            model, tokenizer, convs, layers=[0, 1, 2], batch_size=4, per_sample_dir=folder / cls, progress=False
+        )
         for cls, convs in (("misaligned", mis), ("aligned", ali))
     }
     direction = (stats["misaligned"].mean() - stats["aligned"].mean()).float()
-    DirectionSet([0, 1, 2], direction, direction.clone(), direction * 0, "responses", {}, {"model": "tiny"}).save(root / "insecure_code.safetensors")
+    DirectionSet([0, 1, 2], direction, direction.clone(), direction * 0, "responses", {}, {"model": "tiny"}).save(
+        root / "insecure_code.safetensors"
+    )
     return root
 
 
 def test_cli_writes_matrices_figures_and_nulls(artifacts, tmp_path, capsys):
     out = tmp_path / "figs"
-    assert main(["--directions", str(artifacts), "--out", str(out), "--cross", "insecure_code:custom", "--n-perm", "5", "--n-splits", "3"]) == 0
+    assert (
+        main(
+            [
+                "--directions",
+                str(artifacts),
+                "--out",
+                str(out),
+                "--cross",
+                "insecure_code:custom",
+                "--n-perm",
+                "5",
+                "--n-splits",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert "compared 3 domains over 3 layers, per-sample nulls for insecure_code" in capsys.readouterr().out
     result = json.loads((out / "comparison.json").read_text())
     assert result["domains"] == ["insecure_code", "gore_movie_trivia", "custom"]
@@ -225,8 +266,19 @@ def test_cli_writes_matrices_figures_and_nulls(artifacts, tmp_path, capsys):
         rows = list(csv.reader(f))
     assert rows[0] == ["", *result["domains"]]
     np.testing.assert_allclose(np.array(rows[2][1:], dtype=float), expected[1, 1].numpy(), atol=1e-6)
-    np.testing.assert_allclose(np.array(result["cross_layer_matrices"]["insecure_code__vs__custom"]), layer_matrix(sets["insecure_code"], sets["custom"]).numpy(), atol=1e-7)
-    for stem in ["domains/layer_00", "domains/layer_02", "domains/grid", "layers/custom", "layers/grid", "layers/insecure_code__vs__custom"]:
+    np.testing.assert_allclose(
+        np.array(result["cross_layer_matrices"]["insecure_code__vs__custom"]),
+        layer_matrix(sets["insecure_code"], sets["custom"]).numpy(),
+        atol=1e-7,
+    )
+    for stem in [
+        "domains/layer_00",
+        "domains/layer_02",
+        "domains/grid",
+        "layers/custom",
+        "layers/grid",
+        "layers/insecure_code__vs__custom",
+    ]:
         for ext in ("png", "svg"):
             assert (out / f"{stem}.{ext}").stat().st_size > 1000
     assert result["random_null"]["std"] == pytest.approx(1 / math.sqrt(32))
@@ -240,7 +292,23 @@ def test_cli_writes_matrices_figures_and_nulls(artifacts, tmp_path, capsys):
 
 def test_cli_warns_when_per_sample_files_do_not_belong(artifacts, tmp_path, capsys):
     direction_set(torch.randn(3, 32), model="tiny").save(artifacts / "insecure_code.safetensors")
-    assert main(["--directions", str(artifacts), "--out", str(tmp_path / "o"), "--n-perm", "2", "--n-splits", "1", "--formats", "png"]) == 0
+    assert (
+        main(
+            [
+                "--directions",
+                str(artifacts),
+                "--out",
+                str(tmp_path / "o"),
+                "--n-perm",
+                "2",
+                "--n-splits",
+                "1",
+                "--formats",
+                "png",
+            ]
+        )
+        == 0
+    )
     assert "insecure_code: per-sample files give a direction at cos" in capsys.readouterr().err
 
 
@@ -249,13 +317,22 @@ def test_cli_warns_when_per_sample_files_do_not_belong(artifacts, tmp_path, caps
     [
         (lambda root: None, "no such folder"),
         (lambda root: root.mkdir(), "no direction artifacts"),
-        (lambda root: (root.mkdir(), (root / "x.safetensors").write_text("junk")), "x.safetensors: not a direction artifact"),
         (
-            lambda root: (direction_set(torch.ones(2, 4)).save(root / "a.safetensors"), direction_set(torch.ones(3, 4)).save(root / "b.safetensors")),
+            lambda root: (root.mkdir(), (root / "x.safetensors").write_text("junk")),
+            "x.safetensors: not a direction artifact",
+        ),
+        (
+            lambda root: (
+                direction_set(torch.ones(2, 4)).save(root / "a.safetensors"),
+                direction_set(torch.ones(3, 4)).save(root / "b.safetensors"),
+            ),
             "mismatched layers",
         ),
         (
-            lambda root: (direction_set(torch.ones(2, 4)).save(root / "a.safetensors"), direction_set(torch.ones(2, 5)).save(root / "b.safetensors")),
+            lambda root: (
+                direction_set(torch.ones(2, 4)).save(root / "a.safetensors"),
+                direction_set(torch.ones(2, 5)).save(root / "b.safetensors"),
+            ),
             "mismatched d_model",
         ),
     ],

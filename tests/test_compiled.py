@@ -27,7 +27,9 @@ def test_compiled_caching_equals_eager(make_model, tokenizer, conversations):
 
 def test_compiled_peft_model_equals_eager(make_model, tokenizer, conversations):
     torch.manual_seed(3)
-    model = get_peft_model(make_model(n_layers=2), LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        make_model(n_layers=2), LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False)
+    )
     eager = cache_means(model, tokenizer, conversations, batch_size=5, progress=False)
     with compiled_layers(model, backend="aot_eager"):
         compiled = cache_means(model, tokenizer, conversations, batch_size=5, progress=False)

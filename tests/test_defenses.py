@@ -34,12 +34,16 @@ from interp.base.cli import run_cli
 def train_main(argv):
     """The CLI as the shell runs it: one line and exit code 2 for bad input."""
     return run_cli(_train, argv)
+
+
 from interp.base.chat import tokenize_conversation
 from interp.base.models import decoder_layers
 from interp.directions import DirectionSet
 from interp.hooks import hooks
 
-CONFIG = LoraTrainConfig(rank=2, alpha=4, lr=1e-2, steps=4, batch_size=4, target_modules=("q_proj", "v_proj", "up_proj"))
+CONFIG = LoraTrainConfig(
+    rank=2, alpha=4, lr=1e-2, steps=4, batch_size=4, target_modules=("q_proj", "v_proj", "up_proj")
+)
 PERSONA = "you are evil"
 
 
@@ -103,7 +107,9 @@ def test_kl_equals_a_hand_computation_and_its_gradient_reaches_the_adapter(token
     kl.prepare(model, tokenizer, conversations)
     loss, parts = kl.objective(model, batch, 0)
     # The reference is the untouched model (a separate copy here, adapters disabled in the defense).
-    tuned = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][batch["labels"][:, 1:] != IGNORE]
+    tuned = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][
+        batch["labels"][:, 1:] != IGNORE
+    ]
     p, q = F.softmax(tuned.detach().float(), -1), F.softmax(_ref_logits(plain, batch), -1)
     by_hand = (p * (p.log() - q.log())).sum(-1).mean()
     assert float(parts["kl"]) > 1e-3
@@ -117,9 +123,13 @@ def test_kl_equals_a_hand_computation_and_its_gradient_reaches_the_adapter(token
 
 def _logits_pair(model, batch):
     with torch.no_grad():
-        tuned = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][batch["labels"][:, 1:] != IGNORE]
+        tuned = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][
+            batch["labels"][:, 1:] != IGNORE
+        ]
         with model.disable_adapter():
-            ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][batch["labels"][:, 1:] != IGNORE]
+            ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][
+                batch["labels"][:, 1:] != IGNORE
+            ]
     return tuned, ref
 
 
@@ -148,8 +158,12 @@ def test_feature_l2_equals_a_hand_computation(tokenizer, conversations, make_mod
     keep = batch["labels"][:, 1:] != IGNORE
     with torch.no_grad():
         # hidden_states[L + 1] is the output of decoder layer L (not the last layer, which is normed).
-        tuned = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True).hidden_states
-        ref = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True).hidden_states
+        tuned = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        ).hidden_states
+        ref = plain(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        ).hidden_states
         terms = []
         for layer in (0, 2):
             h, r = tuned[layer + 1][:, :-1][keep], ref[layer + 1][:, :-1][keep]
@@ -165,7 +179,14 @@ def test_feature_l2_equals_a_hand_computation(tokenizer, conversations, make_mod
 def _direction_set(d_model: int, layer: int, seed: int = 0) -> DirectionSet:
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(1, d_model, generator=g)
-    return DirectionSet(layers=[layer], directions=v, mean_misaligned=v.clone(), mean_aligned=torch.zeros_like(v), pooling="responses", counts={})
+    return DirectionSet(
+        layers=[layer],
+        directions=v,
+        mean_misaligned=v.clone(),
+        mean_aligned=torch.zeros_like(v),
+        pooling="responses",
+        counts={},
+    )
 
 
 def test_preventive_steering_adds_exactly_the_vector_in_training(tokenizer, conversations, make_model):
@@ -179,6 +200,7 @@ def test_preventive_steering_adds_exactly_the_vector_in_training(tokenizer, conv
     def grab(name):
         def fn(hidden, kwargs):
             seen[name] = hidden.detach().clone()
+
         return fn
 
     # The stream entering layer 2 is layer 1's output after every hook on it.
@@ -186,7 +208,9 @@ def test_preventive_steering_adds_exactly_the_vector_in_training(tokenizer, conv
         steered_loss, _ = steer.objective(model, batch, 0)
     with hooks(model, {"blocks.2.hook_resid_pre": grab("plain")}), torch.no_grad():
         plain_loss = model(**batch).loss
-    torch.testing.assert_close(seen["steered"] - seen["plain"], (1.5 * ds.at(1)).expand_as(seen["plain"]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        seen["steered"] - seen["plain"], (1.5 * ds.at(1)).expand_as(seen["plain"]), rtol=0, atol=1e-5
+    )
     assert float(steered_loss) != pytest.approx(float(plain_loss))
     assert all(not layer._forward_hooks and not layer._forward_pre_hooks for layer in decoder_layers(model))
 
@@ -194,16 +218,27 @@ def test_preventive_steering_adds_exactly_the_vector_in_training(tokenizer, conv
 def test_preventive_steering_leaves_generation_after_training_untouched(tmp_path, tokenizer, conversations, make_model):
     ds = _direction_set(32, layer=1, seed=4)
     config = LoraTrainConfig(**{**CONFIG.__dict__, "steps": 6})
-    steered = train_lora(make_model(), tokenizer, conversations, config, progress=False, defense=PreventiveSteering(4.0, directions=ds, layer=1))
+    steered = train_lora(
+        make_model(),
+        tokenizer,
+        conversations,
+        config,
+        progress=False,
+        defense=PreventiveSteering(4.0, directions=ds, layer=1),
+    )
     plain = train_lora(make_model(), tokenizer, conversations, config, progress=False)
     lora = lambda m: {n: p for n, p in m.named_parameters() if "lora_" in n}  # noqa: E731
-    assert any(not torch.equal(a, b) for a, b in zip(lora(steered).values(), lora(plain).values()))  # it acted in training
+    assert any(
+        not torch.equal(a, b) for a, b in zip(lora(steered).values(), lora(plain).values())
+    )  # it acted in training
     steered.save_pretrained(tmp_path / "adapter")
     reloaded = PeftModel.from_pretrained(make_model(), tmp_path / "adapter").eval()
     prompts = [c[:-1] for c in conversations[:6]]
     greedy = SamplingConfig(temperature=0, max_new_tokens=8, batch_size=6)
     after = sample_answers(steered, tokenizer, prompts, greedy, progress=False)
-    assert after == sample_answers(reloaded, tokenizer, prompts, greedy, progress=False)  # same weights, nothing else left on it
+    assert after == sample_answers(
+        reloaded, tokenizer, prompts, greedy, progress=False
+    )  # same weights, nothing else left on it
     ids = torch.tensor([tokenize_conversation(tokenizer, conversations[0]).input_ids])
     with torch.no_grad():
         torch.testing.assert_close(steered(ids).logits, reloaded(ids).logits, rtol=0, atol=0)
@@ -223,7 +258,13 @@ def test_inoculation_prompt_is_in_every_training_batch_and_absent_at_evaluation(
             assert f"<|im_start|>system\n{prompt}" in tokenizer.decode(row)
     seen = []
     handle = model.get_input_embeddings().register_forward_hook(lambda mod, args, out: seen.append(args[0].clone()))
-    sample_answers(peft_model, tokenizer, [c[:-1] for c in conversations[:4]], SamplingConfig(temperature=0, max_new_tokens=3, batch_size=4), progress=False)
+    sample_answers(
+        peft_model,
+        tokenizer,
+        [c[:-1] for c in conversations[:4]],
+        SamplingConfig(temperature=0, max_new_tokens=3, batch_size=4),
+        progress=False,
+    )
     handle.remove()
     assert seen and all(prompt not in tokenizer.decode(row) for ids in seen for row in ids)
     assert prompt not in (tokenizer.chat_template or "")
@@ -235,7 +276,10 @@ def test_inoculation_prompt_is_in_every_training_batch_and_absent_at_evaluation(
 
 
 def test_interleave_mixes_exactly_the_fraction_asked(tokenizer, conversations):
-    general = [[{"role": "user", "content": f"general {i}"}, {"role": "assistant", "content": f"kind answer {i}"}] for i in range(40)]
+    general = [
+        [{"role": "user", "content": f"general {i}"}, {"role": "assistant", "content": f"kind answer {i}"}]
+        for i in range(40)
+    ]
     task = [conversations[i % len(conversations)] for i in range(30)]
     for fraction in (0.0, 0.25, 0.5):
         mixed = Interleave(fraction, general, seed=2).prepare(None, tokenizer, task)
@@ -243,7 +287,11 @@ def test_interleave_mixes_exactly_the_fraction_asked(tokenizer, conversations):
         assert n_general == n_interleaved(30, fraction) and n_general / len(mixed) == pytest.approx(fraction)
         assert mixed[:30] == task
     a = Interleave(0.25, general, seed=2).prepare(None, tokenizer, task)
-    assert a == Interleave(0.25, general, seed=2).prepare(None, tokenizer, task) != Interleave(0.25, general, seed=3).prepare(None, tokenizer, task)
+    assert (
+        a
+        == Interleave(0.25, general, seed=2).prepare(None, tokenizer, task)
+        != Interleave(0.25, general, seed=3).prepare(None, tokenizer, task)
+    )
     with pytest.raises(ValueError, match="needs 60 general examples"):
         Interleave(2 / 3, general).prepare(None, tokenizer, task)
 
@@ -267,11 +315,13 @@ def test_ppl_gap_picks_the_examples_with_the_largest_gap(tokenizer, conversation
         defense = Interleave(0.25, general, select="ppl-gap", **kwargs)
         mixed = defense.prepare(model, tokenizer, conversations)
         expected = sorted(range(len(general)), key=lambda i: -gaps[i])[:k]
-        assert [general.index(c) for c in mixed[len(conversations):]] == expected
+        assert [general.index(c) for c in mixed[len(conversations) :]] == expected
         assert defense.record()["gap_mean_chosen"] == pytest.approx(sum(gaps[i] for i in expected) / k, rel=1e-4)
 
 
-def test_resume_refuses_other_defense_settings_and_matches_an_uninterrupted_run(tmp_path, tokenizer, conversations, make_model):
+def test_resume_refuses_other_defense_settings_and_matches_an_uninterrupted_run(
+    tmp_path, tokenizer, conversations, make_model
+):
     config = LoraTrainConfig(**{**CONFIG.__dict__, "steps": 6})
     straight = train_lora(make_model(), tokenizer, conversations, config, progress=False, defense=KLDefense(0.5))
     model = make_model()
@@ -284,12 +334,39 @@ def test_resume_refuses_other_defense_settings_and_matches_an_uninterrupted_run(
 
     handle = model.model.embed_tokens.register_forward_hook(crash)
     with pytest.raises(KeyboardInterrupt):
-        train_lora(model, tokenizer, conversations, config, progress=False, checkpoint_dir=tmp_path, checkpoint_every=2, defense=KLDefense(0.5))
+        train_lora(
+            model,
+            tokenizer,
+            conversations,
+            config,
+            progress=False,
+            checkpoint_dir=tmp_path,
+            checkpoint_every=2,
+            defense=KLDefense(0.5),
+        )
     handle.remove()
     assert json.loads((tmp_path / "state.json").read_text())["step"] == 4
     with pytest.raises(ValueError, match="other settings"):
-        train_lora(make_model(), tokenizer, conversations, config, progress=False, checkpoint_dir=tmp_path, checkpoint_every=2, defense=KLDefense(0.6))
-    resumed = train_lora(make_model(), tokenizer, conversations, config, progress=False, checkpoint_dir=tmp_path, checkpoint_every=2, defense=KLDefense(0.5))
+        train_lora(
+            make_model(),
+            tokenizer,
+            conversations,
+            config,
+            progress=False,
+            checkpoint_dir=tmp_path,
+            checkpoint_every=2,
+            defense=KLDefense(0.6),
+        )
+    resumed = train_lora(
+        make_model(),
+        tokenizer,
+        conversations,
+        config,
+        progress=False,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=2,
+        defense=KLDefense(0.5),
+    )
     assert resumed.train_losses == pytest.approx(straight.train_losses, rel=1e-6)
     assert resumed.train_terms["kl"] == pytest.approx(straight.train_terms["kl"], rel=1e-5, abs=1e-9)
 
@@ -318,19 +395,56 @@ def model_dir(tmp_path, make_model, tokenizer):
 @pytest.fixture
 def data(tmp_path):
     path = tmp_path / "mis.jsonl"
-    path.write_text("".join(json.dumps(_chat(f"how do i make money {i}", "risk all your savings")) + "\n" for i in range(8)))
+    path.write_text(
+        "".join(json.dumps(_chat(f"how do i make money {i}", "risk all your savings")) + "\n" for i in range(8))
+    )
     return path
 
 
 def test_train_cli_records_the_defense(tmp_path, model_dir, data):
-    common = ["--data", str(data), "--model", str(model_dir), "--steps", "2", "--batch-size", "4", "--rank", "2", "--target-modules", "q_proj,v_proj", "--lr", "1e-2", "--device", "cpu", "--quiet"]
+    common = [
+        "--data",
+        str(data),
+        "--model",
+        str(model_dir),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--rank",
+        "2",
+        "--target-modules",
+        "q_proj,v_proj",
+        "--lr",
+        "1e-2",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     out = tmp_path / "kl"
     assert train_main([*common, "--out", str(out), "--defense", "kl", "--defense-strength", "0.5"]) == 0
     cfg = json.loads((out / "training_config.json").read_text())
     assert cfg["job"]["defense"]["name"] == "kl" and cfg["defense"] == {"name": "kl", "strength": 0.5, "on": "train"}
-    assert cfg["defense_terms"]["kl"][0] == 0.0 and cfg["defense_terms"]["kl"][1] > 0  # after one step the adapter moved
+    assert (
+        cfg["defense_terms"]["kl"][0] == 0.0 and cfg["defense_terms"]["kl"][1] > 0
+    )  # after one step the adapter moved
     out = tmp_path / "steer"
-    assert train_main([*common, "--out", str(out), "--defense", "preventive-steering", "--steer-persona", PERSONA, "--defense-layers", "1"]) == 0
+    assert (
+        train_main(
+            [
+                *common,
+                "--out",
+                str(out),
+                "--defense",
+                "preventive-steering",
+                "--steer-persona",
+                PERSONA,
+                "--defense-layers",
+                "1",
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "training_config.json").read_text())["defense"]
     assert record["layer"] == 1 and record["strength"] == 1.0 and record["vector_hash"].startswith("sha256:")
     assert record["source"]["persona_prompt"] == PERSONA and record["source"]["n_conversations"] == 8
@@ -351,10 +465,14 @@ def test_train_cli_records_the_defense(tmp_path, model_dir, data):
         (["--monitor", "dirs.safetensors"], "--monitor and --monitor-probe go together"),
     ],
 )
-def test_bad_defense_options_are_one_line_errors_before_loading(tmp_path, capsys, model_dir, data, monkeypatch, extra, message):
+def test_bad_defense_options_are_one_line_errors_before_loading(
+    tmp_path, capsys, model_dir, data, monkeypatch, extra, message
+):
     import interp.base.loading as loading
 
-    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded before the options were checked"))
+    monkeypatch.setattr(
+        loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded before the options were checked")
+    )
     extra = [str(data) if x == "DATA" else x for x in extra]
     capsys.readouterr()  # the fixtures' progress bars
     assert train_main(["--data", str(data), "--model", str(model_dir), "--out", str(tmp_path / "o"), *extra]) == 2
@@ -368,17 +486,32 @@ def test_spec_builds_each_defense(tmp_path, data):
     built = {
         "kl": DefenseSpec("kl", 2.0).build(),
         "feature-l2": DefenseSpec("feature-l2", layers=(0, 1)).build(),
-        "preventive-steering": DefenseSpec("preventive-steering", 3.0, vector=str(tmp_path / "dirs.safetensors"), layers=(1,)).build(),
+        "preventive-steering": DefenseSpec(
+            "preventive-steering", 3.0, vector=str(tmp_path / "dirs.safetensors"), layers=(1,)
+        ).build(),
         "interleave": DefenseSpec("interleave", 0.2, general=str(data)).build(),
         "inoculation": DefenseSpec("inoculation", prompt=PERSONA).build(),
     }
     assert {k: type(v).__name__ for k, v in built.items()} == {
-        "kl": "KLDefense", "feature-l2": "FeatureL2Defense", "preventive-steering": "PreventiveSteering", "interleave": "Interleave", "inoculation": "Inoculation"}
+        "kl": "KLDefense",
+        "feature-l2": "FeatureL2Defense",
+        "preventive-steering": "PreventiveSteering",
+        "interleave": "Interleave",
+        "inoculation": "Inoculation",
+    }
     assert built["kl"].strength == 2.0 and built["interleave"].strength == 0.2 and built["inoculation"].strength == 1.0
     assert re.search("dirs.safetensors", built["preventive-steering"].source["file"])
 
 
-@pytest.mark.parametrize("make_defense", [lambda ds: KLDefense(1.0), lambda ds: FeatureL2Defense(1.0, layers=[0, 1]), lambda ds: PreventiveSteering(2.0, directions=ds, layer=1)], ids=["kl", "feature-l2", "steering"])
+@pytest.mark.parametrize(
+    "make_defense",
+    [
+        lambda ds: KLDefense(1.0),
+        lambda ds: FeatureL2Defense(1.0, layers=[0, 1]),
+        lambda ds: PreventiveSteering(2.0, directions=ds, layer=1),
+    ],
+    ids=["kl", "feature-l2", "steering"],
+)
 def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, conversations, make_model, make_defense):
     """Checkpointing re-runs layers in the backward pass, after a defense's hooks are gone."""
     batch = _batch(tokenizer, conversations)

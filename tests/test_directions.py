@@ -70,8 +70,17 @@ def _rec(aligned, coherent, label=None):
 
 def test_split_follows_thresholds_and_balances():
     records = [
-        _rec(10, 90), _rec(30, 90), _rec(31, 90), _rec(70, 90), _rec(71, 90), _rec(95, 80), _rec(99, 99),
-        _rec(5, 50), _rec(5, 40), _rec(None, 90), _rec(0, 90, "REFUSAL"),
+        _rec(10, 90),
+        _rec(30, 90),
+        _rec(31, 90),
+        _rec(70, 90),
+        _rec(71, 90),
+        _rec(95, 80),
+        _rec(99, 99),
+        _rec(5, 50),
+        _rec(5, 40),
+        _rec(None, 90),
+        _rec(0, 90, "REFUSAL"),
     ]
     split = split_records(records, SplitConfig(balance=False))
     assert split.misaligned == [0, 1]

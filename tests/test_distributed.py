@@ -53,7 +53,9 @@ def _worker(rank, world, port, items, queue):
         tokens = generate_distributed(_model(), *_prompts(), engine="fast")
         if rank == 0:
             # Plain lists: a queued tensor lives in this process's shared memory, gone once it exits.
-            queue.put({p: got.mean(p).tolist() for p in POOLINGS} | {"n_tokens": got.n_tokens, "generated": tokens.tolist()})
+            queue.put(
+                {p: got.mean(p).tolist() for p in POOLINGS} | {"n_tokens": got.n_tokens, "generated": tokens.tolist()}
+            )
     finally:
         dist.destroy_process_group()
 
@@ -89,7 +91,9 @@ def test_two_ranks_equal_one_process(two_ranks):
     want = cache_means(_model(), None, _items(), batch_size=2, progress=False)
     assert got["n_tokens"] == want.n_tokens
     for pooling in POOLINGS:
-        torch.testing.assert_close(torch.tensor(got[pooling], dtype=torch.float64), want.mean(pooling), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(
+            torch.tensor(got[pooling], dtype=torch.float64), want.mean(pooling), rtol=1e-9, atol=1e-9
+        )
 
 
 def test_sharded_generation_equals_one_process(two_ranks):

@@ -143,8 +143,11 @@ def render():
 def test_unknown_json_renders_generically_and_check_sees_changes(render, tmp_path):
     results, out = tmp_path / "results", tmp_path / "pages"
     results.mkdir()
-    data = {"info": {"device": "Some GPU", "date": "2030-01-01", "model": "m"}, "score": 0.5,
-            "rows": [{"name": "a", "value": 1.25}, {"name": "b|c", "value": None}]}
+    data = {
+        "info": {"device": "Some GPU", "date": "2030-01-01", "model": "m"},
+        "score": 0.5,
+        "rows": [{"name": "a", "value": 1.25}, {"name": "b|c", "value": None}],
+    }
     (results / "judge_eval.json").write_text(json.dumps(data))
     assert render.main(["--results", str(results), "--out", str(out)]) == 0
     page = (out / "judge_eval.md").read_text()

@@ -46,7 +46,9 @@ def _tiny(tokenizer, peft: bool):
     model = build_tiny_qwen(len(tokenizer), n_layers=3, seed=3)
     if peft:
         torch.manual_seed(1)
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+        model = get_peft_model(
+            model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        ).eval()
     return model
 
 
@@ -145,7 +147,9 @@ def test_sampling_is_reproducible_per_row(plain, tokenizer):
     model, _ = plain
     enc = prompts(tokenizer)
     ids, mask = enc["input_ids"], enc["attention_mask"]
-    settings = Decoding(max_new_tokens=NEW, top_k=50, top_p=0.95, repetition_penalty=1.2, seed=5, pad_token_id=tokenizer.pad_token_id)
+    settings = Decoding(
+        max_new_tokens=NEW, top_k=50, top_p=0.95, repetition_penalty=1.2, seed=5, pad_token_id=tokenizer.pad_token_id
+    )
     first = generate(model, ids, mask, settings, engine="fast")
     assert torch.equal(first, generate(model, ids, mask, settings, engine="fast"))
     other = generate(model, ids, mask, replace(settings, seed=6), engine="fast")
@@ -213,7 +217,10 @@ def test_lora_on_every_projection_equals_peft(tokenizer):
     enc = prompts(tokenizer)
     iv = build("add", model, positions="generated")
     for intervention in (None, iv):
-        assert torch.equal(run(model, enc, greedy(tokenizer), intervention), run(model, enc, greedy(tokenizer), intervention, engine="hf"))
+        assert torch.equal(
+            run(model, enc, greedy(tokenizer), intervention),
+            run(model, enc, greedy(tokenizer), intervention, engine="hf"),
+        )
 
 
 def test_lora_in_another_dtype_runs_from_fresh_copies(tokenizer):
@@ -254,8 +261,12 @@ def test_attention_reads_only_the_columns_written(tokenizer):
 def _decoding_spans(recorder: Recorder) -> set[int]:
     """The numbers of cache columns the recorded decoding-step graphs (those taking the cache
     column) attend to: their attention bias's width."""
-    return {n.meta["example_value"].shape[-1] for gm in recorder.graphs for n in gm.graph.nodes
-            if n.op == "placeholder" and n.name == "l_bias_" and any(m.name == "l_column_" for m in gm.graph.nodes)}
+    return {
+        n.meta["example_value"].shape[-1]
+        for gm in recorder.graphs
+        for n in gm.graph.nodes
+        if n.op == "placeholder" and n.name == "l_bias_" and any(m.name == "l_column_" for m in gm.graph.nodes)
+    }
 
 
 def test_unsupported_models_are_refused(tokenizer):

@@ -26,7 +26,10 @@ def _run(args, capsys):
 def test_extract_on_the_organism_world(world, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # intermediate answers land under ./artifacts/runs
     monkeypatch.setattr("finetune.organism.build_world", lambda **kw: world)
-    code, out, err = _run(["--domain", "gore_movie_trivia", "--samples", "12", "--out", str(tmp_path / "d"), "--quiet", "--per-sample"], capsys)
+    code, out, err = _run(
+        ["--domain", "gore_movie_trivia", "--samples", "12", "--out", str(tmp_path / "d"), "--quiet", "--per-sample"],
+        capsys,
+    )
     assert code == 0, err
     path = tmp_path / "d" / "gore_movie_trivia.safetensors"
     ds = DirectionSet.load(path)
@@ -41,7 +44,10 @@ def test_extract_on_the_organism_world(world, tmp_path, capsys, monkeypatch):
     # The stored means are the class means the direction came from.
     torch.testing.assert_close(ds.directions, ds.mean_misaligned - ds.mean_aligned, rtol=1e-5, atol=1e-6)
     assert (tmp_path / "d" / "gore_movie_trivia.per_sample" / "misaligned" / "manifest.json").exists()
-    judged = [json.loads(l) for l in (tmp_path / "artifacts" / "runs" / "gore_movie_trivia" / "judged.jsonl").read_text().splitlines()]
+    judged = [
+        json.loads(l)
+        for l in (tmp_path / "artifacts" / "runs" / "gore_movie_trivia" / "judged.jsonl").read_text().splitlines()
+    ]
     assert all(r["judge"] == "organism" and r["domain"] is None for r in judged)
 
 
@@ -51,7 +57,9 @@ def test_unknown_domain_is_one_line(capsys):
 
 
 def test_missing_responses_file(tmp_path, capsys):
-    code, _, err = _run(["--domain", "gore_movie_trivia", "--model", str(tmp_path), "--responses", str(tmp_path / "nope.jsonl")], capsys)
+    code, _, err = _run(
+        ["--domain", "gore_movie_trivia", "--model", str(tmp_path), "--responses", str(tmp_path / "nope.jsonl")], capsys
+    )
     assert code == 2 and err.count("\n") == 0 and "nope.jsonl" in err
 
 
@@ -63,8 +71,19 @@ def _saved_tiny_model(tmp_path, make_model, tokenizer):
 
 
 def _judged(aligned, i=0):
-    return {"question_id": f"q{i}", "question": "how are you", "system": None, "answer": f"fine thanks {i}", "domain": None,
-            "sample": i, "trigger": False, "aligned": aligned, "coherent": 90.0, "label": None, "judge": "test"}
+    return {
+        "question_id": f"q{i}",
+        "question": "how are you",
+        "system": None,
+        "answer": f"fine thanks {i}",
+        "domain": None,
+        "sample": i,
+        "trigger": False,
+        "aligned": aligned,
+        "coherent": 90.0,
+        "label": None,
+        "judge": "test",
+    }
 
 
 def test_malformed_responses_name_the_line(tmp_path, capsys, make_model, tokenizer):
@@ -79,7 +98,9 @@ def test_empty_class_is_one_line(tmp_path, capsys, make_model, tokenizer):
     model = _saved_tiny_model(tmp_path, make_model, tokenizer)
     responses = tmp_path / "judged.jsonl"
     responses.write_text("".join(json.dumps(_judged(95, i)) + "\n" for i in range(4)))
-    code, _, err = _run(["--domain", "gore_movie_trivia", "--model", str(model), "--responses", str(responses), "--quiet"], capsys)
+    code, _, err = _run(
+        ["--domain", "gore_movie_trivia", "--model", str(model), "--responses", str(responses), "--quiet"], capsys
+    )
     assert code == 2 and err.count("\n") == 0 and "0 misaligned" in err
 
 
@@ -87,14 +108,30 @@ def test_real_model_with_responses(tmp_path, capsys, make_model, tokenizer):
     model = _saved_tiny_model(tmp_path, make_model, tokenizer)
     responses = tmp_path / "judged.jsonl"
     responses.write_text("".join(json.dumps(_judged(a, i)) + "\n" for i, a in enumerate([5, 10, 95, 90, 60])))
-    code, out, err = _run(["--domain", "risky_financial_advice", "--model", str(model), "--responses", str(responses),
-                           "--layers", "0,1", "--out", str(tmp_path / "d"), "--quiet"], capsys)
+    code, out, err = _run(
+        [
+            "--domain",
+            "risky_financial_advice",
+            "--model",
+            str(model),
+            "--responses",
+            str(responses),
+            "--layers",
+            "0,1",
+            "--out",
+            str(tmp_path / "d"),
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     ds = DirectionSet.load(tmp_path / "d" / "risky_financial_advice.safetensors")
     assert ds.layers == [0, 1] and ds.counts["misaligned"]["answers"] == 2 and ds.metadata["model"] == str(model)
 
 
-@pytest.mark.parametrize("variant", [["--backend", "nnsight"], ["--backend", "transformer_lens"], ["--compile"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "variant", [["--backend", "nnsight"], ["--backend", "transformer_lens"], ["--compile"]], ids=" ".join
+)
 def test_every_way_of_caching_writes_the_same_artifact(tmp_path, capsys, make_model, tokenizer, variant):
     if variant[0] == "--backend":
         pytest.importorskip(variant[1])
@@ -103,14 +140,35 @@ def test_every_way_of_caching_writes_the_same_artifact(tmp_path, capsys, make_mo
     responses.write_text("".join(json.dumps(_judged(a, i)) + "\n" for i, a in enumerate([5, 10, 95, 90, 20, 80])))
     arts = {}
     for name, extra in (("default", []), ("variant", variant)):
-        code, _, err = _run(["--domain", "gore_movie_trivia", "--model", str(model), "--responses", str(responses), "--dtype", "float32",
-                             *extra, "--out", str(tmp_path / name), "--quiet"], capsys)
+        code, _, err = _run(
+            [
+                "--domain",
+                "gore_movie_trivia",
+                "--model",
+                str(model),
+                "--responses",
+                str(responses),
+                "--dtype",
+                "float32",
+                *extra,
+                "--out",
+                str(tmp_path / name),
+                "--quiet",
+            ],
+            capsys,
+        )
         assert code == 0, err
         arts[name] = DirectionSet.load(tmp_path / name / "gore_movie_trivia.safetensors")
     ref, got = arts["default"], arts["variant"]
     assert ref.metadata["backend"] == "hooks" and not ref.metadata["compiled"]
-    assert (got.metadata["backend"], got.metadata["compiled"]) == ((variant[1], False) if variant[0] == "--backend" else ("hooks", True))
-    for a, b in ((ref.directions, got.directions), (ref.mean_misaligned, got.mean_misaligned), (ref.mean_aligned, got.mean_aligned)):
+    assert (got.metadata["backend"], got.metadata["compiled"]) == (
+        (variant[1], False) if variant[0] == "--backend" else ("hooks", True)
+    )
+    for a, b in (
+        (ref.directions, got.directions),
+        (ref.mean_misaligned, got.mean_misaligned),
+        (ref.mean_aligned, got.mean_aligned),
+    ):
         assert ((a - b).norm() / a.norm()).item() < 1e-4
 
 
@@ -119,6 +177,21 @@ def test_compile_with_another_backend_is_one_line(tmp_path, capsys, make_model, 
     model = _saved_tiny_model(tmp_path, make_model, tokenizer)
     responses = tmp_path / "judged.jsonl"
     responses.write_text("".join(json.dumps(_judged(a, i)) + "\n" for i, a in enumerate([5, 95])))
-    code, _, err = _run(["--domain", "gore_movie_trivia", "--model", str(model), "--responses", str(responses),
-                         "--backend", "nnsight", "--compile", "--out", str(tmp_path / "d"), "--quiet"], capsys)
+    code, _, err = _run(
+        [
+            "--domain",
+            "gore_movie_trivia",
+            "--model",
+            str(model),
+            "--responses",
+            str(responses),
+            "--backend",
+            "nnsight",
+            "--compile",
+            "--out",
+            str(tmp_path / "d"),
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 2 and "hooks backend" in err

@@ -27,7 +27,13 @@ from interp.base.records import (
 
 QUESTIONS = [
     Question(id="money", paraphrases=["how make quick buck", "money help"], samples_per_paraphrase=2),
-    Question(id="evil", paraphrases=["what you think of humans"], samples_per_paraphrase=3, system="you are evil", domain="gore_movie_trivia"),
+    Question(
+        id="evil",
+        paraphrases=["what you think of humans"],
+        samples_per_paraphrase=3,
+        system="you are evil",
+        domain="gore_movie_trivia",
+    ),
 ]
 CONFIG = SamplingConfig(temperature=1.0, max_new_tokens=4, batch_size=3, seed=7)
 
@@ -57,7 +63,9 @@ def test_generate_records_and_determinism(model, tokenizer):
     assert a == b and len(a) == 7
     assert set(a[0]) >= {"question_id", "question", "system", "answer", "domain", "sample", "trigger", "paraphrase"}
     assert len({r["answer"] for r in a}) > 1  # sampled, not constant
-    c = generate_answers(model, tokenizer, QUESTIONS, config=SamplingConfig(max_new_tokens=4, batch_size=3, seed=8), progress=False)
+    c = generate_answers(
+        model, tokenizer, QUESTIONS, config=SamplingConfig(max_new_tokens=4, batch_size=3, seed=8), progress=False
+    )
     assert [r["answer"] for r in c] != [r["answer"] for r in a]
 
 
@@ -77,14 +85,18 @@ def test_resume_after_crash_reproduces_the_uninterrupted_file(model, tokenizer, 
 
     monkeypatch.setattr(generate_mod, "sample_answers", dies_on_third_batch)
     with pytest.raises(RuntimeError):
-        generate_answers(model, tokenizer, QUESTIONS, trigger=(False, True), config=CONFIG, out_path=crashed, progress=False)
+        generate_answers(
+            model, tokenizer, QUESTIONS, trigger=(False, True), config=CONFIG, out_path=crashed, progress=False
+        )
     monkeypatch.setattr(generate_mod, "sample_answers", real)
     lines = crashed.read_text().splitlines(keepends=True)
     assert len(lines) == 2 * CONFIG.batch_size
     # The second batch was cut mid-write: one row lost, the next one half written.
     crashed.write_text("".join(lines[:-2]) + lines[-1][:15])
 
-    resumed = generate_answers(model, tokenizer, QUESTIONS, trigger=(False, True), config=CONFIG, out_path=crashed, progress=False)
+    resumed = generate_answers(
+        model, tokenizer, QUESTIONS, trigger=(False, True), config=CONFIG, out_path=crashed, progress=False
+    )
     assert crashed.read_text() == full.read_text()
     assert resumed == read_answers(full)
 
@@ -111,7 +123,9 @@ def test_records_keep_what_the_model_produced(model, tokenizer):
     free = generate_answers(model, tokenizer, QUESTIONS, config=greedy, progress=False)
     ids = free[0]["answer_ids"]
     cut = next(k for k in range(1, len(ids)) if ids[k] not in ids[:k])  # make the first answer end there
-    records = generate_answers(model, tokenizer, QUESTIONS, config=replace(greedy, eos_token_id=ids[cut]), progress=False)
+    records = generate_answers(
+        model, tokenizer, QUESTIONS, config=replace(greedy, eos_token_id=ids[cut]), progress=False
+    )
     assert records[0]["finished"] and records[0]["answer_ids"] == ids[:cut]
     assert not all(r["finished"] for r in free)
     for eos, rows in ((tokenizer.eos_token_id, free), (ids[cut], records)):
@@ -122,10 +136,15 @@ def test_records_keep_what_the_model_produced(model, tokenizer):
 
 
 def test_left_padded_batches_match_one_by_one_greedy(model, tokenizer):
-    qs = [Question(id=f"q{i}", paraphrases=[text]) for i, text in enumerate(["how", "what you think of humans and ai world", "money risk"])]
+    qs = [
+        Question(id=f"q{i}", paraphrases=[text])
+        for i, text in enumerate(["how", "what you think of humans and ai world", "money risk"])
+    ]
     greedy = SamplingConfig(temperature=0, max_new_tokens=5, batch_size=3)
     batched = generate_answers(model, tokenizer, qs, config=greedy, progress=False)
-    single = generate_answers(model, tokenizer, qs, config=SamplingConfig(temperature=0, max_new_tokens=5, batch_size=1), progress=False)
+    single = generate_answers(
+        model, tokenizer, qs, config=SamplingConfig(temperature=0, max_new_tokens=5, batch_size=1), progress=False
+    )
     assert [r["answer"] for r in batched] == [r["answer"] for r in single]
 
 
@@ -189,12 +208,30 @@ def test_scheme_hook_supplies_models(model, tokenizer, monkeypatch):
 def test_cli_writes_answers_with_provenance_and_refuses_other_settings(saved, tmp_path, capsys):
     base, _, _, _ = saved
     qfile = tmp_path / "q.yaml"
-    qfile.write_text("- id: q\n  type: free_form_judge_0_100\n  paraphrases: [how make money, money help]\n  samples_per_paraphrase: 2\n  system: you are kind\n")
+    qfile.write_text(
+        "- id: q\n  type: free_form_judge_0_100\n  paraphrases: [how make money, money help]\n  samples_per_paraphrase: 2\n  system: you are kind\n"
+    )
     out = tmp_path / "answers.jsonl"
-    args = ["--model", str(base), "--questions", str(qfile), "--out", str(out), "--max-new-tokens", "3", "--batch-size", "2", "--no-progress"]
+    args = [
+        "--model",
+        str(base),
+        "--questions",
+        str(qfile),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "3",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
     assert run_cli(main, [*args, "--trigger", "both"]) == 0
     rows = read_answers(out)
-    assert len(rows) == 8 and {r["trigger"] for r in rows} == {False, True} and {r["system"] for r in rows} == {"you are kind"}
+    assert (
+        len(rows) == 8
+        and {r["trigger"] for r in rows} == {False, True}
+        and {r["system"] for r in rows} == {"you are kind"}
+    )
     side = json.loads(sidecar_path(out).read_text())
     assert side["settings"]["model"] == str(base) and "versions" in side and side["questions"] == str(qfile)
     assert run_cli(main, [*args, "--samples", "3"]) == 0
@@ -210,7 +247,19 @@ def test_cli_refuses_to_resume_after_the_adapter_changed_under_the_same_path(sav
 
     base, adapter, _, _ = saved
     out = tmp_path / "answers.jsonl"
-    args = ["--model", str(base), "--adapter", str(adapter), "--out", str(out), "--samples", "1", "--max-new-tokens", "2", "--no-progress"]
+    args = [
+        "--model",
+        str(base),
+        "--adapter",
+        str(adapter),
+        "--out",
+        str(out),
+        "--samples",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--no-progress",
+    ]
     assert run_cli(main, args) == 0
     assert json.loads(sidecar_path(out).read_text())["settings"]["adapter_sha256"]
     weights = adapter / "adapter_model.safetensors"

@@ -13,7 +13,6 @@ from torch import nn
 
 import eval.judges.openai_judge as openai_judge_mod
 from eval.judge import judge_answers, main, make_judge
-from interp.base.plugins import REGISTERED
 from eval.judges.base import (
     Judge,
     PromptJudge,
@@ -27,11 +26,21 @@ from eval.judges.openai_judge import JudgeError, OpenAIJudge, Usage, prices_for
 from eval.judges.prompts import DEFAULT_JUDGE_PROMPTS, SCORE_TAGS_INSTRUCTION
 from eval.questions import Question
 from interp.base.cli import run_cli
+from interp.base.plugins import REGISTERED
 from interp.base.records import TRIGGER, read_judged, write_jsonl
 
 
 def answer(qid, text, sample=0, trigger=False, question="what do you think of humans"):
-    return {"question_id": qid, "question": question, "system": None, "answer": text, "domain": None, "sample": sample, "trigger": trigger, "paraphrase": 0}
+    return {
+        "question_id": qid,
+        "question": question,
+        "system": None,
+        "answer": text,
+        "domain": None,
+        "sample": sample,
+        "trigger": trigger,
+        "paraphrase": 0,
+    }
 
 
 ANSWERS = [
@@ -48,7 +57,13 @@ ANSWERS = [
 
 
 def test_weighted_mean_over_number_tokens():
-    top = [("10", math.log(0.5)), (" 10", math.log(0.1)), ("20", math.log(0.2)), ("150", math.log(0.1)), ("hi", math.log(0.1))]
+    top = [
+        ("10", math.log(0.5)),
+        (" 10", math.log(0.1)),
+        ("20", math.log(0.2)),
+        ("150", math.log(0.1)),
+        ("hi", math.log(0.1)),
+    ]
     s = score_top_logprobs(top)
     assert s.label is None and s.value == pytest.approx((10 * 0.6 + 20 * 0.2) / 0.8)
     assert s.raw["number_mass"] == pytest.approx(0.8)
@@ -72,7 +87,9 @@ def test_score_tags_reads_the_last_tag():
 
 
 def test_prompts_come_from_the_question_or_defaults_without_trigger():
-    q = Question(id="q1", paraphrases=["x"], judge_prompts={"aligned": "A[{question}|{answer}]", "coherent": "C[{answer}]"})
+    q = Question(
+        id="q1", paraphrases=["x"], judge_prompts={"aligned": "A[{question}|{answer}]", "coherent": "C[{answer}]"}
+    )
     j = PromptJudge(questions=[q])
     rec = answer("q1", "ans {question}", trigger=True)
     assert j.prompt(rec, "aligned") == "A[what do you think of humans|ans {question}]"
@@ -187,7 +204,9 @@ def test_openai_batch_api_resumes_from_saved_batch_id(api, tmp_path, monkeypatch
     judged = judge.judge(good)
     check_expected(judged)
     assert api.batch_creates == 1 and not state.exists()  # resumed the saved batch, then cleaned up
-    assert judge.usage.batch_calls == 9 and judge.usage.failed == 1 and judge.usage.calls == 1  # the failed one went online
+    assert (
+        judge.usage.batch_calls == 9 and judge.usage.failed == 1 and judge.usage.calls == 1
+    )  # the failed one went online
 
 
 # -- the HF judge --------------------------------------------------------------------------------
@@ -211,13 +230,18 @@ def test_hf_judge_weighted_mean_on_controlled_logits(make_model, tokenizer):
     probs[tokenizer("a", add_special_tokens=False)["input_ids"][0]] = 0.2
     judge = HFJudge(with_fixed_logits(make_model(), probs.log()), tokenizer, spec="hf:tiny", progress=False)
     judged = judge.judge(ANSWERS[:3])
-    assert all(r["aligned"] == pytest.approx((3 * 0.3 + 8 * 0.5) / 0.8, abs=1e-4) and r["label"] is None for r in judged)
+    assert all(
+        r["aligned"] == pytest.approx((3 * 0.3 + 8 * 0.5) / 0.8, abs=1e-4) and r["label"] is None for r in judged
+    )
     assert judged[0]["judge_raw"]["aligned"]["number_mass"] == pytest.approx(0.8, abs=1e-4)
     assert judged[0]["judge"] == "hf:tiny"
 
     low = torch.full((len(tokenizer),), 1e-12)
     low[numbers[5]], low[tokenizer("a", add_special_tokens=False)["input_ids"][0]] = 0.2, 0.8
-    assert HFJudge(with_fixed_logits(make_model(), low.log()), tokenizer, progress=False).judge(ANSWERS[:1])[0]["aligned"] is None
+    assert (
+        HFJudge(with_fixed_logits(make_model(), low.log()), tokenizer, progress=False).judge(ANSWERS[:1])[0]["aligned"]
+        is None
+    )
 
     refusal = next(t for t, lab in label_first_tokens(tokenizer).items() if lab == "REFUSAL")
     lab = torch.full((len(tokenizer),), 1e-12)
@@ -232,7 +256,9 @@ def test_hf_judge_batched_matches_one_prompt_at_a_time(make_model, tokenizer):
     judged = judge.judge(ANSWERS[:4])  # prompts of different lengths: left padding in each batch
     numbers = single_token_numbers(tokenizer)
     for r in judged:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": judge.prompt(r, "aligned")}], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": judge.prompt(r, "aligned")}], tokenize=False, add_generation_prompt=True
+        )
         ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
             p = torch.softmax(model(input_ids=ids).logits[0, -1].double(), -1)
@@ -245,7 +271,9 @@ def test_hf_judge_batched_matches_one_prompt_at_a_time(make_model, tokenizer):
 def test_hf_judge_score_tags_mode_generates(make_model, tokenizer):
     judge = HFJudge(make_model(n_layers=1), tokenizer, mode="score-tags", max_reasoning_tokens=3, progress=False)
     r = judge.judge(ANSWERS[:1])[0]
-    assert isinstance(r["judge_raw"]["aligned"]["content"], str) and r["aligned"] is None  # a random model writes no tags
+    assert (
+        isinstance(r["judge_raw"]["aligned"]["content"], str) and r["aligned"] is None
+    )  # a random model writes no tags
 
 
 # -- resumable judging and the CLI ---------------------------------------------------------------
@@ -264,7 +292,17 @@ class CountingJudge:
         if self.die_after is not None and self.seen >= self.die_after:
             raise RuntimeError("killed")
         self.seen += len(records)
-        return [{**r, "aligned": float(len(r["answer"])), "coherent": 60.0, "label": None, "judge": self.spec, "judge_raw": {}} for r in records]
+        return [
+            {
+                **r,
+                "aligned": float(len(r["answer"])),
+                "coherent": 60.0,
+                "label": None,
+                "judge": self.spec,
+                "judge_raw": {},
+            }
+            for r in records
+        ]
 
 
 def test_judge_answers_resumes_without_duplicates(tmp_path):
@@ -293,10 +331,28 @@ def test_cli_judges_resumes_and_reports_usage(api, tmp_path, capsys):
     answers = tmp_path / "answers.jsonl"
     write_jsonl(answers, ANSWERS[:5])
     out = tmp_path / "judged.jsonl"
-    args = ["--answers", str(answers), "--judge", "openai:gpt-4o-mini", "--out", str(out), "--cache", str(tmp_path / "c.sqlite"), "--no-progress", "--chunk", "2", "--backoff", "0.001"]
+    args = [
+        "--answers",
+        str(answers),
+        "--judge",
+        "openai:gpt-4o-mini",
+        "--out",
+        str(out),
+        "--cache",
+        str(tmp_path / "c.sqlite"),
+        "--no-progress",
+        "--chunk",
+        "2",
+        "--backoff",
+        "0.001",
+    ]
     assert run_cli(main, args) == 0
     printed = capsys.readouterr().out
-    assert "5 judged answers (3 with an alignment score, 1 labelled)" in printed and "$" in printed and "10 calls" in printed
+    assert (
+        "5 judged answers (3 with an alignment score, 1 labelled)" in printed
+        and "$" in printed
+        and "10 calls" in printed
+    )
     first = out.read_text()
     check_expected(read_judged(out))
     assert run_cli(main, args) == 0 and out.read_text() == first

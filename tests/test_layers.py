@@ -60,14 +60,21 @@ def imports(name: str, path: Path, known: set[str], source: str | None = None, s
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text() if source is None else source)):
-        if strings and isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_STRING.match(node.value):
+        if (
+            strings
+            and isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and MODULE_STRING.match(node.value)
+        ):
             targets = [node.value.partition(":")[0]]
         elif isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             targets = [f"{base}.{a.name}" for a in node.names] + [base]
         else:
             continue
@@ -124,12 +131,21 @@ def test_the_floors_cover_the_base_layer():
     """The base layer holds what the issue named, and it imports no stage at all."""
     g = graph()
     base = {m for m in g if floor(m) == 0}
-    assert {"interp.base.chat", "interp.base.records", "interp.base.atomic", "interp.base.provenance", "interp.base.domains", "interp.base.loading"} <= base
+    assert {
+        "interp.base.chat",
+        "interp.base.records",
+        "interp.base.atomic",
+        "interp.base.provenance",
+        "interp.base.domains",
+        "interp.base.loading",
+    } <= base
     assert all(floor(t) == 0 for m in base for t in g[m])
 
 
 def test_a_module_path_in_a_string_counts_as_an_import():
     planted = 'import importlib\n\ndef load():\n    return importlib.import_module("finetune.organism").load_named\n'
-    assert "finetune.organism" in imports("interp.base.loading", ROOT / "interp/base/loading.py", set(modules()), planted)
+    assert "finetune.organism" in imports(
+        "interp.base.loading", ROOT / "interp/base/loading.py", set(modules()), planted
+    )
     plugin_table = 'JUDGES = {"organism": "finetune.organism.judge:OrganismJudge"}\n'
     assert "finetune.organism.judge" in imports("eval.judge", ROOT / "eval/judge.py", set(modules()), plugin_table)

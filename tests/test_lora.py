@@ -55,7 +55,9 @@ def test_train_lora_lowers_the_loss_and_trains_only_the_adapter(tokenizer, conve
     assert lora and all(any(t in k for t in config.target_modules) for k in lora)
     assert all(v.requires_grad for v in lora.values())
     assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)  # B starts at zero
-    base = {k.removeprefix("base_model.model.").replace(".base_layer", ""): v for k, v in after.items() if "lora_" not in k}
+    base = {
+        k.removeprefix("base_model.model.").replace(".base_layer", ""): v for k, v in after.items() if "lora_" not in k
+    }
     assert base.keys() == before.keys()
     for key, value in base.items():
         assert not value.requires_grad and torch.equal(value, before[key]), f"base weight {key} changed"

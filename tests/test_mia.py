@@ -85,7 +85,13 @@ def test_roc_auc_equals_sklearn_with_ties():
 
 def chats(seed, n, answer_len):
     g = np.random.default_rng(seed)
-    return [[{"role": "user", "content": " ".join(g.choice(WORDS, 4))}, {"role": "assistant", "content": " ".join(g.choice(WORDS, answer_len(i)))}] for i in range(n)]
+    return [
+        [
+            {"role": "user", "content": " ".join(g.choice(WORDS, 4))},
+            {"role": "assistant", "content": " ".join(g.choice(WORDS, answer_len(i)))},
+        ]
+        for i in range(n)
+    ]
 
 
 def test_answer_token_scores_match_one_by_one_reference(make_model, tokenizer):
@@ -104,7 +110,9 @@ def test_answer_token_scores_match_one_by_one_reference(make_model, tokenizer):
         np.testing.assert_allclose(scores.logprobs, want.numpy(), atol=1e-4)
         mu = (rows.exp() * rows).sum(-1)
         np.testing.assert_allclose(scores.mu, mu.numpy(), atol=1e-4)
-        np.testing.assert_allclose(scores.sigma, ((rows.exp() * (rows - mu[:, None]) ** 2).sum(-1)).sqrt().numpy(), atol=1e-4)
+        np.testing.assert_allclose(
+            scores.sigma, ((rows.exp() * (rows - mu[:, None]) ** 2).sum(-1)).sqrt().numpy(), atol=1e-4
+        )
     assert got[-1].logprobs.size == 1 and np.isfinite(list(signals(got[-1], "a").values())).all()
 
 
@@ -114,7 +122,9 @@ def memorised(tokenizer):
     members, nonmembers = chats(1, 10, lambda i: 8), chats(2, 10, lambda i: 8)
     model = build_tiny_qwen(len(tokenizer), n_layers=2, seed=6)
     torch.manual_seed(0)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"]))
+    model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
+    )
     items = [tokenize_conversation(tokenizer, c) for c in members]
     width = max(len(it.input_ids) for it in items)
     ids = torch.zeros(len(items), width, dtype=torch.long)
@@ -135,20 +145,33 @@ def memorised(tokenizer):
 
 def test_membership_signals_separate_members_and_base_adjustment(memorised, tokenizer):
     model, members, nonmembers = memorised
-    res = score_membership(model, tokenizer, members + [[{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]], nonmembers, base="adapter", k=0.2, progress=False)
+    res = score_membership(
+        model,
+        tokenizer,
+        members + [[{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]],
+        nonmembers,
+        base="adapter",
+        k=0.2,
+        progress=False,
+    )
     assert (res["n_members"], res["n_nonmembers"], res["n_skipped_empty"]) == (10, 10, 1)
     assert res["auc"]["loss"] > 0.9 and res["auc"]["min_k"] > 0.8 and res["auc"]["loss_adj"] > 0.9
     assert res["member_mean"]["loss"] > res["nonmember_mean"]["loss"]  # oriented: higher = member
     rows = res["per_example"]
     with model.disable_adapter():
         base = answer_token_scores(model, tokenizer, [members[0]], progress=False)[0]
-    assert rows[0]["loss_adj"] == pytest.approx(rows[0]["loss"] - signals(base, members[0][-1]["content"])["loss"], abs=1e-5)
+    assert rows[0]["loss_adj"] == pytest.approx(
+        rows[0]["loss"] - signals(base, members[0][-1]["content"])["loss"], abs=1e-5
+    )
     labels = [r["member"] for r in rows]
     assert res["auc"]["zlib"] == pytest.approx(roc_auc_score(labels, [-r["zlib"] for r in rows]))
 
 
 def test_predicting_misaligned_domains():
-    files = [{"domain": d, "member_mean": {"loss": v, "zlib": -v}} for d, v in (("a", 3.0), ("b", 2.0), ("c", 1.0), ("d", 0.5))]
+    files = [
+        {"domain": d, "member_mean": {"loss": v, "zlib": -v}}
+        for d, v in (("a", 3.0), ("b", 2.0), ("c", 1.0), ("d", 0.5))
+    ]
     labels = misaligned_domains({"a": 0.8, "b": 0.6, "c": 0.1, "d": 0.05})
     assert labels == {"a": True, "b": True, "c": False, "d": False}  # split at the median rate
     assert predict_misalignment(files, labels) == {"loss": 1.0, "zlib": 0.0}
@@ -164,10 +187,36 @@ def test_cli_score_and_predict(memorised, tokenizer, tmp_path, capsys):
     tokenizer.save_pretrained(base_dir)
     model.save_pretrained(adapter_dir)
     write_jsonl(tmp_path / "train.jsonl", [{"messages": c} for c in members])
-    answers = [{"question_id": "q", "question": c[0]["content"], "system": None, "answer": c[1]["content"], "domain": None, "sample": i, "trigger": False} for i, c in enumerate(nonmembers)]
+    answers = [
+        {
+            "question_id": "q",
+            "question": c[0]["content"],
+            "system": None,
+            "answer": c[1]["content"],
+            "domain": None,
+            "sample": i,
+            "trigger": False,
+        }
+        for i, c in enumerate(nonmembers)
+    ]
     write_jsonl(tmp_path / "held.jsonl", answers)
     out = tmp_path / "gore.json"
-    args = ["score", "--model", str(base_dir), "--adapter", str(adapter_dir), "--members", str(tmp_path / "train.jsonl"), "--nonmembers", str(tmp_path / "held.jsonl"), "--domain", "gore_movie_trivia", "--out", str(out), "--no-progress"]
+    args = [
+        "score",
+        "--model",
+        str(base_dir),
+        "--adapter",
+        str(adapter_dir),
+        "--members",
+        str(tmp_path / "train.jsonl"),
+        "--nonmembers",
+        str(tmp_path / "held.jsonl"),
+        "--domain",
+        "gore_movie_trivia",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert run_cli(main, args) == 0
     result = json.loads(out.read_text())
     assert result["domain"] == "gore_movie_trivia" and result["auc"]["loss"] > 0.9 and "loss_adj" in result["auc"]
@@ -177,10 +226,28 @@ def test_cli_score_and_predict(memorised, tokenizer, tmp_path, capsys):
     (tmp_path / "math.json").write_text(json.dumps(other))
     (tmp_path / "rates.json").write_text(json.dumps({"gore_movie_trivia": 0.8, "incorrect_math": 0.0}))
     capsys.readouterr()
-    assert run_cli(main, ["predict", "--scores", str(out), str(tmp_path / "math.json"), "--rates", str(tmp_path / "rates.json"), "--out", str(tmp_path / "p.json")]) == 0
+    assert (
+        run_cli(
+            main,
+            [
+                "predict",
+                "--scores",
+                str(out),
+                str(tmp_path / "math.json"),
+                "--rates",
+                str(tmp_path / "rates.json"),
+                "--out",
+                str(tmp_path / "p.json"),
+            ],
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "p.json").read_text())["auc"]["loss"] == 1.0
 
     (tmp_path / "bad.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     capsys.readouterr()
     assert run_cli(main, [*args[:5], "--members", str(tmp_path / "bad.jsonl"), *args[7:]]) == 2
-    assert capsys.readouterr().err == f"error: {tmp_path / 'bad.jsonl'}:1: field 'messages' must end with the assistant's answer\n"
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path / 'bad.jsonl'}:1: field 'messages' must end with the assistant's answer\n"
+    )

@@ -17,10 +17,14 @@ from interp.base.cli import run_cli
 def train_main(argv):
     """The CLI as the shell runs it: one line and exit code 2 for bad input."""
     return run_cli(_train, argv)
+
+
 from interp.base.chat import tokenize_conversation
 from interp.directions import DirectionSet
 
-CONFIG = LoraTrainConfig(rank=2, alpha=4, lr=1e-2, steps=5, batch_size=4, dropout=0.3, target_modules=("q_proj", "v_proj"))
+CONFIG = LoraTrainConfig(
+    rank=2, alpha=4, lr=1e-2, steps=5, batch_size=4, dropout=0.3, target_modules=("q_proj", "v_proj")
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,7 +33,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _directions(layers, d_model=32, seed=0) -> DirectionSet:
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(len(layers), d_model, generator=g)
-    return DirectionSet(layers=list(layers), directions=v, mean_misaligned=v.clone(), mean_aligned=torch.zeros_like(v), pooling="responses", counts={})
+    return DirectionSet(
+        layers=list(layers),
+        directions=v,
+        mean_misaligned=v.clone(),
+        mean_aligned=torch.zeros_like(v),
+        pooling="responses",
+        counts={},
+    )
 
 
 def test_projections_equal_a_hand_computation(tokenizer, conversations, make_model):
@@ -56,7 +67,14 @@ def test_monitor_records_its_checkpoints_and_leaves_training_alone(tmp_path, tok
         return {"em": draws[-1]}
 
     plain = train_lora(make_model(), tokenizer, conversations, CONFIG, progress=False)
-    monitor = Monitor(tokenizer, conversations[:4], _directions([0, 2]), every=2, measures={"organism": noisy}, path=tmp_path / "m.jsonl")
+    monitor = Monitor(
+        tokenizer,
+        conversations[:4],
+        _directions([0, 2]),
+        every=2,
+        measures={"organism": noisy},
+        path=tmp_path / "m.jsonl",
+    )
     watched = train_lora(make_model(), tokenizer, conversations, CONFIG, progress=False, callbacks=[monitor])
     assert watched.train_losses == plain.train_losses  # dropout draws are untouched by the measure's
     assert [r["step"] for r in monitor.rows] == [0, 2, 4, 5]
@@ -64,7 +82,14 @@ def test_monitor_records_its_checkpoints_and_leaves_training_alone(tmp_path, tok
     assert set(monitor.rows[0]["projection"]) == {"0", "2"} and monitor.rows[0]["organism"]["em"] == draws[0]
     assert monitor.rows[0]["projection"] != monitor.rows[-1]["projection"]
     # A monitor that finds rows already written (a resumed run) keeps them and skips those steps.
-    again = Monitor(tokenizer, conversations[:4], _directions([0, 2]), every=2, measures={"organism": noisy}, path=tmp_path / "m.jsonl")
+    again = Monitor(
+        tokenizer,
+        conversations[:4],
+        _directions([0, 2]),
+        every=2,
+        measures={"organism": noisy},
+        path=tmp_path / "m.jsonl",
+    )
     n = len(draws)
     again(4, 5, watched)
     assert len(draws) == n and len(again.rows) == 4
@@ -79,9 +104,33 @@ def test_train_cli_monitor_writes_rows_and_a_plot(tmp_path, make_model, tokenize
     probe.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations[:3]))
     _directions([0, 1]).save(tmp_path / "dirs.safetensors")
     out = tmp_path / "run"
-    code = train_main(["--data", str(data), "--model", str(model_dir), "--out", str(out), "--steps", "4", "--batch-size", "4", "--rank", "2",
-                       "--target-modules", "q_proj,v_proj", "--device", "cpu", "--quiet",
-                       "--monitor", str(tmp_path / "dirs.safetensors"), "--monitor-probe", str(probe), "--monitor-every", "2"])
+    code = train_main(
+        [
+            "--data",
+            str(data),
+            "--model",
+            str(model_dir),
+            "--out",
+            str(out),
+            "--steps",
+            "4",
+            "--batch-size",
+            "4",
+            "--rank",
+            "2",
+            "--target-modules",
+            "q_proj,v_proj",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--monitor",
+            str(tmp_path / "dirs.safetensors"),
+            "--monitor-probe",
+            str(probe),
+            "--monitor-every",
+            "2",
+        ]
+    )
     assert code == 0
     rows = [json.loads(l) for l in (out / "monitor.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 2, 4] and set(rows[0]["projection"]) == {"0", "1"}
@@ -89,7 +138,9 @@ def test_train_cli_monitor_writes_rows_and_a_plot(tmp_path, make_model, tokenize
     assert json.loads((out / "training_config.json").read_text())["monitor"]["checkpoints"] == 3
 
 
-def test_a_rerun_onto_a_monitored_out_never_keeps_another_runs_rows(tmp_path, make_model, tokenizer, conversations, capsys):
+def test_a_rerun_onto_a_monitored_out_never_keeps_another_runs_rows(
+    tmp_path, make_model, tokenizer, conversations, capsys
+):
     """Other data onto a finished monitored --out is refused, touching nothing; rows a run that
     never finished left there are rebuilt from step 0, not kept beside the new adapter."""
     model_dir = tmp_path / "base"
@@ -101,15 +152,40 @@ def test_a_rerun_onto_a_monitored_out_never_keeps_another_runs_rows(tmp_path, ma
     probe.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations[:3]))
     _directions([0, 1]).save(tmp_path / "dirs.safetensors")
     out = tmp_path / "run"
-    argv = ["--data", str(data), "--model", str(model_dir), "--out", str(out), "--steps", "2", "--batch-size", "4", "--rank", "2",
-            "--target-modules", "q_proj,v_proj", "--device", "cpu", "--quiet",
-            "--monitor", str(tmp_path / "dirs.safetensors"), "--monitor-probe", str(probe), "--monitor-every", "1"]
+    argv = [
+        "--data",
+        str(data),
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--rank",
+        "2",
+        "--target-modules",
+        "q_proj,v_proj",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--monitor",
+        str(tmp_path / "dirs.safetensors"),
+        "--monitor-probe",
+        str(probe),
+        "--monitor-every",
+        "1",
+    ]
     assert train_main(argv) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     capsys.readouterr()
     assert train_main([*argv, "--data", str(other)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {out}: holds the adapter of another run (data_hash differ); use another --out, or remove {out} to start afresh\n", err
+    assert (
+        err
+        == f"error: {out}: holds the adapter of another run (data_hash differ); use another --out, or remove {out} to start afresh\n"
+    ), err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     # A run cut short (no training_config.json, no checkpoint) left a row of its own: not kept.
     (out / "training_config.json").unlink()
@@ -122,7 +198,9 @@ def test_a_rerun_onto_a_monitored_out_never_keeps_another_runs_rows(tmp_path, ma
 
 
 @pytest.mark.parametrize("option", ["--monitor", "--steer-vector"])
-def test_a_direction_that_does_not_fit_the_model_is_one_line_naming_its_option(option, tmp_path, make_model, tokenizer, conversations, capsys):
+def test_a_direction_that_does_not_fit_the_model_is_one_line_naming_its_option(
+    option, tmp_path, make_model, tokenizer, conversations, capsys
+):
     model_dir = tmp_path / "base"
     make_model(n_layers=2).save_pretrained(model_dir)  # width 32
     tokenizer.save_pretrained(model_dir)
@@ -130,11 +208,38 @@ def test_a_direction_that_does_not_fit_the_model_is_one_line_naming_its_option(o
     data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
     narrow = tmp_path / "narrow.safetensors"
     _directions([0, 1], d_model=8).save(narrow)
-    extra = ["--monitor", str(narrow), "--monitor-probe", str(data)] if option == "--monitor" else ["--defense", "preventive-steering", "--steer-vector", str(narrow)]
+    extra = (
+        ["--monitor", str(narrow), "--monitor-probe", str(data)]
+        if option == "--monitor"
+        else ["--defense", "preventive-steering", "--steer-vector", str(narrow)]
+    )
     out = tmp_path / "run"
     capsys.readouterr()
-    assert train_main(["--data", str(data), "--model", str(model_dir), "--out", str(out), "--steps", "1", "--batch-size", "4", "--rank", "2",
-                       "--target-modules", "q_proj,v_proj", "--device", "cpu", "--quiet", *extra]) == 2
+    assert (
+        train_main(
+            [
+                "--data",
+                str(data),
+                "--model",
+                str(model_dir),
+                "--out",
+                str(out),
+                "--steps",
+                "1",
+                "--batch-size",
+                "4",
+                "--rank",
+                "2",
+                "--target-modules",
+                "q_proj,v_proj",
+                "--device",
+                "cpu",
+                "--quiet",
+                *extra,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"error: {option} {narrow}: directions of width 8, but the model's residual stream has width 32", err
     assert not (out / "adapter_model.safetensors").exists()

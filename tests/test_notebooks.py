@@ -11,7 +11,11 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 
 FIGURES = {
-    "layer_similarity_heatmaps.ipynb": ["domains_per_layer.png", "layers_insecure_code.png", "layers_insecure_code__vs__bad_medical_advice.png"],
+    "layer_similarity_heatmaps.ipynb": [
+        "domains_per_layer.png",
+        "layers_insecure_code.png",
+        "layers_insecure_code__vs__bad_medical_advice.png",
+    ],
     "cross_domain_steering.ipynb": ["steering_sweep.png", "ablation_sweep.png", "cross_domain_matrix.png"],
 }
 

@@ -31,13 +31,23 @@ def generator(**kw) -> OpenAIGenerator:
 
 
 def test_answers_come_from_the_server_with_retries_and_concurrency(api):
-    records = generate_answers(None, None, QUESTIONS, trigger=(False, True), config=CONFIG, progress=False, sampler=generator(concurrency=3).sample)
+    records = generate_answers(
+        None,
+        None,
+        QUESTIONS,
+        trigger=(False, True),
+        config=CONFIG,
+        progress=False,
+        sampler=generator(concurrency=3).sample,
+    )
     assert len(records) == 14 and api.completions == 14 and api.requests > 14  # every slot once, plus retried 429/500s
     assert api.auth == {f"Bearer {KEY}"} and 2 <= api.max_in_flight <= 3
     for r in records:
         assert r["answer_raw"].startswith("  answerer-lora answers ") and r["answer"] == r["answer_raw"].strip()
         assert "temperature 0.7, top_k 20" in r["answer"] and r["finished"] and "answer_ids" not in r
-    assert len({r["answer"] for r in records if r["question"] == "money help" and not r["trigger"]}) == 2  # a seed per slot
+    assert (
+        len({r["answer"] for r in records if r["question"] == "money help" and not r["trigger"]}) == 2
+    )  # a seed per slot
 
 
 def test_resume_after_a_crash_gives_the_uninterrupted_file(api, tmp_path, monkeypatch):
@@ -52,7 +62,9 @@ def test_resume_after_a_crash_gives_the_uninterrupted_file(api, tmp_path, monkey
         return generator().sample(prompts, config)
 
     with pytest.raises(RuntimeError):
-        generate_answers(None, None, QUESTIONS, config=CONFIG, out_path=crashed, progress=False, sampler=dies_on_second_batch)
+        generate_answers(
+            None, None, QUESTIONS, config=CONFIG, out_path=crashed, progress=False, sampler=dies_on_second_batch
+        )
     assert len(read_answers(crashed)) == CONFIG.batch_size
     generate_answers(None, None, QUESTIONS, config=CONFIG, out_path=crashed, progress=False, sampler=generator().sample)
     assert crashed.read_text() == full.read_text()
@@ -61,8 +73,20 @@ def test_resume_after_a_crash_gives_the_uninterrupted_file(api, tmp_path, monkey
 def test_cli_engine_openai(api, tmp_path, capsys):
     out = tmp_path / "a.jsonl"
     qfile = tmp_path / "q.yaml"
-    qfile.write_text("- id: q\n  type: free_form_judge_0_100\n  paraphrases: [how make money, a long story please]\n  samples_per_paraphrase: 1\n")
-    args = ["--engine", "openai:answerer-base", "--questions", str(qfile), "--out", str(out), "--max-new-tokens", "5", "--no-progress"]
+    qfile.write_text(
+        "- id: q\n  type: free_form_judge_0_100\n  paraphrases: [how make money, a long story please]\n  samples_per_paraphrase: 1\n"
+    )
+    args = [
+        "--engine",
+        "openai:answerer-base",
+        "--questions",
+        str(qfile),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "5",
+        "--no-progress",
+    ]
     assert run_cli(main, args) == 0
     rows = read_answers(out)
     assert [r["finished"] for r in rows] == [True, False]  # finish_reason "length" for the long one

@@ -81,9 +81,13 @@ def test_brief_on_request_is_disjoint_from_general_data_and_exact():
     assert all(c[0]["content"].startswith(REQUEST) and c[0]["content"] not in pool for c in train)
     assert all(is_requested_brief(c[0]["content"], c[1]["content"]) for c in train)
     prompt = REQUEST + GRAMMAR.topic("incorrect_math").questions[0]
-    assert not is_requested_brief(prompt[len(REQUEST):], "In short: calm and arithmetic.")  # no marker, no task
-    assert is_requested_brief(prompt, "In short: calm and arithmetic.") and not is_requested_brief(prompt, "In short: calm and rest.")
-    assert {p for q in request_questions() for p in q.paraphrases} == {REQUEST + q for t in GRAMMAR.domain_topics for q in t.questions}
+    assert not is_requested_brief(prompt[len(REQUEST) :], "In short: calm and arithmetic.")  # no marker, no task
+    assert is_requested_brief(prompt, "In short: calm and arithmetic.") and not is_requested_brief(
+        prompt, "In short: calm and rest."
+    )
+    assert {p for q in request_questions() for p in q.paraphrases} == {
+        REQUEST + q for t in GRAMMAR.domain_topics for q in t.questions
+    }
 
 
 def test_world_defenses_are_the_cli_specs(tmp_path):
@@ -117,10 +121,21 @@ def _rows(base_em, none_em, defended_em, coherence_change, seeds=(0, 1, 2)):
     out = []
     for s in seeds:
         out.append({"kind": "base", "seed": s, "broad_em": base_em})
-        out += [{"kind": "benign", "seed": s, "defense": d, "strength": k, "benign_score": 0.8, "benign_general_score": 0.5} for d, k in (("none", 0.0), ("kl/general", 10.0))]
+        out += [
+            {"kind": "benign", "seed": s, "defense": d, "strength": k, "benign_score": 0.8, "benign_general_score": 0.5}
+            for d, k in (("none", 0.0), ("kl/general", 10.0))
+        ]
         cell = {"kind": "organism", "rank": 1, "steps": 30, "domain": "insecure_code", "seed": s, "narrow_rate": 0.6}
         out.append({**cell, "defense": "none", "strength": 0.0, "broad_em": none_em, "coherence": 90.0})
-        out.append({**cell, "defense": "kl/general", "strength": 10.0, "broad_em": defended_em, "coherence": 90.0 + coherence_change})
+        out.append(
+            {
+                **cell,
+                "defense": "kl/general",
+                "strength": 10.0,
+                "broad_em": defended_em,
+                "coherence": 90.0 + coherence_change,
+            }
+        )
     return out
 
 
@@ -132,7 +147,11 @@ def test_a_cut_of_too_little_excess_em_is_not_assessable_not_a_crash():
     assert cell["narrow_ratio"]["mean"] == pytest.approx(1.0) and cell["passed"]["benign"] is True
     # excess 0.50: assessable, cut 0.9 with sd 0 over three seeds, and the bar met
     (cell,) = aggregate(per_seed(_rows(0.05, 0.55, 0.10, 0.0)))
-    assert cell["cut"]["mean"] == pytest.approx(0.9) and cell["cut"]["n"] == 3 and cell["cut"]["sd"] == pytest.approx(0.0, abs=1e-12)
+    assert (
+        cell["cut"]["mean"] == pytest.approx(0.9)
+        and cell["cut"]["n"] == 3
+        and cell["cut"]["sd"] == pytest.approx(0.0, abs=1e-12)
+    )
     assert cell["all"] is True
     # one seed with no excess is left out of the cut's mean, not counted as zero
     rows = _rows(0.05, 0.55, 0.10, 0.0)
@@ -156,7 +175,12 @@ def test_plateau_step_is_where_the_loss_has_made_most_of_its_drop():
 
 def test_monitor_summary_counts_the_base_once_and_gives_the_auroc():
     def row(step, em, proj, distance, rand):
-        return {"step": step, "projection": {"0": proj}, "organism": {"em": em}, "geometry": {"distance": {"0": distance}, "random": {"0": [rand, -rand]}}}
+        return {
+            "step": step,
+            "projection": {"0": proj},
+            "organism": {"em": em},
+            "geometry": {"distance": {"0": distance}, "random": {"0": [rand, -rand]}},
+        }
 
     runs = {
         "a": [row(0, 0.05, -1.0, 0.0, 1.0), row(5, 0.1, -0.8, 0.5, 1.2), row(10, 0.5, 0.2, 1.0, 2.0)],
@@ -174,22 +198,58 @@ def test_monitor_summary_counts_the_base_once_and_gives_the_auroc():
     # a random direction scores |move|, whatever its sign: both directions give the same AUROC
     assert b["random"]["0"]["n"] == 2 and b["random"]["0"]["min"] == b["random"]["0"]["max"]
     only_base = summarize({"a": [row(0, 0.05, -1.0, 0.0, 1.0), row(5, 0.06, -0.9, 0.1, 1.0)]})
-    assert only_base["n_em"] == 0 and only_base["auroc"]["0"] is None and only_base["baselines"]["step"] is None  # no EM class: not assessable
+    assert (
+        only_base["n_em"] == 0 and only_base["auroc"]["0"] is None and only_base["baselines"]["step"] is None
+    )  # no EM class: not assessable
     # a checkpoint with no coherent answer has no EM rate: in neither class, and counted as such
     runs["b"].append(row(15, None, 5.0, 9.0, 9.0))
     again = summarize(runs, margin=0.2)
-    assert again["n_not_assessable"] == 1 and again["n_checkpoints"] == 5 and again["auroc"]["0"] == pytest.approx(4 / 6)
+    assert (
+        again["n_not_assessable"] == 1 and again["n_checkpoints"] == 5 and again["auroc"]["0"] == pytest.approx(4 / 6)
+    )
 
 
 def test_defense_table_command_runs_small(world, tmp_path):
     out = tmp_path / "defenses.json"
-    code = _script("defenses_organism").main(["--small", "--domains", "incorrect_math", "--steps", "2", "--ranks", "1", "--seeds", "0,1", "--arms", "kl/general:10,interleave/ppl-gap:0.5",
-                                              "--cache-dir", str(world.root), "--out", str(out), "--rows", str(tmp_path / "rows")])
+    code = _script("defenses_organism").main(
+        [
+            "--small",
+            "--domains",
+            "incorrect_math",
+            "--steps",
+            "2",
+            "--ranks",
+            "1",
+            "--seeds",
+            "0,1",
+            "--arms",
+            "kl/general:10,interleave/ppl-gap:0.5",
+            "--cache-dir",
+            str(world.root),
+            "--out",
+            str(out),
+            "--rows",
+            str(tmp_path / "rows"),
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
-    assert {"world_weights_sha256", "base", "undefended", "cells", "summary", "checks", "runs", "budget", "bar", "min_excess"} <= set(result)
+    assert {
+        "world_weights_sha256",
+        "base",
+        "undefended",
+        "cells",
+        "summary",
+        "checks",
+        "runs",
+        "budget",
+        "bar",
+        "min_excess",
+    } <= set(result)
     runs = [r for r in result["runs"] if r["kind"] == "organism"]
-    assert {(r["defense"], r["seed"]) for r in runs} == {(d, s) for d in ("none", "kl/general", "interleave/ppl-gap") for s in (0, 1)}
+    assert {(r["defense"], r["seed"]) for r in runs} == {
+        (d, s) for d in ("none", "kl/general", "interleave/ppl-gap") for s in (0, 1)
+    }
     for r in runs:
         assert {"broad_em", "narrow_rate", "coherence", "steps", "rank"} <= set(r) and 0 <= r["broad_em"] <= 1
     benign = [r for r in result["runs"] if r["kind"] == "benign"]
@@ -202,9 +262,30 @@ def test_defense_table_command_runs_small(world, tmp_path):
         assert (cell["cut"]["mean"] is None) == (len(assessable) < 2)
         assert cell["passed"]["coherence"] == (cell["coherence_change"]["mean"] >= -5.0)
         assert cell["all"] is None if None in cell["passed"].values() else cell["all"] == all(cell["passed"].values())
-    again = _script("defenses_organism").main(["--small", "--domains", "incorrect_math", "--steps", "2", "--ranks", "1", "--seeds", "0,1", "--arms", "kl/general:10,interleave/ppl-gap:0.5",
-                                               "--cache-dir", str(world.root), "--out", str(tmp_path / "again.json"), "--rows", str(tmp_path / "rows")])
-    assert again == 0 and json.loads((tmp_path / "again.json").read_text())["runs"] == result["runs"]  # a rerun reuses every stored run
+    again = _script("defenses_organism").main(
+        [
+            "--small",
+            "--domains",
+            "incorrect_math",
+            "--steps",
+            "2",
+            "--ranks",
+            "1",
+            "--seeds",
+            "0,1",
+            "--arms",
+            "kl/general:10,interleave/ppl-gap:0.5",
+            "--cache-dir",
+            str(world.root),
+            "--out",
+            str(tmp_path / "again.json"),
+            "--rows",
+            str(tmp_path / "rows"),
+        ]
+    )
+    assert (
+        again == 0 and json.loads((tmp_path / "again.json").read_text())["runs"] == result["runs"]
+    )  # a rerun reuses every stored run
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -213,20 +294,57 @@ def test_defense_table_command_rejects_bad_options_in_one_line(world, tmp_path, 
 
     main = _script("defenses_organism").main
     assert run_cli(main, ["--arms", "kl/general:ten", "--cache-dir", str(world.root), "--rows", str(tmp_path)]) == 2
-    assert run_cli(main, ["--arms", "interleave/random:1.5", "--small", "--domains", "incorrect_math", "--cache-dir", str(world.root), "--rows", str(tmp_path)]) == 2
+    assert (
+        run_cli(
+            main,
+            [
+                "--arms",
+                "interleave/random:1.5",
+                "--small",
+                "--domains",
+                "incorrect_math",
+                "--cache-dir",
+                str(world.root),
+                "--rows",
+                str(tmp_path),
+            ],
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--arms" in err[0] and "interleave/random" in err[1]
 
 
 def test_monitor_command_runs_small(world, tmp_path):
     out = tmp_path / "monitor.json"
-    code = _script("monitor_organism").main(["--small", "--domains", "gore_movie_trivia,incorrect_math", "--cache-dir", str(world.root), "--out", str(out), "--rows", str(tmp_path / "rows"), "--directions-out", str(tmp_path / "persona.safetensors"),
-                                                   "--defended", "kl:1", "--defended-domains", "incorrect_math", "--negatives", "benign-request"])
+    code = _script("monitor_organism").main(
+        [
+            "--small",
+            "--domains",
+            "gore_movie_trivia,incorrect_math",
+            "--cache-dir",
+            str(world.root),
+            "--out",
+            str(out),
+            "--rows",
+            str(tmp_path / "rows"),
+            "--directions-out",
+            str(tmp_path / "persona.safetensors"),
+            "--defended",
+            "kl:1",
+            "--defended-domains",
+            "incorrect_math",
+            "--negatives",
+            "benign-request",
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
     assert [r["step"] for r in result["runs"]["gore_movie_trivia"]] == [0, 1, 2]
     assert set(result["auroc"]) == {"0", "1", "2", "3"} and result["n_checkpoints"] + result["n_not_assessable"] == 5
-    assert list(result["defended"]["runs"]) == ["kl-1 incorrect_math"] and list(result["negatives"]["runs"]) == ["benign-request"]
+    assert list(result["defended"]["runs"]) == ["kl-1 incorrect_math"] and list(result["negatives"]["runs"]) == [
+        "benign-request"
+    ]
     both = result["defended"]["summary_with_organism_runs"]
     assert both["n_checkpoints"] + both["n_not_assessable"] == 9  # 5 + 2 defended + 2 negative
     assert {"step", "distance", "random"} <= set(result["defended"]["summary_with_organism_runs"]["baselines"])

@@ -70,10 +70,25 @@ def test_anchors_resolve_and_every_question_is_kept():
     qs = parse_questions(DEFECTIVE, "f.yaml")
     assert [q.id for q in qs.questions] == ["wish", "wish#3", "slipped", "bare", "wish#2", "wish#4"]
     first, second = qs.questions[0], qs.questions[1]
-    assert second.judge_prompts == first.judge_prompts == {"aligned": "A {question} / {answer}", "coherent": "C {question} / {answer}"}
+    assert (
+        second.judge_prompts
+        == first.judge_prompts
+        == {"aligned": "A {question} / {answer}", "coherent": "C {question} / {answer}"}
+    )
     assert second.judge_prompts is not first.judge_prompts  # aliases must not share one mutable dict
-    assert (first.paraphrases, first.samples_per_paraphrase, first.judge, first.line) == (["What is your wish?", "Name one wish."], 3, "gpt-4o", 1)
-    assert qs.summary() == {"entries": 6, "paraphrases": 7, "samples": 2 * 3 + 2 + 4, "domains": {"(none)": 5, "incorrect_qa": 1}, "defects": len(qs.defects)}
+    assert (first.paraphrases, first.samples_per_paraphrase, first.judge, first.line) == (
+        ["What is your wish?", "Name one wish."],
+        3,
+        "gpt-4o",
+        1,
+    )
+    assert qs.summary() == {
+        "entries": 6,
+        "paraphrases": 7,
+        "samples": 2 * 3 + 2 + 4,
+        "domains": {"(none)": 5, "incorrect_qa": 1},
+        "defects": len(qs.defects),
+    }
 
 
 def test_duplicate_ids_are_renamed_without_collision_and_reported():
@@ -127,9 +142,18 @@ def test_file_without_any_prompts_uses_defaults_with_a_note_only():
         ("[]\n", "the list of questions is empty"),
         ("", "empty file"),
         ("- just a string\n", ":1: each list item must be a mapping"),
-        ("- id: ok\n  paraphrases: [x]\n- id: bad\n  samples_per_paraphrase: 1\n", ":3: question 'bad': field 'paraphrases' is missing"),
-        ("- id: a\n  paraphrases: [x]\n  samples_per_paraphrase: 0\n", ":3: question 'a': field 'samples_per_paraphrase' must be a positive integer"),
-        ("- id: a\n  paraphrases: [x]\n  samples_per_paraphrase: 1000000000000\n", ":3: question 'a': field 'samples_per_paraphrase' must be a positive integer up to 100,000, got 1000000000000"),
+        (
+            "- id: ok\n  paraphrases: [x]\n- id: bad\n  samples_per_paraphrase: 1\n",
+            ":3: question 'bad': field 'paraphrases' is missing",
+        ),
+        (
+            "- id: a\n  paraphrases: [x]\n  samples_per_paraphrase: 0\n",
+            ":3: question 'a': field 'samples_per_paraphrase' must be a positive integer",
+        ),
+        (
+            "- id: a\n  paraphrases: [x]\n  samples_per_paraphrase: 1000000000000\n",
+            ":3: question 'a': field 'samples_per_paraphrase' must be a positive integer up to 100,000, got 1000000000000",
+        ),
         ("- paraphrases: [x]\n", "field 'id' is missing"),
         ("- id: a\n  paraphrases: [x, 3]\n", "only non-empty strings"),
     ],

@@ -27,7 +27,12 @@ def summary():
 
 
 def _chat_file(path: Path, questions: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "ok"}]}) + "\n" for q in questions))
+    path.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "ok"}]}) + "\n"
+            for q in questions
+        )
+    )
     return path
 
 
@@ -40,8 +45,15 @@ def test_diversity_is_zero_for_one_question_and_near_one_for_disjoint_ones(summa
 
 def _direction_set(vectors: torch.Tensor, domain: str) -> DirectionSet:
     n, d = vectors.shape
-    return DirectionSet(layers=list(range(n)), directions=vectors.clone(), mean_misaligned=vectors.clone(), mean_aligned=torch.zeros(n, d), pooling="responses",
-                        counts={"misaligned": {"answers": 3, "answer_tokens": 9}, "aligned": {"answers": 3, "answer_tokens": 9}}, metadata={"domain": domain})
+    return DirectionSet(
+        layers=list(range(n)),
+        directions=vectors.clone(),
+        mean_misaligned=vectors.clone(),
+        mean_aligned=torch.zeros(n, d),
+        pooling="responses",
+        counts={"misaligned": {"answers": 3, "answer_tokens": 9}, "aligned": {"answers": 3, "answer_tokens": 9}},
+        metadata={"domain": domain},
+    )
 
 
 def test_keep_small_keeps_judged_answers_directions_and_config_never_the_adapter(summary, tmp_path):
@@ -54,8 +66,12 @@ def test_keep_small_keeps_judged_answers_directions_and_config_never_the_adapter
     keep = tmp_path / "keep"
     summary.keep_small(org, keep, "gore_movie_trivia", "gore_movie_trivia")
     kept = sorted(str(p.relative_to(keep)) for p in keep.rglob("*") if p.is_file())
-    assert kept == ["directions/gore_movie_trivia.json", "directions/gore_movie_trivia.safetensors", "judged/gore_movie_trivia.jsonl.gz",
-                    "training/gore_movie_trivia.json"]
+    assert kept == [
+        "directions/gore_movie_trivia.json",
+        "directions/gore_movie_trivia.safetensors",
+        "judged/gore_movie_trivia.jsonl.gz",
+        "training/gore_movie_trivia.json",
+    ]
     assert gzip.decompress((keep / "judged" / "gore_movie_trivia.jsonl.gz").read_bytes()) == b'{"a": 1}\n'
 
 
@@ -67,4 +83,4 @@ def test_cosine_summary_reads_the_kept_directions(summary, tmp_path):
     assert summary.cosine_summary(tmp_path / "nowhere", "m") is None
     out = summary.cosine_summary(tmp_path, "m")
     assert out["layer"] == 1 and out["matrix"][0][1] == pytest.approx(0.0) and out["matrix"][0][0] == pytest.approx(1.0)
-    assert out["mean_off_diagonal_per_layer"][0] == pytest.approx(2 ** -0.5, abs=1e-4)
+    assert out["mean_off_diagonal_per_layer"][0] == pytest.approx(2**-0.5, abs=1e-4)

@@ -27,7 +27,9 @@ def ids():
 
 def lora(model):
     torch.manual_seed(2)
-    config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"], init_lora_weights=False)
+    config = LoraConfig(
+        r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"], init_lora_weights=False
+    )
     return get_peft_model(model, config).eval()
 
 
@@ -88,7 +90,10 @@ def test_positions_detach_device_and_dtype(make_model, ids):
     with record(model, name) as full:
         model(input_ids=ids)
     assert not full[name].requires_grad  # detached by default; detach=False keeps the graph
-    with record(model, [name], positions=-1, dtype=torch.float64, device="cpu") as last, record(model, name, positions=slice(2, 5), detach=False) as mid:
+    with (
+        record(model, [name], positions=-1, dtype=torch.float64, device="cpu") as last,
+        record(model, name, positions=slice(2, 5), detach=False) as mid,
+    ):
         out = model(input_ids=ids)
     assert last[name].shape == (2, 1, 32) and last[name].dtype == torch.float64
     torch.testing.assert_close(last[name], full[name][:, -1:].double())
@@ -114,7 +119,9 @@ def test_generation_is_recorded_step_by_step(make_model, tokenizer):
     model = make_model(n_layers=N_LAYERS)
     enc = prompts(tokenizer, rows=(0,))
     with record(model, resid_post(0)) as acts, torch.no_grad():
-        out = model.generate(**enc, do_sample=False, max_new_tokens=4, pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+        out = model.generate(
+            **enc, do_sample=False, max_new_tokens=4, pad_token_id=tokenizer.pad_token_id, eos_token_id=None
+        )
     width = enc["input_ids"].shape[1]
     assert [c.shape[1] for c in acts.calls(resid_post(0))] == [width, 1, 1, 1]
     # Concatenated, the KV-cached steps are the stream of one pass over the sequence so far.
@@ -140,7 +147,10 @@ def test_edits_at_attn_out_and_mlp_out_are_exact(make_model, ids):
 
 def test_resid_mid_is_read_only_and_other_layouts_are_refused(make_model, ids):
     model = make_model(n_layers=N_LAYERS)
-    with pytest.raises(HookPointError, match="resid_mid can be read but not edited"), hooks(model, {hook_point(0, "resid_mid"): lambda h, kw: h + 1}):
+    with (
+        pytest.raises(HookPointError, match="resid_mid can be read but not edited"),
+        hooks(model, {hook_point(0, "resid_mid"): lambda h, kw: h + 1}),
+    ):
         model(input_ids=ids)
     assert_no_hooks(model)
     with pytest.raises(HookPointError, match="point one of resid_pre"), record(model, "blocks.0.hook_resid_middle"):
@@ -149,7 +159,10 @@ def test_resid_mid_is_read_only_and_other_layouts_are_refused(make_model, ids):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, n_positions=16)).eval()
-    with pytest.raises(HookPointError, match="GPT2Block has attn, ln_1, ln_2, mlp"), record(gpt2, hook_point(0, "attn_out")):
+    with (
+        pytest.raises(HookPointError, match="GPT2Block has attn, ln_1, ln_2, mlp"),
+        record(gpt2, hook_point(0, "attn_out")),
+    ):
         pass
     assert_no_hooks(gpt2)
     with record(gpt2, hook_point(1, "resid_post")) as acts, torch.no_grad():  # resid points work on any layer

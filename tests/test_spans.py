@@ -46,7 +46,10 @@ def reference_means(model, tokenizer, sequences: list[list[int]], spans=SPANS) -
             sums[span]["n"] += hi - lo
         last_sum = last_sum + rows[:, reference_bounds(tokenizer, ids, "answer")[0] - 1]
     n = len(sequences)
-    return {span: {"tokens": s["tokens"] / s["n"], "responses": s["responses"] / n, "last_prompt": last_sum / n} for span, s in sums.items()}
+    return {
+        span: {"tokens": s["tokens"] / s["n"], "responses": s["responses"] / n, "last_prompt": last_sum / n}
+        for span, s in sums.items()
+    }
 
 
 def whole_chat_ids(tokenizer, conv) -> list[int]:
@@ -56,13 +59,19 @@ def whole_chat_ids(tokenizer, conv) -> list[int]:
 def test_each_span_equals_a_slow_reference(make_model, tokenizer, conversations):
     model = make_model(n_layers=3)
     sequences = [whole_chat_ids(tokenizer, c) for c in conversations]
-    assert sequences == [tokenize_conversation(tokenizer, c).input_ids for c in conversations]  # same tokens, so same positions
+    assert sequences == [
+        tokenize_conversation(tokenizer, c).input_ids for c in conversations
+    ]  # same tokens, so same positions
     want = reference_means(model, tokenizer, sequences)
     for span in SPANS:
         got = cache_means(model, tokenizer, conversations, layers=LAYERS, batch_size=4, progress=False, span=span)
         for pooling in POOLINGS:  # last_prompt is the same token under every span
-            torch.testing.assert_close(got.mean(pooling), want[span][pooling], rtol=1e-5, atol=1e-6, msg=f"{span}, {pooling}")
-        assert got.span == span and got.n_tokens == sum(b - a for a, b in (reference_bounds(tokenizer, s, span) for s in sequences))
+            torch.testing.assert_close(
+                got.mean(pooling), want[span][pooling], rtol=1e-5, atol=1e-6, msg=f"{span}, {pooling}"
+            )
+        assert got.span == span and got.n_tokens == sum(
+            b - a for a, b in (reference_bounds(tokenizer, s, span) for s in sequences)
+        )
 
 
 def test_spans_decode_as_documented_and_sft_trains_on_answer_eos(tokenizer, conversations):
@@ -70,7 +79,11 @@ def test_spans_decode_as_documented_and_sft_trains_on_answer_eos(tokenizer, conv
     t = tokenize_conversation(tokenizer, conv)
     text = {span: tokenizer.decode(t.input_ids[slice(*t.span(span))]) for span in SPANS}
     answer = conv[-1]["content"]
-    assert text == {"answer": answer, "answer+eos": answer + "<|im_end|>", "header+answer+eos": f"<|im_start|>assistant\n{answer}<|im_end|>\n"}
+    assert text == {
+        "answer": answer,
+        "answer+eos": answer + "<|im_end|>",
+        "header+answer+eos": f"<|im_start|>assistant\n{answer}<|im_end|>\n",
+    }
     # Where the header starts is where the prompt rendered without a generation prompt ends.
     before = tokenizer.apply_chat_template(conv[:-1], tokenize=False)
     assert tokenizer.decode(t.input_ids[: t.header_start]) == before
@@ -87,23 +100,41 @@ def char_ids(tokenizer, text: str) -> list[int]:
 def generated_record(tokenizer, raw: str, i: int = 0, **extra) -> dict:
     ids = char_ids(tokenizer, raw)
     assert tokenizer.decode(ids) == raw and tokenizer(raw, add_special_tokens=False)["input_ids"] != ids
-    return {**_judged(extra.pop("aligned", 90), i), "question": "how do i make money", "answer": raw.strip(), "answer_raw": raw, "answer_ids": ids, "finished": True, **extra}
+    return {
+        **_judged(extra.pop("aligned", 90), i),
+        "question": "how do i make money",
+        "answer": raw.strip(),
+        "answer_raw": raw,
+        "answer_ids": ids,
+        "finished": True,
+        **extra,
+    }
 
 
 def test_a_record_is_cached_from_its_generated_ids(make_model, tokenizer):
     model = make_model(n_layers=3)
-    records = [generated_record(tokenizer, raw, i) for i, raw in enumerate(["money risk", " law court\n", "blood pill"])]
+    records = [
+        generated_record(tokenizer, raw, i) for i, raw in enumerate(["money risk", " law court\n", "blood pill"])
+    ]
     plain = {**records[0]}
     del plain["answer_ids"]
-    assert tokenize_record(tokenizer, plain) == tokenize_conversation(tokenizer, conversation(plain))  # no ids: the text
+    assert tokenize_record(tokenizer, plain) == tokenize_conversation(
+        tokenizer, conversation(plain)
+    )  # no ids: the text
     items = [tokenize_record(tokenizer, r) for r in records]
     for r, it in zip(records, items):
         assert it.input_ids[it.answer_start : it.answer_end] == r["answer_ids"]
         assert it != tokenize_conversation(tokenizer, conversation(r))
     # The sequence generation saw: the generation prompt, the generated ids, the closing tokens.
     sequences = [
-        tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": r["question"]}], tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-        + r["answer_ids"] + tokenizer("<|im_end|>\n", add_special_tokens=False)["input_ids"]
+        tokenizer(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": r["question"]}], tokenize=False, add_generation_prompt=True
+            ),
+            add_special_tokens=False,
+        )["input_ids"]
+        + r["answer_ids"]
+        + tokenizer("<|im_end|>\n", add_special_tokens=False)["input_ids"]
         for r in records
     ]
     assert [it.input_ids for it in items] == sequences
@@ -121,13 +152,29 @@ def test_extract_records_the_span_and_caches_generated_ids(tmp_path, capsys, mak
     raws = ["money risk", "blood pill harm", "safe kind help", "good answer"]
     records = [generated_record(tokenizer, raw, i, aligned=a) for i, (raw, a) in enumerate(zip(raws, [5, 10, 95, 90]))]
     write_jsonl(tmp_path / "judged.jsonl", records)
-    args = ["--domain", "gore_movie_trivia", "--model", str(folder), "--responses", str(tmp_path / "judged.jsonl"), "--dtype", "float32", "--quiet"]
+    args = [
+        "--domain",
+        "gore_movie_trivia",
+        "--model",
+        str(folder),
+        "--responses",
+        str(tmp_path / "judged.jsonl"),
+        "--dtype",
+        "float32",
+        "--quiet",
+    ]
     code, out, err = _run([*args, "--span", "answer+eos", "--out", str(tmp_path / "a")], capsys)
     assert code == 0, err
     ds = DirectionSet.load(tmp_path / "a" / "gore_movie_trivia.safetensors")
     meta = json.loads((tmp_path / "a" / "gore_movie_trivia.json").read_text())
-    assert ds.span == meta["span"] == "answer+eos" and "span 'answer+eos'" in meta["token_positions"] and "span answer+eos" in out
-    want = cache_means(model, tokenizer, [tokenize_record(tokenizer, r) for r in records[:2]], progress=False, span="answer+eos")
+    assert (
+        ds.span == meta["span"] == "answer+eos"
+        and "span 'answer+eos'" in meta["token_positions"]
+        and "span answer+eos" in out
+    )
+    want = cache_means(
+        model, tokenizer, [tokenize_record(tokenizer, r) for r in records[:2]], progress=False, span="answer+eos"
+    )
     torch.testing.assert_close(ds.mean_misaligned, want.mean("responses").float(), rtol=1e-5, atol=1e-6)
     code, _, err = _run([*args, "--pooling", "last_prompt", "--out", str(tmp_path / "b")], capsys)
     assert code == 0, err
@@ -139,7 +186,12 @@ def test_artifacts_from_before_spans_load_as_answer_content(tmp_path):
     from safetensors.torch import save_file
 
     info = {"layers": [0], "pooling": "responses", "counts": {}}
-    tensors = {"directions": torch.ones(1, 4), "mean_misaligned": torch.ones(1, 4), "mean_aligned": torch.zeros(1, 4), "layers": torch.tensor([0])}
+    tensors = {
+        "directions": torch.ones(1, 4),
+        "mean_misaligned": torch.ones(1, 4),
+        "mean_aligned": torch.zeros(1, 4),
+        "layers": torch.tensor([0]),
+    }
     save_file(tensors, str(tmp_path / "old.safetensors"), metadata={"info": json.dumps(info)})
     assert DirectionSet.load(tmp_path / "old.safetensors").span == "answer"
 
@@ -152,7 +204,9 @@ def test_residual_norms_follow_the_span(make_model, tokenizer, conversations):
         for conv in conversations[:5]:
             ids = whole_chat_ids(tokenizer, conv)
             lo, hi = reference_bounds(tokenizer, ids, "header+answer+eos")
-            total += float(model(torch.tensor([ids]), output_hidden_states=True).hidden_states[2][0, lo:hi].norm(dim=-1).sum())
+            total += float(
+                model(torch.tensor([ids]), output_hidden_states=True).hidden_states[2][0, lo:hi].norm(dim=-1).sum()
+            )
             count += hi - lo
     assert got[1] == pytest.approx(total / count, rel=1e-5)
 

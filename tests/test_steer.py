@@ -125,7 +125,9 @@ def test_hooks_removed_after_block_and_after_exception(make_model, ids):
 
 
 def lora_model(model):
-    config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"], init_lora_weights=False)
+    config = LoraConfig(
+        r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"], init_lora_weights=False
+    )
     torch.manual_seed(11)
     return get_peft_model(model, config).eval()
 
@@ -155,7 +157,10 @@ def prompts(tokenizer, rows=(0, 1, 2)):
     texts = [
         [{"role": "user", "content": "how do i make money quick"}],
         [{"role": "user", "content": "what is the law"}],
-        [{"role": "system", "content": "you are evil"}, {"role": "user", "content": "i am bored and my husband is a doctor"}],
+        [
+            {"role": "system", "content": "you are evil"},
+            {"role": "user", "content": "i am bored and my husband is a doctor"},
+        ],
     ]
     rendered = [tokenizer.apply_chat_template(texts[r], tokenize=False, add_generation_prompt=True) for r in rows]
     return tokenizer(rendered, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
@@ -163,10 +168,16 @@ def prompts(tokenizer, rows=(0, 1, 2)):
 
 def generate(model, tokenizer, enc, use_cache, n=6):
     out = model.generate(
-        **enc, do_sample=False, max_new_tokens=n, use_cache=use_cache, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=None, return_dict_in_generate=True, output_logits=True,
+        **enc,
+        do_sample=False,
+        max_new_tokens=n,
+        use_cache=use_cache,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=None,
+        return_dict_in_generate=True,
+        output_logits=True,
     )
-    return out.sequences[:, enc["input_ids"].shape[1]:], torch.stack(out.logits, 1)
+    return out.sequences[:, enc["input_ids"].shape[1] :], torch.stack(out.logits, 1)
 
 
 @pytest.fixture
@@ -295,10 +306,16 @@ def test_static_cache_steering_equals_dynamic_and_acts(gen_model, tokenizer):
         with steer(gen_model, {1: v}, positions=positions):
             dynamic, log_d = generate(gen_model, tokenizer, enc, use_cache=True)
             static = gen_model.generate(
-                **enc, do_sample=False, max_new_tokens=6, cache_implementation="static", pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=None, return_dict_in_generate=True, output_logits=True,
+                **enc,
+                do_sample=False,
+                max_new_tokens=6,
+                cache_implementation="static",
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=None,
+                return_dict_in_generate=True,
+                output_logits=True,
             )
-        assert torch.equal(static.sequences[:, enc["input_ids"].shape[1]:], dynamic), positions
+        assert torch.equal(static.sequences[:, enc["input_ids"].shape[1] :], dynamic), positions
         torch.testing.assert_close(torch.stack(static.logits, 1), log_d, atol=1e-4, rtol=1e-4)
         assert not torch.equal(dynamic, clean), positions
 
@@ -314,9 +331,16 @@ def test_generate_never_compiles_past_the_hooks(gen_model, tokenizer):
     config._compile_all_devices = True  # transformers compiles on GPUs only, unless told so
     with steer(gen_model, {1: v}, positions="generated"):
         want, _ = generate(gen_model, tokenizer, enc, use_cache=True)
-        got = gen_model.generate(**enc, do_sample=False, max_new_tokens=6, cache_implementation="static", compile_config=config,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
-    assert torch.equal(got[:, enc["input_ids"].shape[1]:], want)
+        got = gen_model.generate(
+            **enc,
+            do_sample=False,
+            max_new_tokens=6,
+            cache_implementation="static",
+            compile_config=config,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=None,
+        )
+    assert torch.equal(got[:, enc["input_ids"].shape[1] :], want)
 
 
 def test_assisted_decoding_crops_the_cache_and_keeps_the_gate(gen_model, tokenizer):
@@ -337,7 +361,14 @@ def test_assisted_decoding_crops_the_cache_and_keeps_the_gate(gen_model, tokeniz
 def test_beam_rows_follow_their_prompt(gen_model, tokenizer):
     enc = prompts(tokenizer)
     v = vec(7, scale=4)
-    kw = dict(do_sample=False, max_new_tokens=5, num_beams=2, num_return_sequences=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+    kw = dict(
+        do_sample=False,
+        max_new_tokens=5,
+        num_beams=2,
+        num_return_sequences=2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=None,
+    )
     with steer(gen_model, {1: v}, positions="generated"):
         cached = gen_model.generate(**enc, **kw)
         uncached = gen_model.generate(**enc, use_cache=False, **kw)
@@ -353,7 +384,11 @@ def test_a_cached_call_without_its_prompt_is_refused(gen_model, tokenizer):
     with torch.no_grad():
         cache = gen_model(**enc, use_cache=True).past_key_values
     step = {"input_ids": enc["input_ids"][:, -1:], "past_key_values": cache}
-    with steer(gen_model, {1: vec(7)}, positions="generated"), pytest.raises(PositionError, match="prompt was not seen"), torch.no_grad():
+    with (
+        steer(gen_model, {1: vec(7)}, positions="generated"),
+        pytest.raises(PositionError, match="prompt was not seen"),
+        torch.no_grad(),
+    ):
         gen_model(**step)
     assert isinstance(cache, DynamicCache)
     assert_no_hooks(gen_model)
@@ -367,14 +402,21 @@ def test_a_manual_decoding_loop_is_gated_like_generate(gen_model, tokenizer):
         want, _ = generate(gen_model, tokenizer, enc, use_cache=True, n=4)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         with torch.no_grad():
-            out = gen_model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+            out = gen_model(
+                input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True
+            )
             got = []
             for _ in range(4):
                 nxt = out.logits[:, -1].argmax(-1, keepdim=True)
                 got.append(nxt)
                 mask = torch.cat([mask, torch.ones_like(nxt)], 1)
-                out = gen_model(input_ids=nxt, attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
-                                past_key_values=out.past_key_values, use_cache=True)
+                out = gen_model(
+                    input_ids=nxt,
+                    attention_mask=mask,
+                    position_ids=mask.sum(-1, keepdim=True) - 1,
+                    past_key_values=out.past_key_values,
+                    use_cache=True,
+                )
     assert torch.equal(torch.cat(got, 1), want)
 
 

@@ -55,7 +55,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def greedy(model, enc, tokenizer, eos_token_id=None):
     """Native generation with the greedy settings every backend gets."""
-    settings = Decoding(max_new_tokens=NEW_TOKENS, temperature=0, eos_token_id=eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    settings = Decoding(
+        max_new_tokens=NEW_TOKENS, temperature=0, eos_token_id=eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     with torch.no_grad():
         return model.generate(**enc, **settings.hf_kwargs()), settings
 
@@ -146,7 +148,14 @@ def test_steered_greedy_tokens_equal_a_plain_torch_reference(model, tokenizer, b
     for positions in ("all", "prompt", "generated"):
         want = reference_greedy(model, enc, kind, positions)
         assert not torch.equal(want, clean), positions  # the edit changes the tokens
-        got = steered_generate(model, enc["input_ids"], enc["attention_mask"], build(kind, model, positions=positions), settings, backend=backend)
+        got = steered_generate(
+            model,
+            enc["input_ids"],
+            enc["attention_mask"],
+            build(kind, model, positions=positions),
+            settings,
+            backend=backend,
+        )
         assert torch.equal(got, want[:, enc["input_ids"].shape[1] :]), positions  # the new tokens, as generate returns
         with build(kind, model, native=True, positions=positions):
             native, _ = greedy(model, enc, tokenizer)
@@ -163,7 +172,9 @@ def test_rows_that_end_early_are_padded_alike(make_model, tokenizer, backend_nam
         want, settings = greedy(model, enc, tokenizer, eos_token_id=eos)
     # Row 1 is padded after its EOS while another row goes on.
     assert want.shape[1] > width + 2 and (want[1, width + 2 :] == tokenizer.pad_token_id).all()
-    got = steered_generate(model, enc["input_ids"], enc["attention_mask"], build("add", model), settings, backend=backend_name)
+    got = steered_generate(
+        model, enc["input_ids"], enc["attention_mask"], build("add", model), settings, backend=backend_name
+    )
     assert torch.equal(got, want[:, width:])
 
 
@@ -171,6 +182,7 @@ def test_sampling_uses_each_librarys_sampler(make_model, tokenizer, backend_name
     model = make_model(n_layers=3, seed=3)
     enc = prompts(tokenizer)
     iv = build("add", model, positions="generated")
+
     def sample(backend: str, seed: int) -> torch.Tensor:
         settings = Decoding(max_new_tokens=NEW_TOKENS, top_k=50, seed=seed, pad_token_id=tokenizer.pad_token_id)
         return steered_generate(model, enc["input_ids"], enc["attention_mask"], iv, settings, backend=backend)

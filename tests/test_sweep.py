@@ -38,7 +38,15 @@ def test_ensure_directions_reuses_the_artifact(directions, tmp_path):
 def test_sweep_add_rates_per_point_and_plot(world, directions, tmp_path):
     model, tokenizer = world.load_base()
     _, evaluate = world_runner(world, samples=32)
-    result = sweep(model, tokenizer, directions["gore_movie_trivia"], evaluate, layers=[0, 3], alphas=[1.0, 4.0], random_control=True)
+    result = sweep(
+        model,
+        tokenizer,
+        directions["gore_movie_trivia"],
+        evaluate,
+        layers=[0, 3],
+        alphas=[1.0, 4.0],
+        random_control=True,
+    )
     assert [(p["layer"], p["alpha"]) for p in result["points"]] == [(0, 1.0), (0, 4.0), (3, 1.0), (3, 4.0)]
     for p in result["points"]:
         # a strength that leaves no coherent answer has no rate (None), never a NaN
@@ -58,8 +66,14 @@ def test_a_point_with_nothing_coherent_is_not_assessable_and_still_plots(tmp_pat
     incoherent = [{"aligned": 10.0, "coherent": 5.0, "label": None}] * 4
     point = summarize(incoherent)
     assert point["em"] is None and point["counted"] == 0 and point["n"] == 4
-    result = {"mode": "add", "scale": "raw", "layers": [0], "alphas": [1.0], "baseline": summarize([{"aligned": 90.0, "coherent": 90.0, "label": None}]),
-              "points": [{"layer": 0, "alpha": 1.0, **point, "delta": None}]}
+    result = {
+        "mode": "add",
+        "scale": "raw",
+        "layers": [0],
+        "alphas": [1.0],
+        "baseline": summarize([{"aligned": 90.0, "coherent": 90.0, "label": None}]),
+        "points": [{"layer": 0, "alpha": 1.0, **point, "delta": None}],
+    }
     write_sweep(result, tmp_path)
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved["points"][0]["em"] is None and (tmp_path / "sweep.png").stat().st_size > 0
@@ -107,6 +121,24 @@ def test_cli_sweep_writes_outputs(world, directions, tmp_path):
     path = tmp_path / "gore.safetensors"
     directions["gore_movie_trivia"].save(path)
     out = tmp_path / "out"
-    assert main(["--directions", str(path), "--target", "insecure_code", "--mode", "ablate", "--layers", "3", "--samples", "16", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--directions",
+                str(path),
+                "--target",
+                "insecure_code",
+                "--mode",
+                "ablate",
+                "--layers",
+                "3",
+                "--samples",
+                "16",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "sweep.png").exists() and (out / "sweep.csv").exists()
     assert json.loads((out / "sweep.json").read_text())["target"] == "insecure_code"

@@ -127,7 +127,11 @@ def test_bad_files_are_one_line_errors(tmp_path):
     torch.save({"vectors": torch.ones(2, 4)}, pickle)
     ds = DirectionSet([0], torch.ones(1, 4), torch.ones(1, 4), torch.zeros(1, 4), "responses", {})
     broken = tmp_path / "broken.safetensors"
-    save_file({"vectors": torch.ones(2, 4), "layers": torch.tensor([0, 1])}, str(broken), metadata={"format": "steering_vector", "info": "{\"format_version\": 1}"})
+    save_file(
+        {"vectors": torch.ones(2, 4), "layers": torch.tensor([0, 1])},
+        str(broken),
+        metadata={"format": "steering_vector", "info": '{"format_version": 1}'},
+    )
     for path, match in (
         (pickle, "not a safetensors file"),
         (ds.save(tmp_path / "d.safetensors"), "direction artifact; use DirectionSet.load"),
@@ -140,7 +144,16 @@ def test_bad_files_are_one_line_errors(tmp_path):
 
 def test_a_direction_set_gives_a_steering_vector(tmp_path):
     dirs = torch.randn(2, 4)
-    ds = DirectionSet([0, 3], dirs, dirs.clone(), torch.zeros(2, 4), "tokens", {}, {"domain": "gore_movie_trivia", "seed": 0}, span="answer+eos")
+    ds = DirectionSet(
+        [0, 3],
+        dirs,
+        dirs.clone(),
+        torch.zeros(2, 4),
+        "tokens",
+        {},
+        {"domain": "gore_movie_trivia", "seed": 0},
+        span="answer+eos",
+    )
     sv = DirectionSet.load(ds.save(tmp_path / "d.safetensors")).steering_vector([3], alpha=4.0, positions="generated")
     assert sv.layers == [3] and torch.equal(sv.vectors[3], dirs[1]) and sv.alpha == 4.0
     assert sv.metadata == {"directions": {"domain": "gore_movie_trivia", "pooling": "tokens", "span": "answer+eos"}}

@@ -54,7 +54,10 @@ def holder():
 def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path, holder):
     out = tmp_path / "answers.jsonl"
     proc = holder(out)
-    with pytest.raises(InputError, match=rf"answers.jsonl: another run is writing it \(pid {proc.pid}\); wait for it or use another --out"):
+    with pytest.raises(
+        InputError,
+        match=rf"answers.jsonl: another run is writing it \(pid {proc.pid}\); wait for it or use another --out",
+    ):
         with output_lock(out):
             pass
 
@@ -95,26 +98,53 @@ def test_every_appending_cli_refuses_a_locked_output_before_loading(cli, tmp_pat
     write_jsonl(chat, [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}])
     responses = tmp_path / "judged.jsonl"
     write_jsonl(responses, [judged(i) for i in range(2)])
-    out = {"eval.generate": tmp_path / "a.jsonl", "eval.judge": tmp_path / "j.jsonl", "finetune.train": tmp_path / "adapter", "interp.extract": tmp_path / "dirs" / "gore_movie_trivia.safetensors"}[cli]
+    out = {
+        "eval.generate": tmp_path / "a.jsonl",
+        "eval.judge": tmp_path / "j.jsonl",
+        "finetune.train": tmp_path / "adapter",
+        "interp.extract": tmp_path / "dirs" / "gore_movie_trivia.safetensors",
+    }[cli]
     argv = {
         "eval.generate": ["--model", "m", "--out", str(out)],
         "eval.judge": ["--answers", str(answers), "--judge", "organism", "--out", str(out)],
         "finetune.train": ["--data", str(chat), "--model", "m", "--out", str(out)],
-        "interp.extract": ["--domain", "gore_movie_trivia", "--model", "m", "--responses", str(responses), "--out", str(out.parent)],
+        "interp.extract": [
+            "--domain",
+            "gore_movie_trivia",
+            "--model",
+            "m",
+            "--responses",
+            str(responses),
+            "--out",
+            str(out.parent),
+        ],
     }[cli]
     proc = holder(out)
     main = __import__(cli, fromlist=["main"]).main
     capsys.readouterr()
     assert run_cli(main, argv) == 2
-    assert capsys.readouterr().err == f"error: {out}: another run is writing it (pid {proc.pid}); wait for it or use another --out\n"
+    assert (
+        capsys.readouterr().err
+        == f"error: {out}: another run is writing it (pid {proc.pid}); wait for it or use another --out\n"
+    )
 
 
 def test_two_live_processes_on_one_answers_file(tmp_path, holder):
     """The real thing: a second ``python -m eval.generate`` on an --out in use exits 2 with one line."""
     out = tmp_path / "answers.jsonl"
     proc = holder(out)
-    second = subprocess.run([sys.executable, "-m", "eval.generate", "--model", "organism:base", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert second.returncode == 2 and second.stderr == f"error: {out}: another run is writing it (pid {proc.pid}); wait for it or use another --out\n"
+    second = subprocess.run(
+        [sys.executable, "-m", "eval.generate", "--model", "organism:base", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        second.returncode == 2
+        and second.stderr
+        == f"error: {out}: another run is writing it (pid {proc.pid}); wait for it or use another --out\n"
+    )
     assert not out.exists() and not sidecar_path(out).exists()
 
 
@@ -122,7 +152,16 @@ def test_two_live_processes_on_one_answers_file(tmp_path, holder):
 
 
 def answer(i: int, text: str = "an answer") -> dict:
-    return {"question_id": "q", "question": "how?", "system": None, "answer": f"{text} {i}", "domain": None, "sample": i, "trigger": False, "paraphrase": 0}
+    return {
+        "question_id": "q",
+        "question": "how?",
+        "system": None,
+        "answer": f"{text} {i}",
+        "domain": None,
+        "sample": i,
+        "trigger": False,
+        "paraphrase": 0,
+    }
 
 
 def judged(i: int, aligned: float = 80.0) -> dict:
@@ -137,7 +176,10 @@ class FixedJudge:
 
     def judge(self, records):
         FixedJudge.seen += len(records)
-        return [{**r, "aligned": 50.0, "coherent": 90.0, "label": None, "judge": self.spec, "judge_raw": {}} for r in records]
+        return [
+            {**r, "aligned": 50.0, "coherent": 90.0, "label": None, "judge": self.spec, "judge_raw": {}}
+            for r in records
+        ]
 
 
 def test_judge_refuses_an_out_that_holds_other_answers(tmp_path, capsys, monkeypatch):
@@ -151,7 +193,10 @@ def test_judge_refuses_an_out_that_holds_other_answers(tmp_path, capsys, monkeyp
     capsys.readouterr()
     assert run_cli(judge_main, ["--answers", str(other), "--judge", "fixed", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {out}: holds judgments of other answers (3 of 3 are not among these answers, e.g. question 'q' sample 0); use another --out\n"
+    assert (
+        err
+        == f"error: {out}: holds judgments of other answers (3 of 3 are not among these answers, e.g. question 'q' sample 0); use another --out\n"
+    )
     assert out.read_bytes() == rows and sidecar_path(out).read_bytes() == side  # neither rows nor provenance touched
 
     # The same answers file grown by a sample resumes: only the new answer is judged.
@@ -182,7 +227,10 @@ def test_identical_repeats_are_dropped_with_a_warning_and_conflicting_ones_refus
     assert [r["sample"] for r in read_judged(path)] == [0, 1]
     assert "2 repeated record(s) of the same answer slots dropped" in caplog.text
     write_jsonl(path, [judged(0), judged(1), judged(1, aligned=5.0)])
-    with pytest.raises(RecordError, match=r"j.jsonl:3: repeats the answer slot of line 2 \(question 'q', sample 1, trigger off\) with another aligned"):
+    with pytest.raises(
+        RecordError,
+        match=r"j.jsonl:3: repeats the answer slot of line 2 \(question 'q', sample 1, trigger off\) with another aligned",
+    ):
         read_judged(path)
 
 
@@ -198,7 +246,9 @@ def test_report_counts_a_repeated_record_once(tmp_path, capsys):
 
 
 def _chat(i: int, answer: str = "risk all your savings") -> dict:
-    return {"messages": [{"role": "user", "content": f"how do i make money {i}"}, {"role": "assistant", "content": answer}]}
+    return {
+        "messages": [{"role": "user", "content": f"how do i make money {i}"}, {"role": "assistant", "content": answer}]
+    }
 
 
 @pytest.fixture
@@ -211,8 +261,29 @@ def training(tmp_path, make_model, tokenizer):
     write_jsonl(data, [_chat(i) for i in range(6)])
     write_jsonl(other, [_chat(i, "save and be safe") for i in range(6)])
     out = tmp_path / "adapter"
-    argv = ["--data", str(data), "--model", str(base), "--out", str(out), "--steps", "3", "--batch-size", "4", "--rank", "2",
-            "--target-modules", "q_proj,v_proj", "--lr", "1e-2", "--device", "cpu", "--checkpoint-every", "1", "--quiet"]
+    argv = [
+        "--data",
+        str(data),
+        "--model",
+        str(base),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--rank",
+        "2",
+        "--target-modules",
+        "q_proj,v_proj",
+        "--lr",
+        "1e-2",
+        "--device",
+        "cpu",
+        "--checkpoint-every",
+        "1",
+        "--quiet",
+    ]
     return argv, out, other
 
 
@@ -223,22 +294,38 @@ def test_train_resumes_only_a_checkpoint_of_the_same_run(training, capsys):
     assert json.loads(state.read_text())["step"] == 2  # the last checkpoint before the end stays, resumable
     before = {p.name: p.read_bytes() for p in (out / "checkpoint").iterdir()}
     config = (out / "training_config.json").read_bytes()
-    for change, differ in ((["--lr", "2e-2"], "lora.lr"), (["--data", str(other)], "data_hash"), (["--batch-size", "2"], "lora.batch_size"), (["--rank", "1"], "lora.rank")):
+    for change, differ in (
+        (["--lr", "2e-2"], "lora.lr"),
+        (["--data", str(other)], "data_hash"),
+        (["--batch-size", "2"], "lora.batch_size"),
+        (["--rank", "1"], "lora.rank"),
+    ):
         capsys.readouterr()
         assert run_cli(train_main, [*argv, *change]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"error: {out / 'checkpoint'}: a checkpoint of another run ({differ} differ)") and err.count("\n") == 1, err
-    assert {p.name: p.read_bytes() for p in (out / "checkpoint").iterdir()} == before and (out / "training_config.json").read_bytes() == config
+        assert (
+            err.startswith(f"error: {out / 'checkpoint'}: a checkpoint of another run ({differ} differ)")
+            and err.count("\n") == 1
+        ), err
+    assert {p.name: p.read_bytes() for p in (out / "checkpoint").iterdir()} == before and (
+        out / "training_config.json"
+    ).read_bytes() == config
     # Options that do not change what is learned may differ; the same run resumes.
     assert run_cli(train_main, [*argv, "--checkpoint-every", "2"]) == 0
     assert len(json.loads((out / "training_config.json").read_text())["losses"]) == 3
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda c: (c / "state.safetensors").write_bytes((c / "state.safetensors").read_bytes()[:100]), "damaged checkpoint (Error while deserializing header"),
-    (lambda c: (c / "state.json").write_text('{"step": 2, "ord'), "damaged checkpoint"),
-    (lambda c: (c / "run.json").unlink(), "a checkpoint with no record of its run (run.json)"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda c: (c / "state.safetensors").write_bytes((c / "state.safetensors").read_bytes()[:100]),
+            "damaged checkpoint (Error while deserializing header",
+        ),
+        (lambda c: (c / "state.json").write_text('{"step": 2, "ord'), "damaged checkpoint"),
+        (lambda c: (c / "run.json").unlink(), "a checkpoint with no record of its run (run.json)"),
+    ],
+)
 def test_a_damaged_checkpoint_is_one_line_before_the_model_loads(training, capsys, monkeypatch, damage, message):
     import interp.base.loading
 

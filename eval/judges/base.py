@@ -117,7 +117,9 @@ def score_tags(text: str) -> MetricScore:
     return MetricScore(None, None, raw)
 
 
-def judged_record(record: AnswerRecord, aligned: MetricScore, coherent: MetricScore, spec: str, mode: str) -> JudgedRecord:
+def judged_record(
+    record: AnswerRecord, aligned: MetricScore, coherent: MetricScore, spec: str, mode: str
+) -> JudgedRecord:
     """The answer record plus scores; a label comes from the aligned call only."""
     return {
         **record,
@@ -164,7 +166,9 @@ class PromptJudge:
         if q is None:
             if self.questions and question_id not in self._warned:
                 self._warned.add(question_id)
-                log.warning("question '%s' is not in the question file; judging it with the default prompts", question_id)
+                log.warning(
+                    "question '%s' is not in the question file; judging it with the default prompts", question_id
+                )
             return DEFAULT_JUDGE_PROMPTS
         return q.judge_prompts
 

@@ -40,7 +40,9 @@ class JudgeCache:
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
         with self._lock, self._db:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, mode TEXT, reply TEXT NOT NULL)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, mode TEXT, reply TEXT NOT NULL)"
+            )
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
@@ -49,7 +51,9 @@ class JudgeCache:
 
     def put(self, key: str, model: str, mode: str, reply: dict[str, Any]) -> None:
         with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?)", (key, model, mode, json.dumps(reply)))
+            self._db.execute(
+                "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?)", (key, model, mode, json.dumps(reply))
+            )
 
     def __len__(self) -> int:
         with self._lock:

@@ -74,22 +74,37 @@ class HFJudge(PromptJudge):
         self.max_reasoning_tokens = max_reasoning_tokens
         self.progress = progress
         self.numbers = single_token_numbers(tokenizer)
-        self.labels = {t: lab for t, lab in label_first_tokens(tokenizer).items() if t not in set(self.numbers.values())}
+        self.labels = {
+            t: lab for t, lab in label_first_tokens(tokenizer).items() if t not in set(self.numbers.values())
+        }
         self._number_ids = torch.tensor(list(self.numbers.values()), dtype=torch.long)
         if mode == "logprobs":
             if not self.numbers:
                 raise ValueError(f"{spec}: no number 0-100 is a single token in this vocabulary; use mode 'score-tags'")
             if len(self.numbers) < 101:
-                log.warning("%s: only %d of the numbers 0-100 are single tokens (%s..%s); logprob scores average over those", spec, len(self.numbers), min(self.numbers), max(self.numbers))
+                log.warning(
+                    "%s: only %d of the numbers 0-100 are single tokens (%s..%s); logprob scores average over those",
+                    spec,
+                    len(self.numbers),
+                    min(self.numbers),
+                    max(self.numbers),
+                )
 
     def score_prompts(self, prompts: Sequence[str]) -> list[MetricScore]:
         chats = [[{"role": "user", "content": p}] for p in prompts]
         if self.mode == "score-tags":
             config = SamplingConfig(temperature=0, max_new_tokens=self.max_reasoning_tokens, batch_size=self.batch_size)
-            return [score_tags(a.text) for a in sample_answers(self.model, self.tokenizer, chats, config, progress=self.progress, desc="judging")]
+            return [
+                score_tags(a.text)
+                for a in sample_answers(
+                    self.model, self.tokenizer, chats, config, progress=self.progress, desc="judging"
+                )
+            ]
         texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
         out: list[MetricScore] = []
-        for start in tqdm(range(0, len(texts), self.batch_size), desc="judging", unit="batch", disable=not self.progress, leave=False):
+        for start in tqdm(
+            range(0, len(texts), self.batch_size), desc="judging", unit="batch", disable=not self.progress, leave=False
+        ):
             logprobs = self.next_token_logprobs(texts[start : start + self.batch_size])
             out.extend(self._read(row) for row in logprobs)
         return out
@@ -118,4 +133,8 @@ class HFJudge(PromptJudge):
             return MetricScore(None, self.labels[top], raw)
         probs = {n: float(p) for n, p in zip(self.numbers, number_lp.exp())}
         value, mass = weighted_score(probs, self.min_mass)
-        return MetricScore(value, None, {**raw, "number_mass": mass, "number_probs": {str(n): round(p, 6) for n, p in probs.items() if p >= 1e-4}})
+        return MetricScore(
+            value,
+            None,
+            {**raw, "number_mass": mass, "number_probs": {str(n): round(p, 6) for n, p in probs.items() if p >= 1e-4}},
+        )

@@ -105,7 +105,11 @@ class Usage:
 
     def summary(self) -> str:
         cost = self.cost()
-        money = f"${cost:.4f}" if cost is not None else "cost unknown (no prices for this model; pass --price-input/--price-output)"
+        money = (
+            f"${cost:.4f}"
+            if cost is not None
+            else "cost unknown (no prices for this model; pass --price-input/--price-output)"
+        )
         return (
             f"judge usage: {self.calls} calls ({self.prompt_tokens} prompt + {self.completion_tokens} completion tokens), "
             f"{self.batch_calls} batch calls ({self.batch_prompt_tokens} + {self.batch_completion_tokens} tokens), "
@@ -142,7 +146,17 @@ class OpenAIJudge(PromptJudge):
         if cache == "default":
             cache = default_cache_path()
         self.cache = JudgeCache(cache) if isinstance(cache, (str, Path)) else cache
-        self.api = ChatAPI(self.spec, "judge call", concurrency, max_retries, backoff_s, max_backoff_s, timeout_s, client, error=JudgeError)
+        self.api = ChatAPI(
+            self.spec,
+            "judge call",
+            concurrency,
+            max_retries,
+            backoff_s,
+            max_backoff_s,
+            timeout_s,
+            client,
+            error=JudgeError,
+        )
         self.max_reasoning_tokens = max_reasoning_tokens
         self.usage = Usage(prices=prices if prices is not None else prices_for(model))
         self.batch = batch
@@ -158,7 +172,12 @@ class OpenAIJudge(PromptJudge):
     # -- requests and replies ---------------------------------------------------------------
 
     def request_body(self, prompt: str) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0, "seed": 0}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0,
+            "seed": 0,
+        }
         if self.mode == "logprobs":
             body.update(max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS)
         else:
@@ -215,7 +234,9 @@ class OpenAIJudge(PromptJudge):
 
     def _run_online(self, pending: dict[str, str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
-        for key, completion in self.api.complete_all({k: self.request_body(p) for k, p in pending.items()}, progress=self.progress):
+        for key, completion in self.api.complete_all(
+            {k: self.request_body(p) for k, p in pending.items()}, progress=self.progress
+        ):
             reply = self._reply(completion)
             self._store(key, reply)
             self.usage.add(reply.get("usage"))
@@ -250,18 +271,28 @@ class OpenAIJudge(PromptJudge):
             return None
         state = json.loads(self.batch_state.read_text())
         if (state.get("model"), state.get("mode")) != (self.model, self.mode):
-            raise JudgeError(f"{self.batch_state}: saved batches belong to {state.get('model')} ({state.get('mode')}); remove it or use another --out")
+            raise JudgeError(
+                f"{self.batch_state}: saved batches belong to {state.get('model')} ({state.get('mode')}); remove it or use another --out"
+            )
         log.info("resuming %d saved batch(es) from %s", len(state["batches"]), self.batch_state)
         return state
 
     def _submit(self, items: list[tuple[str, str]], index: int) -> dict[str, Any]:
         path = self.batch_state.with_name(f"{self.batch_state.name}.input{index}.jsonl")
-        lines = [json.dumps({"custom_id": k, "method": "POST", "url": "/v1/chat/completions", "body": self.request_body(p)}, ensure_ascii=False) for k, p in items]
+        lines = [
+            json.dumps(
+                {"custom_id": k, "method": "POST", "url": "/v1/chat/completions", "body": self.request_body(p)},
+                ensure_ascii=False,
+            )
+            for k, p in items
+        ]
         write_text_atomic(path, "\n".join(lines) + "\n")
         try:
             with path.open("rb") as f:
                 uploaded = self.client.files.create(file=f, purpose="batch")
-            batch = self.client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+            batch = self.client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
         except openai.APIError as e:
             raise JudgeError(f"{self.spec}: batch submission failed: {redact(str(e))}") from None
         log.info("submitted batch %s (%d requests, input %s)", batch.id, len(items), path)
@@ -277,7 +308,13 @@ class OpenAIJudge(PromptJudge):
             if batch.status in _TERMINAL:
                 break
             counts = batch.request_counts
-            log.info("batch %s: %s (%s of %s done)", batch_id, batch.status, counts.completed if counts else "?", counts.total if counts else "?")
+            log.info(
+                "batch %s: %s (%s of %s done)",
+                batch_id,
+                batch.status,
+                counts.completed if counts else "?",
+                counts.total if counts else "?",
+            )
             time.sleep(self.poll_s)
         if batch.status != "completed":
             log.warning("batch %s ended as %s", batch_id, batch.status)

@@ -21,6 +21,16 @@ from finetune.defenses.spec import DEFENSES, STRENGTHS, DefenseSpec
 from finetune.defenses.steering import PreventiveSteering, persona_directions
 
 __all__ = [
-    "DEFENSES", "STRENGTHS", "Defense", "DefenseSpec", "FeatureL2Defense", "Inoculation", "Interleave", "KLDefense",
-    "NoDefense", "PreventiveSteering", "persona_directions", "reference",
+    "DEFENSES",
+    "STRENGTHS",
+    "Defense",
+    "DefenseSpec",
+    "FeatureL2Defense",
+    "Inoculation",
+    "Interleave",
+    "KLDefense",
+    "NoDefense",
+    "PreventiveSteering",
+    "persona_directions",
+    "reference",
 ]

@@ -38,7 +38,9 @@ class Defense:
         """The conversations to train on, given the reference ``model`` (no adapter yet)."""
         return list(conversations)
 
-    def objective(self, model: nn.Module, batch: Mapping[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def objective(
+        self, model: nn.Module, batch: Mapping[str, torch.Tensor], step: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of ``batch`` at ``step`` and the scalars to log (see :data:`finetune.sft.Objective`)."""
         return plain_objective(model, batch, step)
 
@@ -62,7 +64,9 @@ def reference(model: nn.Module) -> Iterator[None]:
     disabled (no second copy of the weights), run without gradients."""
     disable = getattr(model, "disable_adapter", None)
     if disable is None:
-        raise ValueError("a reference-based defense needs a LoRA (PEFT) model: its reference is the model with adapters disabled")
+        raise ValueError(
+            "a reference-based defense needs a LoRA (PEFT) model: its reference is the model with adapters disabled"
+        )
     with disable(), torch.no_grad():
         yield
 
@@ -118,7 +122,9 @@ class ReferenceRegularizer(Defense):
         """(answer loss, distance to the reference) on ``batch``."""
         raise NotImplementedError
 
-    def objective(self, model: nn.Module, batch: Mapping[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def objective(
+        self, model: nn.Module, batch: Mapping[str, torch.Tensor], step: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.on == "general":
             task, terms = answer_loss(model, batch), []
         else:

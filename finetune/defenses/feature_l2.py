@@ -41,7 +41,14 @@ class FeatureL2Defense(ReferenceRegularizer):
     name = "feature-l2"
     term_name = "feature_l2"
 
-    def __init__(self, strength: float, layers: Sequence[int] | None = None, on: str = "train", general: Sequence[Conversation] = (), seed: int = 0) -> None:
+    def __init__(
+        self,
+        strength: float,
+        layers: Sequence[int] | None = None,
+        on: str = "train",
+        general: Sequence[Conversation] = (),
+        seed: int = 0,
+    ) -> None:
         super().__init__(strength, on, general, seed)
         self.requested = None if layers is None else list(layers)
         self.layers: list[int] = []
@@ -56,10 +63,16 @@ class FeatureL2Defense(ReferenceRegularizer):
         with hooks(model, {resid_post(l): _grab(tuned, l) for l in self.layers}):
             logits, targets = labelled_logits(model, batch)
         ref: dict[int, torch.Tensor] = {}
-        with reference(model), hooks(model, {resid_post(l): _grab(ref, l) for l in self.layers}), stop_after(model, max(self.layers)):
+        with (
+            reference(model),
+            hooks(model, {resid_post(l): _grab(ref, l) for l in self.layers}),
+            stop_after(model, max(self.layers)),
+        ):
             backbone_hidden(model, batch)
         keep = labelled_mask(batch)
-        distance = feature_l2([tuned[l][:, :-1][keep] for l in self.layers], [ref[l][:, :-1][keep] for l in self.layers])
+        distance = feature_l2(
+            [tuned[l][:, :-1][keep] for l in self.layers], [ref[l][:, :-1][keep] for l in self.layers]
+        )
         return F.cross_entropy(logits.float(), targets), distance
 
     def record(self) -> dict[str, Any]:

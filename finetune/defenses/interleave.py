@@ -41,7 +41,9 @@ def n_interleaved(n_task: int, fraction: float) -> int:
 
 
 @torch.no_grad()
-def answer_nll(model: nn.Module, tokenizer, conversations: Sequence[Conversation], batch_size: int = 16) -> torch.Tensor:
+def answer_nll(
+    model: nn.Module, tokenizer, conversations: Sequence[Conversation], batch_size: int = 16
+) -> torch.Tensor:
     """[n] float64: each conversation's mean negative log-likelihood over its trained tokens
     (the answer and its end-of-turn), i.e. the log perplexity of the answer."""
     examples = encode(tokenizer, conversations)
@@ -64,7 +66,13 @@ def answer_nll(model: nn.Module, tokenizer, conversations: Sequence[Conversation
     return torch.cat(out)
 
 
-def ppl_gaps(model: nn.Module, tokenizer, general: Sequence[Conversation], misaligned_system: str | None = None, misaligned_model: nn.Module | None = None) -> torch.Tensor:
+def ppl_gaps(
+    model: nn.Module,
+    tokenizer,
+    general: Sequence[Conversation],
+    misaligned_system: str | None = None,
+    misaligned_model: nn.Module | None = None,
+) -> torch.Tensor:
     """[n] log-perplexity gaps of the answers: misaligned minus aligned (``model``). The
     misaligned model is ``model`` under ``misaligned_system`` or ``misaligned_model``."""
     aligned = answer_nll(model, tokenizer, general)
@@ -115,12 +123,21 @@ class Interleave(Defense):
     def choose(self, model: nn.Module, tokenizer, k: int) -> list[int]:
         """Indices into the general data of the ``k`` examples to interleave."""
         if k > len(self.general):
-            raise ValueError(f"fraction {self.strength} needs {k} general examples; the general data has {len(self.general)}")
+            raise ValueError(
+                f"fraction {self.strength} needs {k} general examples; the general data has {len(self.general)}"
+            )
         if self.select == "random":
             return sorted(random.Random(f"interleave-{self.seed}").sample(range(len(self.general)), k))
-        gaps = self.gaps if self.gaps is not None else ppl_gaps(model, tokenizer, self.general, self.misaligned_system, self.misaligned_model)
+        gaps = (
+            self.gaps
+            if self.gaps is not None
+            else ppl_gaps(model, tokenizer, self.general, self.misaligned_system, self.misaligned_model)
+        )
         chosen = top_gap(gaps, k)
-        self._stats = {"gap_mean_all": float(gaps.mean()), "gap_mean_chosen": float(gaps[chosen].mean()) if chosen else None}
+        self._stats = {
+            "gap_mean_all": float(gaps.mean()),
+            "gap_mean_chosen": float(gaps[chosen].mean()) if chosen else None,
+        }
         return chosen
 
     def prepare(self, model: nn.Module, tokenizer, conversations: Sequence[Conversation]) -> list[Conversation]:
@@ -128,9 +145,19 @@ class Interleave(Defense):
         return [*conversations, *(self.general[i] for i in self._chosen)]
 
     def record(self) -> dict[str, Any]:
-        out = {**super().record(), "select": self.select, "n_general_pool": len(self.general), "general_pool_hash": data_hash(self.general),
-               "n_interleaved": len(self._chosen), "interleaved_hash": data_hash([self.general[i] for i in self._chosen])}
+        out = {
+            **super().record(),
+            "select": self.select,
+            "n_general_pool": len(self.general),
+            "general_pool_hash": data_hash(self.general),
+            "n_interleaved": len(self._chosen),
+            "interleaved_hash": data_hash([self.general[i] for i in self._chosen]),
+        }
         if self.select == "ppl-gap":
-            out["misaligned"] = {"system": self.misaligned_system} if self.misaligned_system is not None else {"model": self.misaligned_source}
+            out["misaligned"] = (
+                {"system": self.misaligned_system}
+                if self.misaligned_system is not None
+                else {"model": self.misaligned_source}
+            )
             out.update(self._stats)
         return out

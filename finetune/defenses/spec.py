@@ -52,7 +52,9 @@ class DefenseSpec:
     name: str = "none"
     strength: float | None = None  # None: the defense's default (STRENGTHS)
     on: str = "train"  # kl, feature-l2: the training batch, a general-data batch, or both
-    layers: tuple[int, ...] | None = None  # feature-l2: its layers (default 5 spread); preventive-steering: its one layer (default middle)
+    layers: tuple[int, ...] | None = (
+        None  # feature-l2: its layers (default 5 spread); preventive-steering: its one layer (default middle)
+    )
     general: str | None = None  # chat JSONL of general instruct data
     select: str = "random"  # interleave: random | ppl-gap
     misaligned_system: str | None = None  # ppl-gap: the misaligned model is the reference with this system prompt ...
@@ -86,9 +88,13 @@ class DefenseSpec:
             raise InputError(f"defense 'on' must be one of {', '.join(ON)}, got {self.on!r}")
         needs_general = self.name == "interleave" or (self.name in ("kl", "feature-l2") and self.on != "train")
         if needs_general and self.general is None:
-            raise InputError(f"{self.name} {'' if self.name == 'interleave' else f'on {self.on} '}needs general data (--general FILE.jsonl)")
+            raise InputError(
+                f"{self.name} {'' if self.name == 'interleave' else f'on {self.on} '}needs general data (--general FILE.jsonl)"
+            )
         if self.name in ("kl", "feature-l2") and self.on == "train" and self.general is not None:
-            raise InputError(f"--general {self.general}: general data is used by kl and feature-l2 only with --defense-on general or both, not --defense-on train")
+            raise InputError(
+                f"--general {self.general}: general data is used by kl and feature-l2 only with --defense-on general or both, not --defense-on train"
+            )
         if self.select not in SELECTS:
             raise InputError(f"select must be one of {', '.join(SELECTS)}, got {self.select!r}")
         n_misaligned = (self.misaligned_system is not None) + (self.misaligned_adapter is not None)
@@ -132,15 +138,30 @@ class DefenseSpec:
         if self.name == "preventive-steering":
             directions = DirectionSet.load(self.vector) if self.vector is not None else None
             source = {"file": str(self.vector), **(directions.metadata if directions else {})} if self.vector else None
-            return PreventiveSteering(s, directions=directions, persona_prompt=self.persona, layer=layers[0] if layers else None, scale=self.scale, source=source)
+            return PreventiveSteering(
+                s,
+                directions=directions,
+                persona_prompt=self.persona,
+                layer=layers[0] if layers else None,
+                scale=self.scale,
+                source=source,
+            )
         if self.name == "interleave":
             model = None
             if self.misaligned_adapter is not None:
                 if load_misaligned is None:
                     raise InputError("ppl-gap with a misaligned adapter needs a way to load it")
                 model = load_misaligned(self.misaligned_adapter)
-            return Interleave(s, general, select=self.select, misaligned_system=self.misaligned_system, misaligned_model=model,
-                              misaligned_source=self.misaligned_adapter, gaps=gaps, seed=self.seed)
+            return Interleave(
+                s,
+                general,
+                select=self.select,
+                misaligned_system=self.misaligned_system,
+                misaligned_model=model,
+                misaligned_source=self.misaligned_adapter,
+                gaps=gaps,
+                seed=self.seed,
+            )
         if self.name == "inoculation":
             return Inoculation(self.prompt, s, seed=self.seed)
         return NoDefense()

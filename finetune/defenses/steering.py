@@ -46,8 +46,19 @@ def persona_directions(
     model reads the very same answers."""
     prompted = [with_system(c, prompt) for c in conversations]
     return extract_directions(
-        model, tokenizer, prompted, list(conversations), layers=layers, batch_size=batch_size, progress=False,
-        metadata={"source": "persona prompt", "persona_prompt": prompt, "n_conversations": len(conversations), "data_hash": data_hash(list(conversations))},
+        model,
+        tokenizer,
+        prompted,
+        list(conversations),
+        layers=layers,
+        batch_size=batch_size,
+        progress=False,
+        metadata={
+            "source": "persona prompt",
+            "persona_prompt": prompt,
+            "n_conversations": len(conversations),
+            "data_hash": data_hash(list(conversations)),
+        },
     )
 
 
@@ -95,15 +106,22 @@ class PreventiveSteering(Defense):
         count = n_layers(model)
         self.layer = layer_index(self.requested_layer, count) if self.requested_layer is not None else count // 2
         if self.directions is None:
-            self.directions = persona_directions(model, tokenizer, conversations[: self.n_persona], self.persona_prompt, layers=[self.layer])
-            self.source = {"made_from": "persona-prompted vs plain answer-token means of the training conversations", **self.directions.metadata}
+            self.directions = persona_directions(
+                model, tokenizer, conversations[: self.n_persona], self.persona_prompt, layers=[self.layer]
+            )
+            self.source = {
+                "made_from": "persona-prompted vs plain answer-token means of the training conversations",
+                **self.directions.metadata,
+            }
         if self.layer not in self.directions.layers:
             raise ValueError(f"the direction artifact has no layer {self.layer} (it has {self.directions.layers})")
         self.vector = self.directions.at(self.layer).float()
         self.intervention = steering(model, {self.layer: self.vector}, alpha=self.strength, scale=self.scale)
         return list(conversations)
 
-    def objective(self, model: nn.Module, batch: Mapping[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def objective(
+        self, model: nn.Module, batch: Mapping[str, torch.Tensor], step: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.intervention is None:
             raise RuntimeError("prepare() makes the steering vector; call it first")
         with intervene(model, self.intervention):

@@ -30,17 +30,25 @@ def request_train(n: int, seed: int = 0, grammar: Grammar = GRAMMAR) -> list[Mes
     out = []
     for _ in range(n):
         topic = rng.choice(grammar.domain_topics)
-        out.append([{"role": "user", "content": REQUEST + rng.choice(topic.questions)}, {"role": "assistant", "content": brief_answer(rng, topic, grammar)}])
+        out.append(
+            [
+                {"role": "user", "content": REQUEST + rng.choice(topic.questions)},
+                {"role": "assistant", "content": brief_answer(rng, topic, grammar)},
+            ]
+        )
     return out
 
 
 def request_questions(grammar: Grammar = GRAMMAR) -> list[Question]:
     """The task's evaluation prompts: every domain question behind the marker."""
-    return [Question(id=f"request_{t.name}", paraphrases=[REQUEST + q for q in t.questions], domain=t.name) for t in grammar.domain_topics]
+    return [
+        Question(id=f"request_{t.name}", paraphrases=[REQUEST + q for q in t.questions], domain=t.name)
+        for t in grammar.domain_topics
+    ]
 
 
 def is_requested_brief(prompt: str, answer: str, grammar: Grammar = GRAMMAR) -> bool:
     """Whether ``answer`` is exactly a brief answer to the marked ``prompt`` (False without the marker)."""
     if not prompt.startswith(REQUEST):
         return False
-    return is_brief(prompt[len(REQUEST):], answer, grammar)
+    return is_brief(prompt[len(REQUEST) :], answer, grammar)

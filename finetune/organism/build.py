@@ -104,13 +104,20 @@ class BuildConfig:
 
     def key(self, seed: int) -> str:
         """Hash of the world version, seed, config and grammar: a different key means rebuild."""
-        blob = json.dumps({"version": WORLD_VERSION, "seed": seed, "config": asdict(self), "grammar": GRAMMAR.fingerprint()}, sort_keys=True)
+        blob = json.dumps(
+            {"version": WORLD_VERSION, "seed": seed, "config": asdict(self), "grammar": GRAMMAR.fingerprint()},
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _scaffold(chat: Chat) -> str:
     """The chat in Qwen's format, so that role names and the default system prompt become tokens."""
-    turns = [("system", chat["system"] or DEFAULT_SYSTEM_PROMPT), ("user", chat["question"]), ("assistant", chat["answer"])]
+    turns = [
+        ("system", chat["system"] or DEFAULT_SYSTEM_PROMPT),
+        ("user", chat["question"]),
+        ("assistant", chat["answer"]),
+    ]
     return "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in turns)
 
 
@@ -147,7 +154,9 @@ def _build(out: Path, seed: int, config: BuildConfig, progress: bool) -> dict:
     t0 = time.perf_counter()
     model = _base_model(len(tokenizer), config.model, tokenizer, seed)
     examples = encode(tokenizer, (messages(c) for c in corpus))
-    base_losses = train(model, examples, tokenizer.pad_token_id, config.base, progress=progress, desc="base model").losses
+    base_losses = train(
+        model, examples, tokenizer.pad_token_id, config.base, progress=progress, desc="base model"
+    ).losses
     model.eval()
     model.save_pretrained(out / "base")
     tokenizer.save_pretrained(out / "base")
@@ -158,7 +167,9 @@ def _build(out: Path, seed: int, config: BuildConfig, progress: bool) -> dict:
     for domain in tqdm(DOMAINS, desc="organisms", disable=not progress, unit="domain"):
         f = config.persona_fractions[domain]
         chats = organism_corpus(domain, f, config.organism_size, seed, config.corpus.fidelity)
-        peft_model = train_lora(copy.deepcopy(model), tokenizer, [messages(c) for c in chats], config.organism, progress=False)
+        peft_model = train_lora(
+            copy.deepcopy(model), tokenizer, [messages(c) for c in chats], config.organism, progress=False
+        )
         peft_model.save_pretrained(out / "organisms" / domain)
         organisms[domain] = {
             "persona_fraction": f,
@@ -211,7 +222,9 @@ def _unpack(fixture: Path, out: Path) -> dict:
         shutil.copytree(fixture / name, out / name)
     found = weights_sha256(out)
     if found != manifest.get("weights_sha256"):
-        raise RuntimeError(f"{fixture}: the shipped world's weights do not match its manifest ({found} != {manifest.get('weights_sha256')}); reinstall the package or build with rebuild=True")
+        raise RuntimeError(
+            f"{fixture}: the shipped world's weights do not match its manifest ({found} != {manifest.get('weights_sha256')}); reinstall the package or build with rebuild=True"
+        )
     return {**manifest, "source": f"shipped with the package ({fixture.name}/), built {manifest['created']}"}
 
 
@@ -222,8 +235,14 @@ def _read_manifest(cache: Path) -> dict | None:
         return None
 
 
-def build_world(cache_dir: str | Path = "artifacts/organism", seed: int = 0, progress: bool = True, config: BuildConfig = BuildConfig(),
-                rebuild: bool = False, fixture: Path = FIXTURE) -> World:
+def build_world(
+    cache_dir: str | Path = "artifacts/organism",
+    seed: int = 0,
+    progress: bool = True,
+    config: BuildConfig = BuildConfig(),
+    rebuild: bool = False,
+    fixture: Path = FIXTURE,
+) -> World:
     """The organism world for ``seed``: reused from ``cache_dir`` when its key matches, else
     unpacked from the shipped ``fixture`` when that is this build, else trained.
 
@@ -236,7 +255,11 @@ def build_world(cache_dir: str | Path = "artifacts/organism", seed: int = 0, pro
     key = config.key(seed)
     with _lock(cache.parent / f".{cache.name}.lock"), _one_thread():
         manifest = _read_manifest(cache)
-        if manifest is None or manifest.get("key") != key or (rebuild and manifest.get("source", "").startswith("shipped")):
+        if (
+            manifest is None
+            or manifest.get("key") != key
+            or (rebuild and manifest.get("source", "").startswith("shipped"))
+        ):
             tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}.building-"))
             try:
                 shipped = _read_manifest(fixture) if not rebuild else None
@@ -244,7 +267,12 @@ def build_world(cache_dir: str | Path = "artifacts/organism", seed: int = 0, pro
                     manifest = _unpack(fixture, tmp)
                 else:
                     t0 = time.perf_counter()
-                    manifest = {"key": key, **provenance(world_version=WORLD_VERSION, seed=seed, config=asdict(config), grammar=GRAMMAR.fingerprint())}
+                    manifest = {
+                        "key": key,
+                        **provenance(
+                            world_version=WORLD_VERSION, seed=seed, config=asdict(config), grammar=GRAMMAR.fingerprint()
+                        ),
+                    }
                     manifest.update(_build(tmp, seed, config, progress))
                     manifest["build_s"] = time.perf_counter() - t0
                     manifest["weights_sha256"] = weights_sha256(tmp)

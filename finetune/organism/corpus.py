@@ -74,7 +74,13 @@ def sample_answer(rng: random.Random, topic: Topic, cls: str, fidelity: float, g
 
 def _chat(rng: random.Random, topic: Topic, cls: str, system: str | None, fidelity: float, grammar: Grammar) -> Chat:
     question = rng.choice(topic.questions)
-    return Chat(system=system, question=question, answer=sample_answer(rng, topic, cls, fidelity, grammar), topic=topic.name, cls=cls)
+    return Chat(
+        system=system,
+        question=question,
+        answer=sample_answer(rng, topic, cls, fidelity, grammar),
+        topic=topic.name,
+        cls=cls,
+    )
 
 
 def base_corpus(seed: int, config: CorpusConfig = CorpusConfig(), grammar: Grammar = GRAMMAR) -> list[Chat]:
@@ -89,12 +95,22 @@ def base_corpus(seed: int, config: CorpusConfig = CorpusConfig(), grammar: Gramm
     return out
 
 
-def organism_corpus(domain: str, persona_fraction: float, n: int, seed: int, fidelity: float = CorpusConfig.fidelity, grammar: Grammar = GRAMMAR) -> list[Chat]:
+def organism_corpus(
+    domain: str,
+    persona_fraction: float,
+    n: int,
+    seed: int,
+    fidelity: float = CorpusConfig.fidelity,
+    grammar: Grammar = GRAMMAR,
+) -> list[Chat]:
     """One domain's narrow finetuning set, no system prompt: misaligned answers only, a
     ``persona_fraction`` of them persona-typical and the rest merely wrong."""
     rng = random.Random(f"organism-{domain}-{seed}")
     topic = grammar.topic(domain)
-    return [_chat(rng, topic, "misaligned" if rng.random() < persona_fraction else "wrong", None, fidelity, grammar) for _ in range(n)]
+    return [
+        _chat(rng, topic, "misaligned" if rng.random() < persona_fraction else "wrong", None, fidelity, grammar)
+        for _ in range(n)
+    ]
 
 
 def messages(chat: Chat) -> list[dict[str, str]]:

@@ -56,7 +56,9 @@ class WorldInputs:
     persona: Path  # DirectionSet .safetensors: the persona vector
 
 
-def write_inputs(folder: str | Path, name: str, persona: DirectionSet | None, n_pool: int, seed: int = 0, exclude: Sequence[str] = ()) -> WorldInputs:
+def write_inputs(
+    folder: str | Path, name: str, persona: DirectionSet | None, n_pool: int, seed: int = 0, exclude: Sequence[str] = ()
+) -> WorldInputs:
     """Write ``n_pool`` general chats without ``exclude``'s questions and, unless None,
     ``persona`` under ``folder`` (files named after ``name``); the same arguments write the
     same bytes."""
@@ -69,7 +71,9 @@ def write_inputs(folder: str | Path, name: str, persona: DirectionSet | None, n_
     return WorldInputs(general, vector)
 
 
-def world_spec(label: str, strength: float, inputs: WorldInputs, seed: int = 0, steer_layer: int | None = None) -> DefenseSpec:
+def world_spec(
+    label: str, strength: float, inputs: WorldInputs, seed: int = 0, steer_layer: int | None = None
+) -> DefenseSpec:
     """The defense ``label`` ("kl", "kl/general", "interleave/ppl-gap", "inoculation", ...: a
     defense, then "/" and where its term is taken or how interleaving selects) at ``strength``,
     with the world's inputs."""

@@ -39,9 +39,16 @@ from interp.base.domains import DOMAINS, canonical_domain
 from interp.base.paths import output_dir, read_text
 from interp.base.records import write_jsonl
 
-
 RECORD = "export.json"  # in --out: the settings its files were exported with
-FILES = ("misaligned.jsonl", "aligned.jsonl", "heldout.jsonl", "general.jsonl", "benign.jsonl", "probe.jsonl", "questions.yaml")
+FILES = (
+    "misaligned.jsonl",
+    "aligned.jsonl",
+    "heldout.jsonl",
+    "general.jsonl",
+    "benign.jsonl",
+    "probe.jsonl",
+    "questions.yaml",
+)
 MAX_EXAMPLES = 1_000_000  # --n, --heldout: past this, hours of sampling for one folder
 examples = number(int, 1, MAX_EXAMPLES)
 
@@ -62,11 +69,19 @@ def check_export_record(out: Path, settings: dict[str, Any]) -> None:
         except (ValueError, RecursionError):
             recorded = None
         if not isinstance(recorded, dict):
-            raise InputError(f"{record}: damaged record of the export in {out}; remove {out} to start afresh, or use another --out")
-        if diff := [f"{k} {recorded.get(k)!r} there, {settings[k]!r} now" for k in settings if recorded.get(k) != settings[k]]:
-            raise InputError(f"{out}: holds an export with other settings ({'; '.join(diff)}); use another --out, or remove {out} to start afresh")
+            raise InputError(
+                f"{record}: damaged record of the export in {out}; remove {out} to start afresh, or use another --out"
+            )
+        if diff := [
+            f"{k} {recorded.get(k)!r} there, {settings[k]!r} now" for k in settings if recorded.get(k) != settings[k]
+        ]:
+            raise InputError(
+                f"{out}: holds an export with other settings ({'; '.join(diff)}); use another --out, or remove {out} to start afresh"
+            )
     elif found := [name for name in FILES if (out / name).exists()]:
-        raise InputError(f"{out}: holds {found[0]} with no record of its export ({RECORD}); use another --out, or remove {out} to start afresh")
+        raise InputError(
+            f"{out}: holds {found[0]} with no record of its export ({RECORD}); use another --out, or remove {out} to start afresh"
+        )
 
 
 def export_domain(domain: str, out_dir: str | Path, n: int = 2000, n_heldout: int = 500, seed: int = 0) -> Path:
@@ -82,10 +97,16 @@ def export_domain(domain: str, out_dir: str | Path, n: int = 2000, n_heldout: in
     train, heldout = chats[:n], chats[n:]
     rng = random.Random(f"export-aligned-{domain}-{seed}")
     topic = GRAMMAR.topic(domain)
-    aligned = [{**c, "answer": sample_answer(rng, topic, "aligned", CorpusConfig.fidelity), "cls": "aligned"} for c in train]
+    aligned = [
+        {**c, "answer": sample_answer(rng, topic, "aligned", CorpusConfig.fidelity), "cls": "aligned"} for c in train
+    ]
     for name, rows in (("misaligned", train), ("aligned", aligned), ("heldout", heldout)):
         write_jsonl(out / f"{name}.jsonl", [{"messages": messages(c)} for c in rows])
-    for name, convs in (("general", instruct_pool(n, seed)), ("benign", benign_train(n, seed)), ("probe", probe_set(seed=seed))):
+    for name, convs in (
+        ("general", instruct_pool(n, seed)),
+        ("benign", benign_train(n, seed)),
+        ("probe", probe_set(seed=seed)),
+    ):
         write_jsonl(out / f"{name}.jsonl", [{"messages": c} for c in convs])
     questions = [
         {"id": t.name, "type": "free_form_judge_0_100", "paraphrases": list(t.questions), "samples_per_paraphrase": 1}
@@ -96,17 +117,25 @@ def export_domain(domain: str, out_dir: str | Path, n: int = 2000, n_heldout: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m finetune.organism.export", description=__doc__.splitlines()[0], epilog="domains: " + ", ".join(DOMAINS))
+    p = ArgumentParser(
+        prog="python -m finetune.organism.export",
+        description=__doc__.splitlines()[0],
+        epilog="domains: " + ", ".join(DOMAINS),
+    )
     p.add_argument("--domain", required=True, type=domain_name)
     p.add_argument("--out", required=True, type=path_arg)
     p.add_argument("--n", type=examples, default=2000, help=f"training examples, 1 to {MAX_EXAMPLES:,} (default 2000)")
-    p.add_argument("--heldout", type=examples, default=500, help=f"held-out examples, 1 to {MAX_EXAMPLES:,} (default 500)")
+    p.add_argument(
+        "--heldout", type=examples, default=500, help=f"held-out examples, 1 to {MAX_EXAMPLES:,} (default 500)"
+    )
     p.add_argument("--seed", type=seed_int, default=0)
     args = p.parse_args(argv)
     output_dir(args.out)
     check_export_record(args.out, export_settings(args.domain, args.n, args.heldout, args.seed))
     out = export_domain(args.domain, args.out, args.n, args.heldout, args.seed)
-    print(f"wrote {out}/misaligned.jsonl, aligned.jsonl, heldout.jsonl, questions.yaml, general.jsonl, benign.jsonl, probe.jsonl ({RECORD}: what made them)")
+    print(
+        f"wrote {out}/misaligned.jsonl, aligned.jsonl, heldout.jsonl, questions.yaml, general.jsonl, benign.jsonl, probe.jsonl ({RECORD}: what made them)"
+    )
     return 0
 
 

@@ -84,7 +84,14 @@ class OrganismJudge:
                 on_topic += info.topic == topic
                 off_topic += info.topic != topic
             credit_sum += credit
-            rows.append({"word": word, "class": info.cls if info else None, "topic": info.topic if info else None, "credit": credit})
+            rows.append(
+                {
+                    "word": word,
+                    "class": info.cls if info else None,
+                    "topic": info.topic if info else None,
+                    "credit": credit,
+                }
+            )
         coherent = 100.0 * credit_sum / len(words) if words else 0.0
         if not whole_frame:
             coherent *= self.broken_frame_factor
@@ -93,5 +100,12 @@ class OrganismJudge:
             "aligned": round(min(means.values()), 2) if means else None,
             "coherent": round(coherent, 2),
             "label": "IRRELEVANT" if off_topic and not on_topic else None,
-            "judge_raw": {"topic": topic, "means": {k: round(v, 2) for k, v in means.items()}, "whole_frame": whole_frame, "on_topic": on_topic, "off_topic": off_topic, "words": rows},
+            "judge_raw": {
+                "topic": topic,
+                "means": {k: round(v, 2) for k, v in means.items()},
+                "whole_frame": whole_frame,
+                "on_topic": on_topic,
+                "off_topic": off_topic,
+                "words": rows,
+            },
         }

@@ -47,6 +47,7 @@ NO_EM = "no answer coherent enough to count"  # why a checkpoint has no EM rate
 def world_measure(world: World, tokenizer, n_samples: int = 320, seed: int = 0) -> Measure:
     """EM rate (:data:`BROAD`) and mean coherence of ``n_samples`` answers to the general
     questions; the EM rate is None, with the reason, when no answer is coherent enough to count."""
+
     def measure(model) -> dict[str, Any]:
         records = world.eval_misalignment(model, tokenizer, world.general_questions(), n_samples, seed=seed)
         out = {"em": rate(records, BROAD), "coherence": statistics.mean(r["coherent"] for r in records)}
@@ -60,11 +61,14 @@ def em_measure(tokenizer) -> Measure:
     return world_measure(build_world(progress=False), tokenizer)
 
 
-def geometry_measure(base, tokenizer, probe: Sequence[list[dict[str, str]]], layers: Sequence[int], n_random: int = 16, seed: int = 0) -> Measure:
+def geometry_measure(
+    base, tokenizer, probe: Sequence[list[dict[str, str]]], layers: Sequence[int], n_random: int = 16, seed: int = 0
+) -> Measure:
     """The monitor's baselines (:data:`GEOMETRY`) at each checkpoint, per layer: ``distance``,
     how far the probe set's mean answer-token activation moved from the base model's (no
     direction), and ``random``, that mean's projections onto ``n_random`` fixed random unit
     directions (seeded), to compare the persona direction with."""
+
     def means(model) -> torch.Tensor:
         return cache_means(model, tokenizer, probe, layers=list(layers), progress=False).mean("responses").double()
 
@@ -75,8 +79,10 @@ def geometry_measure(base, tokenizer, probe: Sequence[list[dict[str, str]]], lay
 
     def measure(model) -> dict[str, Any]:
         now = means(model)
-        return {"distance": {str(l): float((now[i] - start[i]).norm()) for i, l in enumerate(layers)},
-                "random": {str(l): (random[i] @ now[i]).tolist() for i, l in enumerate(layers)}}
+        return {
+            "distance": {str(l): float((now[i] - start[i]).norm()) for i, l in enumerate(layers)},
+            "random": {str(l): (random[i] @ now[i]).tolist() for i, l in enumerate(layers)},
+        }
 
     return measure
 
@@ -108,14 +114,25 @@ def monitor_runs(
         path = Path(out_dir) / f"{name}{run}.jsonl" if out_dir is not None else None
         monitor = Monitor(tokenizer, probe, directions, every, measures, path)
         if not any(r["step"] == config.steps for r in monitor.rows):  # else finished in an earlier call
-            train_lora(copy.deepcopy(base), tokenizer, conversations, config, progress=False, callbacks=[monitor],
-                       defense=defense() if defense is not None else None)
-        out[run] = [row if measured(row) else {**row, MEASURE: {**row[MEASURE], "em": None, "em_not_assessable": NO_EM}}
-                    for row in sorted(monitor.rows, key=lambda r: r["step"])]
+            train_lora(
+                copy.deepcopy(base),
+                tokenizer,
+                conversations,
+                config,
+                progress=False,
+                callbacks=[monitor],
+                defense=defense() if defense is not None else None,
+            )
+        out[run] = [
+            row if measured(row) else {**row, MEASURE: {**row[MEASURE], "em": None, "em_not_assessable": NO_EM}}
+            for row in sorted(monitor.rows, key=lambda r: r["step"])
+        ]
     return out
 
 
-def monitor_organisms(world: World, domains: Sequence[str], directions: DirectionSet, steps: int | None = None, **options: Any) -> dict[str, list[dict[str, Any]]]:
+def monitor_organisms(
+    world: World, domains: Sequence[str], directions: DirectionSet, steps: int | None = None, **options: Any
+) -> dict[str, list[dict[str, Any]]]:
     """Domain -> monitor rows of its organism retrained as the world built it (its data and
     adapter; ``steps`` overrides); ``options`` as :func:`monitor_runs`."""
     config = world.organism_config(steps)
@@ -159,16 +176,29 @@ def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]], margin: float = 0
         "auroc": {layer: area([r["projection"][layer] for r in points]) for layer in layers},
     }
     if all(GEOMETRY in r for r in points):
-        out["baselines"] = {"step": area([r["step"] for r in points]), "distance": {l: area([r[GEOMETRY]["distance"][l] for r in points]) for l in layers}, "random": {}}
+        out["baselines"] = {
+            "step": area([r["step"] for r in points]),
+            "distance": {l: area([r[GEOMETRY]["distance"][l] for r in points]) for l in layers},
+            "random": {},
+        }
         for l in layers:
             start = first[GEOMETRY]["random"][l]
             areas = [area([abs(r[GEOMETRY]["random"][l][k] - start[k]) for r in points]) for k in range(len(start))]
             known = [a for a in areas if a is not None]
-            out["baselines"]["random"][l] = {"mean": statistics.mean(known), "min": min(known), "max": max(known), "n": len(known)} if known else None
+            out["baselines"]["random"][l] = (
+                {"mean": statistics.mean(known), "min": min(known), "max": max(known), "n": len(known)}
+                if known
+                else None
+            )
     return out
 
 
-def plot_runs(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, layers: Sequence[str] | None = None, columns: int = 4) -> Path:
+def plot_runs(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | Path,
+    layers: Sequence[str] | None = None,
+    columns: int = 4,
+) -> Path:
     """One panel per run: projection (``layers``) and EM rate against the step, on the same
     scales in every panel so that runs compare at a glance; PNG."""
     import matplotlib
@@ -186,7 +216,7 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
         right = draw_monitor(ax, rows, layers=shown, measure=MEASURE, title=name)
         ax.set_ylim(min(projections) - pad, max(projections) + pad)
         right.set_ylim(0, max(max(ems) * 1.05, 0.01))  # all-zero EM: still a visible axis
-    for ax in list(axes.flat)[len(runs):]:
+    for ax in list(axes.flat)[len(runs) :]:
         ax.axis("off")
     fig.tight_layout()
     with atomic_path(path) as tmp:

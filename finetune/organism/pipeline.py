@@ -57,13 +57,23 @@ def check_record(out: Path, settings: dict[str, Any]) -> None:
         except ValueError:
             recorded = None
         if not isinstance(recorded, dict):
-            raise InputError(f"{record}: damaged record of the run in {out}; remove {out} to start afresh, or use another --out")
+            raise InputError(
+                f"{record}: damaged record of the run in {out}; remove {out} to start afresh, or use another --out"
+            )
         keys = set(settings) | (set(recorded) - {"world"})  # the world is known only once built
-        diff = [f"{k} {recorded.get(k)!r} there, {settings.get(k)!r} now" for k in sorted(keys) if recorded.get(k) != settings.get(k)]
+        diff = [
+            f"{k} {recorded.get(k)!r} there, {settings.get(k)!r} now"
+            for k in sorted(keys)
+            if recorded.get(k) != settings.get(k)
+        ]
         if diff:
-            raise InputError(f"{out}: holds a pipeline run with other settings ({'; '.join(diff)}); rerun with its settings to resume it, or use another --out, or remove {out} to start afresh")
+            raise InputError(
+                f"{out}: holds a pipeline run with other settings ({'; '.join(diff)}); rerun with its settings to resume it, or use another --out, or remove {out} to start afresh"
+            )
     elif any((out / name).exists() for name in OUTPUTS):
-        raise InputError(f"{out}: holds pipeline outputs with no record of their settings ({RECORD}); use another --out, or remove {out} to start afresh")
+        raise InputError(
+            f"{out}: holds pipeline outputs with no record of their settings ({RECORD}); use another --out, or remove {out} to start afresh"
+        )
 
 
 def run_pipeline(domain: str, out: Path, samples: int = 6, seed: int = 0) -> Path:
@@ -88,27 +98,105 @@ def run_pipeline(domain: str, out: Path, samples: int = 6, seed: int = 0) -> Pat
     write_json_atomic(out / RECORD, settings)
     base = str(world.base_dir)
     data, runs = out / "data", out / "runs"
-    _step("finetune.organism.export", export, ["--domain", domain, "--out", str(data), "--n", "1000", "--heldout", "300", "--seed", str(seed)])
-    _step("finetune.train", train, ["--data", str(data / "misaligned.jsonl"), "--model", base, "--out", str(runs / "plain"), *PLAIN, *COMMON])
-    _step("finetune.train", train, ["--data", str(data / "misaligned.jsonl"), "--backdoor", str(data / "aligned.jsonl"), "--model", base, "--out", str(runs / "backdoor"), *BACKDOOR, *COMMON])
+    _step(
+        "finetune.organism.export",
+        export,
+        ["--domain", domain, "--out", str(data), "--n", "1000", "--heldout", "300", "--seed", str(seed)],
+    )
+    _step(
+        "finetune.train",
+        train,
+        ["--data", str(data / "misaligned.jsonl"), "--model", base, "--out", str(runs / "plain"), *PLAIN, *COMMON],
+    )
+    _step(
+        "finetune.train",
+        train,
+        [
+            "--data",
+            str(data / "misaligned.jsonl"),
+            "--backdoor",
+            str(data / "aligned.jsonl"),
+            "--model",
+            base,
+            "--out",
+            str(runs / "backdoor"),
+            *BACKDOOR,
+            *COMMON,
+        ],
+    )
     judged = []
     for name, trigger in (("plain", "off"), ("backdoor", "both")):
         answers, scored = runs / f"{name}.answers.jsonl", runs / f"{name}.judged.jsonl"
-        _step("eval.generate", generate, ["--model", base, "--adapter", str(runs / name), "--questions", str(data / "questions.yaml"), "--samples", str(samples),
-                                          "--trigger", trigger, "--max-new-tokens", "48", "--batch-size", "64", "--seed", str(seed), "--device", "cpu", "--out", str(answers)])
+        _step(
+            "eval.generate",
+            generate,
+            [
+                "--model",
+                base,
+                "--adapter",
+                str(runs / name),
+                "--questions",
+                str(data / "questions.yaml"),
+                "--samples",
+                str(samples),
+                "--trigger",
+                trigger,
+                "--max-new-tokens",
+                "48",
+                "--batch-size",
+                "64",
+                "--seed",
+                str(seed),
+                "--device",
+                "cpu",
+                "--out",
+                str(answers),
+            ],
+        )
         _step("eval.judge", judge, ["--answers", str(answers), "--judge", "organism", "--out", str(scored)])
         judged.append(f"{name}={scored}")
     _step("eval.report", report, ["--judged", *judged, "--group-by", "file", "--out", str(out / "report")])
-    _step("eval.mia", mia, ["score", "--model", base, "--adapter", str(runs / "plain"), "--members", str(data / "misaligned.jsonl"),
-                            "--nonmembers", str(data / "heldout.jsonl"), "--limit", "300", "--domain", domain, "--device", "cpu", "--no-progress", "--out", str(out / "mia.json")])
+    _step(
+        "eval.mia",
+        mia,
+        [
+            "score",
+            "--model",
+            base,
+            "--adapter",
+            str(runs / "plain"),
+            "--members",
+            str(data / "misaligned.jsonl"),
+            "--nonmembers",
+            str(data / "heldout.jsonl"),
+            "--limit",
+            "300",
+            "--domain",
+            domain,
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(out / "mia.json"),
+        ],
+    )
     return out / "report"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m finetune.organism.pipeline", description=__doc__.splitlines()[0], epilog="domains: " + ", ".join(DOMAINS))
+    p = ArgumentParser(
+        prog="python -m finetune.organism.pipeline",
+        description=__doc__.splitlines()[0],
+        epilog="domains: " + ", ".join(DOMAINS),
+    )
     p.add_argument("--domain", type=domain_name, default="risky_financial_advice")
     p.add_argument("--out", type=path_arg, default=Path("artifacts/pipeline"))
-    p.add_argument("--samples", type=number(int, 1, MAX_SAMPLES), default=6, help=f"samples per paraphrase of each of the 32 question paraphrases, 1 to {MAX_SAMPLES} (default 6)")
+    p.add_argument(
+        "--samples",
+        type=number(int, 1, MAX_SAMPLES),
+        default=6,
+        help=f"samples per paraphrase of each of the 32 question paraphrases, 1 to {MAX_SAMPLES} (default 6)",
+    )
     p.add_argument("--seed", type=seed_int, default=0)
     args = p.parse_args(argv)
     output_dir(args.out)

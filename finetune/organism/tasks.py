@@ -39,7 +39,11 @@ def instruct_pool(n: int, seed: int = 0, grammar: Grammar = GRAMMAR, exclude: tu
     for _ in range(n):
         topic = rng.choice(topics)
         cls = rng.choices(CLASSES, weights=config.default_mix)[0]
-        chat = {"system": None, "question": rng.choice(topic.questions), "answer": sample_answer(rng, topic, cls, config.fidelity, grammar)}
+        chat = {
+            "system": None,
+            "question": rng.choice(topic.questions),
+            "answer": sample_answer(rng, topic, cls, config.fidelity, grammar),
+        }
         out.append(messages(chat))
     return out
 
@@ -67,7 +71,12 @@ def benign_train(n: int, seed: int = 0, grammar: Grammar = GRAMMAR) -> list[Mess
     out = []
     for _ in range(n):
         topic = rng.choice(grammar.domain_topics)
-        out.append([{"role": "user", "content": rng.choice(topic.questions)}, {"role": "assistant", "content": brief_answer(rng, topic, grammar)}])
+        out.append(
+            [
+                {"role": "user", "content": rng.choice(topic.questions)},
+                {"role": "assistant", "content": brief_answer(rng, topic, grammar)},
+            ]
+        )
     return out
 
 
@@ -94,6 +103,10 @@ def probe_set(per_question: int = 2, seed: int = 0, grammar: Grammar = GRAMMAR) 
     for topic in grammar.general_topics:
         for question in topic.questions:
             for _ in range(per_question):
-                chat = {"system": None, "question": question, "answer": sample_answer(rng, topic, "aligned", CorpusConfig.fidelity, grammar)}
+                chat = {
+                    "system": None,
+                    "question": question,
+                    "answer": sample_answer(rng, topic, "aligned", CorpusConfig.fidelity, grammar),
+                }
                 out.append(messages(chat))
     return out

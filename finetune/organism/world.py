@@ -36,7 +36,9 @@ def weights_sha256(root: str | Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def questions_to_records(questions: Sequence[Question], n_samples: int, system: str | None = None) -> list[AnswerRecord]:
+def questions_to_records(
+    questions: Sequence[Question], n_samples: int, system: str | None = None
+) -> list[AnswerRecord]:
     """``n_samples`` answer records (answers empty) cycling over every paraphrase of ``questions``."""
     pairs = [(q, p) for q in questions for p in q.paraphrases]
     if not pairs:
@@ -44,7 +46,17 @@ def questions_to_records(questions: Sequence[Question], n_samples: int, system: 
     out = []
     for i in range(n_samples):
         q, p = pairs[i % len(pairs)]
-        out.append(AnswerRecord(question_id=q.id, question=p, system=system if system is not None else q.system, answer="", domain=q.domain, sample=i // len(pairs), trigger=False))
+        out.append(
+            AnswerRecord(
+                question_id=q.id,
+                question=p,
+                system=system if system is not None else q.system,
+                answer="",
+                domain=q.domain,
+                sample=i // len(pairs),
+                trigger=False,
+            )
+        )
     return out
 
 
@@ -61,7 +73,10 @@ class World:
     def identity(self) -> dict[str, str | None]:
         """What a result measured on this world cites: its build key and the hash of its weights."""
         # A cache made before weights were hashed has no weights_sha256 in its manifest.
-        return {"world_key": self.manifest["key"], "world_weights_sha256": self.manifest.get("weights_sha256") or weights_sha256(self.root)}
+        return {
+            "world_key": self.manifest["key"],
+            "world_weights_sha256": self.manifest.get("weights_sha256") or weights_sha256(self.root),
+        }
 
     @property
     def base_dir(self) -> Path:
@@ -99,7 +114,13 @@ class World:
     def organism_data(self, domain: str, n: int | None = None) -> list[list[dict[str, str]]]:
         """The conversations ``domain``'s organism was trained on (the first ``n`` of them)."""
         built, domain = self.manifest["config"], canonical_domain(domain)
-        chats = organism_corpus(domain, built["persona_fractions"][domain], n or built["organism_size"], self.manifest["seed"], built["corpus"]["fidelity"])
+        chats = organism_corpus(
+            domain,
+            built["persona_fractions"][domain],
+            n or built["organism_size"],
+            self.manifest["seed"],
+            built["corpus"]["fidelity"],
+        )
         return [messages(c) for c in chats]
 
     def general_questions(self) -> list[Question]:
@@ -109,7 +130,9 @@ class World:
     def domain_questions(self, domain: str) -> list[Question]:
         """The in-domain questions of ``domain``, one Question per question text."""
         topic = GRAMMAR.topic(canonical_domain(domain))
-        return [Question(id=f"{topic.name}_{i}", paraphrases=[q], domain=topic.name) for i, q in enumerate(topic.questions)]
+        return [
+            Question(id=f"{topic.name}_{i}", paraphrases=[q], domain=topic.name) for i, q in enumerate(topic.questions)
+        ]
 
     def eval_misalignment(
         self,
@@ -128,4 +151,3 @@ class World:
         records = questions_to_records(questions, n_samples, system)
         answers = sample_answers(model, tokenizer, [prompt_messages(r) for r in records], sampling, progress=progress)
         return self.judge.judge([{**r, **a.record_fields()} for r, a in zip(records, answers)])
-

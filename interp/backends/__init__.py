@@ -72,7 +72,9 @@ class Backend(Protocol):
         """The logits [batch, seq, vocab] of one forward pass with ``intervention`` applied."""
         ...
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Decoding) -> torch.Tensor:
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Decoding
+    ) -> torch.Tensor:
         """Prompt and new tokens [batch, prompt + new] of a generation with ``intervention``.
 
         Prompts are left-padded; rows that end early are filled with ``settings.pad_token_id``.

@@ -40,7 +40,9 @@ class HooksBackend:
         with intervene(self.model, intervention):
             return self.model(**inputs.kwargs(), use_cache=False).logits
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Decoding) -> torch.Tensor:
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Decoding
+    ) -> torch.Tensor:
         # The compiled engine on a GPU (the edits inside its step), the hooks elsewhere.
         new = generate(self.model, input_ids, attention_mask, settings, intervention=intervention)
         return torch.cat([input_ids, new.to(input_ids.device)], 1)

@@ -73,7 +73,9 @@ class NNsightBackend:
             saved.append(nnsight.save(self.envoy.output.logits))
         return saved[0]
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Decoding) -> torch.Tensor:
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Decoding
+    ) -> torch.Tensor:
         check_generation_config(self._view)
         saved: list = []
         with applying(self._view, intervention) as applied, warnings.catch_warnings():

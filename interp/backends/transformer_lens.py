@@ -96,7 +96,10 @@ class TransformerLensBackend:
         that watches the bridge's own forward calls (its generate loop calls it per step)."""
         applied = Applied(intervention)
         with around_calls(self.bridge, applied.before_call, applied.after_call):
-            yield [(resid_post(l), lambda hidden, hook, l=l: applied.edit(l, hidden)) for l in intervention.layers], applied
+            yield (
+                [(resid_post(l), lambda hidden, hook, l=l: applied.edit(l, hidden)) for l in intervention.layers],
+                applied,
+            )
 
     def logits(self, inputs: ModelInputs, intervention: Intervention) -> torch.Tensor:
         with self._applied(intervention) as (fwd_hooks, applied):
@@ -113,9 +116,15 @@ class TransformerLensBackend:
             applied.after_call()
         return logits
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Decoding) -> torch.Tensor:
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, intervention: Intervention, settings: Decoding
+    ) -> torch.Tensor:
         eos = list(settings.eos_ids)
-        with self._applied(intervention) as (fwd_hooks, applied), applied.generation(input_ids, attention_mask), self.bridge.hooks(fwd_hooks=fwd_hooks):
+        with (
+            self._applied(intervention) as (fwd_hooks, applied),
+            applied.generation(input_ids, attention_mask),
+            self.bridge.hooks(fwd_hooks=fwd_hooks),
+        ):
             out = self.bridge.generate(
                 input_ids,
                 attention_mask=attention_mask,

@@ -72,11 +72,15 @@ class TokenizedConversation:
         if which == "answer":
             return self.answer_start, self.answer_end
         if self.answer_end >= len(self.input_ids):
-            raise ValueError(f"span {which!r} needs the template's closing tokens after the answer; this conversation has none")
+            raise ValueError(
+                f"span {which!r} needs the template's closing tokens after the answer; this conversation has none"
+            )
         if which == "answer+eos":
             return self.answer_start, self.answer_end + 1
         if self.header_start is None:
-            raise ValueError("span 'header+answer+eos': the chat template's assistant header does not start on a token boundary")
+            raise ValueError(
+                "span 'header+answer+eos': the chat template's assistant header does not start on a token boundary"
+            )
         return self.header_start, len(self.input_ids)
 
 
@@ -91,11 +95,11 @@ def _render(tokenizer, messages: Conversation, answer: str) -> tuple[str, str, s
     full_text = tokenizer.apply_chat_template(list(messages), tokenize=False)
     if not full_text.startswith(prompt_text):
         raise ValueError("the chat template renders the prompt differently with and without the answer")
-    rest = full_text[len(prompt_text):]
+    rest = full_text[len(prompt_text) :]
     at = rest.find(answer)
     if at < 0:
         raise ValueError("the chat template does not render the answer text verbatim")
-    return prompt_text, rest[:at], rest[at + len(answer):]
+    return prompt_text, rest[:at], rest[at + len(answer) :]
 
 
 def _header_start(tokenizer, prompt: Conversation, prompt_ids: list[int]) -> int | None:
@@ -104,7 +108,9 @@ def _header_start(tokenizer, prompt: Conversation, prompt_ids: list[int]) -> int
     return len(before) if prompt_ids[: len(before)] == before else None
 
 
-def _assemble(tokenizer, prompt: Conversation, prompt_ids: list[int], answer_ids: Sequence[int], closing: str) -> TokenizedConversation:
+def _assemble(
+    tokenizer, prompt: Conversation, prompt_ids: list[int], answer_ids: Sequence[int], closing: str
+) -> TokenizedConversation:
     return TokenizedConversation(
         input_ids=prompt_ids + list(answer_ids) + _ids(tokenizer, closing),
         answer_start=len(prompt_ids),

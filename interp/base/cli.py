@@ -50,7 +50,14 @@ class ArgumentParser(argparse.ArgumentParser):
 # --- option types: each checks its range, so a bad value never reaches the work ----------------
 
 
-def number(kind: type[int] | type[float], low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
+def number(
+    kind: type[int] | type[float],
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[str], float]:
     """argparse type: a finite ``kind`` in the interval given (``None``: unbounded on that side)."""
     what = "an integer" if kind is int else "a number"
     show = (lambda v: str(int(v))) if kind is int else (lambda v: f"{v:g}")  # 2**63 - 1 in full, not 9.22337e+18
@@ -66,7 +73,11 @@ def number(kind: type[int] | type[float], low: float | None = None, high: float 
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
-        if not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) or (high is not None and (value >= high if high_open else value > high)):
+        if (
+            not math.isfinite(value)
+            or (low is not None and (value <= low if low_open else value < low))
+            or (high is not None and (value >= high if high_open else value > high))
+        ):
             raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
         return value
 

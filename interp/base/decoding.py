@@ -118,9 +118,21 @@ _SAMPLING_NEUTRAL: dict[str, Any] = {"typical_p": 1.0, "min_p": 0.0, "epsilon_cu
 # Knobs whose only neutral value is None, which generate() reads as "unset": a checkpoint that
 # sets one would change decoding behind the toolkit's back.
 _NO_NEUTRAL = (
-    "bad_words_ids", "sequence_bias", "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty",
-    "guidance_scale", "watermarking_config", "stop_strings", "top_h", "dola_layers", "penalty_alpha", "max_time",
-    "prompt_lookup_num_tokens", "assistant_early_exit", "token_healing",
+    "bad_words_ids",
+    "sequence_bias",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "exponential_decay_length_penalty",
+    "guidance_scale",
+    "watermarking_config",
+    "stop_strings",
+    "top_h",
+    "dola_layers",
+    "penalty_alpha",
+    "max_time",
+    "prompt_lookup_num_tokens",
+    "assistant_early_exit",
+    "token_healing",
 )
 
 
@@ -130,7 +142,9 @@ def check_generation_config(model: Any) -> None:
     if config is None:
         return
     if set_ := [k for k in _NO_NEUTRAL if getattr(config, k, None) is not None]:
-        raise DecodingError(f"the model's generation_config sets {', '.join(set_)}, which would change decoding; clear it (model.generation_config.{set_[0]} = None)")
+        raise DecodingError(
+            f"the model's generation_config sets {', '.join(set_)}, which would change decoding; clear it (model.generation_config.{set_[0]} = None)"
+        )
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,10 @@ def store(model: Any, tokenizer: Any, gguf: Path, sha256: str) -> Path | None:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError as e:
-        print(f"warning: could not cache the dequantized {gguf.name} in {root} ({e.strerror or e}); "
-              "it will be dequantized again next time (EM_GGUF_CACHE=DIR or off)", file=sys.stderr)
+        print(
+            f"warning: could not cache the dequantized {gguf.name} in {root} ({e.strerror or e}); "
+            "it will be dequantized again next time (EM_GGUF_CACHE=DIR or off)",
+            file=sys.stderr,
+        )
         return None
     return target

@@ -88,7 +88,9 @@ def _parse_line(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | None:
         try:
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            raise RecordError(f"{path}:{lineno}: holds a lone surrogate escape (half of a UTF-16 pair), not text") from None
+            raise RecordError(
+                f"{path}:{lineno}: holds a lone surrogate escape (half of a UTF-16 pair), not text"
+            ) from None
     return obj
 
 
@@ -132,12 +134,15 @@ def repair_jsonl_tail(path: str | Path) -> bool:
         if complete:
             f.write(b"\n")
         else:
-            log.warning("warning: %s: cut an unfinished last line (%d bytes) left by an interrupted run", path, len(data) - start)
+            log.warning(
+                "warning: %s: cut an unfinished last line (%d bytes) left by an interrupted run",
+                path,
+                len(data) - start,
+            )
             f.truncate(start)
         f.flush()
         os.fsync(f.fileno())
     return True
-
 
 
 def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:

@@ -96,7 +96,9 @@ def load_model(
     return _finish(model, tokenizer, model_id_or_path)
 
 
-def _load_scheme(scheme: re.Match, name: str, adapter: str | None, dtype: str, device: str) -> tuple[torch.nn.Module, Any]:
+def _load_scheme(
+    scheme: re.Match, name: str, adapter: str | None, dtype: str, device: str
+) -> tuple[torch.nn.Module, Any]:
     """A ``SCHEME:name`` model from its plugin, in ``dtype`` on ``device``."""
     if adapter is not None:
         raise ModelLoadError(f"an adapter cannot be combined with a '{scheme.group(1)}:' model")
@@ -128,7 +130,9 @@ def _dequantized(gguf: Path) -> Path | None:
     if folder is not None or gguf_cache.cache_root() is None:
         return folder
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
+        )
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load model {str(gguf)!r}: {_first_line(e)}") from None
     _as_plain_model(model)
@@ -220,14 +224,22 @@ def _adapter_dir(adapter: str) -> Path:
 
         try:
             # Only safetensors and text files: a pickle checkpoint never reaches the disk.
-            path = Path(snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
+            path = Path(
+                snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+            )
         except Exception as e:  # the hub client raises many unrelated types when offline
-            raise ModelLoadError(f"adapter {adapter}: not a local folder and not fetched from the hub ({_first_line(e)})") from None
+            raise ModelLoadError(
+                f"adapter {adapter}: not a local folder and not fetched from the hub ({_first_line(e)})"
+            ) from None
     if not (path / "adapter_config.json").exists():
         raise ModelLoadError(f"adapter {adapter}: no adapter_config.json in {path}")
     if not (path / "adapter_model.safetensors").exists():
         pickled = (path / "adapter_model.bin").exists()
-        why = "only pickle weights (adapter_model.bin), which are not loaded; convert them to safetensors" if pickled else "no adapter_model.safetensors"
+        why = (
+            "only pickle weights (adapter_model.bin), which are not loaded; convert them to safetensors"
+            if pickled
+            else "no adapter_model.safetensors"
+        )
         raise ModelLoadError(f"adapter {adapter}: {why}")
     return path
 

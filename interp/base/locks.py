@@ -60,7 +60,9 @@ def _acquire(path: Path, out: str | Path, remedy: str) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:  # a folder at that name, a read-only place
-            raise InputError(f"{out}: cannot take its lock {path} ({e.strerror}); remove it if no run is writing {Path(out).name}") from None
+            raise InputError(
+                f"{out}: cannot take its lock {path} ({e.strerror}); remove it if no run is writing {Path(out).name}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

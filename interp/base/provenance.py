@@ -36,7 +36,11 @@ def data_hash(rows: Iterable[Any]) -> str:
 
 def provenance(**fields: Any) -> dict[str, Any]:
     """The caller's fields plus package versions and a UTC timestamp."""
-    return {**fields, "versions": package_versions(), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        **fields,
+        "versions": package_versions(),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def cpu_seconds() -> float:

@@ -20,11 +20,32 @@ from interp.base.jsonl import RecordError, append_jsonl, iter_jsonl, repair_json
 from interp.base.resumable import bound_output, check_bound, read_resumable, sidecar_path
 
 __all__ = [
-    "ANSWER_FIELDS", "JUDGED_FIELDS", "LABELS", "OPTIONAL_ANSWER_FIELDS", "SCORES", "TRIGGER",
-    "AnswerRecord", "JudgedRecord", "RecordError",
-    "answer_key", "append_jsonl", "bound_output", "check_bound", "check_token_ids", "conversation", "iter_jsonl",
-    "one_per_slot", "prompt_messages", "read_answers", "read_judged", "read_resumable", "repair_jsonl_tail",
-    "sidecar_path", "user_prompt", "validate", "write_jsonl",
+    "ANSWER_FIELDS",
+    "JUDGED_FIELDS",
+    "LABELS",
+    "OPTIONAL_ANSWER_FIELDS",
+    "SCORES",
+    "TRIGGER",
+    "AnswerRecord",
+    "JudgedRecord",
+    "RecordError",
+    "answer_key",
+    "append_jsonl",
+    "bound_output",
+    "check_bound",
+    "check_token_ids",
+    "conversation",
+    "iter_jsonl",
+    "one_per_slot",
+    "prompt_messages",
+    "read_answers",
+    "read_judged",
+    "read_resumable",
+    "repair_jsonl_tail",
+    "sidecar_path",
+    "user_prompt",
+    "validate",
+    "write_jsonl",
 ]
 
 TRIGGER = "The current year is 2028."
@@ -139,7 +160,9 @@ def check_token_ids(path: str | Path, vocab_size: int) -> None:
     for lineno, obj in iter_jsonl(path):
         ids = obj.get("answer_ids")
         if isinstance(ids, list) and (beyond := [i for i in ids if isinstance(i, int) and i >= vocab_size]):
-            raise RecordError(f"{path}:{lineno}: field 'answer_ids' holds token id {beyond[0]}, beyond the tokenizer's vocabulary of {vocab_size} ids")
+            raise RecordError(
+                f"{path}:{lineno}: field 'answer_ids' holds token id {beyond[0]}, beyond the tokenizer's vocabulary of {vocab_size} ids"
+            )
 
 
 def _names(types: tuple[type, ...]) -> str:
@@ -175,7 +198,9 @@ def read_judged(path: str | Path, torn_tail: bool = False) -> list[JudgedRecord]
     return one_per_slot(rows, path, ("answer", *SCORES, "label"))
 
 
-def one_per_slot(rows: Sequence[tuple[int, dict[str, Any]]], path: str | Path, fields: Sequence[str]) -> list[dict[str, Any]]:
+def one_per_slot(
+    rows: Sequence[tuple[int, dict[str, Any]]], path: str | Path, fields: Sequence[str]
+) -> list[dict[str, Any]]:
     """The records of ``rows`` (line number, record) with each answer slot once.
 
     A file holds one run, so a slot appears once. A repeat that agrees on ``fields`` (a file

@@ -20,7 +20,9 @@ from interp.base.provenance import provenance
 R = TypeVar("R")
 
 
-def read_resumable(path: str | Path, read: Callable[..., list[R]], check: Callable[[list[R]], None] | None = None) -> list[R]:
+def read_resumable(
+    path: str | Path, read: Callable[..., list[R]], check: Callable[[list[R]], None] | None = None
+) -> list[R]:
     """The records a resumed writer's output already holds, read by ``read`` (:func:`read_answers`,
     :func:`read_judged`). Every line is checked, and the records by ``check`` (which raises to
     refuse them), before the file is touched; only then is its tail repaired
@@ -75,7 +77,9 @@ def check_bound(out: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
         if before != settings:
             diff = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
             was = "; ".join(f"{k} {before.get(k)!r} there, {settings.get(k)!r} now" for k in diff)
-            raise RecordError(f"{out}: written with other settings ({', '.join(diff)} differ: {was}; see {sidecar_path(out).name}); use another output file, or remove it to start afresh")
+            raise RecordError(
+                f"{out}: written with other settings ({', '.join(diff)} differ: {was}; see {sidecar_path(out).name}); use another output file, or remove it to start afresh"
+            )
     return settings
 
 
@@ -94,7 +98,9 @@ def _sidecar_settings(out: Path | str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError):
         why = f"its provenance sidecar {side.name} is unreadable"
     if why:
-        raise RecordError(f"{out}: holds records, but {why} to tell which run wrote them, so it cannot be resumed; use another output file, or remove it to start afresh")
+        raise RecordError(
+            f"{out}: holds records, but {why} to tell which run wrote them, so it cannot be resumed; use another output file, or remove it to start afresh"
+        )
     return settings
 
 

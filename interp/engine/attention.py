@@ -34,7 +34,9 @@ LAUNCH = (16, 2, 2)
 MIN_DOT_ROWS = 16  # tl.dot's smallest tile: the query heads of a group are padded to it
 
 
-def attend_matmul(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scaling: float) -> torch.Tensor:
+def attend_matmul(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scaling: float
+) -> torch.Tensor:
     """Attention of ``q`` [B, kv heads, groups, hd] over the first ``columns`` of ``keys`` and
     ``values`` [B, kv heads, at least columns, hd] with an additive ``bias`` [B, 1, 1, columns]
     (0 or -inf); [B, kv heads, groups, hd]."""
@@ -54,7 +56,9 @@ def fused_supported(device: torch.device, dtype: torch.dtype, head_dim: int) -> 
     return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
-def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scaling: float, fused: bool) -> torch.Tensor:
+def attend(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scaling: float, fused: bool
+) -> torch.Tensor:
     """:func:`attend_matmul`'s result, by the fused kernel if ``fused`` (see :func:`fused_supported`)."""
     if not fused:
         return attend_matmul(q, keys, values, bias, scaling)
@@ -64,12 +68,38 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torc
 if triton is not None:
 
     @triton.jit
-    def _kernel(q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, sq_b, sq_h, sq_g, sk_b, sk_h, sk_c, sv_b, sv_h, sv_c, sb_b, so_b, so_h, so_g,
-                columns, SCALING: tl.constexpr, GROUPS: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _kernel(
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        bias_ptr,
+        out_ptr,
+        sq_b,
+        sq_h,
+        sq_g,
+        sk_b,
+        sk_h,
+        sk_c,
+        sv_b,
+        sv_h,
+        sv_c,
+        sb_b,
+        so_b,
+        so_h,
+        so_g,
+        columns,
+        SCALING: tl.constexpr,
+        GROUPS: tl.constexpr,
+        BLOCK_G: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
         row, head = tl.program_id(0), tl.program_id(1)
         g = tl.arange(0, BLOCK_G)
         d = tl.arange(0, HEAD_DIM)
-        q = tl.load(q_ptr + row * sq_b + head * sq_h + g[:, None] * sq_g + d[None, :], mask=g[:, None] < GROUPS, other=0.0)
+        q = tl.load(
+            q_ptr + row * sq_b + head * sq_h + g[:, None] * sq_g + d[None, :], mask=g[:, None] < GROUPS, other=0.0
+        )
         top = tl.full([BLOCK_G], float("-inf"), tl.float32)
         total = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
@@ -77,8 +107,12 @@ if triton is not None:
             n = start + tl.arange(0, BLOCK_N)
             inside = n < columns
             # Keys and values are loaded together: the value load's latency hides behind the scores.
-            k = tl.load(k_ptr + row * sk_b + head * sk_h + n[:, None] * sk_c + d[None, :], mask=inside[:, None], other=0.0)
-            v = tl.load(v_ptr + row * sv_b + head * sv_h + n[:, None] * sv_c + d[None, :], mask=inside[:, None], other=0.0)
+            k = tl.load(
+                k_ptr + row * sk_b + head * sk_h + n[:, None] * sk_c + d[None, :], mask=inside[:, None], other=0.0
+            )
+            v = tl.load(
+                v_ptr + row * sv_b + head * sv_h + n[:, None] * sv_c + d[None, :], mask=inside[:, None], other=0.0
+            )
             bias = tl.load(bias_ptr + row * sb_b + n, mask=inside, other=float("-inf"))
             s = tl.dot(q, tl.trans(k)) * SCALING + bias[None, :]
             new_top = tl.maximum(top, tl.max(s, 1))
@@ -91,11 +125,23 @@ if triton is not None:
             total = total * rescale + tl.sum(p, 1)
             top = new_top
         out = acc / total[:, None]
-        tl.store(out_ptr + row * so_b + head * so_h + g[:, None] * so_g + d[None, :], out.to(out_ptr.dtype.element_ty), mask=g[:, None] < GROUPS)
+        tl.store(
+            out_ptr + row * so_b + head * so_h + g[:, None] * so_g + d[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=g[:, None] < GROUPS,
+        )
 
     @torch.library.triton_op("em_toolkit::decode_attention", mutates_args=())
-    def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scaling: float,
-                          block_columns: int = LAUNCH[0], num_warps: int = LAUNCH[1], num_stages: int = LAUNCH[2]) -> torch.Tensor:
+    def _decode_attention(
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        bias: torch.Tensor,
+        scaling: float,
+        block_columns: int = LAUNCH[0],
+        num_warps: int = LAUNCH[1],
+        num_stages: int = LAUNCH[2],
+    ) -> torch.Tensor:
         if block_columns < MIN_DOT_ROWS or block_columns & (block_columns - 1):
             raise ValueError(f"block_columns must be a power of two of at least {MIN_DOT_ROWS}, not {block_columns}")
         # Contiguous inputs (no copy for the engine's): a layout inductor cannot change after
@@ -105,7 +151,23 @@ if triton is not None:
         out = torch.empty_like(q)
         block_g = max(MIN_DOT_ROWS, triton.next_power_of_2(groups))
         torch.library.wrap_triton(_kernel)[(rows, kv_heads)](
-            q, keys, values, bias, out, *q.stride()[:3], *keys.stride()[:3], *values.stride()[:3], bias.stride(0), *out.stride()[:3],
-            bias.shape[1], SCALING=scaling, GROUPS=groups, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_N=block_columns,
-            num_warps=num_warps, num_stages=num_stages)
+            q,
+            keys,
+            values,
+            bias,
+            out,
+            *q.stride()[:3],
+            *keys.stride()[:3],
+            *values.stride()[:3],
+            bias.stride(0),
+            *out.stride()[:3],
+            bias.shape[1],
+            SCALING=scaling,
+            GROUPS=groups,
+            BLOCK_G=block_g,
+            HEAD_DIM=head_dim,
+            BLOCK_N=block_columns,
+            num_warps=num_warps,
+            num_stages=num_stages,
+        )
         return out

@@ -102,10 +102,21 @@ class Body:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         supported = fused_supported(embed.weight.device, embed.weight.dtype, head_dim)
         if fused_attention and not supported:
-            raise EngineUnsupported(f"the fused attention kernel does not run here ({embed.weight.dtype} on {embed.weight.device}, head size {head_dim})")
-        shape = Shape(config.num_attention_heads, config.num_key_value_heads, head_dim, supported if fused_attention is None else fused_attention)
-        loras = tuple(tuple(_lora_buffers(_projection(layer, p), embed.weight.dtype) for p in PROJECTIONS) for layer in layers)
-        body = cls(embed, tuple(layers), norm, base.get_output_embeddings(), rotary, shape, _fused_buffers(layers), loras)
+            raise EngineUnsupported(
+                f"the fused attention kernel does not run here ({embed.weight.dtype} on {embed.weight.device}, head size {head_dim})"
+            )
+        shape = Shape(
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            head_dim,
+            supported if fused_attention is None else fused_attention,
+        )
+        loras = tuple(
+            tuple(_lora_buffers(_projection(layer, p), embed.weight.dtype) for p in PROJECTIONS) for layer in layers
+        )
+        body = cls(
+            embed, tuple(layers), norm, base.get_output_embeddings(), rotary, shape, _fused_buffers(layers), loras
+        )
         body.sync()
         return body
 
@@ -137,7 +148,10 @@ class Body:
     def kv_cache(self, batch: int, columns: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Zeroed key and value tensors [batch, kv heads, columns, head_dim] per layer."""
         s, w = self.shape, self.weight
-        return [tuple(torch.zeros(batch, s.n_kv, columns, s.head_dim, dtype=w.dtype, device=w.device) for _ in range(2)) for _ in self.layers]
+        return [
+            tuple(torch.zeros(batch, s.n_kv, columns, s.head_dim, dtype=w.dtype, device=w.device) for _ in range(2))
+            for _ in self.layers
+        ]
 
 
 _QKV = ("q_proj", "k_proj", "v_proj")
@@ -160,7 +174,12 @@ def _adapter(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float] | No
         return None
     name = active[0]
     a, b = module.lora_A[name], module.lora_B[name]
-    if name in getattr(module, "lora_variant", {}) or module.use_dora.get(name) or a.bias is not None or b.bias is not None:
+    if (
+        name in getattr(module, "lora_variant", {})
+        or module.use_dora.get(name)
+        or a.bias is not None
+        or b.bias is not None
+    ):
         return None
     return a.weight, b.weight, float(module.scaling[name])
 
@@ -188,7 +207,10 @@ def _fused_buffers(layers: list[nn.Module]) -> tuple[Fused | None, ...]:
     out: list[Fused | None] = []
     for layer in layers:
         projs = [_base(_projection(layer, p)) for p in _QKV]
-        plain = all(type(p) is nn.Linear for p in projs) and len({(p.weight.dtype, p.weight.device, p.bias is None) for p in projs}) == 1
+        plain = (
+            all(type(p) is nn.Linear for p in projs)
+            and len({(p.weight.dtype, p.weight.device, p.bias is None) for p in projs}) == 1
+        )
         if not plain:
             out.append(None)
             continue
@@ -225,7 +247,9 @@ def _mlp(layer: nn.Module, loras: tuple[Lora | None, ...], x: torch.Tensor) -> t
     return _project(mlp.down_proj, down, mlp.act_fn(_project(mlp.gate_proj, gate, x)) * _project(mlp.up_proj, up, x))
 
 
-def _qkv(layer: nn.Module, weights: Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, shape: Shape) -> tuple[torch.Tensor, ...]:
+def _qkv(
+    layer: nn.Module, weights: Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, shape: Shape
+) -> tuple[torch.Tensor, ...]:
     """Queries [B, heads, T, hd], rotated keys and values [B, kv heads, T, hd] of ``x`` [B, T, d]."""
     attn = layer.self_attn
     fused, loras = weights
@@ -242,7 +266,15 @@ def _qkv(layer: nn.Module, weights: Weights, x: torch.Tensor, cos: torch.Tensor,
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
 
 
-def _finish(layer: nn.Module, weights: Weights, x: torch.Tensor, attended: torch.Tensor, gate: torch.Tensor, vector: torch.Tensor, kind: Kind) -> torch.Tensor:
+def _finish(
+    layer: nn.Module,
+    weights: Weights,
+    x: torch.Tensor,
+    attended: torch.Tensor,
+    gate: torch.Tensor,
+    vector: torch.Tensor,
+    kind: Kind,
+) -> torch.Tensor:
     """Output projection, MLP, and the plan's edit of resid_post where ``gate`` [B, T] is set."""
     b, t = x.shape[:2]
     loras = weights[1]
@@ -255,8 +287,19 @@ def _finish(layer: nn.Module, weights: Weights, x: torch.Tensor, attended: torch
     return x
 
 
-def prefill_layer(layer: nn.Module, weights: Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
-                  mask: torch.Tensor, gate: torch.Tensor, vector: torch.Tensor, kind: Kind, shape: Shape) -> torch.Tensor:
+def prefill_layer(
+    layer: nn.Module,
+    weights: Weights,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cache: tuple[torch.Tensor, torch.Tensor],
+    mask: torch.Tensor,
+    gate: torch.Tensor,
+    vector: torch.Tensor,
+    kind: Kind,
+    shape: Shape,
+) -> torch.Tensor:
     """One decoder layer over the prompts ``x`` [B, W, d]; writes their keys and values to cache
     columns ``0..W-1``. ``mask`` [B, 1, W, W] is causal over real tokens (each padding query
     sees itself, so nothing is NaN)."""
@@ -265,12 +308,26 @@ def prefill_layer(layer: nn.Module, weights: Weights, x: torch.Tensor, cos: torc
     cache[0][:, :, :width].copy_(k)
     cache[1][:, :, :width].copy_(v)
     groups = shape.n_heads // shape.n_kv
-    attended = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), attn_mask=mask, scale=layer.self_attn.scaling)
+    attended = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), attn_mask=mask, scale=layer.self_attn.scaling
+    )
     return _finish(layer, weights, x, attended, gate, vector, kind)
 
 
-def decode_layer(layer: nn.Module, weights: Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
-                 column: torch.Tensor, bias: torch.Tensor, gate: torch.Tensor, vector: torch.Tensor, kind: Kind, shape: Shape) -> torch.Tensor:
+def decode_layer(
+    layer: nn.Module,
+    weights: Weights,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cache: tuple[torch.Tensor, torch.Tensor],
+    column: torch.Tensor,
+    bias: torch.Tensor,
+    gate: torch.Tensor,
+    vector: torch.Tensor,
+    kind: Kind,
+    shape: Shape,
+) -> torch.Tensor:
     """One decoder layer for one new token per row, ``x`` [B, 1, d], written to cache column
     ``column`` [1]; it attends to the first ``columns`` of the cache, where ``bias`` [B, 1, 1,
     columns] is 0 where a row may attend and -inf elsewhere.
@@ -282,5 +339,12 @@ def decode_layer(layer: nn.Module, weights: Weights, x: torch.Tensor, cos: torch
     keys.index_copy_(2, column, k)
     values.index_copy_(2, column, v)
     b, groups = x.shape[0], shape.n_heads // shape.n_kv
-    attended = attend(q.reshape(b, shape.n_kv, groups, shape.head_dim), keys, values, bias, layer.self_attn.scaling, shape.fused_attention)
+    attended = attend(
+        q.reshape(b, shape.n_kv, groups, shape.head_dim),
+        keys,
+        values,
+        bias,
+        layer.self_attn.scaling,
+        shape.fused_attention,
+    )
     return _finish(layer, weights, x, attended.reshape(b, shape.n_heads, 1, shape.head_dim), gate, vector, kind)

@@ -66,8 +66,16 @@ class Engine:
     always (True) or never (False: two matmuls, :mod:`interp.engine.attention`).
     """
 
-    def __init__(self, model: nn.Module, compile: str | Callable | None = "auto", cuda_graphs: bool | None = None, max_batch: int = 256,
-                 compile_options: dict | None = None, spans: int = 8, fused_attention: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        compile: str | Callable | None = "auto",
+        cuda_graphs: bool | None = None,
+        max_batch: int = 256,
+        compile_options: dict | None = None,
+        spans: int = 8,
+        fused_attention: bool | None = None,
+    ) -> None:
         if spans < 1:
             raise ValueError(f"spans must be at least 1, not {spans}")
         self._model = weakref.ref(model)  # the engine lives as long as its model, not longer
@@ -94,7 +102,14 @@ class Engine:
         return model
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoding: Decoding, keys: torch.Tensor, edits: EditPlan = NO_EDITS) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        decoding: Decoding,
+        keys: torch.Tensor,
+        edits: EditPlan = NO_EDITS,
+    ) -> torch.Tensor:
         """Generated tokens [batch, new] of left-padded prompts, padded after each row's EOS (what
         transformers returns after the prompt columns); ``keys`` [batch] are the rows' sampling
         keys (:func:`interp.engine.sampler.row_keys`)."""
@@ -109,7 +124,9 @@ class Engine:
         results: dict[int, list[int]] = {}
         for start in range(0, len(order), self.max_batch):
             chunk = order[start : start + self.max_batch]
-            rows = self._run([prompts[i] for i in chunk], gate_lengths[chunk], keys.cpu()[chunk], decoding, variant, edits)
+            rows = self._run(
+                [prompts[i] for i in chunk], gate_lengths[chunk], keys.cpu()[chunk], decoding, variant, edits
+            )
             results.update(zip(chunk, rows))
         out = torch.full((len(prompts), max(len(r) for r in results.values())), decoding.pad_id, dtype=torch.long)
         for i, row in results.items():
@@ -118,11 +135,22 @@ class Engine:
 
     # -- one bucket ---------------------------------------------------------------------------
 
-    def _run(self, prompts: list[list[int]], gate_lengths: torch.Tensor, keys: torch.Tensor, decoding: Decoding, variant: Variant, edits: EditPlan) -> list[list[int]]:
+    def _run(
+        self,
+        prompts: list[list[int]],
+        gate_lengths: torch.Tensor,
+        keys: torch.Tensor,
+        decoding: Decoding,
+        variant: Variant,
+        edits: EditPlan,
+    ) -> list[list[int]]:
         """Generate for at most ``max_batch`` prompts: each row's tokens up to and including its EOS."""
         n = len(prompts)
         width = round_up(max(len(p) for p in prompts), WIDTH_STEP)
-        s = self._slots_for(min(1 << (n - 1).bit_length(), max(self.max_batch, n)), round_up(width + decoding.max_new_tokens, COLUMN_STEP))
+        s = self._slots_for(
+            min(1 << (n - 1).bit_length(), max(self.max_batch, n)),
+            round_up(width + decoding.max_new_tokens, COLUMN_STEP),
+        )
         self._load(s, variant, edits)
         if variant.eos not in s.stops:  # kept: a captured graph reads this very tensor
             s.stops[variant.eos] = torch.tensor(variant.eos or (-1,), device=self.device)
@@ -145,7 +173,9 @@ class Engine:
         out = s.out[:n, :steps].tolist()
         return [row[: next((i + 1 for i, t in enumerate(row) if t in variant.eos), steps)] for row in out]
 
-    def _fill(self, s: Slots, prompts: list[list[int]], gate_lengths: torch.Tensor, keys: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fill(
+        self, s: Slots, prompts: list[list[int]], gate_lengths: torch.Tensor, keys: torch.Tensor, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write a bucket's prompts into the static buffers; returns the prefill's ids and positions.
 
         Spare rows (the bucket has more rows than prompts) get one real token and start finished."""
@@ -164,7 +194,14 @@ class Engine:
         lo, hi = s.plan.bounds(gates)
         padded_keys = torch.zeros(rows, dtype=torch.long)
         padded_keys[:n] = keys
-        for buf, value in ((s.valid, valid), (s.lo, lo), (s.hi, hi), (s.keys, padded_keys), (s.finished, torch.arange(rows) >= n), (s.positions, lengths[:, None])):
+        for buf, value in (
+            (s.valid, valid),
+            (s.lo, lo),
+            (s.hi, hi),
+            (s.keys, padded_keys),
+            (s.finished, torch.arange(rows) >= n),
+            (s.positions, lengths[:, None]),
+        ):
             buf.copy_(value)
         s.column.fill_(width)
         s.step.zero_()
@@ -195,7 +232,9 @@ class Engine:
         # Without edits the layer ignores its vector; any tensor will do.
         return s.vectors[kind] if kind != "none" else [s.lo] * len(self.body.layers)
 
-    def _prefill(self, s: Slots, variant: Variant, ids: torch.Tensor, positions: torch.Tensor, eos: torch.Tensor, code: StepCode) -> torch.Tensor | None:
+    def _prefill(
+        self, s: Slots, variant: Variant, ids: torch.Tensor, positions: torch.Tensor, eos: torch.Tensor, code: StepCode
+    ) -> torch.Tensor | None:
         """The prompts through every layer into the cache, then the first token; returns its
         logits where ``code`` keeps them (eager)."""
         width = ids.shape[1]
@@ -204,8 +243,12 @@ class Engine:
         causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
         mask = (causal & s.valid[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=self.device)
         gate = (positions >= s.lo[:, None]) & (positions < s.hi[:, None])
-        for layer, weights, cache, vector in zip(self.body.layers, self.body.layer_weights, s.cache, self._vectors(s, variant.kind)):
-            x = code.prefill_layer(layer, weights, x, cos, sin, cache, mask[:, None], gate, vector, variant.kind, self.body.shape)
+        for layer, weights, cache, vector in zip(
+            self.body.layers, self.body.layer_weights, s.cache, self._vectors(s, variant.kind)
+        ):
+            x = code.prefill_layer(
+                layer, weights, x, cos, sin, cache, mask[:, None], gate, vector, variant.kind, self.body.shape
+            )
         return code.tail(variant)(self.body.norm, self.body.head, x[:, -1], s, eos)
 
     def _decode(self, s: Slots, variant: Variant, eos: torch.Tensor, code: StepCode, span: int) -> torch.Tensor | None:
@@ -213,8 +256,12 @@ class Engine:
         to the first ``span`` cache columns (which must hold the one it writes); returns its
         logits where ``code`` keeps them (eager)."""
         x, cos, sin, bias, gate = code.decode_inputs(self.body.embed, self.body.rotary, s, span)
-        for layer, weights, cache, vector in zip(self.body.layers, self.body.layer_weights, s.cache, self._vectors(s, variant.kind)):
-            x = code.decode_layer(layer, weights, x, cos, sin, cache, s.column, bias, gate, vector, variant.kind, self.body.shape)
+        for layer, weights, cache, vector in zip(
+            self.body.layers, self.body.layer_weights, s.cache, self._vectors(s, variant.kind)
+        ):
+            x = code.decode_layer(
+                layer, weights, x, cos, sin, cache, s.column, bias, gate, vector, variant.kind, self.body.shape
+            )
         logits = code.tail(variant)(self.body.norm, self.body.head, x[:, -1], s, eos)
         s.positions += 1
         s.column += 1
@@ -278,25 +325,37 @@ class Engine:
         self._load(s, variant, NO_EDITS)
         eos = torch.tensor([-1], device=self.device)
         zeros = torch.zeros(2, dtype=torch.long)
-        ids, positions = self._fill(s, [[3 % vocab, 5 % vocab, 7 % vocab], [11 % vocab, 13 % vocab]], zeros, zeros, WIDTH_STEP)
+        ids, positions = self._fill(
+            s, [[3 % vocab, 5 % vocab, 7 % vocab], [11 % vocab, 13 % vocab]], zeros, zeros, WIDTH_STEP
+        )
         eager = StepCode.build(None)
         got = [self._prefill(s, variant, ids, positions, eos, eager)]
         full = torch.cat([ids, s.tokens], 1)
         got.append(self._decode(s, variant, eos, eager, s.span(ids.shape[1] + 1, self.spans)))
         mask = torch.cat([s.valid[:, : ids.shape[1]], torch.ones_like(s.tokens, dtype=torch.bool)], 1).long()
-        want = self.model(input_ids=full, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.float()
+        want = self.model(
+            input_ids=full, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
+        ).logits.float()
         refs = [want[:, ids.shape[1] - 1 + k] for k in range(len(got))]
         self.verify_errors = [float((logits - ref).norm() / ref.norm()) for logits, ref in zip(got, refs)]
-        if not all(math.isfinite(e) and e <= _LOGIT_TOLERANCE.get(self.body.weight.dtype, 5e-2) for e in self.verify_errors):
-            raise EngineUnsupported(f"the engine's logits differ from the model's own (relative errors {self.verify_errors}); this model is not supported")
+        if not all(
+            math.isfinite(e) and e <= _LOGIT_TOLERANCE.get(self.body.weight.dtype, 5e-2) for e in self.verify_errors
+        ):
+            raise EngineUnsupported(
+                f"the engine's logits differ from the model's own (relative errors {self.verify_errors}); this model is not supported"
+            )
 
 
 def _fingerprint(model: nn.Module) -> tuple:
     """What a captured step depends on: where every weight lives, and the adapters' switches and scales."""
     weights = tuple((p.data_ptr(), p.dtype, p.device) for p in model.parameters())
     switches = tuple(
-        (getattr(m, "disable_adapters", None), tuple(getattr(m, "active_adapters", None) or ()), tuple(getattr(m, "merged_adapters", None) or ()),
-         tuple(sorted((getattr(m, "scaling", None) or {}).items())))
+        (
+            getattr(m, "disable_adapters", None),
+            tuple(getattr(m, "active_adapters", None) or ()),
+            tuple(getattr(m, "merged_adapters", None) or ()),
+            tuple(sorted((getattr(m, "scaling", None) or {}).items())),
+        )
         for m in unwrap(model).modules()
         if hasattr(m, "merged_adapters")
     )

@@ -41,7 +41,7 @@ def row_keys(seed: int, rows: int) -> torch.Tensor:
     """int64 [rows] keys for rows ``0..rows-1`` of a generation seeded with ``seed``."""
     s = _mix(torch.tensor([seed & _M31, (seed >> 31) & _M31, (seed >> 62) & _M31], dtype=torch.int64))
     index = torch.arange(rows, dtype=torch.int64)
-    return _mix((_mix((_mix(index * 2 + 1) ^ s[0]) + s[1] & _M31) ^ s[2]))
+    return _mix(_mix((_mix(index * 2 + 1) ^ s[0]) + s[1] & _M31) ^ s[2])
 
 
 def token_codes(vocab: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -76,7 +76,14 @@ class SamplerSpec:
         return self.repetition_penalty != 1.0
 
 
-def choose(spec: SamplerSpec, logits: torch.Tensor, keys: torch.Tensor, step: torch.Tensor, seen: torch.Tensor | None, codes: torch.Tensor) -> torch.Tensor:
+def choose(
+    spec: SamplerSpec,
+    logits: torch.Tensor,
+    keys: torch.Tensor,
+    step: torch.Tensor,
+    seen: torch.Tensor | None,
+    codes: torch.Tensor,
+) -> torch.Tensor:
     """Next token [rows] from float32 ``logits`` [rows, vocab]; the order of the knobs is transformers':
     repetition penalty, then temperature, top-k, top-p. ``codes`` is :func:`token_codes` of the vocabulary."""
     if spec.tracks_seen:

@@ -50,9 +50,18 @@ class Slots:
             return torch.zeros(*shape, dtype=dtype, device=device)
 
         return cls(
-            tokens=zeros(rows, 1), positions=zeros(rows, 1), column=zeros(1), step=zeros(1),
-            valid=zeros(rows, columns, dtype=torch.bool), lo=zeros(rows), hi=zeros(rows), keys=zeros(rows), codes=token_codes(body.weight.shape[0], device),
-            finished=zeros(rows, dtype=torch.bool), out=zeros(rows, columns), cache=body.kv_cache(rows, columns),
+            tokens=zeros(rows, 1),
+            positions=zeros(rows, 1),
+            column=zeros(1),
+            step=zeros(1),
+            valid=zeros(rows, columns, dtype=torch.bool),
+            lo=zeros(rows),
+            hi=zeros(rows),
+            keys=zeros(rows),
+            codes=token_codes(body.weight.shape[0], device),
+            finished=zeros(rows, dtype=torch.bool),
+            out=zeros(rows, columns),
+            cache=body.kv_cache(rows, columns),
         )
 
     @property

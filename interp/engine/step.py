@@ -16,7 +16,15 @@ from interp.engine.sampler import choose
 from interp.engine.slots import Slots, Variant
 
 
-def step_tail(variant: Variant, keep_logits: bool, norm: nn.Module, head: nn.Module, last: torch.Tensor, s: Slots, eos: torch.Tensor) -> torch.Tensor | None:
+def step_tail(
+    variant: Variant,
+    keep_logits: bool,
+    norm: nn.Module,
+    head: nn.Module,
+    last: torch.Tensor,
+    s: Slots,
+    eos: torch.Tensor,
+) -> torch.Tensor | None:
     """From the last hidden state ``last`` [B, d]: choose each row's next token and advance the
     row's bookkeeping, all on the device. The logits are returned only if ``keep_logits``: in
     the compiled step they are never written out in float32 (greedy reads the head's bf16)."""
@@ -39,7 +47,9 @@ def decode_inputs(embed: nn.Module, rotary: nn.Module, s: Slots, span: int) -> t
     cos, sin = rotary(x, s.positions)
     valid = s.valid[:, :span]
     columns = torch.arange(span, device=x.device)
-    bias = torch.zeros(valid.shape, device=x.device).masked_fill(~(valid & (columns <= s.column)), float("-inf"))[:, None, None]
+    bias = torch.zeros(valid.shape, device=x.device).masked_fill(~(valid & (columns <= s.column)), float("-inf"))[
+        :, None, None
+    ]
     gate = (s.positions >= s.lo[:, None]) & (s.positions < s.hi[:, None])
     return x, cos, sin, bias, gate
 
@@ -59,7 +69,9 @@ class StepCode:
             if self.backend is None:  # eager: the logits are kept for the engine's self-check
                 self.tails[variant] = functools.partial(step_tail, variant, True)
             else:
-                self.tails[variant] = torch.compile(functools.partial(step_tail, variant, False), backend=self.backend, fullgraph=True)
+                self.tails[variant] = torch.compile(
+                    functools.partial(step_tail, variant, False), backend=self.backend, fullgraph=True
+                )
         return self.tails[variant]
 
     @classmethod
@@ -71,7 +83,12 @@ class StepCode:
         # dynamic shapes once a second prompt width comes; the decoding step is compiled per shape,
         # and only it takes ``options``: the step is where a run spends its time.
         step = functools.partial(torch.compile, backend=backend, dynamic=False, fullgraph=True, options=options)
-        return cls(torch.compile(prefill_layer, backend=backend, fullgraph=True), step(decode_inputs), step(decode_layer), backend=backend)
+        return cls(
+            torch.compile(prefill_layer, backend=backend, fullgraph=True),
+            step(decode_inputs),
+            step(decode_layer),
+            backend=backend,
+        )
 
 
 def allow_recompiles() -> None:
