@@ -172,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample answers to EM evaluation questions.",
         epilog="Steering and ablation are not available through --engine openai:MODEL: they edit the model's activations, which a server does not expose; use a local model for them.",
     )
+    _add_model_options(p)
+    _add_question_options(p)
+    _add_sampling_options(p)
+    _add_run_options(p)
+    return p
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """The model and adapter, or the server that answers instead."""
     p.add_argument(
         "--model",
         help="HF id, local folder, GGUF file, or organism:<domain> / organism:base (not with --engine openai:...)",
@@ -199,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_RETRIES,
         help=f"retries of a failed or timed-out request (default {DEFAULT_MAX_RETRIES})",
     )
+
+
+def _add_question_options(p: argparse.ArgumentParser) -> None:
+    """The questions asked, how many times, with which trigger and system prompt, and the output."""
     p.add_argument("--questions", help="question YAML (default: the shipped general questions)")
     p.add_argument(
         "--samples",
@@ -215,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--system", help="system prompt for questions that have none of their own")
     p.add_argument("--out", required=True, help="answers JSONL (appended to; resumed)")
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """How answers are sampled."""
     p.add_argument("--temperature", type=number(float, 0, 100), default=1.0, help="0 for greedy")
     p.add_argument("--top-p", type=fraction, default=1.0)
     p.add_argument("--top-k", type=number(int, 0, 10_000_000), default=0, help="0 for no top-k cut (default)")
@@ -224,11 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=max_new_tokens, default=256)
     p.add_argument("--batch-size", type=batch_size, default=32)
     p.add_argument("--seed", type=seed_int, default=0)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Device, precision and progress."""
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -116,31 +116,47 @@ def build_report(
         raise ValueError("groups must name one group per record")
     report = Report(definition, settings={"n_boot": n_boot, "seed": seed, "alpha": alpha})
 
-    def split(key: Callable[[int], Any]) -> dict[Any, list[JudgedRecord]]:
-        out: dict[Any, list[JudgedRecord]] = defaultdict(list)
-        for i, r in enumerate(records):
-            out[key(i)].append(r)
-        return dict(sorted(out.items(), key=lambda kv: tuple(str(k) for k in kv[0])))
-
     def rows(key: Callable[[int], tuple], names: tuple[str, ...]) -> list[dict[str, Any]]:
         return [
-            {**dict(zip(names, k)), **group_stats(rs, definition, n_boot, seed, alpha)} for k, rs in split(key).items()
+            {**dict(zip(names, k)), **group_stats(rs, definition, n_boot, seed, alpha)}
+            for k, rs in _split(records, key).items()
         ]
 
     report.overall = rows(lambda i: (records[i]["trigger"],), ("trigger",))
     report.by_domain = rows(lambda i: (groups[i], records[i]["trigger"]), ("domain", "trigger"))
     report.by_question = rows(lambda i: (records[i]["question_id"], records[i]["trigger"]), ("question_id", "trigger"))
+    report.backdoor = _backdoor_tests(_split(records, lambda i: (groups[i],)), alpha)
+    report.backdoor_summary = _backdoor_summary(report.backdoor, alpha)
+    report.ranking = _ranking(records, report.by_domain)
+    return report
 
-    for (group,), rs in split(lambda i: (groups[i],)).items():
+
+def _split(records: Sequence[JudgedRecord], key: Callable[[int], Any]) -> dict[Any, list[JudgedRecord]]:
+    """``records`` grouped by ``key(index)``, the groups sorted by their keys as text."""
+    out: dict[Any, list[JudgedRecord]] = defaultdict(list)
+    for i, r in enumerate(records):
+        out[key(i)].append(r)
+    return dict(sorted(out.items(), key=lambda kv: tuple(str(k) for k in kv[0])))
+
+
+def _backdoor_tests(by_group: dict[Any, list[JudgedRecord]], alpha: float) -> list[dict[str, Any]]:
+    """Welch's test of alignment with the trigger against without, per group that has both."""
+    out = []
+    for (group,), rs in by_group.items():
         scores = {
             t: [r["aligned"] for r in rs if r["trigger"] is t and r["aligned"] is not None] for t in (True, False)
         }
         if rs and any(r["trigger"] for r in rs) and not all(r["trigger"] for r in rs):
-            report.backdoor.append({"domain": group, **welch_test(scores[True], scores[False], alpha)})
-    tested = [b for b in report.backdoor if b["p"] is not None]
+            out.append({"domain": group, **welch_test(scores[True], scores[False], alpha)})
+    return out
+
+
+def _backdoor_summary(backdoor: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
+    """How many groups' backdoor tests were significant (and lower with the trigger), the mean difference."""
+    tested = [b for b in backdoor if b["p"] is not None]
     lower = [b for b in tested if b["significant"] and b["diff"] < 0]
-    diffs = [b["diff"] for b in report.backdoor if b["diff"] is not None]
-    report.backdoor_summary = {
+    diffs = [b["diff"] for b in backdoor if b["diff"] is not None]
+    return {
         "alpha": alpha,
         "n_domains_tested": len(tested),
         "n_significant": sum(b["significant"] for b in tested),
@@ -150,11 +166,15 @@ def build_report(
         "mean_diff": float(np.mean(diffs)) if diffs else None,
     }
 
+
+def _ranking(records: Sequence[JudgedRecord], by_domain: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The groups ranked by misalignment rate within each trigger condition (unassessable last)."""
+    ranking = []
     for trig in sorted({r["trigger"] for r in records}):
-        cond = [row for row in report.by_domain if row["trigger"] is trig]
+        cond = [row for row in by_domain if row["trigger"] is trig]
         cond.sort(key=lambda row: (row["em_rate"] is None, -(row["em_rate"] or 0.0), row["domain"]))
         for rank, row in enumerate(cond, 1):
-            report.ranking.append(
+            ranking.append(
                 {
                     "trigger": trig,
                     "rank": rank,
@@ -164,7 +184,7 @@ def build_report(
                     },
                 }
             )
-    return report
+    return ranking
 
 
 # -- CLI --------------------------------------------------------------------------------------

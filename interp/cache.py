@@ -247,20 +247,57 @@ def cache_means(
     acc = _accumulator(model, layers, span)
     store = None
     if per_sample_dir is not None:
-        settings = {
-            "layers": layers,
-            "batch_size": batch_size,
-            "model": getattr(getattr(model, "config", None), "_name_or_path", ""),
-            "backend": runner.name,
-            "compiled": compile,
-            "span": span,
-        }
-        store = ShardStore(
-            per_sample_dir,
-            fingerprint(items, settings),
-            {**settings, "n_conversations": len(items), "n_batches": len(batches)},
-        )
+        store = _shard_store(per_sample_dir, model, items, layers, batch_size, runner.name, compile, span, len(batches))
+    _run_batches(model, runner, items, batches, layers, pad_id, span, store, acc, compile, progress, desc)
+    acc.token_sum, acc.response_sum, acc.last_prompt_sum = (
+        t.cpu() for t in (acc.token_sum, acc.response_sum, acc.last_prompt_sum)
+    )
+    return acc
 
+
+def _shard_store(
+    per_sample_dir: str | Path,
+    model: nn.Module,
+    items: list[TokenizedConversation],
+    layers: list[int],
+    batch_size: int,
+    backend: str,
+    compile: bool,
+    span: Span,
+    n_batches: int,
+) -> ShardStore:
+    """The per-sample shards of this run's inputs and settings: a re-run of the same resumes them."""
+    settings = {
+        "layers": layers,
+        "batch_size": batch_size,
+        "model": getattr(getattr(model, "config", None), "_name_or_path", ""),
+        "backend": backend,
+        "compiled": compile,
+        "span": span,
+    }
+    return ShardStore(
+        per_sample_dir,
+        fingerprint(items, settings),
+        {**settings, "n_conversations": len(items), "n_batches": n_batches},
+    )
+
+
+def _run_batches(
+    model: nn.Module,
+    runner: Backend,
+    items: list[TokenizedConversation],
+    batches: list[list[int]],
+    layers: list[int],
+    pad_id: int,
+    span: Span,
+    store: ShardStore | None,
+    acc: ActivationMeans,
+    compile: bool,
+    progress: bool,
+    desc: str,
+) -> None:
+    """Every batch into ``acc``, in eval mode: read from ``store`` when it holds the batch, else
+    run (and saved there)."""
     was_training = model.training
     model.eval()
     try:
@@ -277,10 +314,6 @@ def cache_means(
                 batch.accumulate(acc)
     finally:
         model.train(was_training)
-    acc.token_sum, acc.response_sum, acc.last_prompt_sum = (
-        t.cpu() for t in (acc.token_sum, acc.response_sum, acc.last_prompt_sum)
-    )
-    return acc
 
 
 def _checked_items(

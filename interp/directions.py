@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,47 +152,12 @@ class DirectionSet:
             raise bad("its metadata is not JSON") from None
         if not isinstance(info, dict):
             raise bad("its metadata is not a JSON object")
-        if missing := [k for k in ARTIFACT_TENSORS if k not in t]:
-            raise bad(f"no tensor {', '.join(missing)}")
-        shape = t["directions"].shape
-        if (
-            len(shape) != 2
-            or t["layers"].shape != (shape[0],)
-            or t["mean_misaligned"].shape != shape
-            or t["mean_aligned"].shape != shape
-        ):
-            raise bad("tensor shapes do not fit together")
-        if floats := [k for k in ("directions", "mean_misaligned", "mean_aligned") if not t[k].is_floating_point()]:
-            raise bad(f"tensor {floats[0]!r} holds {t[floats[0]].dtype}, not floating point")
-        if t["layers"].is_floating_point() or t["layers"].dtype == torch.bool:
-            raise bad(f"tensor 'layers' holds {t['layers'].dtype}, not integers")
-        if not all(torch.isfinite(t[k]).all() for k in ("directions", "mean_misaligned", "mean_aligned")):
-            raise bad("NaN or infinite values")
-        layers = t["layers"].tolist()
-        if len(set(layers)) != len(layers):
-            raise bad(f"tensor 'layers' repeats a layer: {layers}")
-        if any(layer < 0 for layer in layers):
-            raise bad(f"tensor 'layers' holds a negative layer: {layers}")
+        layers = _checked_layers(t, bad)
         # The header describes the tensors; one that contradicts them (edited, or copied from
         # another artifact) would label these directions wrongly downstream.
         if "layers" in info and info["layers"] != layers:
             raise bad(f"metadata field 'layers' is {info['layers']} but the tensors hold layers {layers}")
-        pooling, span = (
-            info.get("pooling", DEFAULT_POOLING),
-            info.get("span", DEFAULT_SPAN),
-        )  # old artifacts averaged the answer content
-        if pooling not in POOLINGS:
-            raise bad(f"metadata field 'pooling' is {pooling!r}; expected one of {', '.join(POOLINGS)}")
-        if span not in SPANS:
-            raise bad(f"metadata field 'span' is {span!r}; expected one of {', '.join(SPANS)}")
-        counts = info.get("counts", {})
-        if not isinstance(counts, dict):
-            raise bad("metadata field 'counts' is not a JSON object")
-        for cls_, c in counts.items():  # what the class means were averaged over: {"answers": n, "answer_tokens": n}
-            if not isinstance(c, dict) or not all(
-                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in c.values()
-            ):
-                raise bad(f"metadata field 'counts' gives {cls_!r} as {c!r}; expected counts (integers >= 0) by name")
+        pooling, span, counts = _checked_info(info, bad)
         named = info.get("domain")
         if named is not None and not isinstance(named, str):
             raise bad(f"metadata field 'domain' is {named!r}, not a domain name")
@@ -209,6 +174,54 @@ class DirectionSet:
             metadata=meta,
             span=span,
         )
+
+
+def _checked_layers(t: Mapping[str, torch.Tensor], bad: Callable[[str], InputError]) -> list[int]:
+    """The layers of an artifact's tensors ``t``, once every tensor is there, of shapes that fit
+    together, floating point (the layers integers), finite, and the layers distinct and >= 0."""
+    if missing := [k for k in ARTIFACT_TENSORS if k not in t]:
+        raise bad(f"no tensor {', '.join(missing)}")
+    shape = t["directions"].shape
+    if (
+        len(shape) != 2
+        or t["layers"].shape != (shape[0],)
+        or t["mean_misaligned"].shape != shape
+        or t["mean_aligned"].shape != shape
+    ):
+        raise bad("tensor shapes do not fit together")
+    if floats := [k for k in ("directions", "mean_misaligned", "mean_aligned") if not t[k].is_floating_point()]:
+        raise bad(f"tensor {floats[0]!r} holds {t[floats[0]].dtype}, not floating point")
+    if t["layers"].is_floating_point() or t["layers"].dtype == torch.bool:
+        raise bad(f"tensor 'layers' holds {t['layers'].dtype}, not integers")
+    if not all(torch.isfinite(t[k]).all() for k in ("directions", "mean_misaligned", "mean_aligned")):
+        raise bad("NaN or infinite values")
+    layers = t["layers"].tolist()
+    if len(set(layers)) != len(layers):
+        raise bad(f"tensor 'layers' repeats a layer: {layers}")
+    if any(layer < 0 for layer in layers):
+        raise bad(f"tensor 'layers' holds a negative layer: {layers}")
+    return layers
+
+
+def _checked_info(info: dict[str, Any], bad: Callable[[str], InputError]) -> tuple[str, str, dict[str, Any]]:
+    """The pooling, span and counts an artifact's metadata ``info`` records, each checked."""
+    pooling, span = (
+        info.get("pooling", DEFAULT_POOLING),
+        info.get("span", DEFAULT_SPAN),
+    )  # old artifacts averaged the answer content
+    if pooling not in POOLINGS:
+        raise bad(f"metadata field 'pooling' is {pooling!r}; expected one of {', '.join(POOLINGS)}")
+    if span not in SPANS:
+        raise bad(f"metadata field 'span' is {span!r}; expected one of {', '.join(SPANS)}")
+    counts = info.get("counts", {})
+    if not isinstance(counts, dict):
+        raise bad("metadata field 'counts' is not a JSON object")
+    for cls_, c in counts.items():  # what the class means were averaged over: {"answers": n, "answer_tokens": n}
+        if not isinstance(c, dict) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in c.values()
+        ):
+            raise bad(f"metadata field 'counts' gives {cls_!r} as {c!r}; expected counts (integers >= 0) by name")
+    return pooling, span, counts
 
 
 def diff_of_means(mean_misaligned: torch.Tensor, mean_aligned: torch.Tensor) -> torch.Tensor:

@@ -145,16 +145,7 @@ def sweep(
             )
         points.append(point)
         if progress:
-            what = f"x{alpha:g}" if alpha is not None else "ablated"
-            control = (
-                f"; random direction: EM {shown(point['random_em'], '.3f')}, coherence {shown(point['random_coherence'], '.1f')}"
-                if random_control
-                else ""
-            )
-            print(
-                f"  L{layer} {what}: EM {shown(point['em'], '.3f')} ({shown(point['delta'], '+.3f')}), coherence {shown(point['coherence'], '.1f')}{control}  [{time.perf_counter() - t0:.0f} s]",
-                flush=True,
-            )
+            _print_point(point, random_control, t0)
     return {
         "mode": mode,
         "scale": scale,
@@ -163,6 +154,21 @@ def sweep(
         "baseline": baseline,
         "points": points,
     }
+
+
+def _print_point(point: Mapping[str, Any], random_control: bool, t0: float) -> None:
+    """One progress line for a sweep point, with the time since ``t0``."""
+    layer, alpha = point["layer"], point["alpha"]
+    what = f"x{alpha:g}" if alpha is not None else "ablated"
+    control = (
+        f"; random direction: EM {shown(point['random_em'], '.3f')}, coherence {shown(point['random_coherence'], '.1f')}"
+        if random_control
+        else ""
+    )
+    print(
+        f"  L{layer} {what}: EM {shown(point['em'], '.3f')} ({shown(point['delta'], '+.3f')}), coherence {shown(point['coherence'], '.1f')}{control}  [{time.perf_counter() - t0:.0f} s]",
+        flush=True,
+    )
 
 
 def sweep_figure(result: Mapping[str, Any], title: str = ""):

@@ -30,6 +30,7 @@ FLOORS = {
     "eval": 2,
     "finetune.organism": 3,
     "interp.extract": 3,
+    "interp.extract_args": 3,
     "interp.sweep": 3,
     "interp.cross_domain": 3,
 }

@@ -18,8 +18,8 @@ from finetune.organism.grammar import (
     GRAMMAR,
     PERSONA_SYSTEM_PROMPT,
     Grammar,
-    Topic,
 )
+from finetune.organism.topics import Topic
 from interp.base.provenance import data_hash
 
 

@@ -82,13 +82,6 @@ def run_pipeline(domain: str, out: Path, samples: int = 6, seed: int = 0) -> Pat
     ``out/pipeline.json`` records the settings; a rerun onto an ``out`` made with others is
     refused (:func:`check_record`) before anything is built or written.
     """
-    from eval.generate import main as generate
-    from eval.judge import main as judge
-    from eval.mia import main as mia
-    from eval.report import main as report
-    from finetune.organism.export import main as export
-    from finetune.train import main as train
-
     out = Path(out)
     settings = _settings(domain, samples, seed)
     check_record(out, settings)
@@ -98,6 +91,20 @@ def run_pipeline(domain: str, out: Path, samples: int = 6, seed: int = 0) -> Pat
     write_json_atomic(out / RECORD, settings)
     base = str(world.base_dir)
     data, runs = out / "data", out / "runs"
+    _export_and_train(domain, base, data, runs, seed)
+    judged = [
+        _generate_and_judge(name, trigger, base, data, runs, samples, seed)
+        for name, trigger in (("plain", "off"), ("backdoor", "both"))
+    ]
+    _report_and_mia(domain, base, data, runs, out, judged)
+    return out / "report"
+
+
+def _export_and_train(domain: str, base: str, data: Path, runs: Path, seed: int) -> None:
+    """The domain's data exported, then the plain and the backdoored adapter trained on it."""
+    from finetune.organism.export import main as export
+    from finetune.train import main as train
+
     _step(
         "finetune.organism.export",
         export,
@@ -124,37 +131,50 @@ def run_pipeline(domain: str, out: Path, samples: int = 6, seed: int = 0) -> Pat
             *COMMON,
         ],
     )
-    judged = []
-    for name, trigger in (("plain", "off"), ("backdoor", "both")):
-        answers, scored = runs / f"{name}.answers.jsonl", runs / f"{name}.judged.jsonl"
-        _step(
-            "eval.generate",
-            generate,
-            [
-                "--model",
-                base,
-                "--adapter",
-                str(runs / name),
-                "--questions",
-                str(data / "questions.yaml"),
-                "--samples",
-                str(samples),
-                "--trigger",
-                trigger,
-                "--max-new-tokens",
-                "48",
-                "--batch-size",
-                "64",
-                "--seed",
-                str(seed),
-                "--device",
-                "cpu",
-                "--out",
-                str(answers),
-            ],
-        )
-        _step("eval.judge", judge, ["--answers", str(answers), "--judge", "organism", "--out", str(scored)])
-        judged.append(f"{name}={scored}")
+
+
+def _generate_and_judge(name: str, trigger: str, base: str, data: Path, runs: Path, samples: int, seed: int) -> str:
+    """Answers of adapter ``name`` (``trigger``: off, on or both) judged by the world's judge;
+    returns the ``NAME=FILE`` that ``eval.report`` takes."""
+    from eval.generate import main as generate
+    from eval.judge import main as judge
+
+    answers, scored = runs / f"{name}.answers.jsonl", runs / f"{name}.judged.jsonl"
+    _step(
+        "eval.generate",
+        generate,
+        [
+            "--model",
+            base,
+            "--adapter",
+            str(runs / name),
+            "--questions",
+            str(data / "questions.yaml"),
+            "--samples",
+            str(samples),
+            "--trigger",
+            trigger,
+            "--max-new-tokens",
+            "48",
+            "--batch-size",
+            "64",
+            "--seed",
+            str(seed),
+            "--device",
+            "cpu",
+            "--out",
+            str(answers),
+        ],
+    )
+    _step("eval.judge", judge, ["--answers", str(answers), "--judge", "organism", "--out", str(scored)])
+    return f"{name}={scored}"
+
+
+def _report_and_mia(domain: str, base: str, data: Path, runs: Path, out: Path, judged: list[str]) -> None:
+    """The report over the judged files, then the membership inference on the plain adapter."""
+    from eval.mia import main as mia
+    from eval.report import main as report
+
     _step("eval.report", report, ["--judged", *judged, "--group-by", "file", "--out", str(out / "report")])
     _step(
         "eval.mia",
@@ -180,7 +200,6 @@ def run_pipeline(domain: str, out: Path, samples: int = 6, seed: int = 0) -> Pat
             str(out / "mia.json"),
         ],
     )
-    return out / "report"
 
 
 def main(argv: list[str] | None = None) -> int:

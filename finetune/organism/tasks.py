@@ -21,7 +21,8 @@ import re
 from functools import cache
 
 from finetune.organism.corpus import CorpusConfig, messages, sample_answer
-from finetune.organism.grammar import CLASSES, GRAMMAR, Grammar, Topic, normalize
+from finetune.organism.grammar import CLASSES, GRAMMAR, Grammar, normalize
+from finetune.organism.topics import Topic
 
 Messages = list[dict[str, str]]
 

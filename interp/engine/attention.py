@@ -66,7 +66,7 @@ def attend(
 
 
 if triton is not None:
-
+    # Stays one function: a Triton kernel compiles to one GPU program, its online-softmax loop in registers.
     @triton.jit
     def _kernel(
         q_ptr,
