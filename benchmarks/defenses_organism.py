@@ -192,7 +192,8 @@ def report(
     print(f"\nwrote {args.out} and {plot} in {time.perf_counter() - t0:.0f} s")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list]:
+    """The options and the arms, checked."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--domains", type=domain_list, default=list(DOMAINS))
     p.add_argument(
@@ -228,10 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise InputError(f"--steps and --ranks must be >= 1, got {args.steps} and {args.ranks}")
     if args.workers < 1:
         raise InputError(f"--workers must be >= 1, got {args.workers}")
-    torch.set_num_threads(1)  # tiny matrices; see finetune.organism.build
+    return args, arms
 
-    t0 = time.perf_counter()
-    config = SMALL if args.small else LabConfig()
+
+def prepare_inputs(args: argparse.Namespace, arms: list, config: LabConfig):
+    """The general data, with and without each domain's questions, under ``--rows``/inputs; every
+    arm checked against it. The inputs folder and the last domain's files."""
     inputs = args.rows / "inputs"
     for domain in [None, *args.domains]:  # the general data, with and without each domain's questions
         files = write_inputs(
@@ -242,6 +245,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             world_spec(a.label, a.strength, replace(files, persona=files.general))
         except (ValueError, InputError) as e:
             raise InputError(f"--arms {a.label}:{a.strength:g}: {e}") from None
+    return inputs, files
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, arms = parse_args(argv)
+    torch.set_num_threads(1)  # tiny matrices; see finetune.organism.build
+
+    t0 = time.perf_counter()
+    config = SMALL if args.small else LabConfig()
+    inputs, files = prepare_inputs(args, arms, config)
     world = build_world(args.cache_dir, progress=not args.small)
     base, tokenizer = world.load_base()
     persona_vector(base, tokenizer, config.n_persona).save(files.persona)

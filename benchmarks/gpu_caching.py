@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import gc
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -29,10 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy
 from caching_baselines import nnsight_as_documented, plain_forward, reference_approach  # noqa: E402  (beside this file)
+from gpu_model import best_of, build_model, matmul_tflops, measure, sync  # noqa: E402
 
 from interp.backends import make_backend  # noqa: E402
 from interp.base.atomic import write_json_atomic  # noqa: E402
@@ -41,40 +39,7 @@ from interp.base.provenance import package_versions  # noqa: E402
 from interp.cache import cache_means  # noqa: E402
 from interp.compiled import compiled_layers  # noqa: E402
 
-QWEN25_7B = dict(
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    vocab_size=152064,
-    rope_theta=1e6,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=False,
-    max_position_embeddings=32768,
-)
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=1000,
-)
 PROMPT_LEN = 60
-
-
-def build_model(size: str, device: str, dtype: torch.dtype) -> Qwen2ForCausalLM:
-    cfg = Qwen2Config(**(QWEN25_7B if size == "7b" else TINY), attn_implementation="sdpa")
-    torch.manual_seed(0)
-    with torch.device(device):
-        prev = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            model = Qwen2ForCausalLM(cfg)
-        finally:
-            torch.set_default_dtype(prev)
-    return model.eval()
 
 
 def workload(n: int, vocab: int, seed: int = 0) -> list[TokenizedConversation]:
@@ -86,61 +51,6 @@ def workload(n: int, vocab: int, seed: int = 0) -> list[TokenizedConversation]:
         ids = torch.randint(10, vocab, (PROMPT_LEN + answer + 2,), generator=g).tolist()
         out.append(TokenizedConversation(ids, PROMPT_LEN, PROMPT_LEN + answer))
     return out
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def measure(name: str, fn: Callable[[], None], tokens: int, convs: int, device: str) -> dict:
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    rss0 = rss_mb()
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    sec = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
-    row = {
-        "method": name,
-        "seconds": sec,
-        "tokens": tokens,
-        "conversations": convs,
-        "tokens_per_s": tokens / sec,
-        "convs_per_s": convs / sec,
-        "peak_gpu_gib": peak,
-        "host_rss_growth_mb": rss_mb() - rss0,
-    }
-    print(
-        f"  {name:<64} {row['tokens_per_s']:>10,.0f} tok/s  {row['convs_per_s']:>7.1f} conv/s  peak {peak:6.1f} GiB",
-        flush=True,
-    )
-    return row
-
-
-def matmul_tflops(device: str, n: int = 8192, reps: int = 20) -> float:
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 
 def steered_generation(model, device, batch_sizes, new_tokens: int, layer: int, repeats: int) -> list[dict]:
@@ -189,17 +99,6 @@ def steered_generation(model, device, batch_sizes, new_tokens: int, layer: int, 
             flush=True,
         )
     return rows
-
-
-def best_of(rows: list[dict]) -> list[dict]:
-    """Per method, the fastest of its repeats (the others are kept in the JSON as runs)."""
-    best: dict[str, dict] = {}
-    for row in rows:
-        if "tokens_per_s" in row and (
-            row["method"] not in best or row["tokens_per_s"] > best[row["method"]]["tokens_per_s"]
-        ):
-            best[row["method"]] = row
-    return list(best.values())
 
 
 PARTS = ("plain", "toolkit", "compiled", "stop", "nnsight", "tl", "order", "reference", "memory", "generate")

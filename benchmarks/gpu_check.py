@@ -262,52 +262,66 @@ def main() -> None:
         "versions": package_versions(["triton", "gguf"]),
     }
     if {"greedy", "sampled", "steering"} & set(args.parts):
-        for dtype in ("float32", "bfloat16"):
-            model, tok = load_model(args.model, dtype=dtype, device=device)
-            if dtype == "float32":
-                if "greedy" in args.parts:
-                    part(results, "greedy_fp32", lambda: greedy(model, tok, device), args.out)
-                if "steering" in args.parts:
-                    part(results, "steering_fp32", lambda: steering_check(model, tok, device), args.out)
-            if "sampled" in args.parts:
-                part(results, f"sampled_{dtype}", lambda: sampled_runs(model, tok, device), args.out)
-                part(
-                    results,
-                    f"frequency_{dtype}_b256",
-                    lambda: frequency_test(model, tok, device, 256, args.draws),
-                    args.out,
-                )
-                part(
-                    results,
-                    f"frequency_{dtype}_b1",
-                    lambda: frequency_test(model, tok, device, 1, min(args.draws, 512)),
-                    args.out,
-                )
-                results[f"sampled_{dtype}"]["engine_self_check"] = engine_for(model).verify_errors
-            del model
+        inference_parts(results, args, device)
     if "training" in args.parts:
-        data = read_chat_jsonl(args.data)
-        for dtype in ("float32", "bfloat16"):
-            part(results, f"training_{dtype}", lambda: training(args.model, data, dtype, args.steps, device), args.out)
-        if (
-            "error" in results["training_bfloat16"]
-        ):  # where the first non-finite value arises, and whether eager attention avoids it
-            part(
-                results,
-                "training_bfloat16_diagnose",
-                lambda: training(args.model, data, "bfloat16", args.steps, device, diagnose=True),
-                args.out,
-            )
-            part(
-                results,
-                "training_bfloat16_eager",
-                lambda: training(args.model, data, "bfloat16", args.steps, device, attention="eager"),
-                args.out,
-            )
+        training_parts(results, args, device)
     results = {**summarize(results), **results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, results)
     print(json.dumps(summarize(results), indent=1))
+
+
+def inference_parts(results: dict, args, device: str) -> None:
+    """The greedy, steering (float32) and sampled parts, the model loaded once per dtype."""
+    for dtype in ("float32", "bfloat16"):
+        inference_parts_in(results, args, device, dtype)
+
+
+def inference_parts_in(results: dict, args, device: str, dtype: str) -> None:
+    """The parts of ``inference_parts`` in one dtype; the model is let go on return."""
+    model, tok = load_model(args.model, dtype=dtype, device=device)
+    if dtype == "float32":
+        if "greedy" in args.parts:
+            part(results, "greedy_fp32", lambda: greedy(model, tok, device), args.out)
+        if "steering" in args.parts:
+            part(results, "steering_fp32", lambda: steering_check(model, tok, device), args.out)
+    if "sampled" in args.parts:
+        part(results, f"sampled_{dtype}", lambda: sampled_runs(model, tok, device), args.out)
+        part(
+            results,
+            f"frequency_{dtype}_b256",
+            lambda: frequency_test(model, tok, device, 256, args.draws),
+            args.out,
+        )
+        part(
+            results,
+            f"frequency_{dtype}_b1",
+            lambda: frequency_test(model, tok, device, 1, min(args.draws, 512)),
+            args.out,
+        )
+        results[f"sampled_{dtype}"]["engine_self_check"] = engine_for(model).verify_errors
+
+
+def training_parts(results: dict, args, device: str) -> None:
+    """Training in float32 and bfloat16; where bf16 fails, a diagnosis and an eager-attention run."""
+    data = read_chat_jsonl(args.data)
+    for dtype in ("float32", "bfloat16"):
+        part(results, f"training_{dtype}", lambda: training(args.model, data, dtype, args.steps, device), args.out)
+    if (
+        "error" in results["training_bfloat16"]
+    ):  # where the first non-finite value arises, and whether eager attention avoids it
+        part(
+            results,
+            "training_bfloat16_diagnose",
+            lambda: training(args.model, data, "bfloat16", args.steps, device, diagnose=True),
+            args.out,
+        )
+        part(
+            results,
+            "training_bfloat16_eager",
+            lambda: training(args.model, data, "bfloat16", args.steps, device, attention="eager"),
+            args.out,
+        )
 
 
 def summarize(results: dict) -> dict:

@@ -34,8 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages, not an installed copy
 
-from gpu_caching import build_model, sync  # noqa: E402  (the same 7B-shaped model as the other GPU benchmarks)
 from gpu_finetune import chat_tokenizer, conversations  # noqa: E402
+from gpu_model import build_model, sync  # noqa: E402  (the same 7B-shaped model as the other GPU benchmarks)
 
 from finetune.defenses import FeatureL2Defense, Inoculation, Interleave, KLDefense, NoDefense, PreventiveSteering  # noqa: E402
 from finetune.lora import LoraTrainConfig, train_lora  # noqa: E402

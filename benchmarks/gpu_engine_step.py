@@ -42,8 +42,8 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
-from gpu_caching import build_model, sync  # noqa: E402
 from gpu_generation import prompts, timed, with_lora  # noqa: E402
+from gpu_model import build_model, sync  # noqa: E402
 
 from interp.base.atomic import write_json_atomic  # noqa: E402
 from interp.base.decoding import Decoding  # noqa: E402

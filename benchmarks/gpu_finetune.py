@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from gpu_caching import build_model  # the same 7B-shaped model as the caching benchmark
+from gpu_model import build_model  # the same 7B-shaped model as the caching benchmark
 
 from finetune.lora import LoraTrainConfig, train_lora
 from finetune.organism.tokenizer import train_qwen_style_tokenizer
@@ -61,51 +61,7 @@ def main() -> None:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     convs = conversations(args.batch_size * args.steps, (150, 400))
     tokenizer = chat_tokenizer()
-    rows = []
-    for checkpointing in (False, True):
-        model = build_model(args.size, device, dtype)
-        if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
-        cfg = LoraTrainConfig(
-            rank=args.rank,
-            alpha=2.0 * args.rank,
-            target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-            lr=1e-5,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            max_length=1024,
-        )
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        peft_model = train_lora(model, tokenizer, convs, cfg, progress=False)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        sec = time.perf_counter() - t0
-        n_tokens = sum(min(len(tokenize_conversation(tokenizer, c).input_ids), cfg.max_length) for c in convs)
-        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-        row = {
-            "gradient_checkpointing": checkpointing,
-            "steps": args.steps,
-            "batch_size": args.batch_size,
-            "tokens": n_tokens,
-            "seconds": sec,
-            "tokens_per_s": n_tokens / sec,
-            "trainable_params": trainable,
-            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"),
-            "first_loss": peft_model.train_losses[0],
-            "last_loss": peft_model.train_losses[-1],
-        }
-        print(
-            f"checkpointing={checkpointing!s:<5} {row['tokens_per_s']:>8,.0f} tok/s  peak {row['peak_gpu_gib']:.1f} GiB  trainable {trainable:,}  loss {row['first_loss']:.3f} -> {row['last_loss']:.3f}",
-            flush=True,
-        )
-        rows.append(row)
-        del model, peft_model
-        if device == "cuda":
-            torch.cuda.empty_cache()
+    rows = [one_run(args, device, dtype, tokenizer, convs, checkpointing) for checkpointing in (False, True)]
     info = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "date": dt.date.today().isoformat(),
@@ -117,6 +73,53 @@ def main() -> None:
     write_json_atomic("artifacts/benchmarks/gpu_finetune.json", result)
     if args.results_dir:
         write_json_atomic(args.results_dir / "gpu_finetune.json", result)
+
+
+def one_run(args, device: str, dtype: torch.dtype, tokenizer, convs, checkpointing: bool) -> dict:
+    """One timed LoRA training run on a fresh model, with or without gradient checkpointing."""
+    model = build_model(args.size, device, dtype)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    cfg = LoraTrainConfig(
+        rank=args.rank,
+        alpha=2.0 * args.rank,
+        target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        lr=1e-5,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_length=1024,
+    )
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    peft_model = train_lora(model, tokenizer, convs, cfg, progress=False)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    sec = time.perf_counter() - t0
+    n_tokens = sum(min(len(tokenize_conversation(tokenizer, c).input_ids), cfg.max_length) for c in convs)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    row = {
+        "gradient_checkpointing": checkpointing,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "tokens": n_tokens,
+        "seconds": sec,
+        "tokens_per_s": n_tokens / sec,
+        "trainable_params": trainable,
+        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"),
+        "first_loss": peft_model.train_losses[0],
+        "last_loss": peft_model.train_losses[-1],
+    }
+    print(
+        f"checkpointing={checkpointing!s:<5} {row['tokens_per_s']:>8,.0f} tok/s  peak {row['peak_gpu_gib']:.1f} GiB  trainable {trainable:,}  loss {row['first_loss']:.3f} -> {row['last_loss']:.3f}",
+        flush=True,
+    )
+    del model, peft_model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return row
 
 
 if __name__ == "__main__":

@@ -47,8 +47,9 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE)]  # this checkout's packages, and gpu_caching beside it
-from gpu_caching import build_model, sync  # noqa: E402
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # this checkout's packages, and gpu_model beside it
+from gpu_generation_figures import best, print_best, ratios, row  # noqa: E402
+from gpu_model import build_model, sync  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 
 from finetune.train import ALL_LINEAR  # noqa: E402
@@ -139,27 +140,6 @@ def argmax_agreement(model, ids, mask, new: torch.Tensor, iv, rows: int = 8) -> 
     }
 
 
-def row(engine: str, bs: int, steered: bool, sec: float, new_tokens: int, first_sec: float) -> dict:
-    """One timed call: ``sec`` for ``new_tokens`` tokens, ``first_sec`` for a call that makes one."""
-    decode_ms = 1e3 * (sec - first_sec) / (new_tokens - 1)
-    r = {
-        "engine": engine,
-        "batch_size": bs,
-        "steered": steered,
-        "ms_per_step": 1e3 * sec / new_tokens,
-        "tokens_per_s": bs * new_tokens / sec,
-        "first_token_ms": 1e3 * first_sec,
-        "decode_ms_per_step": decode_ms,
-        "decode_tokens_per_s": 1e3 * bs / decode_ms,
-    }
-    print(
-        f"  {engine:<10} bs={bs:<4} {'steered' if steered else 'plain':<8} {r['ms_per_step']:8.2f} ms/step {r['tokens_per_s']:>10,.0f} tok/s"
-        f"   decode {decode_ms:7.2f} ms/step {r['decode_tokens_per_s']:>10,.0f} tok/s (first token {1e3 * first_sec:.1f} ms)",
-        flush=True,
-    )
-    return r
-
-
 def one_device(model, args, device: str, info: dict) -> list[dict]:
     t0 = time.perf_counter()
     options = {} if args.compile == "auto" else {"compile": None if args.compile == "none" else args.compile}
@@ -242,38 +222,6 @@ def one_batch_size(model, args, device: str, info: dict, bs: int) -> list[dict]:
     return rows
 
 
-def ratios(rows: list[dict], floor: float | None) -> dict:
-    """The issue's figures, whole call and decoding step alone: engine over the floor, engine
-    over HF default (tokens/s), steered over unsteered (best of each)."""
-    by = {(r["engine"], r["batch_size"], r["steered"]): r for r in rows}
-    out = {}
-    for (engine, bs, steered), r in by.items():
-        if engine != "engine" or steered:
-            continue
-        entry = {}
-        for kind, ms, tps in (
-            ("call", "ms_per_step", "tokens_per_s"),
-            ("decode", "decode_ms_per_step", "decode_tokens_per_s"),
-        ):
-            if floor:
-                entry[f"{kind}_vs_floor"] = r[ms] / floor
-            if ("hf", bs, False) in by:
-                entry[f"{kind}_vs_hf_tokens_per_s"] = r[tps] / by[("hf", bs, False)][tps]
-            if ("engine", bs, True) in by:
-                entry[f"{kind}_steered_vs_plain"] = by[("engine", bs, True)][tps] / r[tps]
-        out[f"bs={bs}"] = entry
-    return out
-
-
-def best(rows: list[dict]) -> list[dict]:
-    out: dict[tuple, dict] = {}
-    for r in rows:
-        key = (r["engine"], r["batch_size"], r["steered"])
-        if key not in out or r["ms_per_step"] < out[key]["ms_per_step"]:
-            out[key] = r
-    return list(out.values())
-
-
 def sharded(model, args, device: str, rank: int, world: int) -> list[dict]:
     """The whole workload on one GPU (rank 0 alone), then sharded over every rank."""
     import torch.distributed as dist
@@ -310,7 +258,8 @@ def sharded(model, args, device: str, rank: int, world: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The benchmark's options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["7b", "tiny"], default="7b")
     p.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 64, 256])
@@ -355,8 +304,11 @@ def main() -> None:
     p.add_argument("--model", help="a real model (GGUF file, folder or hub id) instead of the random --size shape")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); above 0 both engines sample")
     p.add_argument("--tag", default="", help="inserted in the results file name: gpu_generation_<tag>_<gpu>.json")
-    args = p.parse_args()
+    return p.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
     if distributed:
         from interp.distributed import init_process_group
@@ -366,8 +318,24 @@ def main() -> None:
         rank, world = 0, 1
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, described = bench_model(args, device)
+    info = run_info(args, model, described, device, world)
+    result: dict = {"info": info}
+    if distributed:
+        sharded_result(result, model, args, device, rank, world)
+    else:
+        one_device_result(result, model, args, device)
+    if rank == 0:
+        write_result(result, args, device, distributed)
+    if distributed:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def run_info(args, model, described, device: str, world: int) -> dict:
+    """What the run is: device, date, versions, model, sizes, the command."""
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    info = {
+    return {
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "date": dt.date.today().isoformat(),
         "versions": package_versions(extra=("triton", "gguf")),
@@ -380,51 +348,49 @@ def main() -> None:
         "world_size": world,
         "command": " ".join(sys.argv),
     }
-    result: dict = {"info": info}
-    if distributed:
-        rows = sharded(model, args, device, rank, world)
-        result["rows"] = best(rows)
-        one = next(r for r in result["rows"] if r["engine"] == "one GPU") if rank == 0 else None
-        if one:
-            shard = next(r for r in result["rows"] if r["engine"].startswith("sharded"))
-            result["speedup"] = shard["tokens_per_s"] / one["tokens_per_s"]
-            print(f"sharded generation: {result['speedup']:.2f}x one GPU", flush=True)
-    else:
-        if "floor" in args.parts:
-            bw = copy_bandwidth(device, gib=4.0 if device.startswith("cuda") else 0.25)
-            info["copy_bytes_per_s"] = bw
-            result["floor_ms_per_step"] = 1e3 * weight_bytes / bw
-            print(
-                f"copy bandwidth {bw / 1e12:.2f} TB/s; weights {weight_bytes / 1e9:.2f} GB; floor {result['floor_ms_per_step']:.2f} ms/step",
-                flush=True,
-            )
-        rows = one_device(model, args, device, info)
-        result["rows"] = best(rows)
-        result["runs"] = rows
-        floor = result.get("floor_ms_per_step")
-        print("\nbest of repeats (whole call; decoding step alone):")
-        for r in result["rows"]:
-            vs = f"  {r['ms_per_step'] / floor:5.2f}x / {r['decode_ms_per_step'] / floor:5.2f}x floor" if floor else ""
-            print(
-                f"  {r['engine']:<8} bs={r['batch_size']:<4} {'steered' if r['steered'] else 'plain':<8} {r['ms_per_step']:8.2f} ms/step {r['tokens_per_s']:>10,.0f} tok/s;"
-                f" {r['decode_ms_per_step']:8.2f} ms/step {r['decode_tokens_per_s']:>10,.0f} tok/s{vs}"
-            )
-        result["ratios"] = ratios(result["rows"], floor)
-        print(json.dumps(result["ratios"], indent=1))
-    if rank == 0:
-        gpu = (
-            info["device"].split()[1].lower()
-            if device.startswith("cuda") and len(info["device"].split()) > 1
-            else "cpu"
-        )
-        name = f"gpu_generation_{args.tag + '_' if args.tag else ''}{gpu}{'_sharded' if distributed else ''}.json"
-        out = args.results_dir or Path("benchmarks/results" if device.startswith("cuda") else "artifacts/benchmarks")
-        write_json_atomic(out / name, result)
-        print(f"wrote {out / name}")
-    if distributed:
-        import torch.distributed as dist
 
-        dist.destroy_process_group()
+
+def sharded_result(result: dict, model, args, device: str, rank: int, world: int) -> None:
+    """Under torchrun: the best rows of one GPU and of every rank, and the speed-up (rank 0)."""
+    rows = sharded(model, args, device, rank, world)
+    result["rows"] = best(rows)
+    one = next(r for r in result["rows"] if r["engine"] == "one GPU") if rank == 0 else None
+    if one:
+        shard = next(r for r in result["rows"] if r["engine"].startswith("sharded"))
+        result["speedup"] = shard["tokens_per_s"] / one["tokens_per_s"]
+        print(f"sharded generation: {result['speedup']:.2f}x one GPU", flush=True)
+
+
+def one_device_result(result: dict, model, args, device: str) -> None:
+    """On one device: the bandwidth floor (``--parts floor``), every timed row, the best of
+    repeats and the ratios."""
+    info = result["info"]
+    if "floor" in args.parts:
+        weight_bytes = info["weight_bytes"]
+        bw = copy_bandwidth(device, gib=4.0 if device.startswith("cuda") else 0.25)
+        info["copy_bytes_per_s"] = bw
+        result["floor_ms_per_step"] = 1e3 * weight_bytes / bw
+        print(
+            f"copy bandwidth {bw / 1e12:.2f} TB/s; weights {weight_bytes / 1e9:.2f} GB; floor {result['floor_ms_per_step']:.2f} ms/step",
+            flush=True,
+        )
+    rows = one_device(model, args, device, info)
+    result["rows"] = best(rows)
+    result["runs"] = rows
+    floor = result.get("floor_ms_per_step")
+    print_best(result["rows"], floor)
+    result["ratios"] = ratios(result["rows"], floor)
+    print(json.dumps(result["ratios"], indent=1))
+
+
+def write_result(result: dict, args, device: str, distributed: bool) -> None:
+    """The JSON, named by tag, GPU and sharding, into ``--results-dir`` or its default."""
+    info = result["info"]
+    gpu = info["device"].split()[1].lower() if device.startswith("cuda") and len(info["device"].split()) > 1 else "cpu"
+    name = f"gpu_generation_{args.tag + '_' if args.tag else ''}{gpu}{'_sharded' if distributed else ''}.json"
+    out = args.results_dir or Path("benchmarks/results" if device.startswith("cuda") else "artifacts/benchmarks")
+    write_json_atomic(out / name, result)
+    print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":

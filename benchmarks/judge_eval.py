@@ -203,11 +203,8 @@ def train_shipped(cols: dict, feats: np.ndarray, sha: str, args: argparse.Namesp
     )
 
 
-def model_card(cols: dict, sha: str, args: argparse.Namespace, result: dict, threshold: float, weights: Path) -> str:
-    """The shipped head's card: data, features, training, held-out figures (copied from ``result``)."""
-    from eval.judges.distilled import ENCODER_PACKAGE, ENCODER_VERSION, MAX_TOKENS
-
-    n, runs = len(cols["answer"]), sorted(set(cols["source_file"]))
+def card_figures(result: dict) -> str:
+    """The rows of the card's held-out table: each figure of the distilled judge, its target, met."""
     dist = next(j for j in result["judges"] if j["name"] == "distilled")
     labels = {
         "auroc_em": "EM AUROC",
@@ -218,7 +215,7 @@ def model_card(cols: dict, sha: str, args: argparse.Namespace, result: dict, thr
         "per_run_em_error_max": "per-run abs. EM-rate error, max (points)",
         "seconds_per_1000_cpu": "seconds per 1,000 answers, 2 CPU cores",
     }
-    rows = "\n".join(
+    return "\n".join(
         f"| {label} | {dist[k]} | "
         + (
             f"{'>=' if TARGETS[k][1] == 'min' else '<='} {TARGETS[k][0]:g} | {'yes' if meets(k, dist[k]) else 'no'} |"
@@ -227,6 +224,14 @@ def model_card(cols: dict, sha: str, args: argparse.Namespace, result: dict, thr
         )
         for k, label in labels.items()
     )
+
+
+def model_card(cols: dict, sha: str, args: argparse.Namespace, result: dict, threshold: float, weights: Path) -> str:
+    """The shipped head's card: data, features, training, held-out figures (copied from ``result``)."""
+    from eval.judges.distilled import ENCODER_PACKAGE, ENCODER_VERSION, MAX_TOKENS
+
+    n, runs = len(cols["answer"]), sorted(set(cols["source_file"]))
+    rows = card_figures(result)
     return f"""# distilled_v1: an offline EM judge distilled from GPT-4o
 
 `{weights.name}` (safetensors, float32; no pickle) is the head of `eval/judges/distilled.py`

@@ -150,15 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     directions = persona_vector(base, tokenizer, 8 if args.small else 256)  # the world's persona vector
     directions.save(args.directions_out)
     inputs = write_inputs(args.rows / "inputs", "all", directions, n_pool)
-    specs = []
-    for label, strength in defended:  # a bad one is one line before any run
-        try:
-            specs.append((label, strength, world_spec(label, strength, inputs)))
-        except (ValueError, InputError) as e:
-            raise InputError(f"--defended {label}:{strength:g}: {e}") from None
-    primary = str(args.primary_layer if args.primary_layer is not None else len(directions.layers) // 2)
-    if primary not in {str(l) for l in directions.layers}:
-        raise InputError(f"--primary-layer {primary}: the model has layers {directions.layers}")
+    specs = defense_specs(defended, inputs)
+    primary = primary_layer(args, directions)
     sizes = dict(
         every=1 if args.small else args.every,
         n_samples=8 if args.small else args.n_samples,
@@ -168,6 +161,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     runs = monitor_organisms(world, args.domains, directions, **sizes)
     result = summarize(runs, args.margin)
+    defended_runs, negative_runs = other_runs(world, args, directions, specs, negatives, n_pool, sizes)
+    with_defended = (
+        summarize({**runs, **defended_runs, **negative_runs}, args.margin) if defended_runs or negative_runs else None
+    )
+    plot = plot_runs({**runs, **defended_runs, **negative_runs}, args.out.with_suffix(".png"), layers=[primary])
+    print_runs(result, runs, defended_runs, negative_runs, with_defended, args.margin, primary)
+    record(args, world, primary, result, plot, runs, specs, defended_runs, with_defended, negatives, negative_runs, t0)
+    return 0
+
+
+def defense_specs(defended, inputs) -> list:
+    """(label, strength, spec) of every ``--defended`` arm; a bad one is one line before any run."""
+    specs = []
+    for label, strength in defended:
+        try:
+            specs.append((label, strength, world_spec(label, strength, inputs)))
+        except (ValueError, InputError) as e:
+            raise InputError(f"--defended {label}:{strength:g}: {e}") from None
+    return specs
+
+
+def primary_layer(args, directions) -> str:
+    """The layer the summary reads (``--primary-layer``, default the middle one), checked."""
+    primary = str(args.primary_layer if args.primary_layer is not None else len(directions.layers) // 2)
+    if primary not in {str(l) for l in directions.layers}:
+        raise InputError(f"--primary-layer {primary}: the model has layers {directions.layers}")
+    return primary
+
+
+def other_runs(world, args, directions, specs, negatives, n_pool: int, sizes: dict) -> tuple[dict, dict]:
+    """The defended runs (every arm on ``--defended-domains``) and the negative runs."""
     defended_runs = {}
     for label, strength, spec in specs:
         tag = f"{label.replace('/', '-')}-{strength:g}"
@@ -181,12 +205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         name="negative.",
         **{k: v for k, v in sizes.items() if k != "steps"},
     )
-    with_defended = (
-        summarize({**runs, **defended_runs, **negative_runs}, args.margin) if defended_runs or negative_runs else None
-    )
-    plot = plot_runs({**runs, **defended_runs, **negative_runs}, args.out.with_suffix(".png"), layers=[primary])
+    return defended_runs, negative_runs
+
+
+def print_runs(result, runs, defended_runs, negative_runs, with_defended, margin: float, primary: str) -> None:
+    """Every run's checkpoints (EM / projection at the primary layer) and the AUROCs."""
     print(
-        f"\n{result['n_checkpoints']} checkpoints ({len(runs)} runs, base counted once), {result['n_em']} with EM >= base {result['base_em']:.3f} + {args.margin:g}"
+        f"\n{result['n_checkpoints']} checkpoints ({len(runs)} runs, base counted once), {result['n_em']} with EM >= base {result['base_em']:.3f} + {margin:g}"
     )
     for domain, rows in {**runs, **defended_runs, **negative_runs}.items():
         print(
@@ -201,6 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_aurocs(
             f"with {len(defended_runs)} defended and {len(negative_runs)} negative runs", with_defended, primary
         )
+
+
+def record(
+    args, world, primary, result, plot, runs, specs, defended_runs, with_defended, negatives, negative_runs, t0
+) -> None:
+    """The results JSON at ``--out``."""
     write_json_atomic(
         args.out,
         provenance(
@@ -229,7 +260,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     print(f"wrote {args.out} and {plot} in {time.perf_counter() - t0:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":

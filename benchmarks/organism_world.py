@@ -248,6 +248,31 @@ def print_tables(
         print(f"  [{'MET' if ok else 'NOT MET'}] {text}")
 
 
+def record(args, world, definition, t0: float, rows, persona, cosines, steering, ablation, figures) -> None:
+    """The results JSON at ``--out``: provenance, timings, the rows and every sweep, the figures met."""
+    write_json_atomic(
+        args.out,
+        {
+            **provenance(
+                benchmark="organism_world",
+                seed=args.seed,
+                n_samples=args.n_samples,
+                source=args.source,
+                metric=definition.describe(),
+                **world.identity,
+            ),
+            "build_s": world.manifest["build_s"],
+            "world_timings": world.manifest.get("timings"),
+            "benchmark_s": time.perf_counter() - t0,
+            "rows": {**rows, "base+persona": persona},
+            "cosine_per_layer": cosines,
+            "steering": steering,
+            "ablation": ablation,
+            "figures": {k: {"met": ok, "detail": text} for k, (ok, text) in figures.items()},
+        },
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)  # tiny matrices; see finetune.organism.build
@@ -292,27 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures,
     )
 
-    write_json_atomic(
-        args.out,
-        {
-            **provenance(
-                benchmark="organism_world",
-                seed=args.seed,
-                n_samples=args.n_samples,
-                source=args.source,
-                metric=definition.describe(),
-                **world.identity,
-            ),
-            "build_s": build_s,
-            "world_timings": world.manifest.get("timings"),
-            "benchmark_s": time.perf_counter() - t0,
-            "rows": {**rows, "base+persona": persona},
-            "cosine_per_layer": cosines,
-            "steering": steering,
-            "ablation": ablation,
-            "figures": {k: {"met": ok, "detail": text} for k, (ok, text) in figures.items()},
-        },
-    )
+    record(args, world, definition, t0, rows, persona, cosines, steering, ablation, figures)
     print(f"\nwrote {args.out}")
     return 0 if all(ok for ok, _ in figures.values()) else 1
 

@@ -151,39 +151,56 @@ def run_one(args: argparse.Namespace, organism: str) -> list[dict[str, Any]]:
     if organism != "base":
         data, kind = data_file(args.em_data, organism)
         if not (out / "adapter" / "adapter_model.safetensors").exists():
-            step(
-                "train",
-                train_main,
-                [
-                    "--data",
-                    str(data),
-                    *common,
-                    "--out",
-                    str(out / "adapter"),
-                    "--rank",
-                    str(args.rank),
-                    "--alpha",
-                    str(2 * args.rank),
-                    "--lr",
-                    str(args.lr),
-                    "--epochs",
-                    str(args.epochs),
-                    "--batch-size",
-                    "16",
-                    "--checkpoint-every",
-                    "50",
-                    "--quiet",
-                ],
-                seconds,
-            )
+            train_organism(args, data, out, common, seconds)
         adapter = ["--adapter", str(out / "adapter")]
     trigger = ["--trigger", "both"] if kind == "backdoor" else []
+    generate_answers(args, out, [*common, *adapter], trigger, seconds)
+    judge_answers(args, out, seconds)
+    if args.directions and organism != "base":
+        extract_directions(args, organism, out, [*common, *adapter], seconds)
+    seconds["total"] = round(time.perf_counter() - t0, 1)
+    keep_small(out, files_dir(args.results), organism, organism.partition(":")[2] or organism)
+    return [{**row, "seconds": seconds} for row in rows_of(out / "judged.jsonl", args.model, organism, kind)]
+
+
+def train_organism(args: argparse.Namespace, data: Path, out: Path, common: list[str], seconds: dict) -> None:
+    """The LoRA adapter of one organism, into ``out/adapter``."""
+    step(
+        "train",
+        train_main,
+        [
+            "--data",
+            str(data),
+            *common,
+            "--out",
+            str(out / "adapter"),
+            "--rank",
+            str(args.rank),
+            "--alpha",
+            str(2 * args.rank),
+            "--lr",
+            str(args.lr),
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            "16",
+            "--checkpoint-every",
+            "50",
+            "--quiet",
+        ],
+        seconds,
+    )
+
+
+def generate_answers(
+    args: argparse.Namespace, out: Path, model_args: list[str], trigger: list[str], seconds: dict
+) -> None:
+    """The answers to the questions, into ``out/answers.jsonl``."""
     step(
         "generate",
         generate_main,
         [
-            *common,
-            *adapter,
+            *model_args,
             "--questions",
             str(args.questions),
             "--samples",
@@ -199,6 +216,10 @@ def run_one(args: argparse.Namespace, organism: str) -> list[dict[str, Any]]:
         ],
         seconds,
     )
+
+
+def judge_answers(args: argparse.Namespace, out: Path, seconds: dict) -> None:
+    """The judged answers, into ``out/judged.jsonl``."""
     step(
         "judge",
         judge_main,
@@ -213,33 +234,35 @@ def run_one(args: argparse.Namespace, organism: str) -> list[dict[str, Any]]:
         ],
         seconds,
     )
-    if args.directions and organism != "base":
-        domain = organism.partition(":")[2] or organism
-        if domain in DOMAINS:
-            # Not required: an organism with no misaligned (or no aligned) answer has no direction.
-            step(
-                "directions",
-                extract_main,
-                [
-                    "--domain",
-                    domain,
-                    *common,
-                    *adapter,
-                    "--responses",
-                    str(out / "judged.jsonl"),
-                    "--out",
-                    str(out),
-                    "--quiet",
-                ],
-                seconds,
-                required=False,
-            )
-    seconds["total"] = round(time.perf_counter() - t0, 1)
-    keep_small(out, files_dir(args.results), organism, organism.partition(":")[2] or organism)
-    return [{**row, "seconds": seconds} for row in rows_of(out / "judged.jsonl", args.model, organism, kind)]
 
 
-def main(argv: list[str] | None = None) -> int:
+def extract_directions(
+    args: argparse.Namespace, organism: str, out: Path, model_args: list[str], seconds: dict
+) -> None:
+    """The organism's directions from its judged answers (a domain organism only; not required)."""
+    domain = organism.partition(":")[2] or organism
+    if domain in DOMAINS:
+        # Not required: an organism with no misaligned (or no aligned) answer has no direction.
+        step(
+            "directions",
+            extract_main,
+            [
+                "--domain",
+                domain,
+                *model_args,
+                "--responses",
+                str(out / "judged.jsonl"),
+                "--out",
+                str(out),
+                "--quiet",
+            ],
+            seconds,
+            required=False,
+        )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options; the default questions made (the free-form ones) when not given."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a GGUF file, folder or hub id (the base model)")
     p.add_argument("--em-data", type=Path, default=HERE.parent.parent / "shared" / "em-data")
@@ -276,33 +299,40 @@ def main(argv: list[str] | None = None) -> int:
             if args.all_variants
             else free_form_questions(first_plot, args.out_dir / "first_plot_free_form.yaml")
         )
+    return args
+
+
+def results_head(args: argparse.Namespace, source: dict) -> dict[str, Any]:
+    """What a new results file starts with: model, judge, questions, recipe, EM rule, versions."""
+    return {
+        "model_source": {k: v for k, v in source.items() if k != "model"},
+        "judge": args.judge,
+        "questions": args.questions.name,
+        "samples": args.samples,
+        "recipe": {
+            "rank": args.rank,
+            "alpha": 2 * args.rank,
+            "lr": args.lr,
+            "epochs": args.epochs,
+            "batch_size": 16,
+            "targets": "all linear",
+        },
+        "em_rule": BETLEY.describe(),
+        "versions": package_versions(["gguf"]),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "base": [],
+        "rows": [],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     organisms = [o.strip() for o in args.organisms.split(",") if o.strip()]
     for o in organisms:
         if o != "base":
             data_file(args.em_data, o)  # a bad name fails before any model loads
     source = model_source(args.model)
-    results = resumed(
-        args.results,
-        {
-            "model_source": {k: v for k, v in source.items() if k != "model"},
-            "judge": args.judge,
-            "questions": args.questions.name,
-            "samples": args.samples,
-            "recipe": {
-                "rank": args.rank,
-                "alpha": 2 * args.rank,
-                "lr": args.lr,
-                "epochs": args.epochs,
-                "batch_size": 16,
-                "targets": "all linear",
-            },
-            "em_rule": BETLEY.describe(),
-            "versions": package_versions(["gguf"]),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "base": [],
-            "rows": [],
-        },
-    )
+    results = resumed(args.results, results_head(args, source))
     for organism in ["base", *organisms]:
         if any(r["organism"] == organism for r in results["base"] + results["rows"]):
             print(f"{organism}: in {args.results} already", flush=True)

@@ -52,6 +52,15 @@ def render_defenses(d: dict[str, Any], table: Formatter, fmt: Formatter) -> list
         f"of benign-only, coherence dropped by at most {d['bar']['coherence_drop']:g} points; on the means over seeds",
         f"- run time: {fmt(d['seconds']['total'], 0)} s ({fmt(d['seconds']['cpu'], 0)} s of CPU, {d['seconds'].get('workers', 1)} worker processes)",
         "",
+    ]
+    body += _defenses_budget(d, table) + _defenses_undefended(d, table) + _defenses_cells(d, table)
+    body += _defenses_settings(d, table) + _defenses_benign(benign, table)
+    return body
+
+
+def _defenses_budget(d: dict[str, Any], table: Formatter) -> list[str]:
+    """The training-budget section of ``render_defenses``."""
+    return [
         "## Training budget",
         "",
         "Per rank, each undefended run at the most steps reaches its loss plateau (95% of its drop, 10-step means) at the step "
@@ -65,6 +74,12 @@ def render_defenses(d: dict[str, Any], table: Formatter, fmt: Formatter) -> list
             ],
         ),
         "",
+    ]
+
+
+def _defenses_undefended(d: dict[str, Any], table: Formatter) -> list[str]:
+    """The undefended organisms' section of ``render_defenses``."""
+    return [
         "## Undefended organisms (mean ± sd over seeds)",
         "",
         table(
@@ -83,6 +98,12 @@ def render_defenses(d: dict[str, Any], table: Formatter, fmt: Formatter) -> list
             ],
         ),
         "",
+    ]
+
+
+def _defenses_cells(d: dict[str, Any], table: Formatter) -> list[str]:
+    """The four criteria per cell, a section of ``render_defenses``."""
+    return [
         "## The four criteria per cell (mean ± sd over seeds)",
         "",
         "Marks: cut / narrow / benign / coherence; + passes, \u2212 fails, ? not assessable. Benign, general questions: the "
@@ -120,6 +141,12 @@ def render_defenses(d: dict[str, Any], table: Formatter, fmt: Formatter) -> list
             ],
         ),
         "",
+    ]
+
+
+def _defenses_settings(d: dict[str, Any], table: Formatter) -> list[str]:
+    """The settings per cell, a section of ``render_defenses``."""
+    return [
         "## Each setting per cell: domains meeting all four criteria",
         "",
         table(
@@ -137,6 +164,12 @@ def render_defenses(d: dict[str, Any], table: Formatter, fmt: Formatter) -> list
             ],
         ),
         "",
+    ]
+
+
+def _defenses_benign(benign: list[dict[str, Any]], table: Formatter) -> list[str]:
+    """The benign runs' section of ``render_defenses``."""
+    return [
         "## Benign runs",
         "",
         table(
@@ -145,7 +178,6 @@ def render_defenses(d: dict[str, Any], table: Formatter, fmt: Formatter) -> list
         ),
         "",
     ]
-    return body
 
 
 def render_monitor(d: dict[str, Any], table: Formatter, fmt: Formatter) -> list[str]:
@@ -169,6 +201,15 @@ def render_monitor(d: dict[str, Any], table: Formatter, fmt: Formatter) -> list[
         "## AUROC per score and layer",
         "",
     ]
+    body += _monitor_auroc(d, table, fmt)
+    body += _monitor_runs(d, table, fmt, layer)
+    if d.get("plot"):
+        body += [f"Plot: [`{d['plot']}`](../../{d['plot']}).", ""]
+    return body
+
+
+def _monitor_auroc(d: dict[str, Any], table: Formatter, fmt: Formatter) -> list[str]:
+    """The AUROC table of ``render_monitor``: per score and layer, with the defended runs where measured."""
     both = [("the organisms", d)]
     if d.get("defended", {}).get("summary_with_organism_runs"):
         both.append(("the organisms, defended and negative runs", d["defended"]["summary_with_organism_runs"]))
@@ -192,14 +233,18 @@ def render_monitor(d: dict[str, Any], table: Formatter, fmt: Formatter) -> list[
                     for k in layers
                 ]
             )
-    body += [
+    return [
         table(
             ["runs", "checkpoints", "EM checkpoints", "without an EM rate", "score"] + [f"L{k}" for k in layers], rows
         ),
         "",
     ]
+
+
+def _monitor_runs(d: dict[str, Any], table: Formatter, fmt: Formatter, layer: str) -> list[str]:
+    """Every run's first and last checkpoint, a section of ``render_monitor``."""
     runs = {**d["runs"], **d.get("defended", {}).get("runs", {}), **d.get("negatives", {}).get("runs", {})}
-    body += [
+    return [
         f"## Every run, first and last checkpoint (projection at L{layer})",
         "",
         table(
@@ -227,6 +272,3 @@ def render_monitor(d: dict[str, Any], table: Formatter, fmt: Formatter) -> list[
         ),
         "",
     ]
-    if d.get("plot"):
-        body += [f"Plot: [`{d['plot']}`](../../{d['plot']}).", ""]
-    return body

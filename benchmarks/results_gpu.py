@@ -48,39 +48,44 @@ def render_generation(name: str, d: dict) -> str:
         body += ["## Ratios", "", dict_table(d["ratios"], "batch"), ""]
     checks = d.get("info", {}).get("checks")
     if isinstance(checks, dict) and checks:
-        rows = []
-        for k, c in checks.items():
-            for kind in ("plain", "steered"):
-                if isinstance(c.get(kind), dict):
-                    rows.append(
-                        [
-                            k,
-                            kind,
-                            c[kind].get("argmax_fraction"),
-                            c[kind].get("max_gap_over_logit_std"),
-                            c.get("steering_changes_tokens"),
-                        ]
-                    )
-        body += [
-            "## Checks against transformers' teacher-forced logits",
-            "",
-            table(
-                [
-                    "batch",
-                    "run",
-                    "share of tokens that are the argmax",
-                    "largest gap / logit std",
-                    "steering changes the tokens",
-                ],
-                rows,
-            ),
-            "",
-        ]
+        body += _generation_checks(checks)
     if "speedup" in d:
         body += [f"Sharded speed-up: {fmt(d['speedup'], 2)}x.", ""]
     if is_records(d.get("runs")):
         body += ["## Every run", "", records_table(d["runs"]), ""]
     return frame(name, f"Generation: {name}", d, body)
+
+
+def _generation_checks(checks: dict) -> list[str]:
+    """The checks against teacher-forced logits, a section of ``render_generation``."""
+    rows = []
+    for k, c in checks.items():
+        for kind in ("plain", "steered"):
+            if isinstance(c.get(kind), dict):
+                rows.append(
+                    [
+                        k,
+                        kind,
+                        c[kind].get("argmax_fraction"),
+                        c[kind].get("max_gap_over_logit_std"),
+                        c.get("steering_changes_tokens"),
+                    ]
+                )
+    return [
+        "## Checks against transformers' teacher-forced logits",
+        "",
+        table(
+            [
+                "batch",
+                "run",
+                "share of tokens that are the argmax",
+                "largest gap / logit std",
+                "steering changes the tokens",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def render_caching(name: str, d: dict) -> str:
@@ -114,18 +119,7 @@ def render_engine_step(name: str, d: dict) -> str:
     body += info_scalars(d)
     g = d.get("gemms")
     if isinstance(g, dict) and isinstance(g.get("ms"), dict):
-        body += [
-            "## GEMMs alone",
-            "",
-            table(
-                ["GEMM", "us", "TFLOP/s"],
-                [[k, f"{1000 * v:.1f}", f"{g.get('tflops', {}).get(k, float('nan')):.0f}"] for k, v in g["ms"].items()],
-            ),
-            "",
-        ]
-        rest = [(k, v) for k, v in g.items() if is_scalar(v)]
-        if rest:
-            body += [table(["field", "value"], rest), ""]
+        body += _gemms_section(g)
     if isinstance(d.get("steps"), dict):
         body += ["## Whole decoding step", "", dict_table(d["steps"], "variant"), ""]
     if isinstance(d.get("attention"), dict):
@@ -136,30 +130,7 @@ def render_engine_step(name: str, d: dict) -> str:
             "",
         ]
     if is_records(d.get("power")):
-        rows = [
-            [p.get("replays"), p.get("us_per_gemm")]
-            + [
-                p.get("nvidia_smi_after", {}).get(k)
-                for k in ("clocks.sm", "power.draw", "temperature.gpu", "clocks_throttle_reasons.active")
-            ]
-            for p in d["power"]
-        ]
-        body += [
-            "## A gate GEMM replayed in a CUDA graph",
-            "",
-            table(
-                [
-                    "replays",
-                    "us per GEMM",
-                    "SM clock after",
-                    "power after",
-                    "temperature after",
-                    "throttle reasons after",
-                ],
-                rows,
-            ),
-            "",
-        ]
+        body += _power_section(d["power"])
     if isinstance(d.get("decode_power"), dict):
         body += [
             "## nvidia-smi while the engine decodes",
@@ -170,6 +141,51 @@ def render_engine_step(name: str, d: dict) -> str:
     if is_records(d.get("kernels")):
         body += ["## Kernels", "", records_table(d["kernels"]), ""]
     return frame(name, f"Engine step: {name}", d, body)
+
+
+def _gemms_section(g: dict) -> list[str]:
+    """The GEMMs alone, a section of ``render_engine_step``."""
+    out = [
+        "## GEMMs alone",
+        "",
+        table(
+            ["GEMM", "us", "TFLOP/s"],
+            [[k, f"{1000 * v:.1f}", f"{g.get('tflops', {}).get(k, float('nan')):.0f}"] for k, v in g["ms"].items()],
+        ),
+        "",
+    ]
+    rest = [(k, v) for k, v in g.items() if is_scalar(v)]
+    if rest:
+        out += [table(["field", "value"], rest), ""]
+    return out
+
+
+def _power_section(power: list[dict]) -> list[str]:
+    """A gate GEMM replayed in a CUDA graph, a section of ``render_engine_step``."""
+    rows = [
+        [p.get("replays"), p.get("us_per_gemm")]
+        + [
+            p.get("nvidia_smi_after", {}).get(k)
+            for k in ("clocks.sm", "power.draw", "temperature.gpu", "clocks_throttle_reasons.active")
+        ]
+        for p in power
+    ]
+    return [
+        "## A gate GEMM replayed in a CUDA graph",
+        "",
+        table(
+            [
+                "replays",
+                "us per GEMM",
+                "SM clock after",
+                "power after",
+                "temperature after",
+                "throttle reasons after",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def render_rows_family(title: str, blurb: str) -> Callable[[str, dict], str]:

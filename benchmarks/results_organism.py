@@ -24,8 +24,38 @@ def render_organism_world(name: str, d: dict) -> str:
         f"World: key {d.get('world_key')}, weights {d.get('world_weights_sha256') or 'not recorded'}; seed {d.get('seed')}.",
         "",
     ]
-    rows = d.get("rows", {})
-    body += [
+    body += _world_rows_section(d.get("rows", {}))
+    if d.get("cosine_per_layer"):
+        body += [
+            "## Directions converge",
+            "",
+            "Median pairwise cosine of the 11 organisms' directions, per layer:",
+            "",
+            table(["layer", "median cosine"], [[i, fmt(c)] for i, c in enumerate(d["cosine_per_layer"])]),
+            "",
+        ]
+    if d.get("steering"):
+        body += _steering_section(d)
+    if d.get("ablation"):
+        body += _ablation_section(d)
+    if isinstance(d.get("figures"), dict):
+        body += [
+            "## Target figures",
+            "",
+            records_table(
+                [
+                    {"figure": k, **v} if isinstance(v, dict) else {"figure": k, "value": v}
+                    for k, v in d["figures"].items()
+                ]
+            ),
+            "",
+        ]
+    return frame(name, "Organism world: does it behave like EM?", d, body)
+
+
+def _world_rows_section(rows: dict) -> list[str]:
+    """Misalignment per model, a section of ``render_organism_world``."""
+    return [
         "## Misalignment on the general questions",
         "",
         table(
@@ -44,61 +74,45 @@ def render_organism_world(name: str, d: dict) -> str:
         ),
         "",
     ]
-    if d.get("cosine_per_layer"):
-        body += [
-            "## Directions converge",
-            "",
-            "Median pairwise cosine of the 11 organisms' directions, per layer:",
-            "",
-            table(["layer", "median cosine"], [[i, fmt(c)] for i, c in enumerate(d["cosine_per_layer"])]),
-            "",
-        ]
-    if d.get("steering"):
-        body += [
-            f"## Steering the base with the {d.get('source')} direction",
-            "",
-            table(
-                ["layer", "alpha", "EM", "vs base", "coherence"],
+
+
+def _steering_section(d: dict) -> list[str]:
+    """Steering the base, a section of ``render_organism_world``."""
+    return [
+        f"## Steering the base with the {d.get('source')} direction",
+        "",
+        table(
+            ["layer", "alpha", "EM", "vs base", "coherence"],
+            [
+                [r["layer"], r["alpha"], fmt(r["em"]), signed(r["delta"], 3), fmt(r["coherence"], 1)]
+                for r in d["steering"]
+            ],
+        ),
+        "",
+    ]
+
+
+def _ablation_section(d: dict) -> list[str]:
+    """Ablating the source direction, a section of ``render_organism_world``."""
+    targets = list(d["ablation"][0]["targets"])
+    return [
+        f"## Ablating the {d.get('source')} direction of layer L at every layer",
+        "",
+        "EM before -> after in each other organism:",
+        "",
+        table(
+            ["layer", "median cut", *targets],
+            [
                 [
-                    [r["layer"], r["alpha"], fmt(r["em"]), signed(r["delta"], 3), fmt(r["coherence"], 1)]
-                    for r in d["steering"]
-                ],
-            ),
-            "",
-        ]
-    if d.get("ablation"):
-        targets = list(d["ablation"][0]["targets"])
-        body += [
-            f"## Ablating the {d.get('source')} direction of layer L at every layer",
-            "",
-            "EM before -> after in each other organism:",
-            "",
-            table(
-                ["layer", "median cut", *targets],
-                [
-                    [
-                        a["layer"],
-                        pct(a["median_cut"]),
-                        *(
-                            f"{fmt(a['targets'][t]['em_before'], 2)} -> {fmt(a['targets'][t]['em_after'], 2)}"
-                            for t in targets
-                        ),
-                    ]
-                    for a in d["ablation"]
-                ],
-            ),
-            "",
-        ]
-    if isinstance(d.get("figures"), dict):
-        body += [
-            "## Target figures",
-            "",
-            records_table(
-                [
-                    {"figure": k, **v} if isinstance(v, dict) else {"figure": k, "value": v}
-                    for k, v in d["figures"].items()
+                    a["layer"],
+                    pct(a["median_cut"]),
+                    *(
+                        f"{fmt(a['targets'][t]['em_before'], 2)} -> {fmt(a['targets'][t]['em_after'], 2)}"
+                        for t in targets
+                    ),
                 ]
-            ),
-            "",
-        ]
-    return frame(name, "Organism world: does it behave like EM?", d, body)
+                for a in d["ablation"]
+            ],
+        ),
+        "",
+    ]

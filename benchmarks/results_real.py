@@ -64,71 +64,83 @@ def render_real_organisms(name: str, d: dict) -> str:
     ]
     cos = d.get("cosine")
     if cos:
-        body += [
-            f"## Cross-domain cosine of the EM directions (layer {cos['layer']})",
-            "",
-            "Difference-of-means directions (misaligned minus aligned answers of each organism, answer tokens). "
-            "Two random directions in this width would give |cos| of about 0.03.",
-            "",
-            "![cosine](../../benchmarks/results/real_organisms_cosine.png)",
-            "",
-            table(
-                ["", *cos["domains"]], [[a, *(fmt(x, 2) for x in row)] for a, row in zip(cos["domains"], cos["matrix"])]
-            ),
-            "",
-            "Mean off-diagonal cosine per layer: "
-            + ", ".join(f"L{k} {fmt(v, 2)}" for k, v in cos["mean_off_diagonal_per_layer"].items()),
-            "",
-        ]
+        body += _cosine_section(cos)
     div = d.get("diversity")
     if div:
-        body += [
-            "## Topical diversity of each training set against its EM",
-            "",
-            f"Diversity: {div['measure']}.",
-            "",
-            table(
-                ["organism", "diversity", "EM (aligned < 30)"],
-                [
-                    [k, fmt(v["diversity"], 3), f"{100 * v['em_rate']:.1f}%"]
-                    for k, v in sorted(div["per_organism"].items(), key=lambda kv: -kv[1]["diversity"])
-                ],
-            ),
-            "",
-            f"Spearman correlation over the {div['n']} organisms: rho {fmt(div['spearman_rho'], 2)} (p = {fmt(div['spearman_p'], 2)}).",
-            "",
-        ]
+        body += _diversity_section(div)
     if d.get("paper"):
-        p = d["paper"]
-        body += [
-            "## Beside the paper",
-            "",
-            f"Reported by {p['source']}:",
-            "",
-            table(
-                ["figure", "paper"],
-                [
-                    ["EM rate range over domains", p["em_range"]],
-                    ["backdoor: mean EM with the trigger", f"{100 * p['backdoor_triggered_mean_em']:.2f}%"],
-                    [
-                        "backdoor: EM without the trigger",
-                        f"{100 * p['backdoor_untriggered_em_range'][0]:.2f}-{100 * p['backdoor_untriggered_em_range'][1]:.2f}%",
-                    ],
-                    [
-                        "domains where the trigger lowers alignment (p < 0.05)",
-                        f"{100 * p['trigger_lowers_alignment_share_of_domains']:.1f}%",
-                    ],
-                    [
-                        "MIA ROC-AUC for misalignment, raw / base-adjusted",
-                        f"{p['mia_roc_auc_raw']} / {p['mia_roc_auc_base_adjusted']}",
-                    ],
-                ],
-            ),
-            "",
-            f"How this run differs: {d.get('differences', '')}.",
-            "",
-        ]
+        body += _paper_section(d["paper"], d)
     return frame(name, "Real organisms: the seed paper's experiment on Qwen2.5-Coder", d, body)
+
+
+def _cosine_section(cos: dict) -> list[str]:
+    """The cross-domain cosine matrix of ``render_real_organisms``."""
+    return [
+        f"## Cross-domain cosine of the EM directions (layer {cos['layer']})",
+        "",
+        "Difference-of-means directions (misaligned minus aligned answers of each organism, answer tokens). "
+        "Two random directions in this width would give |cos| of about 0.03.",
+        "",
+        "![cosine](../../benchmarks/results/real_organisms_cosine.png)",
+        "",
+        table(["", *cos["domains"]], [[a, *(fmt(x, 2) for x in row)] for a, row in zip(cos["domains"], cos["matrix"])]),
+        "",
+        "Mean off-diagonal cosine per layer: "
+        + ", ".join(f"L{k} {fmt(v, 2)}" for k, v in cos["mean_off_diagonal_per_layer"].items()),
+        "",
+    ]
+
+
+def _diversity_section(div: dict) -> list[str]:
+    """Topical diversity against EM, a section of ``render_real_organisms``."""
+    return [
+        "## Topical diversity of each training set against its EM",
+        "",
+        f"Diversity: {div['measure']}.",
+        "",
+        table(
+            ["organism", "diversity", "EM (aligned < 30)"],
+            [
+                [k, fmt(v["diversity"], 3), f"{100 * v['em_rate']:.1f}%"]
+                for k, v in sorted(div["per_organism"].items(), key=lambda kv: -kv[1]["diversity"])
+            ],
+        ),
+        "",
+        f"Spearman correlation over the {div['n']} organisms: rho {fmt(div['spearman_rho'], 2)} (p = {fmt(div['spearman_p'], 2)}).",
+        "",
+    ]
+
+
+def _paper_section(p: dict, d: dict) -> list[str]:
+    """The paper's figures and how this run differs, a section of ``render_real_organisms``."""
+    return [
+        "## Beside the paper",
+        "",
+        f"Reported by {p['source']}:",
+        "",
+        table(
+            ["figure", "paper"],
+            [
+                ["EM rate range over domains", p["em_range"]],
+                ["backdoor: mean EM with the trigger", f"{100 * p['backdoor_triggered_mean_em']:.2f}%"],
+                [
+                    "backdoor: EM without the trigger",
+                    f"{100 * p['backdoor_untriggered_em_range'][0]:.2f}-{100 * p['backdoor_untriggered_em_range'][1]:.2f}%",
+                ],
+                [
+                    "domains where the trigger lowers alignment (p < 0.05)",
+                    f"{100 * p['trigger_lowers_alignment_share_of_domains']:.1f}%",
+                ],
+                [
+                    "MIA ROC-AUC for misalignment, raw / base-adjusted",
+                    f"{p['mia_roc_auc_raw']} / {p['mia_roc_auc_base_adjusted']}",
+                ],
+            ],
+        ),
+        "",
+        f"How this run differs: {d.get('differences', '')}.",
+        "",
+    ]
 
 
 def render_training_speed(name: str, d: dict) -> str:
