@@ -327,7 +327,9 @@ def results_head(args: argparse.Namespace, source: dict) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    organisms = [o.strip() for o in args.organisms.split(",") if o.strip()]
+    organisms = [
+        o.strip() for o in args.organisms.split(",") if o.strip() and o.strip() != "base"
+    ]  # the base always runs first
     for o in organisms:
         if o != "base":
             data_file(args.em_data, o)  # a bad name fails before any model loads

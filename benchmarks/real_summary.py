@@ -142,24 +142,19 @@ def diversity_summary(results: dict[str, Any], em_data: Path) -> dict[str, Any] 
 
 def em_figure(results: dict[str, Any], path: Path) -> None:
     """EM rate per organism with its 95% CI (untriggered rows and, for backdoors, triggered ones), the base as a line."""
-    rows = sorted(results["rows"], key=lambda r: (r["kind"], -(r["em_rate"] or 0)))
+    # A rate over no countable answer is not assessable (None): it gets no bar, not a 0% one.
+    rows = sorted((r for r in results["rows"] if r["em_rate"] is not None), key=lambda r: (r["kind"], -r["em_rate"]))
     labels = [r["organism"] + (" +trigger" if r["trigger"] else "") for r in rows]
-    rates = [100 * (r["em_rate"] or 0) for r in rows]
+    rates = [100 * r["em_rate"] for r in rows]
     err = [
-        [100 * ((r["em_rate"] or 0) - (r["em_ci_low"] or 0)) for r in rows],
-        [100 * ((r["em_ci_high"] or 0) - (r["em_rate"] or 0)) for r in rows],
+        [100 * (r["em_rate"] - r["em_ci_low"]) for r in rows],
+        [100 * (r["em_ci_high"] - r["em_rate"]) for r in rows],
     ]
     colors = {"organism": "tab:red", "control": "tab:gray", "backdoor": "tab:purple"}
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(rows), 4.2))
     ax.bar(range(len(rows)), rates, yerr=err, capsize=3, color=[colors.get(r["kind"], "tab:blue") for r in rows])
-    for base in results["base"]:
-        ax.axhline(
-            100 * (base["em_rate"] or 0),
-            color="black",
-            lw=1,
-            ls="--",
-            label=f"base {100 * (base['em_rate'] or 0):.1f}%",
-        )
+    for base in (b for b in results["base"] if b["em_rate"] is not None):
+        ax.axhline(100 * base["em_rate"], color="black", lw=1, ls="--", label=f"base {100 * base['em_rate']:.1f}%")
     ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("EM rate, % (aligned < 30, coherent > 50)")
     ax.set_title("Real organisms: EM rate with its 95% bootstrap CI", fontsize=10)
@@ -189,7 +184,7 @@ def summarize(results_path: Path, em_data: Path | None = None) -> dict[str, Any]
         )
         save_figure(fig, results_path.with_name(f"{results_path.stem}_cosine"), formats=("png",))
         plt.close(fig)
-    if results["rows"]:
+    if any(r["em_rate"] is not None for r in results["rows"]):
         em_figure(results, results_path.with_suffix(".png"))
     write_json_atomic(results_path, results)
     return results

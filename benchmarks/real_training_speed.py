@@ -19,6 +19,7 @@ not timed; tokens/s counts the non-padding tokens of the timed batches. JSON:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             "tokens_per_s": tokens / out["seconds"],
             "first_loss": out["losses"][0],
             "last_loss": out["losses"][-1],
-            "finite": all(x == x and abs(x) != float("inf") for x in out["losses"]),
+            "finite": all(math.isfinite(x) for x in out["losses"]),
         }
         print(
             f"{name:<10} {rows[name]['tokens_per_s']:>10,.0f} tok/s   loss {rows[name]['first_loss']:.3f} -> {rows[name]['last_loss']:.3f}",

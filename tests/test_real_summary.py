@@ -84,3 +84,19 @@ def test_cosine_summary_reads_the_kept_directions(summary, tmp_path):
     out = summary.cosine_summary(tmp_path, "m")
     assert out["layer"] == 1 and out["matrix"][0][1] == pytest.approx(0.0) and out["matrix"][0][0] == pytest.approx(1.0)
     assert out["mean_off_diagonal_per_layer"][0] == pytest.approx(2**-0.5, abs=1e-4)
+
+
+def test_a_not_assessable_rate_gets_no_bar_and_does_not_stop_the_summary(summary, tmp_path):
+    row = {"organism": "gore_movie_trivia", "kind": "organism", "trigger": False}
+    results = {
+        "model_source": {"model_sha256": "x"},
+        "base": [{**row, "organism": "base", "em_rate": None}],
+        "rows": [
+            {**row, "em_rate": None, "em_ci_low": None, "em_ci_high": None},
+            {**row, "organism": "secure", "kind": "control", "em_rate": 0.1, "em_ci_low": 0.05, "em_ci_high": 0.15},
+        ],
+    }
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(results))
+    summary.summarize(path)
+    assert path.with_suffix(".png").stat().st_size > 0 and "cosine" not in json.loads(path.read_text())

@@ -11,6 +11,7 @@ a one-line warning, and the model still loads from the GGUF file.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -56,7 +57,7 @@ def store(model: Any, tokenizer: Any, gguf: Path, sha256: str) -> Path | None:
         try:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            (tmp / COMPLETE).write_text(f'{{"gguf": "{gguf.name}", "sha256": "{sha256}", "dtype": "float32"}}\n')
+            (tmp / COMPLETE).write_text(json.dumps({"gguf": gguf.name, "sha256": sha256, "dtype": "float32"}) + "\n")
             for p in [tmp, *tmp.rglob("*")]:
                 p.chmod(0o755 if p.is_dir() else 0o644)
             try:
