@@ -21,6 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from finetune.checkpoints import TrainLog, _last_kept, _load_checkpoint, _save_checkpoint
+from finetune.step_checks import StepChecks, skip_if_not_finite
 from interp.base.chat import Conversation, TokenizedConversation, tokenize_conversation
 from interp.base.cli import InputError
 from interp.base.models import input_device, unwrap
@@ -106,13 +107,22 @@ def labelled_mask(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return batch["labels"][:, 1:] != IGNORE
 
 
+def labelled_positions(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The flat indices into [batch * seq] of the :func:`labelled_mask` positions. Computed on
+    the host before the batch moves, so that selecting them on the device needs no sync."""
+    rows, cols = labelled_mask(batch).nonzero(as_tuple=True)
+    return rows * batch["labels"].shape[1] + cols
+
+
 def labelled_logits(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [n, vocab] at the :func:`labelled_mask` positions and their targets [n], projecting
-    to the vocabulary only there (most positions are prompt)."""
+    to the vocabulary only there (most positions are prompt). Uses ``batch["positions"]``
+    (:func:`labelled_positions`) when the batch carries it."""
     hidden = backbone_hidden(model, batch)
-    keep = labelled_mask(batch)
-    logits = unwrap(model).get_output_embeddings()(hidden[:, :-1][keep])
-    return logits, batch["labels"][:, 1:][keep]
+    positions = batch["positions"] if "positions" in batch else labelled_positions(batch)
+    flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+    targets = batch["labels"].reshape(-1).index_select(0, positions + 1)
+    return unwrap(model).get_output_embeddings()(flat), targets
 
 
 def answer_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -137,24 +147,6 @@ def plain_objective(
     return loss, {"task": loss.detach()}
 
 
-class NonFiniteError(InputError):
-    """Training met a non-finite loss, gradient or weight: stopped before that step's update."""
-
-
-def _finite_step(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, folder: Path | None) -> None:
-    """Raise :class:`NonFiniteError` naming ``step`` unless the loss and gradient norm are finite.
-
-    One device sync per step (the log reads the loss anyway). Checked before ``opt.step()``, so
-    no NaN reaches the weights, the optimizer state or a checkpoint."""
-    loss = loss.detach()
-    if bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
-        return
-    what = f"loss {float(loss):.4g}" if not torch.isfinite(loss) else f"gradient norm {float(grad_norm):.4g}"
-    raise NonFiniteError(
-        f"training stopped at step {step}: non-finite {what}; nothing was written for this step{_last_kept(folder)}"
-    )
-
-
 class TrainingMemoryError(InputError):
     """A batch did not fit in the device's memory: stopped before that step's update."""
 
@@ -167,16 +159,6 @@ def _out_of_memory(batch: Mapping[str, torch.Tensor], step: int, folder: Path | 
         f"training stopped at step {step}: out of memory on a batch of {rows} conversations of up to {longest} tokens (padded to {width}); "
         f"lower --batch-size or --max-length; nothing was written for this step{_last_kept(folder)}"
     )
-
-
-def check_finite_weights(named: Mapping[str, torch.Tensor], where: str) -> None:
-    """Raise :class:`NonFiniteError` naming the first tensor of ``named`` with a NaN or infinity."""
-    # One fused norm kernel over every tensor (a NaN or infinity makes its norm non-finite),
-    # not a kernel per tensor: this runs after every optimizer step.
-    flags = torch.stack(torch._foreach_norm([t.detach() for t in named.values()])).isfinite().cpu()
-    if not bool(flags.all()):
-        name = list(named)[int((~flags).nonzero()[0])]
-        raise NonFiniteError(f"{where}: weight {name} is not finite (learning rate or strength too large?)")
 
 
 @dataclass(frozen=True)
@@ -249,7 +231,8 @@ def train(
         raise ValueError("the model has no trainable parameters")
     total = config.total_steps(len(examples))
     settings = _json_roundtrip({"loop": asdict(config), **(settings or {})})
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # Fused: one kernel for the whole update, and it honours found_inf (skip_if_not_finite).
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     g = torch.Generator().manual_seed(config.seed)
     device = input_device(model)
     order: list[int] = []
@@ -258,6 +241,7 @@ def train(
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None and (folder / "state.json").exists():
         start, order, log = _load_checkpoint(folder, named, opt, g, settings)
+    checks = StepChecks(named, folder)
     was_training = model.training
     model.train()
     with sdpa_kernel(TRAINING_ATTENTION):
@@ -270,6 +254,7 @@ def train(
                 if len(order) < config.batch_size:
                     order += torch.randperm(len(examples), generator=g).tolist()
                 batch = collate([examples[i] for i in order[: config.batch_size]], pad_id)
+                batch["positions"] = labelled_positions(batch)
                 del order[: config.batch_size]
                 try:
                     loss, parts = objective(model, {k: v.to(device) for k, v in batch.items()}, step)
@@ -279,17 +264,19 @@ def train(
                     raise _out_of_memory(batch, step, folder) from None
                 # An infinite max_norm only measures the norm (the clip factor is then 1).
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
-                _finite_step(loss, grad_norm, step, folder)
+                finite = skip_if_not_finite(opt, loss, grad_norm)
                 # The learning rate is a pure function of the step, so resuming needs no scheduler state.
                 for group in opt.param_groups:
                     group["lr"] = config.lr * _lr_factor(step, total, config)
                 opt.step()
-                check_finite_weights(named, f"training stopped after step {step}")
-                log.add(parts)
+                checks.push(step, loss, grad_norm, finite, parts)
+                checks.settle(log, keep=1)  # the step before: read while the device runs this one
                 for callback in callbacks:
                     callback(step + 1, total, model)
                 if folder is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total:
+                    checks.settle(log)
                     _save_checkpoint(folder, named, opt, g, step + 1, order, log, settings)
+            checks.settle(log)
         finally:
             model.train(was_training)
     return log

@@ -29,7 +29,7 @@ from finetune.data import build_backdoor, read_chat_jsonl
 from finetune.defenses.base import Defense
 from finetune.lora import train_lora
 from finetune.monitor import plot_monitor
-from finetune.sft import check_finite_weights
+from finetune.step_checks import check_finite_weights
 
 # The options, the parser and the job it fills live in finetune.train_args; ALL_LINEAR stays
 # importable from here, the path the benchmarks use.
@@ -185,7 +185,13 @@ def run_training(job: TrainJob, progress: bool = True) -> Path:
 
 
 def _check_model_fits(job: TrainJob, model: torch.nn.Module) -> None:
-    """The defense's layers, the monitor's directions and the steering vector fit the loaded model."""
+    """The LoRA targets, the defense's layers, the monitor's directions and the steering vector fit the loaded model."""
+    modules = [name for name, _ in model.named_modules()]
+    # The default names every linear layer of a Llama-style model; a name given by hand that no
+    # module has would be skipped by PEFT without a word when another name matches.
+    targets = () if tuple(job.lora.target_modules) == ALL_LINEAR else job.lora.target_modules
+    if missing := [t for t in targets if not any(n == t or n.endswith("." + t) for n in modules)]:
+        raise InputError(f"--target-modules: the model has no module {', '.join(map(repr, missing))}")
     job.check_layers(n_layers(model))
     if job.monitor is not None:
         _check_fits(DirectionSet.load(job.monitor.directions), model, f"--monitor {job.monitor.directions}")
@@ -311,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     output_dir(args.out)
     try:
         out = run_training(job_from_args(args), progress=not args.quiet)
-    except (ValueError, OSError) as e:  # what the libraries refuse, e.g. --target-modules the model lacks
-        raise InputError(str(e)) from None
+    except InputError:
+        raise
+    except (ValueError, OSError) as e:  # what the libraries refuse, named by the model and data they were given
+        raise InputError(f"--model {args.model} on --data {args.data}: {e}") from None
     print(f"wrote adapter to {out}")
     return 0
 

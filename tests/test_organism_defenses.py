@@ -113,7 +113,10 @@ def test_undefended_arm_reproduces_the_world_organism(world):
     assert len(ours) == len(built)
     for name, value in built.items():
         key = next(n for n in ours if n.replace(".default", "") == name)
-        torch.testing.assert_close(ours[key].detach(), value, rtol=0, atol=0)
+        # Not bit for bit: the shipped world was trained with the unfused AdamW, the loop now
+        # uses the fused kernel (finetune.step_checks), which rounds the last bits otherwise.
+        # Another recipe (steps, lr, data, seed) differs by orders of magnitude more.
+        torch.testing.assert_close(ours[key].detach(), value, rtol=1e-4, atol=1e-6)
 
 
 def _rows(base_em, none_em, defended_em, coherence_change, seeds=(0, 1, 2)):
