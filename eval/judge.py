@@ -35,7 +35,6 @@ from interp.base.cli import (
     batch_size,
     concurrency,
     max_retries,
-    non_negative_float,
     number,
     run_cli,
     timeout_s,
@@ -55,6 +54,8 @@ from interp.base.records import (
     read_resumable,
 )
 
+price = number(float, 0, 1e6)  # USD per million tokens: no model costs a dollar a token
+
 
 def judge_kind(spec: str) -> str:
     """``openai``, ``hf`` or a named judge; an unknown spec is an :class:`InputError`."""
@@ -63,7 +64,9 @@ def judge_kind(spec: str) -> str:
         return spec
     if kind in ("openai", "hf") and name:
         return kind
-    raise InputError(f"unknown judge {spec!r}; use openai:MODEL, hf:ID_OR_PATH or {', '.join(plugins.names('judge'))}")
+    raise InputError(
+        f"--judge: unknown judge {spec!r}; use openai:MODEL, hf:ID_OR_PATH or {', '.join(plugins.names('judge'))}"
+    )
 
 
 def make_judge(spec: str, questions=None, mode: str = "logprobs", **options) -> Judge:
@@ -83,7 +86,10 @@ def make_judge(spec: str, questions=None, mode: str = "logprobs", **options) -> 
     from interp.base.loading import load_model
 
     load = {k: options.pop(k) for k in ("device", "dtype", "trust_remote_code") if k in options}
-    model, tokenizer = load_model(name, **load)
+    try:
+        model, tokenizer = load_model(name, **load)
+    except InputError as e:  # the model of an hf: judge, named by the option that gave it
+        raise InputError(f"--judge {spec}: {e}") from None
     return HFJudge(model, tokenizer, spec=spec, questions=questions, mode=mode, **options)
 
 
@@ -187,9 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     api.add_argument("--no-cache", action="store_true")
     api.add_argument(
-        "--price-input", type=non_negative_float, help="USD per million input tokens (default: built-in list prices)"
+        "--price-input", type=price, help="USD per million input tokens, 0 to 10^6 (default: built-in list prices)"
     )
-    api.add_argument("--price-output", type=non_negative_float, help="USD per million output tokens")
+    api.add_argument("--price-output", type=price, help="USD per million output tokens, 0 to 10^6")
     api.add_argument(
         "--batch", action="store_true", help="use the Batch API; ids are saved to <out>.batch.json for resuming"
     )

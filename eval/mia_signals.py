@@ -108,6 +108,10 @@ def roc_auc(labels: Sequence[bool], scores: Sequence[float]) -> float:
     """ROC-AUC of ``scores`` for ``labels`` (ties count one half): the Mann-Whitney U over n+ n-."""
     y = np.asarray(labels, bool)
     s = np.asarray(scores, np.float64)
+    if y.shape != s.shape or y.ndim != 1:
+        raise ValueError(f"ROC-AUC needs one score per label, got {y.size} labels and {s.size} scores")
+    if not np.isfinite(s).all():
+        raise ValueError("ROC-AUC: a score is NaN or infinite")
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("ROC-AUC needs both classes")
@@ -128,6 +132,10 @@ def misaligned_domains(rates: Mapping[str, float | bool], threshold: float | Non
     """Per-domain misalignment labels: booleans as given, rates above ``threshold`` (default: the median rate)."""
     if all(isinstance(v, bool) for v in rates.values()):
         return dict(rates)
+    if outside := [d for d, v in rates.items() if not isinstance(v, bool) and not 0 <= float(v) <= 1]:
+        raise ValueError(f"rate of {outside[0]!r} is {rates[outside[0]]!r}; a rate is a fraction from 0 to 1")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be a rate from 0 to 1, got {threshold}")
     cut = float(np.median([float(v) for v in rates.values()])) if threshold is None else threshold
     return {d: float(v) > cut for d, v in rates.items()}
 

@@ -66,6 +66,9 @@ class ChatAPI:
     def client(self) -> openai.OpenAI:
         """Made on first need, so a fully cached run needs no key at all."""
         if self._client is None:
+            url = os.environ.get("OPENAI_BASE_URL")
+            if url and not re.match(r"https?://[^/\s]", url):  # the client would quote it into a path
+                raise self.error(f"OPENAI_BASE_URL {url!r}: not an http:// or https:// URL")
             try:
                 self._client = openai.OpenAI(max_retries=0, timeout=self.timeout_s)
             except openai.OpenAIError as e:
@@ -82,6 +85,8 @@ class ChatAPI:
                 error, after = f"HTTP {e.status_code}: {e.message}", e.response.headers.get("retry-after")
             except openai.APIConnectionError as e:  # includes timeouts
                 retry, error, after = True, self._connection_error(e), None
+            except (openai.APIResponseValidationError, ValueError) as e:  # a 200 whose body is no completion
+                retry, error, after = False, f"the reply is not a chat completion ({type(e).__name__}: {e})", None
             if not retry or attempt == self.max_retries:
                 tries = f" after {attempt + 1} attempts" if retry else ""
                 raise self.error(

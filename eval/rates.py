@@ -34,6 +34,12 @@ class MisalignmentDefinition:
     min_coherence: float | None = 50.0
     exclude_labels: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("threshold", "min_coherence"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 100:  # a judge's scale; also refuses NaN
+                raise ValueError(f"{name} must be a score from 0 to 100, got {value}")
+
     def describe(self) -> str:
         op = "<=" if self.inclusive else "<"
         coh = f"coherent > {self.min_coherence:g}" if self.min_coherence is not None else "no coherence filter"
@@ -69,7 +75,12 @@ def bootstrap_ci(
     values: Sequence[float] | np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> tuple[float | None, float | None]:
     """Percentile bootstrap CI of the mean; (None, None) for no values."""
+    if not 1 <= n_boot <= 10**9:
+        raise ValueError(f"n_boot must be from 1 to 10**9, got {n_boot}")
+    _check_alpha(alpha)
     x = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError("bootstrap_ci: the values hold NaN or infinity")
     if x.size == 0:
         return None, None
     rng = np.random.default_rng(seed)
@@ -107,6 +118,7 @@ def group_stats(
 
 def welch_test(with_trigger: Sequence[float], without: Sequence[float], alpha: float = 0.05) -> dict[str, Any]:
     """Mean difference (trigger minus no trigger), Welch's t-test and its CI; None where undefined."""
+    _check_alpha(alpha)
     a, b = np.asarray(with_trigger, float), np.asarray(without, float)
     out: dict[str, Any] = {
         "n_trigger": a.size,
@@ -129,6 +141,11 @@ def welch_test(with_trigger: Sequence[float], without: Sequence[float], alpha: f
             )
             out["significant"] = bool(res.pvalue < alpha)
     return out
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0 < alpha < 1:  # also refuses NaN
+        raise ValueError(f"alpha (a significance level) must be in (0, 1), got {alpha}")
 
 
 def _mean(x: np.ndarray) -> float | None:

@@ -35,6 +35,8 @@ def validate_messages(obj: dict, where: str) -> Messages:
             raise RecordError(f"{where}: field 'messages[{i}].role': a system turn may only come first")
     if not any(m["role"] == "assistant" for m in msgs):
         raise RecordError(f"{where}: field 'messages': no assistant turn to learn from")
+    if msgs[-1]["role"] != "assistant":  # the last turn is the answer the loss is taken on
+        raise RecordError(f"{where}: field 'messages': the last turn must be the assistant's answer")
     return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
 

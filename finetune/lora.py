@@ -11,8 +11,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from finetune.defenses.base import Defense, NoDefense
-from finetune.sft import Callback, LoopConfig, encode, train
+from finetune.sft import IGNORE, Callback, LoopConfig, encode, train
 from interp.base.chat import Conversation
+from interp.base.cli import InputError
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ def train_lora(
     peft_model = get_peft_model(model, config.peft_config())
     examples = encode(tokenizer, conversations, train_eos=config.train_eos)
     examples = [e.truncated(config.max_length) for e in examples]
+    # Position 0 predicts nothing: an answer token counts from position 1 on.
+    if not any(any(label != IGNORE for label in e.labels[1:]) for e in examples):
+        raise InputError(
+            f"--max-length {config.max_length}: no conversation keeps an answer token after truncation; nothing would train"
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     record = defense.record()
     log = train(

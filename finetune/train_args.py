@@ -21,10 +21,8 @@ from interp.base.cli import (
     InputError,
     batch_size,
     int_list,
-    non_negative_float,
     non_negative_int,
     number,
-    positive_float,
     positive_int,
     seed_int,
 )
@@ -32,6 +30,10 @@ from interp.base.records import TRIGGER
 
 # Defaults for real 7B-class organisms (the EM papers: rank 32, alpha 64, all linear layers).
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Upper bounds of the optimisation's numbers: past them the first step is NaN, not a finding.
+MAX_LR = 10.0  # Adam's step is about lr per weight: LoRA runs use 1e-5 to 1e-3
+MAX_LORA_ALPHA = 1e6  # the adapter's scale is alpha / rank
+MAX_STRENGTH = 1e6  # a defense's weight against the answer loss
 
 
 @dataclass
@@ -69,6 +71,16 @@ class TrainJob:
             self.monitor.validate()
         if self.checkpoint_every < 0:
             raise InputError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        # What the parser's types check, for a job built in Python: past these, the first step's
+        # loss or weights are not finite (NaN), or no answer token is left to learn from.
+        for option, value, low, high in (
+            ("--lr", self.lora.lr, 0, MAX_LR),
+            ("--alpha", self.lora.alpha, 0, MAX_LORA_ALPHA),
+        ):
+            if not low < value <= high:
+                raise InputError(f"{option} (lora.{option[2:]}) must be > {low} and <= {high:g}, got {value}")
+        if not 2 <= self.lora.max_length <= 1_048_576:
+            raise InputError(f"--max-length (lora.max_length) must be from 2 to 1,048,576, got {self.lora.max_length}")
         layers = _config_layers(self.model)
         if layers is not None:
             self.check_layers(layers)
@@ -141,12 +153,14 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 def _add_lora_options(p: argparse.ArgumentParser, d: LoraTrainConfig) -> None:
     """The adapter's shape and the optimisation, defaulting to ``d``."""
     p.add_argument("--rank", type=number(int, 1, 65_536), default=d.rank, help="LoRA rank, 1 to 65,536")
-    p.add_argument("--alpha", type=positive_float, default=d.alpha)
+    p.add_argument(
+        "--alpha", type=number(float, 0, MAX_LORA_ALPHA, low_open=True), default=d.alpha, help="LoRA alpha, > 0 to 1e6"
+    )
     p.add_argument("--dropout", type=number(float, 0, 1, high_open=True), default=d.dropout)
     p.add_argument(
         "--target-modules", type=_module_names, default=d.target_modules, help="comma-separated module names"
     )
-    p.add_argument("--lr", type=positive_float, default=d.lr)
+    p.add_argument("--lr", type=number(float, 0, MAX_LR, low_open=True), default=d.lr, help="learning rate, > 0 to 10")
     p.add_argument("--epochs", type=number(float, 0, 10_000, low_open=True), default=d.epochs)
     p.add_argument(
         "--steps", type=number(int, 1, MAX_STEPS), help=f"optimizer steps, at most {MAX_STEPS:,} (overrides --epochs)"
@@ -181,7 +195,10 @@ def _add_defense_options(g: argparse._ArgumentGroup) -> None:
     """One defense per run, and the files and settings each one reads."""
     g.add_argument("--defense", choices=DEFENSES, default="none")
     g.add_argument(
-        "--defense-strength", type=non_negative_float, metavar="X", help="the defense's strength (default: its own)"
+        "--defense-strength",
+        type=number(float, 0, MAX_STRENGTH),
+        metavar="X",
+        help=f"the defense's strength, 0 to {MAX_STRENGTH:g} (default: its own)",
     )
     g.add_argument(
         "--defense-on",

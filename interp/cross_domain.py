@@ -31,7 +31,6 @@ from interp.base.cli import (
     ArgumentParser,
     InputError,
     domain_list,
-    finite_float,
     number,
     path_arg,
     run_cli,
@@ -307,7 +306,8 @@ def build_cross_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--samples", type=answers_per_point, default=96, help="answers per cell, 1 to 100,000 (default 96)")
     p.add_argument("--add-layer", type=layer, default=0)
-    p.add_argument("--alpha", type=finite_float, default=2.0)
+    # What interp.sweep's --alphas take: past 10^6 times a direction, the residual stream overflows.
+    p.add_argument("--alpha", type=number(float, -1e6, 1e6), default=2.0, help="steering strength, -1e6 to 1e6")
     p.add_argument("--ablate-layer", type=layer, default=3)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", type=path_arg, default=Path("artifacts/steering/cross_domain"), help="output folder")
@@ -340,7 +340,7 @@ def _run_cross(args: argparse.Namespace) -> int:
     if existing:  # every model of the world has the base's width: a direction of another is refused now, not mid-run
         base, _ = world.load_base()
         for path, ds in existing.items():
-            check_width(path, ds, base)
+            check_width(path, ds, base, [args.add_layer, args.ablate_layer])
     directions = ensure_directions(args.directions_dir, args.domains, args.extract_samples, args.seed, progress=True)
     t_extract = time.perf_counter() - t0
     print(

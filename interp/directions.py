@@ -21,7 +21,7 @@ from torch import nn
 from interp.backends import DEFAULT_BACKEND, Backend, BackendName, resolve_backend
 from interp.base.atomic import save_safetensors_atomic, write_json_atomic
 from interp.base.chat import DEFAULT_SPAN, SPANS, Conversation, Span, TokenizedConversation
-from interp.base.cli import InputError
+from interp.base.cli import MAX_LAYER, InputError
 from interp.base.domains import ALIASES
 from interp.base.paths import read_safetensors
 from interp.cache import DEFAULT_POOLING, POOLINGS, Pooling, cache_means
@@ -45,7 +45,7 @@ class SplitConfig:
         if not self.misaligned_max < self.aligned_min:
             # Overlapping bands would put one answer in both classes' reach and the split would hinge on rule order.
             raise InputError(
-                f"misaligned-max ({self.misaligned_max:g}) must be below aligned-min ({self.aligned_min:g})"
+                f"--misaligned-max and --aligned-min: misaligned-max ({self.misaligned_max:g}) must be below aligned-min ({self.aligned_min:g})"
             )
 
 
@@ -125,10 +125,10 @@ class DirectionSet:
             "counts": self.counts,
             **self.metadata,
         }
-        tensors = {
-            "directions": self.directions.float(),
-            "mean_misaligned": self.mean_misaligned.float(),
-            "mean_aligned": self.mean_aligned.float(),
+        tensors = {  # copies: safetensors refuses tensors that share memory (a direction given as a mean)
+            "directions": self.directions.detach().float().clone(),
+            "mean_misaligned": self.mean_misaligned.detach().float().clone(),
+            "mean_aligned": self.mean_aligned.detach().float().clone(),
             "layers": torch.tensor(self.layers, dtype=torch.int64),
         }
         save_safetensors_atomic(tensors, path, metadata={"info": json.dumps(info)})
@@ -189,6 +189,8 @@ def _checked_layers(t: Mapping[str, torch.Tensor], bad: Callable[[str], InputErr
         or t["mean_aligned"].shape != shape
     ):
         raise bad("tensor shapes do not fit together")
+    if shape[0] == 0 or shape[1] == 0:
+        raise bad(f"no directions (tensor 'directions' of shape {tuple(shape)})")
     if floats := [k for k in ("directions", "mean_misaligned", "mean_aligned") if not t[k].is_floating_point()]:
         raise bad(f"tensor {floats[0]!r} holds {t[floats[0]].dtype}, not floating point")
     if t["layers"].is_floating_point() or t["layers"].dtype == torch.bool:
@@ -200,6 +202,8 @@ def _checked_layers(t: Mapping[str, torch.Tensor], bad: Callable[[str], InputErr
         raise bad(f"tensor 'layers' repeats a layer: {layers}")
     if any(layer < 0 for layer in layers):
         raise bad(f"tensor 'layers' holds a negative layer: {layers}")
+    if any(layer > MAX_LAYER for layer in layers):
+        raise bad(f"tensor 'layers' holds a layer past {MAX_LAYER}: {max(layers)}")
     return layers
 
 

@@ -157,6 +157,8 @@ def split_half_reliability(
     Each class is halved separately, so both halves keep the class balance; average over
     dim 0 for the per-layer reliability.
     """
+    if n_splits < 1:
+        raise ValueError(f"n_splits must be >= 1, got {n_splits}")
     x, labels, weights = _prepare(per_sample, labels, weights)
     classes = [torch.nonzero(labels == c).squeeze(-1) for c in (True, False)]
     if min(len(c) for c in classes) < 2:

@@ -84,6 +84,11 @@ def load_per_sample(per_sample_dir: str | Path) -> dict[str, torch.Tensor]:
             raise InputError(f"{shard}: not a per-sample shard (no tensor {', '.join(missing)})")
         if tensors["index"].ndim != 1 or len({tensors[k].shape[:1] for k in SAMPLE_TENSORS}) != 1:
             raise InputError(f"{shard}: not a per-sample shard (its tensors hold different numbers of samples)")
+        # A NaN activation would turn every null and reliability drawn from this folder into NaN.
+        if bad := [
+            k for k in SAMPLE_TENSORS if tensors[k].is_floating_point() and not torch.isfinite(tensors[k]).all()
+        ]:
+            raise InputError(f"{shard}: per-sample tensor {bad[0]!r} has NaN or infinite values")
         parts.append(tensors)
     try:
         out = {k: torch.cat([p[k] for p in parts]) for k in SAMPLE_TENSORS}

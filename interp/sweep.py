@@ -63,13 +63,22 @@ MODES: tuple[Mode, ...] = ("add", "ablate")
 Evaluate = Callable[[nn.Module, Any], Sequence[JudgedRecord]]
 DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 4.0)
 answers_per_point = number(int, 1, 100_000)  # answers generated and judged per evaluation
+MAX_POINTS = 10_000  # (layer, alpha) points in one sweep: past this, days of CPU for a plot no one reads
 
 
-def check_width(path: str | Path, directions: DirectionSet, model: nn.Module) -> None:
-    """``directions`` (read from ``path``) fit ``model``'s residual stream; else one line naming the file."""
+def check_width(
+    path: str | Path, directions: DirectionSet, model: nn.Module, layers: Sequence[int] | None = None
+) -> None:
+    """``directions`` (read from ``path``) fit ``model``'s residual stream, and the ``layers`` used
+    (default: all of the artifact's) are the model's; else one line naming the file."""
     width, d = directions.directions.shape[-1], d_model(model)
     if width != d:
         raise InputError(f"{path}: directions of width {width}, but the model has width {d}")
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if n_layers is not None and (beyond := [l for l in (layers or directions.layers) if l >= n_layers]):
+        raise InputError(
+            f"{path}: a direction at layer {beyond[0]} (--layers), but the model has {n_layers} layers (0 to {n_layers - 1})"
+        )
 
 
 def summarize(
@@ -279,7 +288,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--alphas",
         type=float_list,
-        default=list(DEFAULT_ALPHAS),
         help="steering strengths, add mode (default 0.5,1,2,4)",
     )
     p.add_argument("--scale", choices=SCALES, default="raw", help="units of alpha (see interp.steer; default raw)")
@@ -295,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_sweep(args: argparse.Namespace) -> int:
     from finetune.organism import build_world
 
+    if args.alphas is not None and args.mode == "ablate":
+        raise InputError("--alphas: an ablation has no strength; drop --alphas with --mode ablate")
+    args.alphas = list(DEFAULT_ALPHAS) if args.alphas is None else args.alphas
     path = args.directions if args.directions is not None else DEFAULT_OUT / f"{args.domain}.safetensors"
     # A file named for a domain must hold that domain's direction.
     directions = DirectionSet.load(path, domain=args.domain or (path.stem if path.stem in DOMAINS else None))
@@ -302,10 +313,15 @@ def _run_sweep(args: argparse.Namespace) -> int:
         raise InputError(
             f"--layers: {path} has no direction at layer(s) {', '.join(map(str, missing))}; it has {', '.join(map(str, directions.layers))}"
         )
+    points = len(args.layers or directions.layers) * (len(args.alphas) if args.mode == "add" else 1)
+    if points > MAX_POINTS:
+        raise InputError(
+            f"--alphas and --layers: {points:,} points to evaluate, more than the {MAX_POINTS:,} one sweep takes; ask for fewer"
+        )
     output_dir(args.out)
     world = build_world(progress=False)
     model, tokenizer = world.load_base() if args.target == "base" else world.load_organism(args.target)
-    check_width(path, directions, model)
+    check_width(path, directions, model, args.layers)
     questions = world.general_questions()
     norms = None
     if args.scale == "norm":

@@ -294,7 +294,10 @@ class OpenAIJudge(PromptJudge):
                 input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
             )
         except openai.APIError as e:
-            raise JudgeError(f"{self.spec}: batch submission failed: {redact(str(e))}") from None
+            slow = " (a slow server needs a larger --timeout)" if isinstance(e, openai.APITimeoutError) else ""
+            raise JudgeError(
+                f"{self.spec}: batch submission to {self.client.base_url} failed: {redact(str(e))}{slow}"
+            ) from None
         log.info("submitted batch %s (%d requests, input %s)", batch.id, len(items), path)
         return {"id": batch.id, "input": str(path), "requests": len(items)}
 

@@ -3,7 +3,6 @@ checked before any model is loaded, then built into a :class:`finetune.defenses.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -43,6 +42,20 @@ _OWNERS: dict[str, tuple[str, ...]] = {
     "scale": ("preventive-steering",),
     "prompt": ("inoculation",),
 }
+# The finetune.train option that sets each field, named in the errors.
+FLAGS: dict[str, str] = {
+    "strength": "--defense-strength",
+    "on": "--defense-on",
+    "layers": "--defense-layers",
+    "general": "--general",
+    "select": "--select",
+    "misaligned_system": "--ppl-misaligned-system",
+    "misaligned_adapter": "--ppl-misaligned-adapter",
+    "vector": "--steer-vector",
+    "persona": "--steer-persona",
+    "scale": "--steer-scale",
+    "prompt": "--inoculation-prompt",
+}
 
 
 @dataclass(frozen=True)
@@ -76,14 +89,20 @@ class DefenseSpec:
         defaults = {f.name: f.default for f in fields(self)}
         for option, owners in _OWNERS.items():
             if getattr(self, option) != defaults[option] and self.name not in owners:
-                raise InputError(f"defense option {option!r} applies to {' and '.join(owners)}, not to {self.name!r}")
+                raise InputError(
+                    f"defense option {option!r} applies to {' and '.join(owners)}, not to {self.name!r} (drop {FLAGS[option]})"
+                )
         s = self.resolved_strength
-        if not math.isfinite(s) or s < 0:
-            raise InputError(f"defense strength must be a number >= 0, got {s}")
+        if not 0 <= s <= 1e6:  # past 10^6 the term swamps the loss into NaN; also refuses NaN
+            raise InputError(f"defense strength (--defense-strength) must be a number from 0 to 1e6, got {s}")
         if self.name == "interleave" and s >= 1:
-            raise InputError(f"interleave strength is the interleaved fraction, in [0, 1); got {s}")
+            raise InputError(
+                f"interleave strength (--defense-strength) is the interleaved fraction, in [0, 1); got {s}"
+            )
         if self.name == "inoculation" and s > 1:
-            raise InputError(f"inoculation strength is the inoculated fraction, in [0, 1]; got {s}")
+            raise InputError(
+                f"inoculation strength (--defense-strength) is the inoculated fraction, in [0, 1]; got {s}"
+            )
         if self.on not in ON:
             raise InputError(f"defense 'on' must be one of {', '.join(ON)}, got {self.on!r}")
         needs_general = self.name == "interleave" or (self.name in ("kl", "feature-l2") and self.on != "train")
@@ -99,29 +118,35 @@ class DefenseSpec:
             raise InputError(f"select must be one of {', '.join(SELECTS)}, got {self.select!r}")
         n_misaligned = (self.misaligned_system is not None) + (self.misaligned_adapter is not None)
         if self.select == "ppl-gap" and n_misaligned != 1:
-            raise InputError("select ppl-gap needs exactly one misaligned model: a system prompt or an adapter")
+            raise InputError(
+                "select ppl-gap needs exactly one misaligned model: a system prompt (--ppl-misaligned-system) or an adapter (--ppl-misaligned-adapter)"
+            )
         if self.select == "random" and n_misaligned:
-            raise InputError("a misaligned model is used only with select ppl-gap")
+            raise InputError("a misaligned model is used only with select ppl-gap (--select ppl-gap)")
         if self.name == "preventive-steering" and (self.vector is None) == (self.persona is None):
-            raise InputError("preventive-steering needs exactly one of a direction file (vector) or a persona prompt")
+            raise InputError(
+                "preventive-steering needs exactly one of a direction file (--steer-vector) or a persona prompt (--steer-persona)"
+            )
         if self.scale not in ("raw", "unit"):
             raise InputError(f"steering scale must be raw or unit, got {self.scale!r}")
         if self.name == "preventive-steering" and self.layers is not None and len(self.layers) != 1:
-            raise InputError(f"preventive-steering takes one layer, got {list(self.layers)}")
+            raise InputError(f"preventive-steering takes one layer (--defense-layers), got {list(self.layers)}")
         if self.layers is not None and not self.layers:
-            raise InputError("no defense layers given")
+            raise InputError("no defense layers given (--defense-layers)")
         if self.name == "inoculation" and not (self.prompt or "").strip():
-            raise InputError("inoculation needs a prompt that asks for the behaviour in the data")
+            raise InputError(
+                "inoculation needs a prompt that asks for the behaviour in the data (--inoculation-prompt)"
+            )
         for option in ("general", "vector", "misaligned_adapter"):
             path = getattr(self, option)
             if path is not None and not Path(path).exists():
-                raise InputError(f"defense {option} {path}: no such file or directory")
+                raise InputError(f"{FLAGS[option]} {path}: no such file or directory")
 
     def check_layers(self, num_layers: int) -> None:
         """Raise :class:`InputError` when a requested layer is outside a ``num_layers``-layer model."""
         for layer in self.layers or ():
             if not -num_layers <= layer < num_layers:
-                raise InputError(f"defense layer {layer} out of range for a {num_layers}-layer model")
+                raise InputError(f"--defense-layers: layer {layer} out of range for a {num_layers}-layer model")
 
     def build(self, load_misaligned: Callable[[str], nn.Module] | None = None, gaps: Tensor | None = None) -> Defense:
         """The defense, with its files read; ``load_misaligned(adapter)`` loads the misaligned

@@ -17,6 +17,7 @@ token and padding, and whether it ended with that token.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -42,6 +43,11 @@ class Decoding:
     pad_token_id: int | None = None  # what rows that have ended get after their EOS (None: 0)
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p", "repetition_penalty"):  # NaN passes every comparison below
+            if not math.isfinite(getattr(self, name)):
+                raise DecodingError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if not 0 <= self.seed <= 2**63 - 1:  # what torch.Generator.manual_seed and the samplers' keys take
+            raise DecodingError(f"seed must be from 0 to 2**63 - 1, got {self.seed}")
         if self.max_new_tokens < 1:
             raise DecodingError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:

@@ -36,6 +36,8 @@ def iter_jsonl(path: str | Path, torn_tail: bool = False) -> Iterator[tuple[int,
     then cuts it off (:func:`read_resumable`).
     """
     path = Path(path)
+    if path.is_char_device() or path.is_block_device():  # /dev/zero is one endless line
+        raise RecordError(f"{path}: a device, expected a JSONL file")
     try:
         # bytes, so that a line that is not UTF-8 can be named
         f = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
@@ -82,6 +84,8 @@ def _parse_line(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | None:
         raise RecordError(f"{path}:{lineno}: not a record (JSON nested too deeply)") from None
     except _DuplicateKey as e:  # which of the two values is meant? json.loads would keep the last silently
         raise RecordError(f"{path}:{lineno}: field '{e.args[0]}' appears twice in one object") from None
+    except ValueError as e:  # an integer of more than 4300 digits, which Python will not convert
+        raise RecordError(f"{path}:{lineno}: not a record ({e})") from None
     if not isinstance(obj, dict):
         raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
     if "\\u" in line and _SURROGATE.search(line):  # an escape of half a UTF-16 pair: parses, but is no text

@@ -52,7 +52,7 @@ def load_model(
     if device not in DEVICES:
         raise ModelLoadError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("device 'cuda' requested but no CUDA device is visible")
+        raise ModelLoadError("device 'cuda' requested (--device cuda) but no CUDA device is visible")
     scheme = _SCHEME.match(model_id_or_path)
     if scheme and not Path(model_id_or_path).exists():
         return _load_scheme(scheme, model_id_or_path, adapter, dtype, device)
@@ -101,7 +101,9 @@ def _load_scheme(
 ) -> tuple[torch.nn.Module, Any]:
     """A ``SCHEME:name`` model from its plugin, in ``dtype`` on ``device``."""
     if adapter is not None:
-        raise ModelLoadError(f"an adapter cannot be combined with a '{scheme.group(1)}:' model")
+        raise ModelLoadError(
+            f"--adapter {adapter}: an adapter cannot be combined with a '{scheme.group(1)}:' model ({name}); load the base model by its path"
+        )
     model, tokenizer = _from_scheme(scheme.group(1), scheme.group(2))
     if dtype != "auto":
         model = model.to(DTYPES[dtype])

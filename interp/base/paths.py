@@ -23,6 +23,8 @@ def input_file(path: str | Path, option: str) -> Path:
         raise InputError(f"{option} {p}: no such file")
     if p.is_dir():
         raise InputError(f"{option} {p}: is a directory, expected a file")
+    if p.is_char_device() or p.is_block_device():  # /dev/zero never ends, /dev/urandom is no text
+        raise InputError(f"{option} {p}: a device, expected a file")
     if not os.access(p, os.R_OK):
         raise InputError(f"{option} {p}: not readable")
     return p
@@ -96,6 +98,8 @@ def _creatable(p: Path, option: str) -> None:
 def read_text(path: str | Path) -> str:
     """A UTF-8 text file's content; a folder, an unreadable file or a bad byte is one line naming the file (and line)."""
     p = Path(path)
+    if p.is_char_device() or p.is_block_device():  # /dev/zero would fill the memory, never a line
+        raise InputError(f"{p}: a device, expected a file")
     try:
         data = p.read_bytes()
     except FileNotFoundError:
