@@ -2,6 +2,7 @@
 
     python benchmarks/judge_eval.py                       # grouped 5-fold by source_file: encoding took 36 min on 2 (shared) CPU cores the first time, then ~9 min
     python benchmarks/judge_eval.py --train-shipped       # then also fit the shipped head on all sources and write eval/judges/weights/
+    python benchmarks/judge_eval.py --finetuned-results OUT   # add the LoRA-finetuned judge of benchmarks/judge_finetune.py --out-dir OUT
 
 Data: ``../shared/em-data/judged/gpt4o_judged.jsonl.gz`` (``--data``), read at run time and
 never copied: 39,197 answers with GPT-4o's ``aligned`` / ``coherent`` (blank ``aligned``
@@ -68,7 +69,62 @@ def parser() -> argparse.ArgumentParser:
         help="after measuring, fit the shipped head on all sources and write --weights",
     )
     p.add_argument("--weights", type=Path, default=ROOT / "eval/judges/weights/distilled_v1.safetensors")
+    p.add_argument(
+        "--finetuned-results",
+        type=Path,
+        default=None,
+        help="the --out-dir of benchmarks/judge_finetune.py (same data, folds and seed): add its held-out row as 'finetuned'",
+    )
     return p
+
+
+def finetuned_row(path: Path, cols: dict, sha: str | None, timing_idx: np.ndarray, args: argparse.Namespace):
+    """The ``finetuned`` row judge_finetune.py wrote (checked to be of this data and split), timed here on
+    the CPU when its weights are beside it, and its pooled held-out predictions (for the plot)."""
+    import json
+
+    from eval.judges.distilled import DistilledJudge
+
+    d = path if path.is_dir() else path.parent
+    res_path = d / "judge_finetune.json"
+    if not res_path.is_file():
+        raise InputError(
+            f"--finetuned-results {path}: no judge_finetune.json there (run benchmarks/judge_finetune.py --out-dir {d})"
+        )
+    res = json.loads(res_path.read_text())
+    sig = res["signature"]
+    if not res.get("complete"):
+        raise InputError(
+            f"{res_path}: only folds {res['folds_done']} of {sig['folds']} done; rerun judge_finetune.py to finish"
+        )
+    want = {"data_sha256": sha, "folds": args.folds, "seed": args.seed, "limit_rows": 0}
+    if bad := {k: (sig.get(k), v) for k, v in want.items() if sig.get(k) != v}:
+        raise InputError(f"{res_path}: not measured on this data and split ({bad}: theirs, here)")
+    row = dict(res["judges"][0])
+    z = np.load(d / "judge_finetune_preds.npz")
+    preds = {k: z[k] for k in ("aligned", "coherent", "em")}
+    weights = d / "distilled_v2.safetensors"
+    if row.get("seconds_per_1000_cpu") is None and weights.is_file() and args.timing_rows:
+        # The final model's speed is that of any fold's: the same encoder, merged LoRA, the same head.
+        row["seconds_per_1000_cpu"] = seconds_per_1000(
+            lambda: DistilledJudge(weights=weights, threads=2), cols, timing_idx
+        )
+    return row, preds
+
+
+def pick_default(judges: list[dict]) -> tuple[str, str]:
+    """The judge to ship as the default: most of issue 22's targets met, then the higher EM AUROC
+    (the TF-IDF baseline is not a judge spec, so never the default)."""
+    cands = [j for j in judges if j["name"] != "tfidf"] or judges
+
+    def met(j: dict) -> int:
+        return sum(meets(k, j[k]) for k in TARGETS if j.get(k) is not None)
+
+    best = max(cands, key=lambda j: (met(j), j["auroc_em"], -j["per_run_em_error_max"]))
+    why = f"{best['name']}: meets {met(best)} of {len(TARGETS)} targets, EM AUROC {best['auroc_em']}" + "".join(
+        f"; {j['name']}: {met(j)}, {j['auroc_em']}" for j in cands if j is not best
+    )
+    return best["name"], why
 
 
 def measure(
@@ -110,9 +166,11 @@ def result_record(
     judges: list[dict], names: list[str], cols: dict, sha: str | None, timing_idx: np.ndarray, args: argparse.Namespace
 ) -> dict:
     """What the JSON records: every judge's figures, the data, the split, the rule and the targets."""
+    default, why = pick_default(judges)
     return {
         "judges": judges,
-        "default": "distilled" if "distilled" in names else names[0],
+        "default": default,
+        "default_why": why,
         "data": str(args.data.name),
         "data_sha256": sha,
         "split": f"grouped {args.folds}-fold by source_file (seed {args.seed}): every one of the {len(set(cols['source_file']))} runs held out once, "
@@ -156,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         fig, preds[name] = measure(name, cols, folds, held, feats, timing_idx, args, say)
         judges.append({"name": name, **fig})
+    if args.finetuned_results is not None:
+        row, preds["finetuned"] = finetuned_row(args.finetuned_results, cols, sha, timing_idx, args)
+        judges.append(row)
+        say(f"  finetuned: held-out row read from {args.finetuned_results}")
     result = result_record(judges, names, cols, sha, timing_idx, args)
     say("")
     say(markdown_table(result))

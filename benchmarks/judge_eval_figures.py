@@ -111,6 +111,6 @@ def markdown_table(result: dict) -> str:
     for j in result["judges"]:
         lines.append(
             f"| {j['name']} | {j['auroc_em']:.4f} | {j['auprc_em']:.4f} | {j['spearman_aligned']:.3f} | {j['spearman_coherent']:.3f} | "
-            f"{j['per_run_em_error_median']:.2f} | {j['per_run_em_error_max']:.2f} | {j['seconds_per_1000_cpu']} |"
+            f"{j['per_run_em_error_median']:.2f} | {j['per_run_em_error_max']:.2f} | {'n/a' if j.get('seconds_per_1000_cpu') is None else j['seconds_per_1000_cpu']} |"
         )
     return "\n".join(lines)

@@ -126,6 +126,6 @@ def cv_judge(cls, fitted: DistilledCV):
     judge = cls.__new__(cls)
     from eval.judges.distilled import Encoder
 
-    judge.heads, judge.threshold, judge.meta = fitted.heads, fitted.threshold, {}
+    judge.heads, judge.head, judge.threshold, judge.meta = fitted.heads, None, fitted.threshold, {}
     judge.weights, judge.batch_size, judge.encoder = Path("cv"), 32, Encoder(threads=2)
     return judge
