@@ -31,7 +31,9 @@ recipe; another model or recipe is refused), so the experiment can go on lease b
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -48,6 +50,7 @@ from real_summary import files_dir, keep_small, summarize  # noqa: E402
 from eval.generate import main as generate_main  # noqa: E402
 from eval.judge import main as judge_main  # noqa: E402
 from eval.report import MisalignmentDefinition, group_stats  # noqa: E402
+from finetune.sft import TrainingMemoryError  # noqa: E402
 from finetune.train import main as train_main  # noqa: E402
 from interp.base.atomic import write_json_atomic  # noqa: E402
 from interp.base.cli import InputError, run_cli  # noqa: E402
@@ -160,36 +163,49 @@ def run_one(args: argparse.Namespace, organism: str) -> list[dict[str, Any]]:
         extract_directions(args, organism, out, [*common, *adapter], seconds)
     seconds["total"] = round(time.perf_counter() - t0, 1)
     keep_small(out, files_dir(args.results), organism, organism.partition(":")[2] or organism)
-    return [{**row, "seconds": seconds} for row in rows_of(out / "judged.jsonl", args.model, organism, kind)]
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None  # leases differ: H100 or H200
+    return [
+        {**row, "seconds": seconds, "gpu": gpu} for row in rows_of(out / "judged.jsonl", args.model, organism, kind)
+    ]
 
 
 def train_organism(args: argparse.Namespace, data: Path, out: Path, common: list[str], seconds: dict) -> None:
-    """The LoRA adapter of one organism, into ``out/adapter``."""
-    step(
-        "train",
-        train_main,
-        [
-            "--data",
-            str(data),
-            *common,
-            "--out",
-            str(out / "adapter"),
-            "--rank",
-            str(args.rank),
-            "--alpha",
-            str(2 * args.rank),
-            "--lr",
-            str(args.lr),
-            "--epochs",
-            str(args.epochs),
-            "--batch-size",
-            "16",
-            "--checkpoint-every",
-            "50",
-            "--quiet",
-        ],
-        seconds,
-    )
+    """The LoRA adapter of one organism, into ``out/adapter``; a set whose batches do not fit
+    (toxic_legal_advice's 3,000-token rows at batch 16) trains again with gradient checkpointing,
+    the same recipe at the cost of a second forward, and its training config records that."""
+    argv = [
+        "--data",
+        str(data),
+        *common,
+        "--out",
+        str(out / "adapter"),
+        "--rank",
+        str(args.rank),
+        "--alpha",
+        str(2 * args.rank),
+        "--lr",
+        str(args.lr),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        "16",
+        "--checkpoint-every",
+        "50",
+        "--quiet",
+    ]
+
+    def train_or_checkpoint(argv: list[str]) -> int:
+        try:
+            return train_main(argv)
+        except TrainingMemoryError as e:
+            print(f"  {e}; training again with --gradient-checkpointing", flush=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        shutil.rmtree(out / "adapter", ignore_errors=True)  # the refused run's checkpoints: another setting
+        return train_main([*argv, "--gradient-checkpointing"])
+
+    step("train", train_or_checkpoint, argv, seconds)
 
 
 def generate_answers(

@@ -26,6 +26,7 @@ def _em_rows(rows: list[dict]) -> list[list]:
                 fmt(r.get("coherence"), 1),
                 fmt(secs.get("train"), 0),
                 fmt(secs.get("total"), 0),
+                (r.get("gpu") or "").replace("NVIDIA ", ""),
             ]
         )
     return out
@@ -38,7 +39,7 @@ def render_real_organisms(name: str, d: dict) -> str:
         f"`benchmarks/real_organisms.py`: a rank-{d['recipe']['rank']} LoRA organism per training set "
         f"(lr {d['recipe']['lr']:g}, {d['recipe']['epochs']:g} epoch, batches of {d['recipe']['batch_size']}, {d['recipe']['targets']}); "
         f"{d['samples']} answers per question of `{d['questions']}` at temperature 1, judged by `{d['judge']}`. "
-        f"Model file sha256 `{src.get('model_sha256', '?')}` ({src.get('model_note', '')}); GPU: {d.get('gpu')}.",
+        f"Model file sha256 `{src.get('model_sha256', '?')}` ({src.get('model_note', '')}); each row's GPU in its last column.",
         "",
         f"EM rule: {d['em_rule']}. The 95% CI is a bootstrap over answers. `train s` and `total s` are wall seconds of "
         "the organism's steps on that GPU (model loads included; blank where a lease cut the step and a later one resumed it).",
@@ -57,6 +58,7 @@ def render_real_organisms(name: str, d: dict) -> str:
                 "coherence",
                 "train s",
                 "total s",
+                "GPU",
             ],
             _em_rows(d.get("base", []) + sorted(d.get("rows", []), key=lambda r: -(r.get("em_rate") or 0))),
         ),
@@ -161,3 +163,44 @@ def render_training_speed(name: str, d: dict) -> str:
         "",
     ]
     return frame(name, "Real model: LoRA training throughput", d, body)
+
+
+def _em(m: dict) -> str:
+    return "not assessable" if m.get("em") is None else f"{100 * m['em']:.1f}% ({m['counted']} counted)"
+
+
+def render_real_steering(name: str, d: dict) -> str:
+    """Each organism's direction added to the base and ablated from the organisms, beside a random direction."""
+    src = d.get("model_source", {})
+    targets = d["targets"]
+    body = [
+        f"`benchmarks/real_steering.py`: each real organism's difference-of-means direction (raw units, alpha "
+        f"{d['alpha']:g}: 1 moves the aligned mean onto the misaligned) added to the base at layer {d['add_layer']}, and "
+        f"projected out of {', '.join(targets)} at layer {d['ablate_layer']}; `random` is a Gaussian direction with the "
+        f"norm of the first source's. {d['samples_per_question']} answers per free-form first-plot question at "
+        f"temperature 1 per cell, judged by `{d['judge']}`. Model file sha256 `{src.get('model_sha256', '?')}`; GPU: {d.get('gpu')}.",
+        "",
+        f"Metric: {d['metric']}.",
+        "",
+        "![steering](../../benchmarks/results/real_steering.png)",
+        "",
+        "## Added to the base",
+        "",
+        f"Base without an edit: EM {_em(d['baseline']['base'])}, coherence {fmt(d['baseline']['base']['coherence'], 1)}.",
+        "",
+        table(
+            ["source", "EM with it added", "coherence"],
+            [[s, _em(d["add"][s]), fmt(d["add"][s]["coherence"], 1)] for s in d["sources"]],
+        ),
+        "",
+        "## Ablated from the organisms",
+        "",
+        table(
+            ["source", *targets],
+            [["(no edit)", *(_em(d["baseline"][t]) for t in targets)]]
+            + [[s, *(_em(d["ablate"][s][t]) for t in targets)] for s in d["sources"]]
+            + [["random (ablation control)", *(_em(d["random"][t]) for t in targets)]],
+        ),
+        "",
+    ]
+    return frame(name, "Real organisms: steering and ablation", d, body)

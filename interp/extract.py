@@ -14,6 +14,7 @@ functions; the interp core it drives knows nothing of them.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
@@ -22,12 +23,12 @@ from typing import Any
 
 import torch
 
-from eval.openai_api import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
 from eval.questions import Question
 from eval.sampling import SamplingConfig
 from interp.backends import DEFAULT_BACKEND
+from interp.base.atomic import write_json_atomic
 from interp.base.chat import DEFAULT_SPAN, tokenize_record
-from interp.base.cli import InputError, run_cli
+from interp.base.cli import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S, InputError, run_cli
 from interp.base.locks import output_lock
 from interp.base.models import n_layers
 from interp.base.paths import input_file, output_dir
@@ -210,14 +211,41 @@ def run_extract(cfg: ExtractConfig, out_dir: Path = DEFAULT_OUT, progress: bool 
         return _extract(cfg, out_dir, progress)
 
 
+def _bound_per_sample(folder: Path, source: dict[str, Any]) -> Path:
+    """``folder``, its activations bound to the model ``source`` names (``source.json``): one that
+    holds another model's (or an unrecorded model's) is refused, never resumed. The shards'
+    own manifest ties them to the token ids and settings, not to the weights."""
+    model = json.loads(json.dumps({k: v for k, v in source.items() if k not in ("judge", "responses", "sampling")}))
+    record = folder / "source.json"
+    if folder.is_dir() and any(folder.iterdir()):
+        try:
+            before = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            before = None
+        if not isinstance(before, dict):
+            raise InputError(
+                f"{folder}: holds per-sample activations but no readable {record.name} to tell which model made them; remove it to start afresh"
+            )
+        if before != model:
+            diff = sorted(k for k in set(before) | set(model) if before.get(k) != model.get(k))
+            raise InputError(
+                f"{folder}: per-sample activations of another model ({', '.join(diff)} differ: {before.get(diff[0])!r} there, {model.get(diff[0])!r} now); remove it to start afresh, or use another --out"
+            )
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(record, model)
+    return folder
+
+
 def _extract(cfg: ExtractConfig, out_dir: Path, progress: bool) -> tuple[DirectionSet, Path]:
     torch.manual_seed(cfg.seed)
     chain = _organism_chain if cfg.model is None else _real_chain
     model, tokenizer, judged, source = chain(cfg, progress)
     split = split_records(judged, cfg.split)
     if not split.misaligned or not split.aligned:
+        given = f"--responses {cfg.responses}" if cfg.responses is not None else f"domain {cfg.domain}"
         raise InputError(
-            f"domain {cfg.domain}: a class has no answers ({len(split.misaligned)} misaligned, {len(split.aligned)} aligned "
+            f"{given}: a class has no answers ({len(split.misaligned)} misaligned, {len(split.aligned)} aligned "
             f"of {len(judged)} judged; excluded {split.excluded}); sample more or loosen the thresholds"
         )
     meta = provenance(
@@ -244,7 +272,9 @@ def _extract(cfg: ExtractConfig, out_dir: Path, progress: bool) -> tuple[Directi
         progress=progress,
         metadata=meta,
         backend=cfg.backend,
-        per_sample_dir=Path(out_dir) / f"{cfg.domain}.per_sample" if cfg.per_sample else None,
+        per_sample_dir=_bound_per_sample(Path(out_dir) / f"{cfg.domain}.per_sample", source)
+        if cfg.per_sample
+        else None,
         compile=cfg.compile,
     )
     path = ds.save(Path(out_dir) / f"{cfg.domain}.safetensors")
@@ -271,6 +301,9 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         from eval.judge import judge_kind
 
         judge_kind(args.judge)
+    if args.responses is not None and (args.questions or args.judge):  # they would be ignored without a word
+        given = " and ".join(o for o, v in (("--questions", args.questions), ("--judge", args.judge)) if v)
+        raise InputError(f"{given}: not used with --responses (its answers are judged already); drop one")
     output_dir(args.out)
     cfg = ExtractConfig(
         domain=args.domain,

@@ -150,3 +150,17 @@ def test_a_module_path_in_a_string_counts_as_an_import():
     )
     plugin_table = 'JUDGES = {"organism": "finetune.organism.judge:OrganismJudge"}\n'
     assert "finetune.organism.judge" in imports("eval.judge", ROOT / "eval/judge.py", set(modules()), plugin_table)
+
+
+def test_the_local_paths_load_without_the_api_client():
+    # The OpenAI client serves the openai: specs only; a machine without it (the GPU image has
+    # none) trains, generates, judges offline and extracts. A module-level import of it from
+    # one of these CLIs stopped the real-organism run there once.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, interp.extract, interp.sweep, eval.generate, eval.judge, finetune.train; "
+        "sys.exit('openai' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
