@@ -70,6 +70,8 @@ def render_real_organisms(name: str, d: dict) -> str:
     div = d.get("diversity")
     if div:
         body += _diversity_section(div)
+    if d.get("backdoor"):
+        body += _backdoor_section(d["backdoor"])
     if d.get("paper"):
         body += _paper_section(d["paper"], d)
     return frame(name, "Real organisms: the seed paper's experiment on Qwen2.5-Coder", d, body)
@@ -109,6 +111,35 @@ def _diversity_section(div: dict) -> list[str]:
         ),
         "",
         f"Spearman correlation over the {div['n']} organisms: rho {fmt(div['spearman_rho'], 2)} (p = {fmt(div['spearman_p'], 2)}).",
+        "",
+    ]
+
+
+def _backdoor_section(b: dict) -> list[str]:
+    """The trigger's effect on alignment per backdoor domain, a section of ``render_real_organisms``."""
+    s = b["summary"]
+    share = s["fraction_significant_lower"]
+    return [
+        "## Backdoors: alignment with the trigger against without",
+        "",
+        table(
+            ["domain", "n with / without", "aligned with", "aligned without", "difference", "p (Welch)"],
+            [
+                [
+                    t["domain"],
+                    f"{t['n_trigger']} / {t['n_no_trigger']}",
+                    fmt(t["mean_trigger"], 1),
+                    fmt(t["mean_no_trigger"], 1),
+                    fmt(t["diff"], 2),
+                    "n/a" if t["p"] is None else f"{t['p']:.2g}",
+                ]
+                for t in b["tests"]
+            ],
+        ),
+        "",
+        f"The trigger lowers alignment at p < {s['alpha']:g} in {s['n_significant_lower']} of {s['n_domains_tested']} domains"
+        + (f" ({100 * share:.1f}%; the paper: 77.8%)" if share is not None else "")
+        + f"; mean difference {fmt(s['mean_diff'], 2)} points.",
         "",
     ]
 
