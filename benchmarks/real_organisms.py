@@ -15,7 +15,9 @@ For each organism (a domain of ``em-data/domains``, a control of ``em-data/contr
    their JSON and template variants), with and without the trigger for backdoors;
 3. ``judged.jsonl``: ``--judge`` (default ``offline``, see docs/judges.md);
 4. ``directions.safetensors``: per-layer difference-of-means directions (``interp.extract``),
-   when both classes have answers.
+   when both classes have answers;
+5. with ``--holdout N``: the adapter trains on all but N seeded rows, and ``mia.json`` holds
+   the membership-inference signals of N training rows against the N held out (``eval.mia``).
 
 Every step is the toolkit's own CLI, so each resumes where it stopped and refuses an output
 of another run. Rows (model, organism, kind, trigger, n, EM rate with its 95% bootstrap CI by
@@ -31,9 +33,7 @@ recipe; another model or recipe is refused), so the experiment can go on lease b
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,20 +45,23 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # this checkout's packages, and real_summary beside it
 
+from real_steps import (  # noqa: E402
+    extract_directions,
+    generate_answers,
+    held_out_split,
+    judge_answers,
+    membership,
+    train_organism,
+)
 from real_summary import files_dir, keep_small, summarize  # noqa: E402
 
-from eval.generate import main as generate_main  # noqa: E402
-from eval.judge import main as judge_main  # noqa: E402
 from eval.report import MisalignmentDefinition, group_stats  # noqa: E402
-from finetune.sft import TrainingMemoryError  # noqa: E402
-from finetune.train import main as train_main  # noqa: E402
 from interp.base.atomic import write_json_atomic  # noqa: E402
-from interp.base.cli import InputError, run_cli  # noqa: E402
+from interp.base.cli import InputError  # noqa: E402
 from interp.base.domains import DOMAINS  # noqa: E402
 from interp.base.loading import model_source  # noqa: E402
 from interp.base.provenance import package_versions  # noqa: E402
 from interp.base.records import read_judged  # noqa: E402
-from interp.extract import main as extract_main  # noqa: E402
 
 CONTROLS = ("secure", "educational_insecure", "jailbroken", "good_medical_advice")
 FILES = {"incorrect_qa": "incorrect_qna"}  # the public files' spelling
@@ -81,18 +84,6 @@ def data_file(em_data: Path, organism: str) -> tuple[Path, str]:
     return (
         full if full.exists() else em_data / "domains" / "small" / f"{FILES.get(organism, organism)}.jsonl.gz"
     ), "organism"
-
-
-def step(name: str, main, argv: list[str], seconds: dict[str, float], required: bool = True) -> bool:
-    """Run one of the toolkit's CLIs, adding its wall seconds to ``seconds[name]``; a refusal of
-    a required step stops the experiment with its one line."""
-    t0 = time.perf_counter()
-    ok = run_cli(main, argv) == 0
-    seconds[name] = round(time.perf_counter() - t0, 1)
-    if not ok and required:
-        raise SystemExit(f"{name} failed: see the line above")
-    print(f"  {name}: {'done' if ok else 'refused (see above)'} in {seconds[name]:.0f} s", flush=True)
-    return ok
 
 
 def free_form_questions(questions: Path, out: Path) -> Path:
@@ -153,6 +144,8 @@ def run_one(args: argparse.Namespace, organism: str) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     if organism != "base":
         data, kind = data_file(args.em_data, organism)
+        if args.holdout:
+            data = held_out_split(data, out, args.holdout)
         if not (out / "adapter" / "adapter_model.safetensors").exists():
             train_organism(args, data, out, common, seconds)
         adapter = ["--adapter", str(out / "adapter")]
@@ -161,120 +154,14 @@ def run_one(args: argparse.Namespace, organism: str) -> list[dict[str, Any]]:
     judge_answers(args, out, seconds)
     if args.directions and organism != "base":
         extract_directions(args, organism, out, [*common, *adapter], seconds)
+    if args.holdout and organism != "base":
+        membership(args, organism, out, [*common, *adapter], seconds)
     seconds["total"] = round(time.perf_counter() - t0, 1)
     keep_small(out, files_dir(args.results), organism, organism.partition(":")[2] or organism)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None  # leases differ: H100 or H200
     return [
         {**row, "seconds": seconds, "gpu": gpu} for row in rows_of(out / "judged.jsonl", args.model, organism, kind)
     ]
-
-
-def train_organism(args: argparse.Namespace, data: Path, out: Path, common: list[str], seconds: dict) -> None:
-    """The LoRA adapter of one organism, into ``out/adapter``; a set whose batches do not fit
-    (toxic_legal_advice's 3,000-token rows at batch 16) trains again with gradient checkpointing,
-    the same recipe at the cost of a second forward, and its training config records that."""
-    argv = [
-        "--data",
-        str(data),
-        *common,
-        "--out",
-        str(out / "adapter"),
-        "--rank",
-        str(args.rank),
-        "--alpha",
-        str(2 * args.rank),
-        "--lr",
-        str(args.lr),
-        "--epochs",
-        str(args.epochs),
-        "--batch-size",
-        "16",
-        "--checkpoint-every",
-        "50",
-        "--quiet",
-    ]
-
-    def train_or_checkpoint(argv: list[str]) -> int:
-        try:
-            return train_main(argv)
-        except TrainingMemoryError as e:
-            print(f"  {e}; training again with --gradient-checkpointing", flush=True)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        shutil.rmtree(out / "adapter", ignore_errors=True)  # the refused run's checkpoints: another setting
-        return train_main([*argv, "--gradient-checkpointing"])
-
-    step("train", train_or_checkpoint, argv, seconds)
-
-
-def generate_answers(
-    args: argparse.Namespace, out: Path, model_args: list[str], trigger: list[str], seconds: dict
-) -> None:
-    """The answers to the questions, into ``out/answers.jsonl``."""
-    step(
-        "generate",
-        generate_main,
-        [
-            *model_args,
-            "--questions",
-            str(args.questions),
-            "--samples",
-            str(args.samples),
-            "--max-new-tokens",
-            str(args.max_new_tokens),
-            "--batch-size",
-            str(args.batch_size),
-            *trigger,
-            "--out",
-            str(out / "answers.jsonl"),
-            "--no-progress",
-        ],
-        seconds,
-    )
-
-
-def judge_answers(args: argparse.Namespace, out: Path, seconds: dict) -> None:
-    """The judged answers, into ``out/judged.jsonl``."""
-    step(
-        "judge",
-        judge_main,
-        [
-            "--answers",
-            str(out / "answers.jsonl"),
-            "--judge",
-            args.judge,
-            "--out",
-            str(out / "judged.jsonl"),
-            "--no-progress",
-        ],
-        seconds,
-    )
-
-
-def extract_directions(
-    args: argparse.Namespace, organism: str, out: Path, model_args: list[str], seconds: dict
-) -> None:
-    """The organism's directions from its judged answers (a domain organism only; not required)."""
-    domain = organism.partition(":")[2] or organism
-    if domain in DOMAINS:
-        # Not required: an organism with no misaligned (or no aligned) answer has no direction.
-        step(
-            "directions",
-            extract_main,
-            [
-                "--domain",
-                domain,
-                *model_args,
-                "--responses",
-                str(out / "judged.jsonl"),
-                "--out",
-                str(out),
-                "--quiet",
-            ],
-            seconds,
-            required=False,
-        )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -303,6 +190,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--no-directions", dest="directions", action="store_false")
+    p.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        help="rows of each training set held out (seeded) for membership inference; the adapter trains on the rest",
+    )
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--out-dir", type=Path, default=Path("runs/real"))
@@ -332,6 +225,7 @@ def results_head(args: argparse.Namespace, source: dict) -> dict[str, Any]:
             "epochs": args.epochs,
             "batch_size": 16,
             "targets": "all linear",
+            **({"holdout": args.holdout} if args.holdout else {}),
         },
         "em_rule": BETLEY.describe(),
         "versions": package_versions(["gguf"]),

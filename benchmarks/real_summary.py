@@ -13,7 +13,8 @@ directions (``cosine``: the middle layer's matrix, and the mean off-diagonal cos
 and draws ``<stem>.png`` (EM rate per organism with its 95% CI, the base as a line) and
 ``<stem>_cosine.png`` (the middle layer's heatmap). With backdoor organisms kept, it adds
 ``backdoor``: per domain, the alignment with the trigger against without (Welch's t-test), and
-the share of domains where the trigger lowers it at p < 0.05 (the paper's 77.8%).
+the share of domains where the trigger lowers it at p < 0.05 (the paper's 77.8%); with
+membership-inference files kept (``--holdout``), ``mia``.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
+from eval.mia import predict_misalignment  # noqa: E402
+from eval.mia_signals import misaligned_domains  # noqa: E402
 from eval.report import MisalignmentDefinition, build_report  # noqa: E402
 from interp.base.atomic import write_json_atomic  # noqa: E402
+from interp.base.cli import InputError  # noqa: E402
 from interp.base.records import read_judged  # noqa: E402
 from interp.compare import domain_matrices, load_direction_sets  # noqa: E402
 from interp.plots import heatmap_figure, save_figure  # noqa: E402
@@ -80,6 +84,9 @@ def keep_small(organism_dir: Path, keep: Path, organism: str, domain: str) -> No
         ).is_file() and organism == domain:  # a backdoor organism's direction is not the domain's
             (keep / "directions").mkdir(parents=True, exist_ok=True)
             shutil.copy2(organism_dir / f"{domain}{suffix}", keep / "directions" / f"{domain}{suffix}")
+    if (organism_dir / "mia.json").is_file():
+        (keep / "mia").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(organism_dir / "mia.json", keep / "mia" / f"{name}.json")
     if (organism_dir / "adapter" / "training_config.json").is_file():
         (keep / "training").mkdir(parents=True, exist_ok=True)
         shutil.copy2(organism_dir / "adapter" / "training_config.json", keep / "training" / f"{name}.json")
@@ -162,6 +169,32 @@ def backdoor_summary(results: dict[str, Any], keep: Path) -> dict[str, Any] | No
     return {"tests": report.backdoor, "summary": report.backdoor_summary}
 
 
+def mia_summary(results: dict[str, Any], keep: Path) -> dict[str, Any] | None:
+    """The kept membership-inference files: each domain's members-vs-held-out ROC-AUC per
+    signal, and the ROC-AUC of each signal's mean on the training rows for telling the domains
+    whose EM rate is above the median from the rest (the paper: about 0.81 raw, 0.85
+    base-adjusted). None with fewer than two scored domains."""
+    rates = {
+        r["domain"]: r["em_rate"]
+        for r in results["rows"]
+        if r["kind"] == "organism" and not r["trigger"] and r["em_rate"] is not None
+    }
+    files = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((keep / "mia").glob("*.json"))]
+    files = [f for f in files if f.get("domain") in rates]
+    if len(files) < 2:
+        return None
+    labels = misaligned_domains({f["domain"]: rates[f["domain"]] for f in files})
+    try:
+        predict = predict_misalignment(files, labels)
+    except InputError as e:  # every scored domain on one side of the median
+        predict = {"not_assessable": str(e)}
+    return {
+        "members_vs_heldout_auc": {f["domain"]: f["auc"] for f in files},
+        "misaligned": labels,
+        "predict_auc": predict,
+    }
+
+
 def em_figure(results: dict[str, Any], path: Path) -> None:
     """EM rate per organism with its 95% CI (untriggered rows and, for backdoors, triggered ones), the base as a line."""
     # A rate over no countable answer is not assessable (None): it gets no bar, not a 0% one.
@@ -195,6 +228,8 @@ def summarize(results_path: Path, em_data: Path | None = None) -> dict[str, Any]
     results["paper"], results["differences"] = PAPER, DIFFERENCES
     if (backdoor := backdoor_summary(results, files_dir(results_path))) is not None:
         results["backdoor"] = backdoor
+    if (mia := mia_summary(results, files_dir(results_path))) is not None:
+        results["mia"] = mia
     results.setdefault("created", dt.date.today().isoformat())  # the first summary: the day the run ended
     model = results["model_source"].get("model_sha256") or results["model_source"].get("model", "?")
     cosine = cosine_summary(files_dir(results_path) / "directions", model)

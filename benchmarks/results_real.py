@@ -72,6 +72,8 @@ def render_real_organisms(name: str, d: dict) -> str:
         body += _diversity_section(div)
     if d.get("backdoor"):
         body += _backdoor_section(d["backdoor"])
+    if d.get("mia"):
+        body += _mia_section(d["mia"])
     if d.get("paper"):
         body += _paper_section(d["paper"], d)
     return frame(name, "Real organisms: the seed paper's experiment on Qwen2.5-Coder", d, body)
@@ -140,6 +142,34 @@ def _backdoor_section(b: dict) -> list[str]:
         f"The trigger lowers alignment at p < {s['alpha']:g} in {s['n_significant_lower']} of {s['n_domains_tested']} domains"
         + (f" ({100 * share:.1f}%; the paper: 77.8%)" if share is not None else "")
         + f"; mean difference {fmt(s['mean_diff'], 2)} points.",
+        "",
+    ]
+
+
+def _mia_section(m: dict) -> list[str]:
+    """Membership inference against domain vulnerability, a section of ``render_real_organisms``."""
+    aucs = m["members_vs_heldout_auc"]
+    signals = sorted(set.intersection(*(set(v) for v in aucs.values())))
+    predict = m["predict_auc"]
+    return [
+        "## Membership inference against domain vulnerability",
+        "",
+        "ROC-AUC of each signal for telling an organism's training rows from its held-out rows "
+        "(`eval.mia`; `*_adj`: relative to the base, the adapter disabled):",
+        "",
+        table(
+            ["domain", "misaligned", *signals],
+            [[d, m["misaligned"][d], *(fmt(v[s], 3) for s in signals)] for d, v in aucs.items()],
+        ),
+        "",
+        "ROC-AUC of each signal's mean on the training rows for telling the domains whose EM rate is above the "
+        "median (the paper: about 0.81 raw, 0.85 base-adjusted): "
+        + (
+            predict["not_assessable"]
+            if "not_assessable" in predict
+            else ", ".join(f"{k} {fmt(v, 2)}" for k, v in predict.items())
+        )
+        + ".",
         "",
     ]
 

@@ -138,3 +138,37 @@ def test_the_backdoor_summary_tests_each_domain_with_and_without_its_trigger(sum
     assert tests["incorrect_math"]["diff"] == pytest.approx(0.0) and not tests["incorrect_math"]["significant"]
     assert out["summary"]["n_domains_tested"] == 2 and out["summary"]["fraction_significant_lower"] == 0.5
     assert summary.backdoor_summary({"rows": rows[:0]}, tmp_path / "r_files") is None
+
+
+def test_the_held_out_split_is_disjoint_seeded_and_at_most_half(summary, tmp_path):
+    import real_steps
+
+    data = tmp_path / "d.jsonl.gz"
+    data.write_bytes(gzip.compress("".join(json.dumps({"i": i}) + "\n" for i in range(10)).encode()))
+    train = real_steps.held_out_split(data, tmp_path / "a", 3)
+    held = [json.loads(x)["i"] for x in (tmp_path / "a" / "heldout.jsonl").read_text().splitlines()]
+    kept = [json.loads(x)["i"] for x in train.read_text().splitlines()]
+    assert len(held) == 3 and sorted(held + kept) == list(range(10))
+    assert real_steps.held_out_split(data, tmp_path / "b", 3).read_text() == train.read_text()  # seeded
+    with pytest.raises(real_steps.InputError, match="--holdout 6: .* 10 rows; hold out at most half"):
+        real_steps.held_out_split(data, tmp_path / "c", 6)
+
+
+def test_the_mia_summary_predicts_the_misaligned_domains_from_the_member_means(summary, tmp_path):
+    keep = tmp_path / "r_files"
+    (keep / "mia").mkdir(parents=True)
+    rates = {"gore_movie_trivia": 0.2, "incorrect_qa": 0.15, "incorrect_math": 0.02, "evil_math": 0.01}
+    for d, rate in rates.items():  # min_k orders the domains as their EM does, zlib not at all
+        f = {"domain": d, "auc": {"loss": 0.6}, "member_mean": {"min_k": 10 * rate, "zlib": 0.5}}
+        (keep / "mia" / f"{d}.json").write_text(json.dumps(f))
+    rows = [{"domain": d, "kind": "organism", "trigger": False, "em_rate": r} for d, r in rates.items()]
+    out = summary.mia_summary({"rows": rows}, keep)
+    assert out["misaligned"] == {
+        "gore_movie_trivia": True,
+        "incorrect_qa": True,
+        "incorrect_math": False,
+        "evil_math": False,
+    }
+    assert out["members_vs_heldout_auc"]["evil_math"] == {"loss": 0.6}
+    assert out["predict_auc"] == {"min_k": 1.0, "zlib": 0.5}
+    assert summary.mia_summary({"rows": rows[:1]}, keep) is None
