@@ -4,11 +4,11 @@ against (:mod:`interp.vector_math`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
+from interp.backends import make_backend
 from interp.base.chat import (
     DEFAULT_SPAN,
     Conversation,
@@ -18,7 +18,6 @@ from interp.base.chat import (
     check_span,
 )
 from interp.base.models import input_device, layer_indices, n_layers
-from interp.hooks import hooks, resid_post, stop_after
 from interp.inputs import pad_right, right_padded_inputs
 
 
@@ -46,20 +45,18 @@ def residual_norms(
     device = input_device(model)
     sums = dict.fromkeys(layers, 0.0)
     n_tokens = 0
+    # The hooks backend's forward, as cache_means runs it: the same hook points, stopped after the last layer.
+    runner = make_backend("hooks", model, tokenizer)
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(items), batch_size):
             ids, answer, _ = pad_right(items[start : start + batch_size], pad_id, device, span)
 
-            def grab(layer: int, answer=answer):
-                def fn(hidden: torch.Tensor, kwargs: dict[str, Any]) -> None:
-                    sums[layer] += float((hidden.float().norm(dim=-1) * answer.to(hidden.device)).sum())
+            def add(layer: int, hidden: torch.Tensor, answer=answer) -> None:
+                sums[layer] += float((hidden.float().norm(dim=-1) * answer.to(hidden.device)).sum())
 
-                return fn
-
-            with hooks(model, {resid_post(l): grab(l) for l in layers}), stop_after(model, max(layers)):
-                model(**right_padded_inputs(ids).kwargs(), use_cache=False)
+            runner.resid_post(right_padded_inputs(ids), layers, add)
             n_tokens += int(answer.sum())
     finally:
         model.train(was_training)

@@ -300,9 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_sweep(args: argparse.Namespace) -> int:
-    from finetune.organism import build_world
-
+def _checked_directions(args: argparse.Namespace) -> tuple[Path, DirectionSet]:
+    """The directions file of the sweep and its directions, refused before any model loads when
+    the options do not fit it (``args.alphas`` gets its default here)."""
     if args.alphas is not None and args.mode == "ablate":
         raise InputError("--alphas: an ablation has no strength; drop --alphas with --mode ablate")
     args.alphas = list(DEFAULT_ALPHAS) if args.alphas is None else args.alphas
@@ -318,6 +318,13 @@ def _run_sweep(args: argparse.Namespace) -> int:
         raise InputError(
             f"--alphas and --layers: {points:,} points to evaluate, more than the {MAX_POINTS:,} one sweep takes; ask for fewer"
         )
+    return path, directions
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from finetune.organism import build_world
+
+    path, directions = _checked_directions(args)
     output_dir(args.out)
     world = build_world(progress=False)
     model, tokenizer = world.load_base() if args.target == "base" else world.load_organism(args.target)
