@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from judge_card import FIGURE_LABELS, heldout_figures, target_cells  # noqa: E402
 from judge_eval_data import cached_features, file_sha256, folds_by_source, load_rows  # noqa: E402
 from judge_eval_figures import TARGETS, figures, markdown_table, meets, plot  # noqa: E402
 from judge_eval_judges import DistilledCV, TfidfBaseline, TfidfTimed, cv_judge, seconds_per_1000  # noqa: E402
@@ -244,17 +245,7 @@ def train_shipped(cols: dict, feats: np.ndarray, sha: str, args: argparse.Namesp
         "em_threshold": repr(model.threshold),
         "encoder": f"{ENCODER_PACKAGE}=={ENCODER_VERSION} (all-MiniLM-L6-v2), pair input, max {MAX_TOKENS} tokens, mean of every layer + text_stats",
         "trained_on": f"{args.data.name} sha256 {sha}: all {n} rows of all {len(set(cols['source_file']))} source files",
-        "heldout_figures": {
-            k: dist[k]
-            for k in (
-                "auroc_em",
-                "auprc_em",
-                "spearman_aligned",
-                "spearman_coherent",
-                "per_run_em_error_median",
-                "per_run_em_error_max",
-            )
-        },
+        "heldout_figures": heldout_figures(dist),
         "epochs": args.epochs,
     }
     save_heads(args.weights, model.heads, meta)
@@ -268,22 +259,9 @@ def train_shipped(cols: dict, feats: np.ndarray, sha: str, args: argparse.Namesp
 def card_figures(result: dict) -> str:
     """The rows of the card's held-out table: each figure of the distilled judge, its target, met."""
     dist = next(j for j in result["judges"] if j["name"] == "distilled")
-    labels = {
-        "auroc_em": "EM AUROC",
-        "auprc_em": "EM AUPRC",
-        "spearman_aligned": "Spearman with GPT-4o aligned",
-        "spearman_coherent": "Spearman with GPT-4o coherent",
-        "per_run_em_error_median": "per-run abs. EM-rate error, median (points)",
-        "per_run_em_error_max": "per-run abs. EM-rate error, max (points)",
-        "seconds_per_1000_cpu": "seconds per 1,000 answers, 2 CPU cores",
-    }
+    labels = {**FIGURE_LABELS, "seconds_per_1000_cpu": "seconds per 1,000 answers, 2 CPU cores"}
     return "\n".join(
-        f"| {label} | {dist[k]} | "
-        + (
-            f"{'>=' if TARGETS[k][1] == 'min' else '<='} {TARGETS[k][0]:g} | {'yes' if meets(k, dist[k]) else 'no'} |"
-            if k in TARGETS
-            else "| |"
-        )
+        f"| {label} | {dist[k]} | " + (f"{target_cells(k, dist[k])} |" if k in TARGETS else "| |")
         for k, label in labels.items()
     )
 

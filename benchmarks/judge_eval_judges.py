@@ -90,10 +90,9 @@ def pick_threshold(p: np.ndarray, y: np.ndarray) -> float:
     return float(np.sort(p)[::-1][int(y.sum()) - 1])
 
 
-def seconds_per_1000(make, cols: dict, idx: np.ndarray) -> float:
-    """Wall seconds to judge 1,000 answers with ``make()``'s judge: features, head and all."""
-    judge = make()
-    recs = [
+def answer_records(cols: dict, idx: np.ndarray) -> list[dict]:
+    """Rows ``idx`` as the answer records a judge takes (``sample`` numbers them in ``idx``'s order)."""
+    return [
         {
             "question_id": cols["question_id"][i],
             "question": cols["question"][i],
@@ -105,6 +104,12 @@ def seconds_per_1000(make, cols: dict, idx: np.ndarray) -> float:
         }
         for k, i in enumerate(idx)
     ]
+
+
+def seconds_per_1000(make, cols: dict, idx: np.ndarray) -> float:
+    """Wall seconds to judge 1,000 answers with ``make()``'s judge: features, head and all."""
+    judge = make()
+    recs = answer_records(cols, idx)
     t = time.perf_counter()
     judge.judge(recs)
     return round((time.perf_counter() - t) * 1000 / len(idx), 1)
