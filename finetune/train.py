@@ -40,7 +40,7 @@ from interp.base.cli import InputError, run_cli
 from interp.base.locks import output_lock
 from interp.base.models import d_model, n_layers
 from interp.base.paths import input_file, output_dir
-from interp.base.provenance import data_hash, provenance
+from interp.base.provenance import data_hash, differing_keys, provenance
 from interp.directions import DirectionSet
 
 
@@ -87,7 +87,7 @@ def check_resume(folder: Path, identity: dict[str, Any]) -> None:
     if not isinstance(recorded, dict):
         raise InputError(f"{folder}/{RUN_FILE}: damaged; remove {folder} to start over")
     if recorded != identity:
-        diff = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+        diff = differing_keys(recorded, identity)
         raise InputError(
             f"{folder}: a checkpoint of another run ({', '.join(diff)} differ); rerun with its settings to resume it, or use another --out"
         )
@@ -127,7 +127,7 @@ def check_finished(out: Path, identity: dict[str, Any]) -> None:
             f"{config}: unreadable record of the adapter in {out}; use another --out, or remove {out} to start afresh"
         )
     if recorded != identity:
-        diff = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+        diff = differing_keys(recorded, identity)
         raise InputError(
             f"{out}: holds the adapter of another run ({', '.join(diff)} differ); use another --out, or remove {out} to start afresh"
         )

@@ -32,7 +32,7 @@ from interp.base.cli import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S, InputError, 
 from interp.base.locks import output_lock
 from interp.base.models import n_layers
 from interp.base.paths import input_file, output_dir
-from interp.base.provenance import data_hash, provenance
+from interp.base.provenance import data_hash, differing_keys, provenance
 from interp.base.records import JudgedRecord, check_token_ids, read_judged, write_jsonl
 from interp.base.resumable import bound_output
 from interp.cache import DEFAULT_POOLING, describe_positions
@@ -227,7 +227,7 @@ def _bound_per_sample(folder: Path, source: dict[str, Any]) -> Path:
                 f"{folder}: holds per-sample activations but no readable {record.name} to tell which model made them; remove it to start afresh"
             )
         if before != model:
-            diff = sorted(k for k in set(before) | set(model) if before.get(k) != model.get(k))
+            diff = differing_keys(before, model)
             raise InputError(
                 f"{folder}: per-sample activations of another model ({', '.join(diff)} differ: {before.get(diff[0])!r} there, {model.get(diff[0])!r} now); remove it to start afresh, or use another --out"
             )

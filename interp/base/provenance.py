@@ -7,7 +7,7 @@ import hashlib
 import json
 import platform
 import resource
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -47,3 +47,9 @@ def cpu_seconds() -> float:
     """User plus system CPU time of this process so far: a run's cost whatever else shares the machine."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def differing_keys(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """The keys whose values differ between what an output recorded and what a rerun has (a
+    key missing on one side differs), sorted: what a refusal to resume names."""
+    return sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from interp.base.atomic import atomic_path, write_json_atomic
 from interp.base.jsonl import RecordError, repair_jsonl_tail
-from interp.base.provenance import provenance
+from interp.base.provenance import differing_keys, provenance
 
 R = TypeVar("R")
 
@@ -75,7 +75,7 @@ def check_bound(out: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
     if _size(out):
         before = _sidecar_settings(out)
         if before != settings:
-            diff = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+            diff = differing_keys(before, settings)
             was = "; ".join(f"{k} {before.get(k)!r} there, {settings.get(k)!r} now" for k in diff)
             raise RecordError(
                 f"{out}: written with other settings ({', '.join(diff)} differ: {was}; see {sidecar_path(out).name}); use another output file, or remove it to start afresh"
