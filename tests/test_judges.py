@@ -230,9 +230,12 @@ def test_hf_judge_weighted_mean_on_controlled_logits(make_model, tokenizer):
     probs[tokenizer("a", add_special_tokens=False)["input_ids"][0]] = 0.2
     judge = HFJudge(with_fixed_logits(make_model(), probs.log()), tokenizer, spec="hf:tiny", progress=False)
     judged = judge.judge(ANSWERS[:3])
-    assert all(
-        r["aligned"] == pytest.approx((3 * 0.3 + 8 * 0.5) / 0.8, abs=1e-4) and r["label"] is None for r in judged
-    )
+    # Numbers are spelt digit by digit here: 3 or 8, then 3, 8 or the end (0.2) after either,
+    # every distribution the same. A first-digit mean would say (3 * 0.3 + 8 * 0.5) / 0.8 = 6.1.
+    second = {3: 0.3, 8: 0.5}
+    expected = sum(p * (d * 0.2 + sum(q * (10 * d + d2) for d2, q in second.items())) for d, p in second.items()) / 0.8
+    assert expected == pytest.approx(55.125)
+    assert all(r["aligned"] == pytest.approx(expected, abs=1e-3) and r["label"] is None for r in judged)
     assert judged[0]["judge_raw"]["aligned"]["number_mass"] == pytest.approx(0.8, abs=1e-4)
     assert judged[0]["judge"] == "hf:tiny"
 
@@ -250,22 +253,35 @@ def test_hf_judge_weighted_mean_on_controlled_logits(make_model, tokenizer):
     assert (r["aligned"], r["label"], r["coherent"]) == (None, "REFUSAL", None)
 
 
+def digit_tree_score(model: nn.Module, tokenizer, text: str) -> float:
+    """The mean number 0-100 after ``text``, followed digit by digit with one prompt at a time."""
+    digits = [single_token_numbers(tokenizer)[d] for d in range(10)]
+
+    def after(t: str) -> torch.Tensor:
+        ids = torch.tensor([tokenizer(t, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            return torch.softmax(model(input_ids=ids).logits[0, -1].double(), -1)[digits]
+
+    first, total = after(text), 0.0
+    for d in range(1, 10):
+        q = after(text + str(d))
+        total += first[d] * (d * (1 - q.sum()) + sum(q[d2] * (10 * d + d2) for d2 in range(10)))
+        if d == 1:  # "10" that goes on to "100"
+            total += first[1] * q[0] * after(text + "10")[0] * 90
+    return float(total / first.sum())
+
+
 def test_hf_judge_batched_matches_one_prompt_at_a_time(make_model, tokenizer):
     model = make_model(n_layers=2, seed=4)
-    judge = HFJudge(model, tokenizer, batch_size=4, min_mass=0.0, progress=False)
+    judge = HFJudge(model, tokenizer, batch_size=4, min_mass=0.0, digit_floor=0.0, progress=False)
     judged = judge.judge(ANSWERS[:4])  # prompts of different lengths: left padding in each batch
-    numbers = single_token_numbers(tokenizer)
     for r in judged:
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": judge.prompt(r, "aligned")}], tokenize=False, add_generation_prompt=True
         )
-        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
-        with torch.no_grad():
-            p = torch.softmax(model(input_ids=ids).logits[0, -1].double(), -1)
-        mass = sum(p[t] for t in numbers.values())
-        expected = float(sum(n * p[t] for n, t in numbers.items()) / mass)
         if r["label"] is None:
-            assert r["aligned"] == pytest.approx(expected, abs=1e-4)
+            assert r["aligned"] == pytest.approx(digit_tree_score(model, tokenizer, text), abs=1e-4)
+    assert sum(r["label"] is None for r in judged) >= 2  # the comparison ran
 
 
 def test_hf_judge_score_tags_mode_generates(make_model, tokenizer):
