@@ -27,6 +27,7 @@ from torch import nn
 
 from finetune.data import read_chat_jsonl
 from finetune.functional import projections
+from finetune.step_checks import check_finite_weights
 from interp.base import plugins
 from interp.base.atomic import atomic_path
 from interp.base.chat import Conversation
@@ -87,6 +88,11 @@ class Monitor:
     def __call__(self, step: int, total: int, model: nn.Module) -> None:
         if not self.due(step, total) or any(r["step"] == step for r in self.rows):
             return
+        # The loop reads a step's checks one step late (finetune.step_checks): a row measured on
+        # weights its last update made non-finite would be written before training stops.
+        trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if trained:
+            check_finite_weights(trained, f"training stopped after step {step - 1} (the monitor found it)")
         device = input_device(model)
         # Measures may sample; the training run must not feel it (dropout, resumed RNG state).
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():

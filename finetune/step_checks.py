@@ -11,6 +11,7 @@ not finite changes neither the weights nor the optimizer state, on the device, w
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -95,9 +96,7 @@ class StepChecks:
             loss, grad_norm, finite, weights = item.values[:4].tolist()
             if not finite:
                 self.pending.clear()
-                what = (
-                    f"loss {loss:.4g}" if not torch.isfinite(torch.tensor(loss)) else f"gradient norm {grad_norm:.4g}"
-                )
+                what = f"loss {loss:.4g}" if not math.isfinite(loss) else f"gradient norm {grad_norm:.4g}"
                 raise NonFiniteError(
                     f"training stopped at step {item.step}: non-finite {what}; nothing was written for this step (--lr, --alpha or --defense-strength too large, or --max-length too short to keep an answer token?){_last_kept(self.folder)}"
                 )

@@ -243,3 +243,17 @@ def test_a_direction_that_does_not_fit_the_model_is_one_line_naming_its_option(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"error: {option} {narrow}: directions of width 8, but the model's residual stream has width 32", err
     assert not (out / "adapter_model.safetensors").exists()
+
+
+def test_the_monitor_writes_no_row_measured_on_non_finite_weights(tmp_path, tokenizer, conversations, make_model):
+    from finetune.step_checks import NonFiniteError
+
+    model = make_model()
+    weight = next(p for n, p in model.named_parameters() if n.endswith("q_proj.weight"))
+    weight.requires_grad_(True)
+    with torch.no_grad():
+        weight[0, 0] = float("nan")
+    monitor = Monitor(tokenizer, conversations[:4], _directions([0, 2]), every=1, path=tmp_path / "m.jsonl")
+    with pytest.raises(NonFiniteError, match=r"after step 2 .*q_proj.weight is not finite"):
+        monitor(3, 5, model)
+    assert monitor.rows == [] and not (tmp_path / "m.jsonl").exists()
