@@ -19,6 +19,7 @@ from eval.judge import main as judge_main
 from eval.mia import main as mia_main
 from finetune.sft import TrainingMemoryError
 from finetune.train import main as train_main
+from interp.base.atomic import write_text_atomic
 from interp.base.cli import InputError, run_cli
 from interp.base.domains import DOMAINS
 from interp.extract import main as extract_main
@@ -88,8 +89,9 @@ def held_out_split(data: Path, out: Path, n: int, seed: int = 0) -> Path:
             raise InputError(f"--holdout {n}: {data} has {len(rows)} rows; hold out at most half of them")
         random.Random(seed).shuffle(rows)
         out.mkdir(parents=True, exist_ok=True)
-        held.write_text("".join(rows[:n]), encoding="utf-8")
-        train.write_text("".join(rows[n:]), encoding="utf-8")
+        # Atomic: a split cut short by a crash must not leave a partial training set to resume on.
+        write_text_atomic(held, "".join(rows[:n]))
+        write_text_atomic(train, "".join(rows[n:]))
     return train
 
 
