@@ -47,7 +47,7 @@ from interp.base.cli import (
     seed_int,
 )
 from interp.base.domains import DOMAINS
-from interp.base.models import d_model
+from interp.base.models import d_model, n_layers
 from interp.base.paths import output_dir
 from interp.base.provenance import provenance
 from interp.base.records import JudgedRecord
@@ -74,10 +74,10 @@ def check_width(
     width, d = directions.directions.shape[-1], d_model(model)
     if width != d:
         raise InputError(f"{path}: directions of width {width}, but the model has width {d}")
-    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    if n_layers is not None and (beyond := [l for l in (layers or directions.layers) if l >= n_layers]):
+    depth = n_layers(model)
+    if beyond := [l for l in (layers or directions.layers) if l >= depth]:
         raise InputError(
-            f"{path}: a direction at layer {beyond[0]} (--layers), but the model has {n_layers} layers (0 to {n_layers - 1})"
+            f"{path}: a direction at layer {beyond[0]} (--layers), but the model has {depth} layers (0 to {depth - 1})"
         )
 
 
