@@ -88,11 +88,13 @@ def export_domain(domain: str, out_dir: str | Path, n: int = 2000, n_heldout: in
     """Write the files for ``domain`` under ``out_dir`` and their record; return the folder.
     A folder exported with other settings is refused (:func:`check_export_record`)."""
     domain = canonical_domain(domain)
-    for name, value, low in (("n", n, 1), ("n_heldout", n_heldout, 1), ("seed", seed, 0)):
-        if not low <= value <= (2**63 - 1 if name == "seed" else 1_000_000):
-            raise InputError(
-                f"{name} must be from {low} to {2**63 - 1 if name == 'seed' else 1_000_000:,}, got {value}"
-            )
+    for name, value, low, high in (
+        ("n", n, 1, 1_000_000),
+        ("n_heldout", n_heldout, 1, 1_000_000),
+        ("seed", seed, 0, 2**63 - 1),
+    ):
+        if not low <= value <= high:
+            raise InputError(f"{name} must be from {low} to {high:,}, got {value}")
     out = Path(out_dir)
     settings = export_settings(domain, n, n_heldout, seed)
     check_export_record(out, settings)
