@@ -14,6 +14,8 @@ import torch
 from eval.judges.distilled_encoder import OfflineJudgeError
 from eval.judges.distilled_heads import OUTPUTS_V2, FinetunedHead, Head
 from interp.base.atomic import save_safetensors_atomic
+from interp.base.cli import InputError
+from interp.base.paths import read_safetensors
 
 FORMAT_V1 = "distilled-judge-v1"
 FORMAT_V2 = "distilled-judge-v2"
@@ -30,19 +32,15 @@ def _save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, st
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a distilled-judge file; missing or unreadable files are an :class:`OfflineJudgeError`."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise OfflineJudgeError(
             f"{path}: no distilled-judge weights here; reinstall the toolkit (pip install -e .) or rebuild them with python benchmarks/judge_eval.py --train-shipped"
         )
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise OfflineJudgeError(f"{path}: not readable safetensors weights ({e})") from None
+        tensors, meta = read_safetensors(path, "safetensors weights file")
+    except InputError as e:
+        raise OfflineJudgeError(str(e)) from None
     if meta.get("format") not in (FORMAT_V1, FORMAT_V2):
         raise OfflineJudgeError(f"{path}: not distilled-judge weights (format {meta.get('format')!r})")
     return tensors, meta
