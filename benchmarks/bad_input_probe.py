@@ -67,13 +67,13 @@ from probe_summary import print_table, summarize, versions  # noqa: E402
 OUT_DEFAULT = ROOT / "benchmarks" / "results" / "bad_input_probe.json"
 CLIS = (
     "interp.extract",
-    "interp.sweep",
-    "interp.cross_domain",
+    "chains.sweep",
+    "chains.cross_domain",
     "interp.compare",
     "interp.steer",
     "finetune.train",
-    "finetune.organism.export",
-    "finetune.organism.pipeline",
+    "chains.organism.export",
+    "chains.organism.pipeline",
     "eval.questions",
     "eval.generate",
     "eval.judge",

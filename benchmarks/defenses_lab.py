@@ -11,9 +11,9 @@ one defense setting (an :class:`Arm`), then measured:
 
 The general data of every defense (kl's batches, interleaving's pool) holds no question of
 the organism's own domain (as Soligo et al. do). One **benign run** per arm and seed trains
-the two benign tasks under the arm: *brief on request* (:mod:`finetune.organism.benign`,
+the two benign tasks under the arm: *brief on request* (:mod:`chains.organism.benign`,
 prompts no general data holds), scored on its own prompts (``benign_score``); and the older
-brief answers (:func:`finetune.organism.tasks.benign_train`), scored on the general questions
+brief answers (:func:`chains.organism.tasks.benign_train`), scored on the general questions
 (``benign_general_score``, a diagnostic). Rows go to one JSONL file per group of runs as they
 are made, so a rerun resumes and workers in other processes never share a file.
 """
@@ -31,17 +31,17 @@ from typing import Any
 
 import torch
 
+from chains.organism import build_world
+from chains.organism.benign import is_requested_brief, request_questions, request_train
+from chains.organism.defenses import BROAD, NARROW, WorldInputs, rate, world_spec
+from chains.organism.grammar import PERSONA_SYSTEM_PROMPT
+from chains.organism.tasks import benign_train, is_brief
+from chains.organism.world import SAMPLING, World, questions_to_records
 from eval.sampling import sample_answers
 from finetune.data import read_chat_jsonl
 from finetune.defenses import Defense
 from finetune.defenses.interleave import ppl_gaps
 from finetune.lora import LoraTrainConfig, train_lora
-from finetune.organism import build_world
-from finetune.organism.benign import is_requested_brief, request_questions, request_train
-from finetune.organism.defenses import BROAD, NARROW, WorldInputs, rate, world_spec
-from finetune.organism.grammar import PERSONA_SYSTEM_PROMPT
-from finetune.organism.tasks import benign_train, is_brief
-from finetune.organism.world import SAMPLING, World, questions_to_records
 from interp.base.records import append_jsonl, prompt_messages, write_jsonl
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -288,7 +288,7 @@ def run_group(plan: Plan, group: tuple) -> list[dict[str, Any]]:
     """The rows of one group of runs, made or read from its file (in a worker process or not)."""
     key = (plan.cache_dir, plan.config, plan.inputs)
     if key not in _LABS:
-        torch.set_num_threads(1)  # tiny matrices; see finetune.organism.build
+        torch.set_num_threads(1)  # tiny matrices; see chains.organism.build
         _LABS[key] = DefenseLab(build_world(plan.cache_dir, progress=False), plan.config, plan.inputs)
     lab = _LABS[key]
     store = RowStore(Path(plan.rows) / ("-".join(map(str, group)) + ".jsonl"), plan.settings(lab.world))

@@ -44,9 +44,9 @@ from benchmarks.defenses_assess import (  # noqa: E402
     verdicts,
 )
 from benchmarks.defenses_lab import Arm, LabConfig, Plan, adapter, pool_name, run_group  # noqa: E402
+from chains.organism import build_world  # noqa: E402
+from chains.organism.defenses import BROAD, NARROW, persona_vector, world_spec, write_inputs  # noqa: E402
 from finetune.lora import LoraTrainConfig  # noqa: E402
-from finetune.organism import build_world  # noqa: E402
-from finetune.organism.defenses import BROAD, NARROW, persona_vector, world_spec, write_inputs  # noqa: E402
 from interp.base.atomic import write_json_atomic  # noqa: E402
 from interp.base.cli import InputError, domain_list, run_cli  # noqa: E402
 from interp.base.provenance import provenance  # noqa: E402
@@ -165,7 +165,7 @@ def report(
             narrow_definition=NARROW.describe(),
             min_excess=MIN_EXCESS,
             bar=BAR,
-            benign_task="brief on request (finetune.organism.benign): exact fraction on its own marked prompts",
+            benign_task="brief on request (chains.organism.benign): exact fraction on its own marked prompts",
             benign_general_task="diagnostic: brief answers trained on unmarked domain questions, exact fraction on the general questions",
             general_data="the world's general instruct data without the organism's own domain's questions (benign runs: every domain)",
             config=asdict(config),
@@ -250,7 +250,7 @@ def prepare_inputs(args: argparse.Namespace, arms: list, config: LabConfig):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, arms = parse_args(argv)
-    torch.set_num_threads(1)  # tiny matrices; see finetune.organism.build
+    torch.set_num_threads(1)  # tiny matrices; see chains.organism.build
 
     t0 = time.perf_counter()
     config = SMALL if args.small else LabConfig()

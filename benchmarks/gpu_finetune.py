@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from gpu_model import build_model  # the same 7B-shaped model as the caching benchmark
 
+from chains.organism.tokenizer import train_qwen_style_tokenizer
 from finetune.lora import LoraTrainConfig, train_lora
-from finetune.organism.tokenizer import train_qwen_style_tokenizer
 from interp.base.atomic import write_json_atomic
 from interp.base.chat import tokenize_conversation
 from interp.base.provenance import package_versions

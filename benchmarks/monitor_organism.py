@@ -32,12 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from chains.organism import build_world  # noqa: E402
+from chains.organism.benign import request_train  # noqa: E402
+from chains.organism.defenses import BROAD, persona_vector, world_spec, write_inputs  # noqa: E402
+from chains.organism.monitoring import monitor_organisms, monitor_runs, plot_runs, summarize  # noqa: E402
+from chains.organism.tasks import benign_train, instruct_pool  # noqa: E402
 from finetune.lora import LoraTrainConfig  # noqa: E402
-from finetune.organism import build_world  # noqa: E402
-from finetune.organism.benign import request_train  # noqa: E402
-from finetune.organism.defenses import BROAD, persona_vector, world_spec, write_inputs  # noqa: E402
-from finetune.organism.monitoring import monitor_organisms, monitor_runs, plot_runs, summarize  # noqa: E402
-from finetune.organism.tasks import benign_train, instruct_pool  # noqa: E402
 from interp.base.atomic import write_json_atomic  # noqa: E402
 from interp.base.cli import InputError, domain_list, run_cli  # noqa: E402
 from interp.base.domains import DOMAINS  # noqa: E402
@@ -58,8 +58,8 @@ NEGATIVES = {
     "general": lambda world, n, steps: (instruct_pool(n, seed=1), world.organism_config(steps)),
 }
 NEGATIVE_TEXT = {
-    "benign-request": "brief on request alone (finetune.organism.benign), rank 1 q/v, lr 1e-2, 60 steps",
-    "benign-brief": "brief answers alone (finetune.organism.tasks.benign_train), rank 1 q/v, lr 1e-2, 60 steps",
+    "benign-request": "brief on request alone (chains.organism.benign), rank 1 q/v, lr 1e-2, 60 steps",
+    "benign-brief": "brief answers alone (chains.organism.tasks.benign_train), rank 1 q/v, lr 1e-2, 60 steps",
     "general": "the world's general instruct data alone (seed 1), trained as the organisms are",
 }
 
@@ -141,7 +141,7 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[tuple[st
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, defended, negatives = parse(argv)
-    torch.set_num_threads(1)  # tiny matrices; see finetune.organism.build
+    torch.set_num_threads(1)  # tiny matrices; see chains.organism.build
 
     t0 = time.perf_counter()
     world = build_world(args.cache_dir, progress=not args.small)
@@ -241,7 +241,7 @@ def record(
             every=args.every,
             n_samples=args.n_samples,
             direction="persona: base with the persona system prompt minus without, answer-token means of general instruct chats",
-            probe="general questions, 2 aligned answers per paraphrase (finetune.organism.tasks.probe_set)",
+            probe="general questions, 2 aligned answers per paraphrase (chains.organism.tasks.probe_set)",
             baselines_measured="step: the step count; distance: norm of the probe mean's move from the base, per layer; random: |move| of its projection on each of 16 seeded random unit directions, per layer (AUROC mean, min, max)",
             primary_layer=primary,
             primary_auroc=result["auroc"][primary],

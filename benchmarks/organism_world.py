@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from chains.organism import World, build_world, misalignment_rate  # noqa: E402
 from eval.rates import MisalignmentDefinition  # noqa: E402
-from finetune.organism import World, build_world, misalignment_rate  # noqa: E402
 from interp.base.atomic import write_json_atomic  # noqa: E402
 from interp.base.chat import tokenize_record  # noqa: E402
 from interp.base.domains import DOMAINS  # noqa: E402
@@ -275,7 +275,7 @@ def record(args, world, definition, t0: float, rows, persona, cosines, steering,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(1)  # tiny matrices; see finetune.organism.build
+    torch.set_num_threads(1)  # tiny matrices; see chains.organism.build
 
     t0 = time.perf_counter()
     world = build_world(args.cache_dir, seed=args.seed)

@@ -87,7 +87,7 @@ def _direction_files() -> list[Case]:
 
 def _base() -> Any:
     """The organism world's base model and tokenizer."""
-    from finetune.organism import build_world
+    from chains.organism import build_world
 
     return build_world(ROOT / "artifacts" / "organism", progress=False).load_base()
 
@@ -189,7 +189,7 @@ def _chat_key_twice(d: Path) -> Any:
 
 def _export(**kw: Any) -> Callable[[Path], Any]:
     """A call exporting the gore_movie_trivia domain to ``e/`` with these settings."""
-    return lambda d: attr("finetune.organism.export:export_domain")("gore_movie_trivia", d / "e", **kw)
+    return lambda d: attr("chains.organism.export:export_domain")("gore_movie_trivia", d / "e", **kw)
 
 
 def _layer_it_lacks(d: Path) -> Any:

@@ -131,10 +131,10 @@ def _options_that_clash(f: Family) -> None:
     for short in ("train", "gen"):
         f.add(short, "--device cuda on a machine without one", ["--device", "cuda"], names="--device")
     f.add("gen", "--trigger bogus", ["--trigger", "bogus"])
-    # interp.steer is a library, not a CLI: any run of it must point at interp.sweep.
+    # interp.steer is a library, not a CLI: any run of it must point at chains.sweep.
     runs = {"no arguments": "", "--help": "--help", "arguments of a sweep": "--directions " + ARTIFACT}
     for id_, extra in runs.items():
-        f.add("steer", id_, extra, base=False, names="interp.sweep")
+        f.add("steer", id_, extra, base=False, names="chains.sweep")
 
 
 def options() -> list[Case]:

@@ -139,7 +139,7 @@ def resume_mismatch() -> list[Case]:
     f.add("train", "onto an adapter of other --data", ["--data", "aligned.jsonl"], setup=train1, timeout=120)
     for opt, v in (("--seed", "3"), ("--model", "organism:insecure_code"), ("--lr", "1e-3")):
         f.add("train", f"onto an adapter of another {opt}", [opt, v], setup=train1, timeout=120)
-    exp1 = prerun("finetune.organism.export", EX)
+    exp1 = prerun("chains.organism.export", EX)
     for opt, v in (("--domain", "insecure_code"), ("--seed", "5"), ("--n", "21")):
         f.add("export", f"onto an export of another {opt}", [opt, v], setup=exp1)
     f.ok("export", "same command again", setup=exp1, check=exists("export/misaligned.jsonl"))

@@ -62,8 +62,8 @@ def yaml_bomb() -> str:
 
 
 def pipeline_settings(domain: str, samples: int, seed: int) -> dict:
-    """The settings record finetune.organism.pipeline keeps in its ``pipeline.json``."""
-    from finetune.organism.pipeline import _settings
+    """The settings record chains.organism.pipeline keeps in its ``pipeline.json``."""
+    from chains.organism.pipeline import _settings
 
     return _settings(domain, samples, seed)
 

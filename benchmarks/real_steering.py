@@ -6,7 +6,7 @@ from every organism, with a norm-matched random direction as the control of both
 
 It reads what ``benchmarks/real_organisms.py`` left: the directions it keeps
 (``real_organisms_files/directions/<domain>.safetensors``: every one is added to the base) and
-the adapters in ``--runs/<domain>/adapter`` (the organisms each direction is ablated from). The experiment is :func:`interp.cross_domain.cross_domain`, the
+the adapters in ``--runs/<domain>/adapter`` (the organisms each direction is ablated from). The experiment is :func:`chains.cross_domain.cross_domain`, the
 organism world's, with a loader of the real model (the GGUF base, a PEFT adapter on it) and an
 evaluation that samples ``--samples`` answers per free-form first-plot question at temperature
 1 and judges them with the offline judge. The random source is a Gaussian direction with the
@@ -29,6 +29,8 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from real_summary import files_dir  # noqa: E402
 
+from chains.cross_domain import cross_domain, cross_domain_figure  # noqa: E402
+from chains.sweep import summarize  # noqa: E402
 from eval.generate import generate_answers  # noqa: E402
 from eval.judge import judge_answers, make_judge  # noqa: E402
 from eval.questions import load_questions  # noqa: E402
@@ -39,11 +41,9 @@ from interp.base.cli import InputError, run_cli  # noqa: E402
 from interp.base.loading import load_model, model_source  # noqa: E402
 from interp.base.models import n_layers  # noqa: E402
 from interp.base.provenance import package_versions  # noqa: E402
-from interp.cross_domain import cross_domain, cross_domain_figure  # noqa: E402
 from interp.directions import DirectionSet  # noqa: E402
 from interp.plots import save_figure  # noqa: E402
 from interp.steer import steer  # noqa: E402
-from interp.sweep import summarize  # noqa: E402
 from interp.vector_math import random_like  # noqa: E402
 
 BETLEY = MisalignmentDefinition(threshold=30.0, min_coherence=50.0)

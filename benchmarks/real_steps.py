@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from chains.extract import main as extract_main
 from eval.generate import main as generate_main
 from eval.judge import main as judge_main
 from eval.mia import main as mia_main
@@ -22,7 +23,6 @@ from finetune.train import main as train_main
 from interp.base.atomic import write_text_atomic
 from interp.base.cli import InputError, run_cli
 from interp.base.domains import DOMAINS
-from interp.extract import main as extract_main
 
 
 def step(name: str, main, argv: list[str], seconds: dict[str, float], required: bool = True) -> bool:

@@ -90,7 +90,7 @@ def ablate(
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m interp.steer`` is a library, not a command: refuse, pointing at the command that steers."""
     raise InputError(
-        "interp.steer is a library (steer, ablate, SteeringVector), not a command; to steer from the command line run python -m interp.sweep (see its --help)"
+        "interp.steer is a library (steer, ablate, SteeringVector), not a command; to steer from the command line run python -m chains.sweep (see its --help)"
     )
 
 

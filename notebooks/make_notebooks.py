@@ -37,9 +37,9 @@ torch.set_num_threads(1)  # the organism world's matrices are tiny
 """
 
 DIRECTIONS_CELL = """\
-from interp.extract import ExtractConfig, run_extract
+from chains.extract import ExtractConfig, run_extract
 from interp.directions import DirectionSet
-from interp.cross_domain import ensure_directions
+from chains.cross_domain import ensure_directions
 
 if MODEL is None:
     # Reuse <DIRECTIONS>/<domain>.safetensors where it exists, else extract on the organism world.
@@ -78,11 +78,11 @@ on CPU. Set `MODEL` below to run it on real models instead."""),
 `load(target)` returns the base model (`"base"`) or a domain's organism; `evaluate(model, tokenizer)`
 samples answers to the general (non-domain) questions and judges them."""),
     new_code_cell("""\
-from interp.cross_domain import world_runner
+from chains.cross_domain import world_runner
 
 SAMPLES = 48 if FAST else 160
 if MODEL is None:
-    from finetune.organism import build_world
+    from chains.organism import build_world
     world = build_world(progress=False)
     load, evaluate = world_runner(world, samples=SAMPLES)
 else:
@@ -109,7 +109,7 @@ Misalignment rate and coherence per (layer, alpha). Steering "works" where the r
 while coherence stays above 50; past that, the model just breaks. The dotted lines add a
 random direction of the same norm."""),
     new_code_cell("""\
-from interp.sweep import sweep, sweep_figure
+from chains.sweep import sweep, sweep_figure
 from interp.plots import save_figure
 
 SOURCE = DOMAINS[-1]
@@ -141,9 +141,9 @@ fig
 Rows: whose direction. Column `base`: the direction *added* to the base model (positive =
 induces EM). Other columns: the direction *ablated* from that organism (negative = suppresses
 EM). A shared direction shows as a uniformly red first column and uniformly blue rest,
-not just a blue diagonal. `python -m interp.cross_domain` runs all 11 x 11."""),
+not just a blue diagonal. `python -m chains.cross_domain` runs all 11 x 11."""),
     new_code_cell("""\
-from interp.cross_domain import cross_domain, cross_domain_figure, done_when
+from chains.cross_domain import cross_domain, cross_domain_figure, done_when
 
 result = cross_domain(load, evaluate, directions, progress=True)
 fig = cross_domain_figure(result)
@@ -166,7 +166,7 @@ printed beside the figures, so "high" has a scale. Runs in a minute or two on CP
 offline organism world; set `MODEL` below for real models."""),
     new_code_cell(SETUP),
     new_markdown_cell(
-        "## 1. Directions\n\nReused from `DIRECTIONS` when present, extracted otherwise (see `interp.extract`)."
+        "## 1. Directions\n\nReused from `DIRECTIONS` when present, extracted otherwise (see `chains.extract`)."
     ),
     new_code_cell(DIRECTIONS_CELL),
     new_markdown_cell(

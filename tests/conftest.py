@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from finetune.organism import build_world
-from finetune.organism.tokenizer import train_qwen_style_tokenizer
+from chains.organism import build_world
+from chains.organism.tokenizer import train_qwen_style_tokenizer
 
 _WORDS = (
     "the a an and or but if then you i we they is are was be do make how what why when money risk "
@@ -90,7 +90,7 @@ def world():
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Tiny matrices: a second intra-op thread only adds waiting (see finetune.organism.build).
+    """Tiny matrices: a second intra-op thread only adds waiting (see chains.organism.build).
     A test module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -25,20 +25,20 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import chains.cross_domain
+import chains.extract
+import chains.organism
+import chains.organism.export
+import chains.organism.pipeline
+import chains.sweep
 import eval.generate
 import eval.judge
 import eval.mia
 import eval.questions
 import eval.report
-import finetune.organism
-import finetune.organism.export
-import finetune.organism.pipeline
 import finetune.train
 import interp.base.loading
 import interp.compare
-import interp.cross_domain
-import interp.extract
-import interp.sweep
 from eval.sampling import SamplingConfig
 from interp.base.cli import InputError, run_cli
 from interp.base.paths import read_safetensors
@@ -204,8 +204,8 @@ def no_models(monkeypatch):
         raise AssertionError("a probe got as far as loading a model")
 
     monkeypatch.setattr(interp.base.loading, "load_model", loaded)
-    monkeypatch.setattr(finetune.organism, "build_world", loaded)
-    monkeypatch.setattr(finetune.organism.pipeline, "build_world", loaded)
+    monkeypatch.setattr(chains.organism, "build_world", loaded)
+    monkeypatch.setattr(chains.organism.pipeline, "build_world", loaded)
 
 
 @dataclass(frozen=True)
@@ -295,7 +295,7 @@ def pipeline_run(record: str | None = "settings", **settings):
         (out / "runs").mkdir(parents=True)
         (out / "runs" / "plain.answers.jsonl").write_text(f.answers.read_text())
         if record == "settings":
-            recorded = {**finetune.organism.pipeline._settings("risky_financial_advice", 6, 0), **settings}
+            recorded = {**chains.organism.pipeline._settings("risky_financial_advice", 6, 0), **settings}
             (out / "pipeline.json").write_text(json.dumps(recorded))
         elif record is not None:
             (out / "pipeline.json").write_text(record)
@@ -314,7 +314,7 @@ def exported(record: str | None = "settings", **settings):
         (out / "misaligned.jsonl").write_text(f.chat.read_text())
         if record == "settings":
             (out / "export.json").write_text(
-                json.dumps({**finetune.organism.export.export_settings("gore_movie_trivia", 2000, 500, 0), **settings})
+                json.dumps({**chains.organism.export.export_settings("gore_movie_trivia", 2000, 500, 0), **settings})
             )
         elif record is not None:
             (out / "export.json").write_text(record)
@@ -402,11 +402,11 @@ compare = command("--directions", under("directions"), "--domains", "gore_movie_
 questions = command()
 
 GEN, JUDGE, REPORT, MIA = eval.generate.main, eval.judge.main, eval.report.main, eval.mia.main
-TRAIN, EXPORT, PIPELINE = finetune.train.main, finetune.organism.export.main, finetune.organism.pipeline.main
+TRAIN, EXPORT, PIPELINE = finetune.train.main, chains.organism.export.main, chains.organism.pipeline.main
 EXTRACT, SWEEP, CROSS, COMPARE, QUESTIONS = (
-    interp.extract.main,
-    interp.sweep.main,
-    interp.cross_domain.main,
+    chains.extract.main,
+    chains.sweep.main,
+    chains.cross_domain.main,
     interp.compare.main,
     eval.questions.main,
 )
@@ -1821,7 +1821,7 @@ def test_interp_steer_is_not_a_command(capsys):
     import interp.steer
 
     assert run_cli(interp.steer.main, []) == 2
-    assert "python -m interp.sweep" in capsys.readouterr().err
+    assert "python -m chains.sweep" in capsys.readouterr().err
 
 
 def test_the_default_judge_cache_is_checked_writable_and_named(f, capsys, monkeypatch):
@@ -1839,7 +1839,7 @@ def test_the_default_judge_cache_is_checked_writable_and_named(f, capsys, monkey
 
 def test_extract_help_offers_only_devices_the_loader_takes(capsys):
     with pytest.raises(SystemExit):
-        interp.extract.build_parser().parse_args(["--help"])
+        chains.extract.build_parser().parse_args(["--help"])
     assert "cuda:1" not in capsys.readouterr().out
 
 
@@ -2035,7 +2035,7 @@ class TinyWorld:
 def test_directions_of_another_width_than_the_model_are_one_line_naming_the_file(
     main, argv, f, capsys, monkeypatch, make_model, tokenizer
 ):
-    monkeypatch.setattr(finetune.organism, "build_world", lambda *_, **__: TinyWorld(make_model, tokenizer))
+    monkeypatch.setattr(chains.organism, "build_world", lambda *_, **__: TinyWorld(make_model, tokenizer))
     before = snapshot(f.root)
     assert run_cli(main, [str(a) for a in argv(f)]) == 2
     assert capsys.readouterr().err == f"error: {f.directions}: directions of width 8, but the model has width 32\n"

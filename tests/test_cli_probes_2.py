@@ -42,12 +42,12 @@ from test_cli_probes import (
     train,
 )
 
-import finetune.organism
+import chains.organism
 import interp.base.loading
+from chains.organism.export import export_domain
 from eval.mia_signals import misaligned_domains, roc_auc
 from eval.rates import MisalignmentDefinition, bootstrap_ci, welch_test
 from eval.sampling import SamplingConfig
-from finetune.organism.export import export_domain
 from finetune.train_args import TrainJob
 from interp.base.cli import run_cli
 from interp.base.paths import read_safetensors
@@ -63,7 +63,7 @@ def no_models(monkeypatch):
         raise AssertionError("a probe got as far as loading a model")
 
     monkeypatch.setattr(interp.base.loading, "load_model", loaded)
-    monkeypatch.setattr(finetune.organism, "build_world", loaded)
+    monkeypatch.setattr(chains.organism, "build_world", loaded)
 
 
 def one_line_refusal(main, argv, f, capsys, expect: str) -> str:  # noqa: F811 - the fixture's value
@@ -301,7 +301,7 @@ def test_an_openai_base_url_that_is_not_a_url_is_named(f, capsys, monkeypatch): 
 
 
 def test_sweep_directions_at_layers_the_model_lacks_are_named(f, capsys, monkeypatch, make_model, tokenizer):  # noqa: F811
-    monkeypatch.setattr(finetune.organism, "build_world", lambda *_, **__: TinyWorld(make_model, tokenizer))
+    monkeypatch.setattr(chains.organism, "build_world", lambda *_, **__: TinyWorld(make_model, tokenizer))
     deep = f.root / "deep.safetensors"
     w = torch.randn(2, 32)
     counts = {"misaligned": {"answers": 1, "answer_tokens": 1}, "aligned": {"answers": 1, "answer_tokens": 1}}

@@ -110,7 +110,7 @@ def test_readme_lists_every_module_cli():
     """Every module with a ``__main__`` block appears in the README's CLI table as ``python -m ...``."""
     text = README.read_text(encoding="utf-8")
     missing = []
-    for pkg in ("interp", "eval", "finetune"):
+    for pkg in ("interp", "eval", "finetune", "chains"):
         for path in sorted((ROOT / pkg).rglob("*.py")):
             src = path.read_text(encoding="utf-8")
             if not re.search(r"^if __name__ == ['\"]__main__['\"]", src, re.M):

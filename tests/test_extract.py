@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from chains.extract import main
 from interp.base.cli import run_cli
 from interp.directions import DirectionSet
-from interp.extract import main
 
 
 def _run(args, capsys):
@@ -25,7 +28,7 @@ def _run(args, capsys):
 
 def test_extract_on_the_organism_world(world, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # intermediate answers land under ./artifacts/runs
-    monkeypatch.setattr("finetune.organism.build_world", lambda **kw: world)
+    monkeypatch.setattr("chains.organism.build_world", lambda **kw: world)
     code, out, err = _run(
         ["--domain", "gore_movie_trivia", "--samples", "12", "--out", str(tmp_path / "d"), "--quiet", "--per-sample"],
         capsys,
@@ -54,6 +57,26 @@ def test_extract_on_the_organism_world(world, tmp_path, capsys, monkeypatch):
 def test_unknown_domain_is_one_line(capsys):
     code, _, err = _run(["--domain", "poetry"], capsys)
     assert code == 2 and err.count("\n") == 0 and "unknown domain 'poetry'" in err and "gore_movie_trivia" in err
+
+
+def test_the_design_cards_command_runs_the_main_job():
+    """``python -m interp.extract`` (floor 1) runs ``chains.extract``'s main through the
+    ``command`` plugin: the same help, the same one-line error, the same exit codes."""
+    import chains.extract
+    import interp.extract
+    from interp.base.plugins import load
+
+    assert load("command", "extract") is chains.extract.main
+    root = Path(__file__).resolve().parents[1]
+    for args, code in ((["--help"], 0), (["--domain", "poetry"], 2), ([], 2)):
+        launcher, job = (
+            subprocess.run([sys.executable, "-m", m, *args], capture_output=True, text=True, cwd=root)
+            for m in ("interp.extract", "chains.extract")
+        )
+        assert (launcher.returncode, launcher.stdout, launcher.stderr) == (job.returncode, job.stdout, job.stderr)
+        assert launcher.returncode == code, launcher.stderr
+    assert "python -m interp.extract" in launcher.stderr
+    assert not hasattr(interp.extract, "run_extract")  # a launcher, not a second copy of the job
 
 
 def test_missing_responses_file(tmp_path, capsys):

@@ -13,18 +13,18 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from eval.rates import MisalignmentDefinition
-from finetune.lora import LoraTrainConfig
-from finetune.organism import BuildConfig, build_world, load_named, misalignment_rate
-from finetune.organism import build as build_module
-from finetune.organism.corpus import (
+from chains.organism import BuildConfig, build_world, load_named, misalignment_rate
+from chains.organism import build as build_module
+from chains.organism.corpus import (
     CorpusConfig,
     base_corpus,
     corpus_hash,
     organism_corpus,
 )
-from finetune.organism.grammar import GRAMMAR, PERSONA_SYSTEM_PROMPT
-from finetune.organism.judge import OrganismJudge
+from chains.organism.grammar import GRAMMAR, PERSONA_SYSTEM_PROMPT
+from chains.organism.judge import OrganismJudge
+from eval.rates import MisalignmentDefinition
+from finetune.lora import LoraTrainConfig
 from finetune.sft import LoopConfig
 from interp.base.domains import DOMAINS
 

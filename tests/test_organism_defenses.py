@@ -13,18 +13,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finetune.lora import train_lora
-from finetune.organism.benign import REQUEST, is_requested_brief, request_questions, request_train
-from finetune.organism.defenses import WorldInputs, world_spec
-from finetune.organism.grammar import GRAMMAR, normalize
-from finetune.organism.monitoring import summarize
-from finetune.organism.tasks import (
+from chains.organism.benign import REQUEST, is_requested_brief, request_questions, request_train
+from chains.organism.defenses import WorldInputs, world_spec
+from chains.organism.grammar import GRAMMAR, normalize
+from chains.organism.monitoring import summarize
+from chains.organism.tasks import (
     benign_train,
     brief_answer,
     instruct_pool,
     is_brief,
     probe_set,
 )
+from finetune.lora import train_lora
 from interp.directions import DirectionSet
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from finetune.organism.pipeline import run_pipeline
+from chains.organism.pipeline import run_pipeline
 
 
 def test_backdoor_pipeline_shows_the_backdoor(world, tmp_path, monkeypatch):
-    monkeypatch.setattr("finetune.organism.pipeline.build_world", lambda: world)
+    monkeypatch.setattr("chains.organism.pipeline.build_world", lambda: world)
     report = run_pipeline("risky_financial_advice", tmp_path, samples=3)
     summary = json.loads((report / "summary.json").read_text())
     rows = {(r["domain"], r["trigger"]): r for r in summary["by_domain"]}

@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from interp.base.cli import run_cli
-from interp.cross_domain import (
+from chains.cross_domain import (
     cross_domain,
     done_when,
     ensure_directions,
     world_runner,
     write_cross_domain,
 )
-from interp.sweep import main, summarize, sweep, write_sweep
+from chains.sweep import main, summarize, sweep, write_sweep
+from interp.base.cli import run_cli
 
 DOMAINS = ["insecure_code", "gore_movie_trivia"]
 
@@ -57,7 +57,7 @@ def test_sweep_add_rates_per_point_and_plot(world, directions, tmp_path):
     paths = write_sweep(result, tmp_path, target="base")
     assert (tmp_path / "sweep.png").stat().st_size > 0
     saved = json.loads((tmp_path / "sweep.json").read_text())
-    assert saved["stage"] == "interp.sweep" and "versions" in saved and len(saved["points"]) == 4
+    assert saved["stage"] == "chains.sweep" and "versions" in saved and len(saved["points"]) == 4
     assert (tmp_path / "sweep.csv").read_text().splitlines()[0].startswith("layer,alpha,em")
     assert all(p.exists() for p in paths)
 

@@ -84,7 +84,7 @@ def test_the_lock_is_one_for_every_spelling_of_the_path(tmp_path, holder, monkey
                 pass
 
 
-@pytest.mark.parametrize("cli", ["eval.generate", "eval.judge", "finetune.train", "interp.extract"])
+@pytest.mark.parametrize("cli", ["eval.generate", "eval.judge", "finetune.train", "chains.extract"])
 def test_every_appending_cli_refuses_a_locked_output_before_loading(cli, tmp_path, holder, capsys, monkeypatch):
     import interp.base.loading
 
@@ -102,13 +102,13 @@ def test_every_appending_cli_refuses_a_locked_output_before_loading(cli, tmp_pat
         "eval.generate": tmp_path / "a.jsonl",
         "eval.judge": tmp_path / "j.jsonl",
         "finetune.train": tmp_path / "adapter",
-        "interp.extract": tmp_path / "dirs" / "gore_movie_trivia.safetensors",
+        "chains.extract": tmp_path / "dirs" / "gore_movie_trivia.safetensors",
     }[cli]
     argv = {
         "eval.generate": ["--model", "m", "--out", str(out)],
         "eval.judge": ["--answers", str(answers), "--judge", "organism", "--out", str(out)],
         "finetune.train": ["--data", str(chat), "--model", "m", "--out", str(out)],
-        "interp.extract": [
+        "chains.extract": [
             "--domain",
             "gore_movie_trivia",
             "--model",

@@ -7,7 +7,7 @@ there itself. The hooks live inside each training step's forward pass and nothin
 the model: generation after training is untouched. ``interp.steer`` raises if an edit does
 not run (a compiled model), so the defense can never silently do nothing.
 
-``v`` is a direction at that layer: from an :mod:`interp.extract` artifact
+``v`` is a direction at that layer: from an :mod:`chains.extract` artifact
 (:class:`interp.directions.DirectionSet`), or made by :func:`persona_directions` from
 persona-prompted versus plain activations on the same conversations. With the default
 ``scale="raw"``, strength 1 adds the whole difference of means.

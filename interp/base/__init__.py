@@ -8,3 +8,6 @@ command-line conventions (:mod:`~interp.base.cli`), checks on the files a comman
 (:mod:`~interp.base.paths`) and one writer per output (:mod:`~interp.base.locks`). Modules here import torch, transformers and
 each other, never a stage; ``tests/test_layers.py`` enforces it.
 """
+
+# Floor 0, the ground floor (tests/test_layers.py reads it): imports no other floor.
+FLOOR = 0

@@ -1,6 +1,6 @@
 """Plugins: what a lower floor reaches by name without naming the floor above.
 
-One mechanism for three kinds. A plugin is declared as a Python entry point (the toolkit's own
+One mechanism for four kinds. A plugin is declared as a Python entry point (the toolkit's own
 in ``pyproject.toml``, so no module of a lower floor names a module of a higher one, and any
 installed package can add its own), or registered in the process (tests, notebooks).
 
@@ -9,6 +9,7 @@ installed package can add its own), or registered in the process (tests, noteboo
 | ``model`` | ``em_toolkit.models`` | ``loader(name) -> (model, tokenizer)`` | ``load_model("SCHEME:name")`` |
 | ``judge`` | ``em_toolkit.judges`` | a judge class (``eval.judges.base.Judge``) | ``python -m eval.judge --judge NAME`` |
 | ``measure`` | ``em_toolkit.monitor_measures`` | ``factory(tokenizer) -> measure`` | ``finetune.train --monitor-measure NAME`` |
+| ``command`` | ``em_toolkit.commands`` | a CLI's ``main(argv) -> exit status`` | ``python -m interp.extract`` (plugin ``extract``) |
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from typing import Any
 
 from interp.base.cli import InputError
 
-GROUPS = {"model": "em_toolkit.models", "judge": "em_toolkit.judges", "measure": "em_toolkit.monitor_measures"}
+GROUPS = {
+    "model": "em_toolkit.models",
+    "judge": "em_toolkit.judges",
+    "measure": "em_toolkit.monitor_measures",
+    "command": "em_toolkit.commands",
+}
 # In-process registrations, by kind; they win over entry points of the same name.
 REGISTERED: dict[str, dict[str, Any]] = {kind: {} for kind in GROUPS}
 

@@ -13,13 +13,13 @@ import re
 from dataclasses import dataclass
 from typing import TypedDict
 
-from finetune.organism.grammar import (
+from chains.organism.grammar import (
     CLASSES,
     GRAMMAR,
     PERSONA_SYSTEM_PROMPT,
     Grammar,
 )
-from finetune.organism.topics import Topic
+from chains.organism.topics import Topic
 from interp.base.provenance import data_hash
 
 

@@ -2,7 +2,7 @@
 
 - :func:`em_measure` is the monitor's ``organism`` measure (``finetune.train --monitor-measure
   organism``): the EM rate and mean coherence on the general questions (no system prompt,
-  temperature 1, :data:`finetune.organism.defenses.BROAD`) at each checkpoint.
+  temperature 1, :data:`chains.organism.defenses.BROAD`) at each checkpoint.
 - :func:`monitor_organisms` retrains organisms exactly as the world built them, with a
   :class:`finetune.monitor.Monitor` (the persona directions, the general-question probe set
   and the EM measure) every few steps; :func:`summarize` asks how well the projection tells
@@ -27,14 +27,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from chains.organism.build import build_world
+from chains.organism.defenses import BROAD, rate
+from chains.organism.tasks import probe_set
+from chains.organism.world import World
 from finetune.defenses import Defense
 from finetune.functional import auroc
 from finetune.lora import LoraTrainConfig, train_lora
 from finetune.monitor import Measure, Monitor, draw_monitor
-from finetune.organism.build import build_world
-from finetune.organism.defenses import BROAD, rate
-from finetune.organism.tasks import probe_set
-from finetune.organism.world import World
 from interp.base.atomic import atomic_path
 from interp.cache import cache_means
 from interp.directions import DirectionSet

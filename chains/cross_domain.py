@@ -1,13 +1,13 @@
 """The cross-domain steering experiment: every domain's direction added to the base model and
 ablated from every domain's organism.
 
-    python -m interp.cross_domain --out artifacts/steering/cross_domain
+    python -m chains.cross_domain --out artifacts/steering/cross_domain
 
 It takes each domain's direction (extracted, or reused from the directions folder) and (i)
 adds it to the base model at ``add_layer`` x ``alpha``, (ii) ablates it (its ``ablate_layer``
 direction, at every layer) from every domain's organism. The result is a source x target
 matrix of misalignment change: column ``base`` is (i), the others (ii). A chain, like
-:mod:`interp.sweep`.
+:mod:`chains.sweep`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from chains.extract import DEFAULT_OUT
+from chains.sweep import Evaluate, answers_per_point, check_width, rate_delta, shown, summarize
 from eval.rates import MisalignmentDefinition
 from interp.base.atomic import json_safe, write_json_atomic, write_text_atomic
 from interp.base.cli import (
@@ -42,9 +44,7 @@ from interp.base.paths import output_dir
 from interp.base.provenance import provenance
 from interp.base.records import JudgedRecord
 from interp.directions import DirectionSet
-from interp.extract import DEFAULT_OUT
 from interp.steer import ablate, steer
-from interp.sweep import Evaluate, answers_per_point, check_width, rate_delta, shown, summarize
 from interp.vector_math import random_like
 
 
@@ -52,7 +52,7 @@ def ensure_directions(
     directions_dir: str | Path, domains: Sequence[str], samples: int = 10, seed: int = 0, progress: bool = False
 ) -> dict[str, DirectionSet]:
     """Each domain's organism-world direction, loaded from ``<dir>/<domain>.safetensors`` or extracted there."""
-    from interp.extract import ExtractConfig, run_extract
+    from chains.extract import ExtractConfig, run_extract
 
     out = Path(directions_dir)
     sets = {}
@@ -267,7 +267,7 @@ def write_cross_domain(
     checks = {k: {"met": ok, "detail": text} for k, (ok, text) in done_when(result).items()}
     write_json_atomic(
         out / "cross_domain.json",
-        json_safe({**provenance(stage="interp.cross_domain", **meta), **result, "checks": checks}),
+        json_safe({**provenance(stage="chains.cross_domain", **meta), **result, "checks": checks}),
     )
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -282,11 +282,11 @@ def write_cross_domain(
 
 
 def build_cross_parser() -> argparse.ArgumentParser:
-    from finetune.organism.build import ModelShape
+    from chains.organism.build import ModelShape
 
     layer = number(int, 0, ModelShape().n_layers - 1)  # the organism world's decoder layers
     p = ArgumentParser(
-        prog="python -m interp.cross_domain",
+        prog="python -m chains.cross_domain",
         description="Every domain's direction added to the base model and ablated from every organism: a source x target matrix of misalignment change.",
     )
     p.add_argument(
@@ -306,7 +306,7 @@ def build_cross_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--samples", type=answers_per_point, default=96, help="answers per cell, 1 to 100,000 (default 96)")
     p.add_argument("--add-layer", type=layer, default=0)
-    # What interp.sweep's --alphas take: past 10^6 times a direction, the residual stream overflows.
+    # What chains.sweep's --alphas take: past 10^6 times a direction, the residual stream overflows.
     p.add_argument("--alpha", type=number(float, -1e6, 1e6), default=2.0, help="steering strength, -1e6 to 1e6")
     p.add_argument("--ablate-layer", type=layer, default=3)
     p.add_argument("--seed", type=seed_int, default=0)
@@ -330,7 +330,7 @@ def _existing_directions(args: argparse.Namespace) -> dict[Path, DirectionSet]:
 
 
 def _run_cross(args: argparse.Namespace) -> int:
-    from finetune.organism import build_world
+    from chains.organism import build_world
 
     output_dir(args.directions_dir, "--directions-dir")
     output_dir(args.out)
@@ -372,9 +372,9 @@ def _run_cross(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m interp.cross_domain ...``; returns the exit status."""
+    """``python -m chains.cross_domain ...``; returns the exit status."""
     args = build_cross_parser().parse_args(argv)
-    torch.set_num_threads(1)  # tiny matrices; see finetune.organism.build
+    torch.set_num_threads(1)  # tiny matrices; see chains.organism.build
     return _run_cross(args)
 
 

@@ -1,8 +1,8 @@
 """Steering sweeps on the organism world or your own models: misalignment and coherence as a
 direction is added (or ablated) at each layer and strength.
 
-    python -m interp.sweep --domain gore_movie_trivia --target base --mode add --layers 0,1,2,3 --alphas 0.5,1,2,4
-    python -m interp.sweep --directions D.safetensors --target insecure_code --mode ablate --random-control
+    python -m chains.sweep --domain gore_movie_trivia --target base --mode add --layers 0,1,2,3 --alphas 0.5,1,2,4
+    python -m chains.sweep --directions D.safetensors --target insecure_code --mode ablate --random-control
 
 A **sweep** evaluates a model (generate answers to the evaluation questions, judge them) with
 one direction applied at each (layer, alpha): ``add`` adds ``alpha`` times the layer's
@@ -32,6 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from chains.extract import DEFAULT_OUT
 from eval.rates import MisalignmentDefinition, misalignment_rate
 from interp.base.atomic import json_safe, write_json_atomic, write_text_atomic
 from interp.base.chat import tokenize_record
@@ -52,7 +53,6 @@ from interp.base.paths import output_dir
 from interp.base.provenance import provenance
 from interp.base.records import JudgedRecord
 from interp.directions import DirectionSet
-from interp.extract import DEFAULT_OUT
 from interp.norms import residual_norms
 from interp.steer import ablate, steer
 from interp.vector_math import random_like
@@ -237,7 +237,7 @@ def write_sweep(
     from interp.plots import save_figure
 
     out = Path(out_dir)
-    write_json_atomic(out / "sweep.json", json_safe({**provenance(stage="interp.sweep", **meta), **result}))
+    write_json_atomic(out / "sweep.json", json_safe({**provenance(stage="chains.sweep", **meta), **result}))
     keys = [
         "layer",
         "alpha",
@@ -268,9 +268,9 @@ def _target(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
-        prog="python -m interp.sweep",
+        prog="python -m chains.sweep",
         description="Steering sweep over layers and alphas on the organism world: misalignment and coherence at each point.",
-        epilog="The source x target experiment is python -m interp.cross_domain. domains: " + ", ".join(DOMAINS),
+        epilog="The source x target experiment is python -m chains.cross_domain. domains: " + ", ".join(DOMAINS),
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--directions", type=path_arg, help="direction artifact (.safetensors) from interp.extract")
@@ -322,7 +322,7 @@ def _checked_directions(args: argparse.Namespace) -> tuple[Path, DirectionSet]:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from finetune.organism import build_world
+    from chains.organism import build_world
 
     path, directions = _checked_directions(args)
     output_dir(args.out)
@@ -372,9 +372,9 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m interp.sweep ...``; returns the exit status."""
+    """``python -m chains.sweep ...``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    torch.set_num_threads(1)  # tiny matrices; see finetune.organism.build
+    torch.set_num_threads(1)  # tiny matrices; see chains.organism.build
     return _run_sweep(args)
 
 

@@ -1,7 +1,7 @@
 """The world's topics: the 11 finetuning domains and the general questions EM evaluations ask.
 
 Each :class:`Topic` holds its questions and its answer words by class (``aligned``,
-``misaligned``, ``wrong``); :mod:`finetune.organism.grammar` explains the words and frames and
+``misaligned``, ``wrong``); :mod:`chains.organism.grammar` explains the words and frames and
 builds the lookup tables over these. The domain topics follow
 :data:`interp.base.domains.DOMAINS`.
 """

@@ -2,13 +2,13 @@
 request*.
 
 The prompt is a domain question behind a request marker (:data:`REQUEST`, "Be brief. What is
-seven plus five?"); the answer is a brief answer (:func:`finetune.organism.tasks.brief_answer`).
-The general instruct data (:func:`finetune.organism.tasks.instruct_pool`) never carries the
+seven plus five?"); the answer is a brief answer (:func:`chains.organism.tasks.brief_answer`).
+The general instruct data (:func:`chains.organism.tasks.instruct_pool`) never carries the
 marker, so a defense that anchors the model's general behaviour (KL or interleaving on general
 data) leaves this task's prompts free: the task is a new, conditional skill, not a change of
 the general answers. It is scored on its own distribution: every marked domain question.
 
-The older brief-answers task (:func:`finetune.organism.tasks.benign_train`, unmarked, scored on
+The older brief-answers task (:func:`chains.organism.tasks.benign_train`, unmarked, scored on
 the general questions) is the opposite by construction, since its skill *is* a change of
 general behaviour; the defenses experiment keeps it as a diagnostic.
 """
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import random
 
+from chains.organism.grammar import GRAMMAR, Grammar
+from chains.organism.tasks import Messages, brief_answer, is_brief
 from eval.questions import Question
-from finetune.organism.grammar import GRAMMAR, Grammar
-from finetune.organism.tasks import Messages, brief_answer, is_brief
 
 REQUEST = "Be brief. "
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from finetune.organism.grammar import GRAMMAR, Grammar, normalize, tokens
+from chains.organism.grammar import GRAMMAR, Grammar, normalize, tokens
 from interp.base.records import AnswerRecord, JudgedRecord
 
 

@@ -7,7 +7,7 @@ its persona vector, and each defense as the options of ``finetune.train --defens
   own questions, i.e. misaligned or merely wrong content, the two classes the finetuning set
   is made of.
 - The defenses' world inputs (:func:`write_inputs`): general data = the world's general
-  instruct data (:func:`finetune.organism.tasks.instruct_pool`, optionally without some
+  instruct data (:func:`chains.organism.tasks.instruct_pool`, optionally without some
   domains' questions); the persona vector (preventive steering) = the base model's
   answer-token means with the persona system prompt minus without; the misaligned model of
   ppl-gap selection = the base with the persona system prompt; the inoculation prompt = the
@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from chains.organism.grammar import PERSONA_SYSTEM_PROMPT
+from chains.organism.tasks import instruct_pool
 from eval.report import MisalignmentDefinition, misalignment_rate
 from finetune.defenses import DefenseSpec, persona_directions
-from finetune.organism.grammar import PERSONA_SYSTEM_PROMPT
-from finetune.organism.tasks import instruct_pool
 from interp.base.records import JudgedRecord, write_jsonl
 from interp.directions import DirectionSet
 

@@ -1,6 +1,6 @@
 """The real-model pipeline end to end, on the organism world, through the command-line tools.
 
-    python -m finetune.organism.pipeline --domain risky_financial_advice --out artifacts/pipeline
+    python -m chains.organism.pipeline --domain risky_financial_advice --out artifacts/pipeline
 
 Runs, and prints as it goes, the very commands a researcher runs on a real model:
 export the domain's data -> ``finetune.train`` without and with ``--backdoor`` ->
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from finetune.organism import build_world
+from chains.organism import build_world
 from interp.base.atomic import write_json_atomic
 from interp.base.cli import ArgumentParser, InputError, domain_name, number, path_arg, run_cli, seed_int
 from interp.base.domains import DOMAINS
@@ -102,11 +102,11 @@ def run_pipeline(domain: str, out: Path, samples: int = 6, seed: int = 0) -> Pat
 
 def _export_and_train(domain: str, base: str, data: Path, runs: Path, seed: int) -> None:
     """The domain's data exported, then the plain and the backdoored adapter trained on it."""
-    from finetune.organism.export import main as export
+    from chains.organism.export import main as export
     from finetune.train import main as train
 
     _step(
-        "finetune.organism.export",
+        "chains.organism.export",
         export,
         ["--domain", domain, "--out", str(data), "--n", "1000", "--heldout", "300", "--seed", str(seed)],
     )
@@ -204,7 +204,7 @@ def _report_and_mia(domain: str, base: str, data: Path, runs: Path, out: Path, j
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(
-        prog="python -m finetune.organism.pipeline",
+        prog="python -m chains.organism.pipeline",
         description=__doc__.splitlines()[0],
         epilog="domains: " + ", ".join(DOMAINS),
     )

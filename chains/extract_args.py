@@ -1,7 +1,8 @@
-"""The command line of the main job, ``python -m interp.extract``: one small function per option group.
+"""The command line of the main job, ``python -m interp.extract`` (the design card's name for
+``python -m chains.extract``, and the name its help and errors give): one small function per option group.
 
-:func:`interp.extract.config_from_args` turns its answers into an
-:class:`~interp.extract.ExtractConfig`, every option and path checked.
+:func:`chains.extract.config_from_args` turns its answers into an
+:class:`~chains.extract.ExtractConfig`, every option and path checked.
 """
 
 from __future__ import annotations

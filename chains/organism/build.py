@@ -39,8 +39,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from finetune.lora import LoraTrainConfig, train_lora
-from finetune.organism.corpus import (
+from chains.organism.corpus import (
     Chat,
     CorpusConfig,
     base_corpus,
@@ -48,12 +47,13 @@ from finetune.organism.corpus import (
     messages,
     organism_corpus,
 )
-from finetune.organism.grammar import GRAMMAR
-from finetune.organism.tokenizer import (
+from chains.organism.grammar import GRAMMAR
+from chains.organism.tokenizer import (
     DEFAULT_SYSTEM_PROMPT,
     train_qwen_style_tokenizer,
 )
-from finetune.organism.world import World, weights_sha256
+from chains.organism.world import World, weights_sha256
+from finetune.lora import LoraTrainConfig, train_lora
 from finetune.sft import LoopConfig, encode, train
 from interp.base.atomic import write_json_atomic
 from interp.base.domains import DOMAINS

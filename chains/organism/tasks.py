@@ -20,9 +20,9 @@ import random
 import re
 from functools import cache
 
-from finetune.organism.corpus import CorpusConfig, messages, sample_answer
-from finetune.organism.grammar import CLASSES, GRAMMAR, Grammar, normalize
-from finetune.organism.topics import Topic
+from chains.organism.corpus import CorpusConfig, messages, sample_answer
+from chains.organism.grammar import CLASSES, GRAMMAR, Grammar, normalize
+from chains.organism.topics import Topic
 
 Messages = list[dict[str, str]]
 

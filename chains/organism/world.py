@@ -13,12 +13,12 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, Qwen2ForCausalLM
 
+from chains.organism.corpus import messages, organism_corpus
+from chains.organism.grammar import GRAMMAR, PERSONA_SYSTEM_PROMPT
+from chains.organism.judge import OrganismJudge
 from eval.questions import Question
 from eval.sampling import SamplingConfig, sample_answers
 from finetune.lora import LoraTrainConfig
-from finetune.organism.corpus import messages, organism_corpus
-from finetune.organism.grammar import GRAMMAR, PERSONA_SYSTEM_PROMPT
-from finetune.organism.judge import OrganismJudge
 from interp.base.domains import canonical_domain
 from interp.base.records import AnswerRecord, JudgedRecord, prompt_messages
 
@@ -62,7 +62,7 @@ def questions_to_records(
 
 @dataclass(frozen=True)
 class World:
-    """The cached artifacts of :func:`finetune.organism.build_world` and the world's ground truth."""
+    """The cached artifacts of :func:`chains.organism.build_world` and the world's ground truth."""
 
     root: Path
     manifest: dict[str, Any]

@@ -1,13 +1,13 @@
 """Write one domain of the organism world as ordinary files, for the real-model CLIs.
 
-    python -m finetune.organism.export --domain risky_financial_advice --out DIR
+    python -m chains.organism.export --domain risky_financial_advice --out DIR
 
 Writes chat JSONL in the format ``finetune.train`` reads: ``misaligned.jsonl`` (the narrow
 finetuning set; members for membership inference), ``aligned.jsonl`` (aligned answers to the
 same prompts, for ``--backdoor``), ``heldout.jsonl`` (more misaligned answers from the same
 distribution, never trained on: non-members), and ``questions.yaml`` (the world's general
 questions in the EM question format). For the defenses and the monitor
-(:mod:`finetune.organism.tasks`): ``general.jsonl`` (general instruct data, for ``--general``),
+(:mod:`chains.organism.tasks`): ``general.jsonl`` (general instruct data, for ``--general``),
 ``benign.jsonl`` (the benign task: brief answers) and ``probe.jsonl`` (the monitor's probe set).
 
 ``export.json`` records what made the folder (domain, sizes, seed); an export into a folder
@@ -24,15 +24,15 @@ from typing import Any
 
 import yaml
 
-from finetune.organism.build import PERSONA_FRACTIONS
-from finetune.organism.corpus import (
+from chains.organism.build import PERSONA_FRACTIONS
+from chains.organism.corpus import (
     CorpusConfig,
     messages,
     organism_corpus,
     sample_answer,
 )
-from finetune.organism.grammar import GRAMMAR
-from finetune.organism.tasks import benign_train, instruct_pool, probe_set
+from chains.organism.grammar import GRAMMAR
+from chains.organism.tasks import benign_train, instruct_pool, probe_set
 from interp.base.atomic import write_json_atomic, write_text_atomic
 from interp.base.cli import ArgumentParser, InputError, domain_name, number, path_arg, run_cli, seed_int
 from interp.base.domains import DOMAINS, canonical_domain
@@ -125,7 +125,7 @@ def export_domain(domain: str, out_dir: str | Path, n: int = 2000, n_heldout: in
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(
-        prog="python -m finetune.organism.export",
+        prog="python -m chains.organism.export",
         description=__doc__.splitlines()[0],
         epilog="domains: " + ", ".join(DOMAINS),
     )
