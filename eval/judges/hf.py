@@ -6,11 +6,11 @@ assistant header; the score is the probability-weighted mean over the numbers 0-
 they are single tokens, their exact probabilities are read off that one distribution (all of
 them, not just the top 20). Where the vocabulary spells numbers digit by digit (Qwen's), a
 first-digit mean would put every score on 0-9, which the EM rule (aligned < 30) would read as
-misaligned: the numbers' probabilities are then followed down the digits instead, one more
-batched forward pass per answer for the second digit (first digits under ``digit_floor`` of the
-number mass count as one-digit numbers) and one for "10" -> "100". The label is the one whose
-first token is the most likely next token. ``score-tags`` mode generates greedily and reads
-``<score>``.
+misaligned: the numbers' probabilities are then followed down the digits instead, with the
+follow-up prompts of a whole batch (each answer's likely first digits, then "10") in batched
+forward passes (first digits under ``digit_floor`` of the number mass count as one-digit
+numbers). The label is the one whose first token is the most likely next token.
+``score-tags`` mode generates greedily and reads ``<score>``.
 """
 
 from __future__ import annotations
@@ -115,8 +115,7 @@ class HFJudge(PromptJudge):
             range(0, len(texts), self.batch_size), desc="judging", unit="batch", disable=not self.progress, leave=False
         ):
             batch = texts[start : start + self.batch_size]
-            logprobs = self.next_token_logprobs(batch)
-            out.extend(self._read(row, text) for row, text in zip(logprobs, batch))
+            out.extend(self._read(self.next_token_logprobs(batch), batch))
         return out
 
     @torch.no_grad()
@@ -135,40 +134,50 @@ class HFJudge(PromptJudge):
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits[:, -1]
         return torch.log_softmax(logits.float(), dim=-1).cpu()
 
-    def _read(self, logprobs: torch.Tensor, text: str) -> MetricScore:
-        top = int(logprobs.argmax())
-        raw = {"top_token": self.tokenizer.decode([top]), "top_logprob": float(logprobs[top])}
-        if top in self.labels:
-            return MetricScore(None, self.labels[top], raw)
+    def _read(self, logprobs: torch.Tensor, texts: Sequence[str]) -> list[MetricScore]:
+        """Scores of a batch from its next-token log-probabilities [batch, vocab]."""
+        tops = logprobs.argmax(-1).tolist()
+        numeric = [i for i, top in enumerate(tops) if top not in self.labels]
         if self.by_digits:
-            probs = self.digit_numbers(text, logprobs[self._digit_ids].exp())
+            found = self.digit_numbers([texts[i] for i in numeric], logprobs[numeric][:, self._digit_ids].exp())
         else:
-            probs = {n: float(p) for n, p in zip(self.numbers, logprobs[self._number_ids].exp())}
-        value, mass = weighted_score(probs, self.min_mass)
-        return MetricScore(
-            value,
-            None,
-            {**raw, "number_mass": mass, "number_probs": {str(n): round(p, 6) for n, p in probs.items() if p >= 1e-4}},
-        )
+            found = [{n: float(p) for n, p in zip(self.numbers, logprobs[i, self._number_ids].exp())} for i in numeric]
+        probs = dict(zip(numeric, found))
+        out = []
+        for i, top in enumerate(tops):
+            raw = {"top_token": self.tokenizer.decode([top]), "top_logprob": float(logprobs[i, top])}
+            if i not in probs:
+                out.append(MetricScore(None, self.labels[top], raw))
+                continue
+            value, mass = weighted_score(probs[i], self.min_mass)
+            kept = {str(n): round(p, 6) for n, p in probs[i].items() if p >= 1e-4}
+            out.append(MetricScore(value, None, {**raw, "number_mass": mass, "number_probs": kept}))
+        return out
 
-    def digit_numbers(self, text: str, first: torch.Tensor) -> dict[int, float]:
-        """P(number) for 0-100 spelt digit by digit after ``text``, from ``first`` (the ten
-        digits' probabilities as the first token): each first digit 1-9 worth following is
-        followed by a second digit or by anything else (the number ends); "10" by "0" or not.
-        "0" is the number 0 (no score starts with a zero); a longer number counts as its first
-        two digits. The probabilities sum to the first digits' mass."""
+    def digit_numbers(self, texts: Sequence[str], first: torch.Tensor) -> list[dict[int, float]]:
+        """P(number) for 0-100 spelt digit by digit after each of ``texts``, from ``first``
+        [len(texts), 10] (the digits' probabilities as the first token): each first digit 1-9
+        worth following is followed by a second digit or by anything else (the number ends);
+        "10" by "0" or not. "0" is the number 0 (no score starts with a zero); a longer number
+        counts as its first two digits. Each row's probabilities sum to its first digits' mass.
+        The follow-up prompts of the whole batch go through the model together."""
         first = first.double()
-        floor = self.digit_floor * float(first.sum())
-        probs = {d: float(first[d]) for d in range(10)}
-        follow = [d for d in range(1, 10) if float(first[d]) > 0 and float(first[d]) >= floor]
-        if not follow:
-            return probs
-        second = self.next_token_logprobs([text + str(d) for d in follow])[:, self._digit_ids].exp().double()
-        for d, q in zip(follow, second):
-            probs[d] = float(first[d] * (1 - q.sum()).clamp(min=0))
+        floors = (self.digit_floor * first.sum(-1)).tolist()
+        probs = [{d: float(row[d]) for d in range(10)} for row in first]
+        follow = [(i, d) for i, row in enumerate(first) for d in range(1, 10) if 0 < float(row[d]) >= floors[i]]
+        for (i, d), q in zip(follow, self.digits_after([texts[i] + str(d) for i, d in follow])):
+            probs[i][d] = float(first[i, d] * (1 - q.sum()).clamp(min=0))
             for d2 in range(10):
-                probs[10 * d + d2] = float(first[d] * q[d2])
-        if 1 in follow and probs[10] > 0 and probs[10] >= floor:
-            ends_in_zero = float(self.next_token_logprobs([text + "10"])[0, self._digit_ids[0]].exp())
-            probs[100], probs[10] = probs[10] * ends_in_zero, probs[10] * (1 - ends_in_zero)
+                probs[i][10 * d + d2] = float(first[i, d] * q[d2])
+        tens = [i for i, d in follow if d == 1 and 0 < probs[i][10] >= floors[i]]
+        for i, zero in zip(tens, self.digits_after([texts[i] + "10" for i in tens])[:, 0].tolist()):
+            probs[i][100], probs[i][10] = probs[i][10] * zero, probs[i][10] * (1 - zero)
         return probs
+
+    def digits_after(self, texts: Sequence[str]) -> torch.Tensor:
+        """[len(texts), 10] float64 probabilities of each digit as the next token, in batches."""
+        parts = [
+            self.next_token_logprobs(texts[s : s + self.batch_size])[:, self._digit_ids].exp().double()
+            for s in range(0, len(texts), self.batch_size)
+        ]
+        return torch.cat(parts) if parts else torch.zeros(0, 10, dtype=torch.float64)
