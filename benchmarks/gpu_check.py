@@ -7,10 +7,12 @@ On one CUDA device and a real chat model (a GGUF file, a folder or a hub id):
 - **greedy**: the engine's greedy tokens against transformers' ``generate``, row for row, in
   float32 (8 chat prompts, 64 new tokens);
 - **sampled**: sampled generation through the engine compiles and runs at batch 1 and 256, in
-  float32 and in bfloat16 (the fused Triton attention kernel runs in bf16), and its first
-  tokens follow the model's distribution: draws of the first answer token of one fixed prompt
-  against ``softmax(logits)`` of transformers' own forward pass, a chi-square test over the
-  20 likeliest tokens and the rest (``sampling_frequency_test_p``: one p-value per batch size);
+  float32 and in bfloat16 (the fused Triton attention kernel runs in bf16), and its tokens
+  follow the model's distribution: the compiled sampler alone on the model's float32 logits
+  (``sampler_b1``, ``sampler_b256``), and the first answer token of one fixed prompt drawn
+  through the engine against ``softmax(logits)`` of transformers' own forward pass
+  (``frequency_*``); chi-square tests over the 20 likeliest tokens and the rest
+  (``sampling_frequency_test_p``), see :mod:`gpu_sampling` for why bf16 needs both;
 - **steering inside the compiled step**: greedy tokens with a steering vector differ from
   unsteered ones, and equal transformers' hook path on most rows (float32);
 - **training**: LoRA (rank 32, all linear layers, the failing run's settings) for ``--steps``
@@ -37,7 +39,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from scipy.stats import chisquare  # noqa: E402
+from gpu_sampling import frequency_test, sampler_test  # noqa: E402
 
 from finetune.data import read_chat_jsonl  # noqa: E402
 from finetune.lora import LoraTrainConfig, train_lora  # noqa: E402
@@ -93,38 +95,32 @@ def greedy(model, tok, device: str) -> dict:
     }
 
 
-def frequency_test(model, tok, device: str, rows: int, draws: int, top: int = 20) -> dict:
-    """First-token draws of one prompt through the engine vs the softmax of the model's logits."""
+def first_tokens(model, tok, ids, mask) -> Callable[[int, int], torch.Tensor]:
+    """``(rows, seed) -> [rows]`` first answer tokens of one prompt, drawn through the engine."""
+
+    def draw(rows: int, seed: int) -> torch.Tensor:
+        d = decoding(tok, max_new_tokens=1, seed=seed)
+        return generate(model, ids.expand(rows, -1), mask.expand(rows, -1), d, engine="fast")[:, 0]
+
+    return draw
+
+
+def frequency_parts(results: dict, model, tok, args, device: str, dtype: str) -> None:
+    """The sampler alone on the model's float32 logits, then the engine end to end."""
     ids, mask = prompts(tok, [QUESTIONS[1]], device)
     with torch.no_grad():
-        probs = model(input_ids=ids, attention_mask=mask).logits[0, -1].float().softmax(-1).cpu()
-    counts = torch.zeros_like(probs)
-    t0 = time.perf_counter()
-    for seed in range(draws // rows):
-        out = generate(
-            model,
-            ids.expand(rows, -1),
-            mask.expand(rows, -1),
-            decoding(tok, max_new_tokens=1, seed=seed),
-            engine="fast",
+        logits = model(input_ids=ids, attention_mask=mask).logits[0, -1].float()
+    draw = first_tokens(model, tok, ids, mask)
+    for rows in (256, 1):
+        draws = args.draws if rows > 1 else min(args.draws, 512)
+        if dtype == "float32":  # the sampler sees float32 logits in either dtype
+            part(results, f"sampler_b{rows}", lambda: sampler_test(logits, rows, args.draws), args.out)
+        part(
+            results,
+            f"frequency_{dtype}_b{rows}",
+            lambda: frequency_test(model, draw, ids, mask, rows, draws),
+            args.out,
         )
-        counts += torch.bincount(out[:, 0].cpu(), minlength=len(probs)).float()
-    seconds = time.perf_counter() - t0
-    order = probs.argsort(descending=True)[:top]
-    observed = torch.cat([counts[order], (counts.sum() - counts[order].sum())[None]])
-    expected = torch.cat([probs[order], (1 - probs[order].sum()).clamp(min=0)[None]]) * counts.sum()
-    keep = expected > 5  # chi-square needs expected counts of about 5 or more; the rest pool
-    obs = torch.cat([observed[keep], observed[~keep].sum()[None]]) if (~keep).any() else observed
-    exp = torch.cat([expected[keep], expected[~keep].sum()[None]]) if (~keep).any() else expected
-    exp = exp * obs.sum() / exp.sum()
-    return {
-        "rows": rows,
-        "draws": int(counts.sum()),
-        "p": float(chisquare(obs.numpy(), exp.numpy()).pvalue),
-        "seconds": seconds,
-        "top_token_prob": float(probs[order[0]]),
-        "top_token_freq": float(counts[order[0]] / counts.sum()),
-    }
 
 
 def sampled_runs(model, tok, device: str) -> dict:
@@ -287,18 +283,7 @@ def inference_parts_in(results: dict, args, device: str, dtype: str) -> None:
             part(results, "steering_fp32", lambda: steering_check(model, tok, device), args.out)
     if "sampled" in args.parts:
         part(results, f"sampled_{dtype}", lambda: sampled_runs(model, tok, device), args.out)
-        part(
-            results,
-            f"frequency_{dtype}_b256",
-            lambda: frequency_test(model, tok, device, 256, args.draws),
-            args.out,
-        )
-        part(
-            results,
-            f"frequency_{dtype}_b1",
-            lambda: frequency_test(model, tok, device, 1, min(args.draws, 512)),
-            args.out,
-        )
+        frequency_parts(results, model, tok, args, device, dtype)
         results[f"sampled_{dtype}"]["engine_self_check"] = engine_for(model).verify_errors
 
 
@@ -328,7 +313,9 @@ def summarize(results: dict) -> dict:
     """The headline figures of a run's parts."""
     summary = {
         "sampled_ok": all("error" not in results.get(f"sampled_{d}", {"error": 1}) for d in ("float32", "bfloat16")),
-        "sampling_frequency_test_p": {k: v.get("p") for k, v in results.items() if k.startswith("frequency_")},
+        "sampling_frequency_test_p": {
+            k: v.get("p") for k, v in results.items() if k.startswith(("frequency_", "sampler_"))
+        },
         "engine_vs_hf_greedy_rows_fp32": results.get("greedy_fp32", {}).get("engine_vs_hf_greedy_rows_fp32"),
         "steered_rows_changed": results.get("steering_fp32", {}).get("steered_rows_changed"),
     }
