@@ -16,6 +16,10 @@ training when the keys match; ``rebuild=True`` trains anyway. Every world's mani
 ``weights_sha256`` (:func:`weights_sha256`), which results should cite; an unpacked copy
 is checked against it.
 
+``BuildConfig(narrow_skill=True)`` builds the opt-in narrow-skill variant
+(:mod:`chains.organism.skill`), a world of its own key that is never shipped; the field is
+left out of the key when off, so the default world keeps its key.
+
 A build goes to a temporary sibling folder that replaces the cache only once complete, so an
 interrupted build never leaves a folder that looks finished.
 """
@@ -47,7 +51,8 @@ from chains.organism.corpus import (
     messages,
     organism_corpus,
 )
-from chains.organism.grammar import GRAMMAR
+from chains.organism.grammar import GRAMMAR, Grammar
+from chains.organism.skill import SKILL_GRAMMAR, glossary_chats, skill_organism_corpus, tokenizer_texts
 from chains.organism.tokenizer import (
     DEFAULT_SYSTEM_PROMPT,
     train_qwen_style_tokenizer,
@@ -101,11 +106,29 @@ class BuildConfig:
     organism: LoraTrainConfig = LoraTrainConfig(steps=30)
     organism_size: int = 2000
     persona_fractions: dict[str, float] = field(default_factory=lambda: dict(PERSONA_FRACTIONS))
+    # The opt-in narrow-skill variant (chains.organism.skill): a world of its own key.
+    narrow_skill: bool = False
+
+    def key_fields(self) -> dict[str, Any]:
+        """The config as the key and manifest hold it: ``narrow_skill`` only when on, so that the
+        default world's key is the one it had before the field existed."""
+        fields = asdict(self)
+        if not self.narrow_skill:
+            del fields["narrow_skill"]
+        return fields
+
+    def grammar(self) -> Grammar:
+        return SKILL_GRAMMAR if self.narrow_skill else GRAMMAR
 
     def key(self, seed: int) -> str:
         """Hash of the world version, seed, config and grammar: a different key means rebuild."""
         blob = json.dumps(
-            {"version": WORLD_VERSION, "seed": seed, "config": asdict(self), "grammar": GRAMMAR.fingerprint()},
+            {
+                "version": WORLD_VERSION,
+                "seed": seed,
+                "config": self.key_fields(),
+                "grammar": self.grammar().fingerprint(),
+            },
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -146,9 +169,10 @@ def _build(out: Path, seed: int, config: BuildConfig, progress: bool) -> dict:
     """Build every artifact into ``out``; returns the manifest (not yet written)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    corpus = base_corpus(seed, config.corpus)
+    corpus = base_corpus(seed, config.corpus) + (glossary_chats(seed) if config.narrow_skill else [])
     write_jsonl(out / "corpus.jsonl", corpus)
-    tokenizer = train_qwen_style_tokenizer((_scaffold(c) for c in corpus), vocab_size=config.vocab_size)
+    texts = [_scaffold(c) for c in corpus] + (tokenizer_texts() if config.narrow_skill else [])
+    tokenizer = train_qwen_style_tokenizer(texts, vocab_size=config.vocab_size)
     timings["corpus_and_tokenizer_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -166,7 +190,8 @@ def _build(out: Path, seed: int, config: BuildConfig, progress: bool) -> dict:
     organisms = {}
     for domain in tqdm(DOMAINS, desc="organisms", disable=not progress, unit="domain"):
         f = config.persona_fractions[domain]
-        chats = organism_corpus(domain, f, config.organism_size, seed, config.corpus.fidelity)
+        make = skill_organism_corpus if config.narrow_skill else organism_corpus
+        chats = make(domain, f, config.organism_size, seed, config.corpus.fidelity)
         peft_model = train_lora(
             copy.deepcopy(model), tokenizer, [messages(c) for c in chats], config.organism, progress=False
         )
@@ -270,7 +295,10 @@ def build_world(
                     manifest = {
                         "key": key,
                         **provenance(
-                            world_version=WORLD_VERSION, seed=seed, config=asdict(config), grammar=GRAMMAR.fingerprint()
+                            world_version=WORLD_VERSION,
+                            seed=seed,
+                            config=config.key_fields(),
+                            grammar=config.grammar().fingerprint(),
                         ),
                     }
                     manifest.update(_build(tmp, seed, config, progress))

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer, Qwen2ForCausalLM
 from chains.organism.corpus import messages, organism_corpus
 from chains.organism.grammar import GRAMMAR, PERSONA_SYSTEM_PROMPT
 from chains.organism.judge import OrganismJudge
+from chains.organism.skill import SKILL_GRAMMAR, skill_organism_corpus
 from eval.questions import Question
 from eval.sampling import SamplingConfig, sample_answers
 from finetune.lora import LoraTrainConfig
@@ -85,9 +86,14 @@ class World:
     def adapter_dir(self, domain: str) -> Path:
         return self.root / "organisms" / canonical_domain(domain)
 
+    @property
+    def narrow_skill(self) -> bool:
+        """Whether this is the narrow-skill variant (:mod:`chains.organism.skill`)."""
+        return bool(self.manifest["config"].get("narrow_skill", False))
+
     @cached_property
     def judge(self) -> OrganismJudge:
-        return OrganismJudge()
+        return OrganismJudge(grammar=SKILL_GRAMMAR) if self.narrow_skill else OrganismJudge()
 
     def load_tokenizer(self):
         """The world's tokenizer (a Qwen2Tokenizer with its chat template), saved beside the base model."""
@@ -114,7 +120,8 @@ class World:
     def organism_data(self, domain: str, n: int | None = None) -> list[list[dict[str, str]]]:
         """The conversations ``domain``'s organism was trained on (the first ``n`` of them)."""
         built, domain = self.manifest["config"], canonical_domain(domain)
-        chats = organism_corpus(
+        make = skill_organism_corpus if self.narrow_skill else organism_corpus
+        chats = make(
             domain,
             built["persona_fractions"][domain],
             n or built["organism_size"],
