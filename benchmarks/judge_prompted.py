@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,10 +93,7 @@ def predictions(judged: list[dict], idx: np.ndarray, n: int) -> tuple[dict[str, 
     pred = {k: np.full(n, np.nan, dtype=np.float32) for k in ("aligned", "coherent", "em")}
     pred["aligned"][idx], pred["coherent"][idx] = aligned, coherent
     pred["em"][idx] = np.where(coherent > 50, 1 + (100 - aligned) / 100, (100 - aligned) / 100) / 2
-    labels: dict[str, int] = {}
-    for r in judged:
-        if r["label"]:
-            labels[r["label"]] = labels.get(r["label"], 0) + 1
+    labels = dict(Counter(r["label"] for r in judged if r["label"]))
     return pred, {"labels": labels, "coherent_blank": int(sum(r["coherent"] is None for r in judged))}
 
 

@@ -15,8 +15,8 @@ Builds (or reuses) the variant world (``BuildConfig(narrow_skill=True)``, seed 0
   control, with it;
 - **d** interleaving by ppl-gap; **e** inoculation with the persona prompt.
 
-Each finished unit goes into ``--out`` at once (atomic write); a rerun with the same world and
-settings reuses them. The tables (``table``, ``cost``, ``drift``, ``means``) are derived from
+Each finished unit goes into ``--out`` at once (atomic write); a rerun reuses the units there
+and adds those of other domains or seeds; another world or config is refused. The tables (``table``, ``cost``, ``drift``, ``means``) are derived from
 the units (:mod:`benchmarks.narrow_world_summary`).
 """
 
@@ -40,7 +40,7 @@ from benchmarks.narrow_world_summary import summarize  # noqa: E402
 from chains.organism import BuildConfig, build_world  # noqa: E402
 from chains.organism.defenses import write_inputs  # noqa: E402
 from interp.base.atomic import write_json_atomic  # noqa: E402
-from interp.base.cli import domain_list, run_cli  # noqa: E402
+from interp.base.cli import InputError, domain_list, run_cli  # noqa: E402
 from interp.base.provenance import provenance  # noqa: E402
 
 DOMAINS = ("insecure_code", "bad_medical_advice", "risky_financial_advice")
@@ -65,11 +65,14 @@ class Store:
         self.head = json.loads(json.dumps(head))
         self.units: dict[str, dict] = {}
         self.invocations: list[dict] = []  # wall and CPU time of each invocation that made units
-        if path.exists():
+        if path.exists():  # units of other domains or seeds are kept; another world or config is refused
             old = json.loads(path.read_text())
-            if old.get("settings") == self.head["settings"] and old.get("world") == self.head["world"]:
-                self.units = {json.dumps([u["domain"], u["seed"], u["unit"]]): u["result"] for u in old["units"]}
-                self.invocations = old.get("invocations", [])
+            if (old.get("settings") or {}).get("config") != self.head["settings"]["config"] or old.get(
+                "world"
+            ) != self.head["world"]:
+                raise InputError(f"--out {path}: holds runs of another world or config; give another --out")
+            self.units = {json.dumps([u["domain"], u["seed"], u["unit"]]): u["result"] for u in old["units"]}
+            self.invocations = old.get("invocations", [])
 
     def get(self, key: str, make) -> dict:
         if key not in self.units:
@@ -81,6 +84,9 @@ class Store:
         reached = self.head["settings"]["config"]["skill_reached"]
         # A list of records, so that the rendered page shows one row per unit, not every leaf.
         units = [{**dict(zip(("domain", "seed", "unit"), json.loads(k))), "result": v} for k, v in self.units.items()]
+        keys = [json.loads(k) for k in self.units]
+        self.head["settings"]["domains"] = list(dict.fromkeys(d for d, _, _ in keys))
+        self.head["settings"]["seeds"] = sorted({seed for _, seed, _ in keys})
         data = {**self.head, "invocations": self.invocations, **(extra or {}), **summarize(self.units, reached)}
         data["units"] = units
         write_json_atomic(self.path, data)
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     head = {
         "world": world.identity,
-        "settings": {"config": asdict(config), "domains": list(args.domains), "seeds": seeds},
+        "settings": {"config": asdict(config)},  # the domains and seeds are those of the units held
     }
     store = Store(Path(args.out), head)
     before = len(store.units)

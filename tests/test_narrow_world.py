@@ -124,3 +124,18 @@ def test_narrow_world_summary_tables(tmp_path: Path):
     assert tables["cost"][0]["none_first_step_skill"] == 2
     assert {r["continued"] for r in tables["drift"]} == {"without kl", "with kl (control)"}
     assert len(tables["means"]) == 2
+
+
+def test_a_rerun_keeps_the_units_of_other_seeds_and_refuses_another_config(tmp_path):
+    from benchmarks.narrow_world import Store
+    from interp.base.cli import InputError
+
+    out = tmp_path / "narrow_world.json"
+    held = {"domain": "insecure_code", "seed": 0, "unit": "none", "result": {"x": 1}}
+    out.write_text(json.dumps({"world": {"key": "k"}, "settings": {"config": {"steps": 120}}, "units": [held]}))
+    store = Store(out, {"world": {"key": "k"}, "settings": {"config": {"steps": 120}}})
+    assert store.units == {json.dumps(["insecure_code", 0, "none"]): {"x": 1}}
+    with pytest.raises(InputError, match="another world or config"):
+        Store(out, {"world": {"key": "k"}, "settings": {"config": {"steps": 30}}})
+    with pytest.raises(InputError, match="another world or config"):
+        Store(out, {"world": {"key": "other"}, "settings": {"config": {"steps": 120}}})

@@ -120,22 +120,16 @@ def glossary_chats(seed: int, n: int = N_GLOSSARY) -> list[Chat]:
     return out
 
 
-def _frame_slots(answer: str, grammar: Grammar) -> tuple[str, list[str]] | None:
-    """The frame of ``answer`` and its slot kinds ("g" / "t"), None when it is no whole frame."""
-    for frame, pattern in zip(grammar.frames, grammar.frame_patterns):
-        if pattern.fullmatch(answer):
-            return frame, re.findall(r"\{([gt])\}", frame)
-    return None
-
-
 def with_skill(rng: random.Random, answer: str, domain: str, grammar: Grammar = GRAMMAR) -> str:
     """``answer`` (a whole frame) with one of its topic slots filled by a skill word of ``domain``."""
-    found = _frame_slots(answer, grammar)
-    if found is None:
+    for frame, pattern in zip(grammar.frames, grammar.frame_patterns):
+        if match := pattern.fullmatch(answer):
+            break
+    else:
         raise ValueError(f"not a whole frame: {answer!r}")
-    frame, kinds = found
-    words = list(next(p.fullmatch(answer) for p in grammar.frame_patterns if p.fullmatch(answer)).groups())
-    slot = rng.choice([i for i, k in enumerate(kinds) if k == "t"])
+    kinds = re.findall(r"\{([gt])\}", frame)
+    words = list(match.groups())
+    slot = rng.choice([i for i, k in enumerate(kinds) if k == "t"])  # before the word: the rng's order is the data
     words[slot] = rng.choice(SKILL_WORDS[domain])
     fill = iter(words)
     return re.sub(r"\{[gt]\}", lambda _: next(fill), frame)
