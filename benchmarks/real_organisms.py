@@ -56,10 +56,11 @@ from real_steps import (  # noqa: E402
 from real_summary import files_dir, keep_small, summarize  # noqa: E402
 
 from eval.report import MisalignmentDefinition, group_stats  # noqa: E402
-from interp.base.atomic import write_json_atomic  # noqa: E402
+from interp.base.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from interp.base.cli import InputError  # noqa: E402
 from interp.base.domains import DOMAINS  # noqa: E402
 from interp.base.loading import model_source  # noqa: E402
+from interp.base.locks import output_lock  # noqa: E402
 from interp.base.provenance import package_versions  # noqa: E402
 from interp.base.records import read_judged  # noqa: E402
 
@@ -91,8 +92,9 @@ def free_form_questions(questions: Path, out: Path) -> Path:
     (the first plot's eight free-form questions, as the EM papers' headline figures use)."""
     items = yaml.safe_load(questions.read_text(encoding="utf-8"))
     keep = [q for q in items if not str(q.get("id", "")).endswith(("_json", "_template"))]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(keep, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    write_text_atomic(
+        out, yaml.safe_dump(keep, sort_keys=False, allow_unicode=True)
+    )  # another process may be reading it
     return out
 
 
@@ -235,6 +237,15 @@ def results_head(args: argparse.Namespace, source: dict) -> dict[str, Any]:
     }
 
 
+def add_rows(results_path: Path, head: dict[str, Any], organism: str, rows: list[dict[str, Any]]) -> None:
+    """Merge one organism's rows into the results file under its lock, so that processes running
+    other organisms into the same file (several at once on one GPU) keep each other's rows."""
+    with output_lock(results_path, wait=True):
+        results = resumed(results_path, head)
+        results["base" if organism == "base" else "rows"].extend(rows)
+        write_json_atomic(results_path, results)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     organisms = [
@@ -244,16 +255,16 @@ def main(argv: list[str] | None = None) -> int:
         if o != "base":
             data_file(args.em_data, o)  # a bad name fails before any model loads
     source = model_source(args.model)
-    results = resumed(args.results, results_head(args, source))
+    head = results_head(args, source)
     for organism in ["base", *organisms]:
+        results = resumed(args.results, head)
         if any(r["organism"] == organism for r in results["base"] + results["rows"]):
             print(f"{organism}: in {args.results} already", flush=True)
             continue
         print(f"{organism}:", flush=True)
-        rows = run_one(args, organism)
-        results["base" if organism == "base" else "rows"].extend(rows)
-        write_json_atomic(args.results, results)
-    summarize(args.results, args.em_data)
+        add_rows(args.results, head, organism, run_one(args, organism))
+    with output_lock(args.results, wait=True):
+        summarize(args.results, args.em_data)
     return 0
 
 

@@ -172,3 +172,32 @@ def test_the_mia_summary_predicts_the_misaligned_domains_from_the_member_means(s
     assert out["members_vs_heldout_auc"]["evil_math"] == {"loss": 0.6}
     assert out["predict_auc"] == {"min_k": 1.0, "zlib": 0.5}
     assert summary.mia_summary({"rows": rows[:1]}, keep) is None
+
+
+MERGER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+import real_organisms
+import time
+while not Path(sys.argv[2]).with_name("go").exists():  # both start merging together, after their slow imports
+    time.sleep(0.01)
+head = {"model_source": {}, "judge": "j", "questions": "q", "samples": 1, "recipe": {}, "base": [], "rows": []}
+for i in range(int(sys.argv[4])):
+    real_organisms.add_rows(Path(sys.argv[2]), head, f"{sys.argv[3]}{i}", [{"organism": f"{sys.argv[3]}{i}"}])
+"""
+
+
+def test_processes_running_other_organisms_into_one_results_file_keep_each_others_rows(tmp_path):
+    import subprocess
+    import time
+
+    results = tmp_path / "real_organisms.json"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", MERGER, str(BENCH), str(results), name, "150"]) for name in ("a", "b")
+    ]
+    time.sleep(0.5)
+    (tmp_path / "go").touch()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    rows = json.loads(results.read_text())["rows"]
+    assert sorted(r["organism"] for r in rows) == sorted(f"{n}{i}" for n in "ab" for i in range(150))

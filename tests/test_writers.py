@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,17 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path, holder):
     ):
         with output_lock(out):
             pass
+
+
+def test_a_waiting_writer_gets_the_lock_once_the_holder_dies(tmp_path, holder):
+    out = tmp_path / "results.json"
+    proc = holder(out)
+    threading.Timer(0.5, proc.kill).start()
+    t0 = time.monotonic()
+    with output_lock(out, wait=True):
+        assert proc.poll() is not None  # it blocked until the holder was gone, not failed at once
+        assert lock_path(out).read_text() == f"{os.getpid()}\n"
+    assert time.monotonic() - t0 >= 0.4
 
 
 def test_a_killed_writer_leaves_no_stale_lock(tmp_path, holder):

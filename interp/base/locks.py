@@ -25,13 +25,16 @@ def lock_path(out: str | Path) -> Path:
 
 
 @contextmanager
-def output_lock(out: str | Path, remedy: str = "wait for it or use another --out") -> Iterator[None]:
-    """Hold the lock of ``out`` for the block; :class:`InputError` (ending with ``remedy``) when another live run holds it."""
+def output_lock(
+    out: str | Path, remedy: str = "wait for it or use another --out", wait: bool = False
+) -> Iterator[None]:
+    """Hold the lock of ``out`` for the block; :class:`InputError` (ending with ``remedy``) when another live run
+    holds it, or with ``wait`` block until it is released (for short read-merge-write sections)."""
     path = lock_path(out)
     made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = _acquire(path, out, remedy)
+        fd = _acquire(path, out, remedy, wait)
     except BaseException:
         _remove_empty(made)
         raise
@@ -54,7 +57,7 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-def _acquire(path: Path, out: str | Path, remedy: str) -> int:
+def _acquire(path: Path, out: str | Path, remedy: str, wait: bool) -> int:
     """An fd holding the exclusive lock on ``path``, the file now at that name."""
     while True:
         try:
@@ -64,7 +67,7 @@ def _acquire(path: Path, out: str | Path, remedy: str) -> int:
                 f"{out}: cannot take its lock {path} ({e.strerror}); remove it if no run is writing {Path(out).name}"
             ) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
