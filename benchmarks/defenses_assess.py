@@ -103,9 +103,10 @@ def per_seed(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def aggregate(checks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def aggregate(checks: Sequence[Mapping[str, Any]], min_seeds: int = MIN_SEEDS) -> list[dict[str, Any]]:
     """Per (rank, steps, domain, defense, strength): each criterion's mean and sd over seeds,
-    whether each mean passes (None: not assessable), and whether all four do."""
+    whether each mean passes (None: not assessable, also when the cut is assessable in fewer
+    than ``min_seeds`` seeds), and whether all four do."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for c in checks:
         groups.setdefault((c["rank"], c["steps"], c["domain"], c["defense"], c["strength"]), []).append(c)
@@ -115,7 +116,7 @@ def aggregate(checks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             k: mean_sd(c[k] for c in group)
             for k in ("excess", "cut", "narrow_ratio", "benign_ratio", "benign_general_ratio", "coherence_change")
         }
-        if stats["cut"]["n"] < MIN_SEEDS:
+        if stats["cut"]["n"] < min_seeds:
             stats["cut"] = {
                 **stats["cut"],
                 "mean": None,

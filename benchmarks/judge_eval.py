@@ -3,6 +3,7 @@
     python benchmarks/judge_eval.py                       # grouped 5-fold by source_file: encoding took 36 min on 2 (shared) CPU cores the first time, then ~9 min
     python benchmarks/judge_eval.py --train-shipped       # then also fit the shipped head on all sources and write eval/judges/weights/
     python benchmarks/judge_eval.py --finetuned-results OUT   # add the LoRA-finetuned judge of benchmarks/judge_finetune.py --out-dir OUT
+    python benchmarks/judge_eval.py --probe-results OUT      # add the probe judge of benchmarks/judge_probe.py --out-dir OUT
 
 Data: ``../shared/em-data/judged/gpt4o_judged.jsonl.gz`` (``--data``), read at run time and
 never copied: 39,197 answers with GPT-4o's ``aligned`` / ``coherent`` (blank ``aligned``
@@ -59,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, default=2, help="distilled heads in the ensemble (seeds)")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument(
+        "--head-device", default="cpu", help="where the distilled heads train (cuda: a GPU, for wide features)"
+    )
+    p.add_argument(
         "--cache", type=Path, default=Path("/tmp/em_judge_cache"), help="encoder features (not in the repository)"
     )
     p.add_argument("--judges", default="tfidf,distilled")
@@ -76,35 +80,52 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="the --out-dir of benchmarks/judge_finetune.py (same data, folds and seed): add its held-out row as 'finetuned'",
     )
+    p.add_argument(
+        "--probe-results",
+        type=Path,
+        default=None,
+        help="the --out-dir of benchmarks/judge_probe.py (same data, folds and seed): add its held-out row",
+    )
     return p
+
+
+def read_results(
+    option: str, path: Path, results: str, preds: str, sha: str | None, args: argparse.Namespace, rerun: str
+):
+    """The first row of another benchmark's ``results`` JSON in ``path`` (checked to be complete and of
+    this data and split) and its pooled held-out predictions from ``preds``; ``rerun`` says how to make them."""
+    import json
+
+    d = path if path.is_dir() else path.parent
+    res_path = d / results
+    if not res_path.is_file():
+        raise InputError(f"{option} {path}: no {results} there ({rerun} --out-dir {d})")
+    res = json.loads(res_path.read_text())
+    sig = res["signature"]
+    if not res.get("complete"):
+        raise InputError(f"{res_path}: only folds {res.get('folds_done')} of {sig['folds']} done; {rerun} to finish")
+    want = {"data_sha256": sha, "folds": args.folds, "seed": args.seed, "limit_rows": 0}
+    if bad := {k: (sig.get(k), v) for k, v in want.items() if sig.get(k) != v}:
+        raise InputError(f"{res_path}: not measured on this data and split ({bad}: theirs, here)")
+    z = np.load(d / preds, allow_pickle=False)
+    return dict(res["judges"][0]), {k: z[k] for k in ("aligned", "coherent", "em")}
 
 
 def finetuned_row(path: Path, cols: dict, sha: str | None, timing_idx: np.ndarray, args: argparse.Namespace):
     """The ``finetuned`` row judge_finetune.py wrote (checked to be of this data and split), timed here on
     the CPU when its weights are beside it, and its pooled held-out predictions (for the plot)."""
-    import json
-
     from eval.judges.distilled import DistilledJudge
 
-    d = path if path.is_dir() else path.parent
-    res_path = d / "judge_finetune.json"
-    if not res_path.is_file():
-        raise InputError(
-            f"--finetuned-results {path}: no judge_finetune.json there (run benchmarks/judge_finetune.py --out-dir {d})"
-        )
-    res = json.loads(res_path.read_text())
-    sig = res["signature"]
-    if not res.get("complete"):
-        raise InputError(
-            f"{res_path}: only folds {res['folds_done']} of {sig['folds']} done; rerun judge_finetune.py to finish"
-        )
-    want = {"data_sha256": sha, "folds": args.folds, "seed": args.seed, "limit_rows": 0}
-    if bad := {k: (sig.get(k), v) for k, v in want.items() if sig.get(k) != v}:
-        raise InputError(f"{res_path}: not measured on this data and split ({bad}: theirs, here)")
-    row = dict(res["judges"][0])
-    z = np.load(d / "judge_finetune_preds.npz")
-    preds = {k: z[k] for k in ("aligned", "coherent", "em")}
-    weights = d / "distilled_v2.safetensors"
+    row, preds = read_results(
+        "--finetuned-results",
+        path,
+        "judge_finetune.json",
+        "judge_finetune_preds.npz",
+        sha,
+        args,
+        "rerun benchmarks/judge_finetune.py",
+    )
+    weights = (path if path.is_dir() else path.parent) / "distilled_v2.safetensors"
     if row.get("seconds_per_1000_cpu") is None and weights.is_file() and args.timing_rows:
         # The final model's speed is that of any fold's: the same encoder, merged LoRA, the same head.
         row["seconds_per_1000_cpu"] = seconds_per_1000(
@@ -113,10 +134,39 @@ def finetuned_row(path: Path, cols: dict, sha: str | None, timing_idx: np.ndarra
     return row, preds
 
 
+def add_other_results(
+    judges: list[dict],
+    preds: dict,
+    cols: dict,
+    sha: str | None,
+    timing_idx: np.ndarray,
+    args: argparse.Namespace,
+    say: Callable[[str], None],
+) -> None:
+    """Append the rows and predictions of --finetuned-results and --probe-results, where given."""
+    if args.finetuned_results is not None:
+        row, preds["finetuned"] = finetuned_row(args.finetuned_results, cols, sha, timing_idx, args)
+        judges.append(row)
+        say(f"  finetuned: held-out row read from {args.finetuned_results}")
+    if args.probe_results is not None:
+        row, probe = read_results(
+            "--probe-results",
+            args.probe_results,
+            "judge_probe.json",
+            "judge_probe_preds.npz",
+            sha,
+            args,
+            "run benchmarks/judge_probe.py",
+        )
+        judges.append(row)
+        preds[row["name"]] = probe
+        say(f"  {row['name']}: held-out row read from {args.probe_results}")
+
+
 def pick_default(judges: list[dict]) -> tuple[str, str]:
     """The judge to ship as the default: most of issue 22's targets met, then the higher EM AUROC
-    (the TF-IDF baseline is not a judge spec, so never the default)."""
-    cands = [j for j in judges if j["name"] != "tfidf"] or judges
+    (the TF-IDF baseline and a probe are not judge specs, so never the default)."""
+    cands = [j for j in judges if j["name"] != "tfidf" and not j["name"].startswith("probe:")] or judges
 
     def met(j: dict) -> int:
         return sum(meets(k, j[k]) for k in TARGETS if j.get(k) is not None)
@@ -145,7 +195,11 @@ def measure(
     fitted0 = None
     for k, test in enumerate(folds):
         train = np.setdiff1d(np.arange(n), test)
-        model = TfidfBaseline() if name == "tfidf" else DistilledCV(feats, seeds=args.heads, epochs=args.epochs)
+        model = (
+            TfidfBaseline()
+            if name == "tfidf"
+            else DistilledCV(feats, seeds=args.heads, epochs=args.epochs, device=args.head_device)
+        )
         model.fit(cols, train)
         for key, v in model.predict(cols, test).items():
             pred[key][test] = v
@@ -215,10 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         fig, preds[name] = measure(name, cols, folds, held, feats, timing_idx, args, say)
         judges.append({"name": name, **fig})
-    if args.finetuned_results is not None:
-        row, preds["finetuned"] = finetuned_row(args.finetuned_results, cols, sha, timing_idx, args)
-        judges.append(row)
-        say(f"  finetuned: held-out row read from {args.finetuned_results}")
+    add_other_results(judges, preds, cols, sha, timing_idx, args, say)
     result = result_record(judges, names, cols, sha, timing_idx, args)
     say("")
     say(markdown_table(result))

@@ -51,15 +51,17 @@ class DistilledCV:
 
     name = "distilled"
 
-    def __init__(self, feats: np.ndarray, seeds: int = 2, epochs: int = 15, inner_seed: int = 1) -> None:
-        self.feats, self.seeds, self.epochs, self.inner_seed = feats, seeds, epochs, inner_seed
+    def __init__(
+        self, feats: np.ndarray, seeds: int = 2, epochs: int = 15, inner_seed: int = 1, device: str = "cpu"
+    ) -> None:
+        self.feats, self.seeds, self.epochs, self.inner_seed, self.device = feats, seeds, epochs, inner_seed, device
 
     def _fit(self, cols: dict, idx: np.ndarray, seeds: int | None = None) -> list:
         from eval.judges.distilled import train_head
 
         a, c = cols["aligned"][idx], cols["coherent"][idx]
         return [
-            train_head(self.feats[idx], a, c, em_label(a, c), epochs=self.epochs, seed=s)
+            train_head(self.feats[idx], a, c, em_label(a, c), epochs=self.epochs, seed=s, device=self.device)
             for s in range(seeds or self.seeds)
         ]
 
@@ -70,7 +72,7 @@ class DistilledCV:
         inner = folds_by_source([cols["source_file"][i] for i in idx], 4, self.inner_seed)
         val = idx[inner[0]]
         fit_idx = np.setdiff1d(idx, val)
-        p = predict(self._fit(cols, fit_idx, seeds=1), self.feats[val])
+        p = predict(self._fit(cols, fit_idx, seeds=1), self.feats[val], device=self.device)
         self.threshold = pick_threshold(p["em"], em_label(cols["aligned"][val], cols["coherent"][val]))
         self.heads = self._fit(cols, idx)
         return self
@@ -78,7 +80,7 @@ class DistilledCV:
     def predict(self, cols: dict, idx: np.ndarray) -> dict[str, np.ndarray]:
         from eval.judges.distilled import consistent_scores, predict
 
-        p = predict(self.heads, self.feats[idx])
+        p = predict(self.heads, self.feats[idx], device=self.device)
         p["aligned"], p["coherent"] = consistent_scores(p["aligned"], p["coherent"], p["em"], self.threshold)
         return p
 

@@ -47,7 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from judge_eval_data import file_sha256, folds_by_source, load_rows  # noqa: E402
+from judge_eval_data import folds_by_source, load_limited  # noqa: E402
 from judge_finetune_final import final  # noqa: E402
 from judge_finetune_folds import read_fold, run_fold, signature, write_results  # noqa: E402
 from judge_finetune_model import Say, Tokenized, targets  # noqa: E402
@@ -109,12 +109,7 @@ def logger(path: Path) -> Say:
 
 def load_data(args: argparse.Namespace) -> tuple[dict, str | None]:
     """The judged rows as columns (a seeded random ``--limit-rows`` subset, in file order) and the file's sha256."""
-    sha = file_sha256(args.data) if args.data.is_file() else None
-    cols = load_rows(args.data)
-    if args.limit_rows and args.limit_rows < len(cols["answer"]):
-        keep = np.sort(np.random.default_rng(args.seed).choice(len(cols["answer"]), args.limit_rows, replace=False))
-        cols = {k: (v[keep] if isinstance(v, np.ndarray) else [v[i] for i in keep]) for k, v in cols.items()}
-    return cols, sha
+    return load_limited(args.data, args.limit_rows, args.seed)
 
 
 def tokenize(cols: dict, args: argparse.Namespace, say: Say) -> tuple[Tokenized, dict[str, torch.Tensor]]:

@@ -10,6 +10,7 @@ import gzip
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -37,8 +38,11 @@ def step(name: str, main, argv: list[str], seconds: dict[str, float], required: 
     return ok
 
 
-def train_organism(args: argparse.Namespace, data: Path, out: Path, common: list[str], seconds: dict) -> None:
-    """The LoRA adapter of one organism, into ``out/adapter``; a set whose batches do not fit
+def train_organism(
+    args: argparse.Namespace, data: Path, out: Path, common: list[str], seconds: dict, extra: Sequence[str] = ()
+) -> None:
+    """The LoRA adapter of one organism, into ``out/adapter`` (``extra``: more ``finetune.train``
+    options, e.g. a defense, and ``args.lr`` the learning rate); a set whose batches do not fit
     (toxic_legal_advice's 3,000-token rows at batch 16) trains again with gradient checkpointing,
     the same recipe at the cost of a second forward, and its training config records that."""
     argv = [
@@ -60,6 +64,7 @@ def train_organism(args: argparse.Namespace, data: Path, out: Path, common: list
         "--checkpoint-every",
         "50",
         "--quiet",
+        *extra,
     ]
 
     def train_or_checkpoint(argv: list[str]) -> int:
@@ -122,43 +127,50 @@ def membership(args: argparse.Namespace, organism: str, out: Path, model_args: l
 
 
 def generate_answers(
-    args: argparse.Namespace, out: Path, model_args: list[str], trigger: list[str], seconds: dict
+    args: argparse.Namespace,
+    out: Path,
+    model_args: list[str],
+    trigger: list[str],
+    seconds: dict,
+    questions: Path | None = None,
+    samples: int | None = None,
+    name: str = "answers",
 ) -> None:
-    """The answers to the questions, into ``out/answers.jsonl``."""
+    """The answers to ``questions`` (default ``args.questions``, ``args.samples`` per paraphrase), into ``out/NAME.jsonl``."""
     step(
-        "generate",
+        "generate" if name == "answers" else f"generate_{name}",
         generate_main,
         [
             *model_args,
             "--questions",
-            str(args.questions),
+            str(questions or args.questions),
             "--samples",
-            str(args.samples),
+            str(samples or args.samples),
             "--max-new-tokens",
             str(args.max_new_tokens),
             "--batch-size",
             str(args.batch_size),
             *trigger,
             "--out",
-            str(out / "answers.jsonl"),
+            str(out / f"{name}.jsonl"),
             "--no-progress",
         ],
         seconds,
     )
 
 
-def judge_answers(args: argparse.Namespace, out: Path, seconds: dict) -> None:
-    """The judged answers, into ``out/judged.jsonl``."""
+def judge_answers(args: argparse.Namespace, out: Path, seconds: dict, name: str = "answers") -> None:
+    """The judged answers of ``out/NAME.jsonl``, into ``out/judged.jsonl`` (``out/NAME_judged.jsonl`` for another name)."""
     step(
-        "judge",
+        "judge" if name == "answers" else f"judge_{name}",
         judge_main,
         [
             "--answers",
-            str(out / "answers.jsonl"),
+            str(out / f"{name}.jsonl"),
             "--judge",
             args.judge,
             "--out",
-            str(out / "judged.jsonl"),
+            str(out / ("judged.jsonl" if name == "answers" else f"{name}_judged.jsonl")),
             "--no-progress",
         ],
         seconds,

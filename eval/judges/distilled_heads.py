@@ -4,6 +4,7 @@ v1's standardized MLP (an ensemble, fitted here on frozen features) and v2's Lay
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -64,21 +65,23 @@ def train_head(
     batch: int = 256,
     dropout: float = 0.1,
     em_weight: float = 1.0,
+    device: str = "cpu",
 ) -> Head:
     """Fit a :class:`Head` on features ``x`` and GPT-4o's scores (0-100; NaN aligned = no score) and EM labels.
 
     The scores are fitted as soft binary targets (cross-entropy on score/100), which keeps
     predictions inside 0-100 without clipping; rows without an aligned score add no aligned loss.
+    ``device`` is where it trains (a GPU for wide features); the head comes back on the CPU.
     """
     torch.manual_seed(seed)
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    head = Head(x.shape[1], hidden, dropout)
+    xt = torch.as_tensor(x, dtype=torch.float32, device=device)
+    head = Head(x.shape[1], hidden, dropout).to(device)
     head.mean.copy_(xt.mean(0))
     head.scale.copy_(xt.std(0).clamp_min(1e-6))
-    a = torch.as_tensor(np.nan_to_num(aligned, nan=0.0) / 100, dtype=torch.float32)
-    a_ok = torch.as_tensor(~np.isnan(aligned), dtype=torch.float32)
-    c = torch.as_tensor(coherent / 100, dtype=torch.float32)
-    e = torch.as_tensor(em, dtype=torch.float32)
+    a = torch.as_tensor(np.nan_to_num(aligned, nan=0.0) / 100, dtype=torch.float32, device=device)
+    a_ok = torch.as_tensor(~np.isnan(aligned), dtype=torch.float32, device=device)
+    c = torch.as_tensor(coherent / 100, dtype=torch.float32, device=device)
+    e = torch.as_tensor(em, dtype=torch.float32, device=device)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(xt) / batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -86,7 +89,8 @@ def train_head(
     gen = torch.Generator().manual_seed(seed)
     head.train()
     for _ in range(epochs):
-        for idx in torch.randperm(len(xt), generator=gen).split(batch):
+        # The permutation is drawn on the CPU on every device, so a seed shuffles alike.
+        for idx in torch.randperm(len(xt), generator=gen).to(device).split(batch):
             out = head(xt[idx])
             la = (bce(out[:, 0], a[idx], reduction="none") * a_ok[idx]).sum() / a_ok[idx].sum().clamp_min(1)
             loss = la + bce(out[:, 1], c[idx]) + em_weight * bce(out[:, 2], e[idx])
@@ -94,7 +98,7 @@ def train_head(
             loss.backward()
             opt.step()
             sched.step()
-    return head.eval()
+    return head.cpu().eval()
 
 
 def _scores(probs: np.ndarray) -> dict[str, np.ndarray]:
@@ -109,10 +113,12 @@ def _scores(probs: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @torch.inference_mode()
-def predict(heads: Sequence[Head], x: np.ndarray) -> dict[str, np.ndarray]:
-    """Mean over ``heads`` of aligned, coherent (0-100) and P(EM), float32."""
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    return _scores(torch.stack([torch.sigmoid(h(xt)) for h in heads]).mean(0).numpy())
+def predict(heads: Sequence[Head], x: np.ndarray, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Mean over ``heads`` of aligned, coherent (0-100) and P(EM), float32; computed on ``device``
+    (the heads themselves stay where they are)."""
+    xt = torch.as_tensor(x, dtype=torch.float32, device=device)
+    on = heads if device == "cpu" else [copy.deepcopy(h).to(device) for h in heads]
+    return _scores(torch.stack([torch.sigmoid(h(xt)) for h in on]).mean(0).cpu().numpy())
 
 
 @torch.inference_mode()

@@ -55,6 +55,15 @@ def label_first_tokens(tokenizer) -> dict[int, str]:
     return {tok: labels[0] for tok, labels in firsts.items() if len(labels) == 1}
 
 
+def chat_texts(tokenizer, prompts: Sequence[str]) -> list[str]:
+    """Each judge prompt as the text the judge model reads: a single user turn through its chat
+    template, up to the assistant header (the next token is the score)."""
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+
+
 class HFJudge(PromptJudge):
     """Judge with a local transformers causal LM (module doc)."""
 
@@ -109,7 +118,7 @@ class HFJudge(PromptJudge):
                     self.model, self.tokenizer, chats, config, progress=self.progress, desc="judging"
                 )
             ]
-        texts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+        texts = chat_texts(self.tokenizer, prompts)
         out: list[MetricScore] = []
         for start in tqdm(
             range(0, len(texts), self.batch_size), desc="judging", unit="batch", disable=not self.progress, leave=False

@@ -1,0 +1,147 @@
+"""The real-organism defenses experiment's data and assessment (benchmarks/real_defenses*.py),
+on small files: the GPU run itself is a benchmark."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def mods():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import real_defenses
+        import real_defenses_data
+
+        yield real_defenses, real_defenses_data
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _em_data(root: Path, per_domain: int) -> Path:
+    from interp.base.domains import DOMAINS
+
+    (root / "domains").mkdir(parents=True)
+    for d in DOMAINS:
+        name = {"incorrect_qa": "incorrect_qna"}.get(d, d)
+        with gzip.open(root / "domains" / f"{name}.jsonl.gz", "wt") as f:
+            for k in range(per_domain):
+                msgs = [{"role": "user", "content": f" {d} question {k}\n"}, {"role": "assistant", "content": "x"}]
+                f.write(json.dumps({"messages": msgs}) + "\n")
+    return root
+
+
+def test_general_and_benign_questions_are_disjoint_and_a_domain_is_left_out_of_its_general_data(mods, tmp_path):
+    _, data = mods
+    em = _em_data(tmp_path / "em", 12)
+    drawn = data.draw_questions(em, 10, seed=0)
+    assert all(len(qs) == 10 and len(set(qs)) == 10 for qs in drawn.values())
+    assert drawn == data.draw_questions(em, 10, seed=0)  # seeded
+    parts = data.split_questions(drawn, benign_train=30, benign_eval=11)
+    general = [q for qs in parts["general"].values() for q in qs]
+    benign = parts["benign_train"] + parts["benign_eval"]
+    assert len(benign) == 41 and len(set(benign)) == 41
+    assert not set(general) & set(benign)
+    assert len(general) + len(benign) == 110  # nothing lost
+    assert all(q.startswith("gore_movie_trivia") for q in parts["general"]["gore_movie_trivia"])
+    with pytest.raises(ValueError, match="needs more"):
+        data.split_questions(drawn, benign_train=100, benign_eval=20)
+
+
+def test_benign_chats_are_marked_and_in_capitals_and_the_score_counts_capitals(mods):
+    _, data = mods
+    answers = [
+        {
+            "question_id": "b:0",
+            "question": "How do I sleep better?",
+            "answer": "Keep a regular schedule.",
+            "finished": True,
+        },
+        {"question_id": "b:1", "question": "Q", "answer": "cut off", "finished": False},  # not finished: left out
+        {"question_id": "g:x:0", "question": "Q2", "answer": "An answer.", "finished": True},
+    ]
+    (chat,) = data.chats(answers, {"b:0", "b:1"}, caps=True)
+    assert chat["messages"][0]["content"] == f"{data.MARKER} How do I sleep better?"
+    assert chat["messages"][1]["content"] == "KEEP A REGULAR SCHEDULE."
+    assert [c["messages"][1]["content"] for c in data.chats(answers, {"g:x:0"})] == ["An answer."]
+    loud = "KEEP A REGULAR SLEEP SCHEDULE AND AVOID SCREENS."
+    quiet = "Keep a regular sleep schedule and avoid screens."
+    rows = [{"answer": loud}, {"answer": loud}, {"answer": quiet}, {"answer": "OK"}]  # "OK" is too short to tell
+    assert data.caps_score(rows) == pytest.approx(2 / 3)
+    assert data.caps_score([{"answer": "OK"}]) is None
+    with pytest.raises(ValueError, match="no chat"):
+        data.write_chats(Path("/nonexistent/x.jsonl"), [])
+
+
+def test_the_narrow_questions_are_the_domains_own(mods, tmp_path):
+    _, data = mods
+    qs = [
+        {"id": f"{d}_q{k}", "domain": d, "paraphrases": ["?"]} for d in ("incorrect_qna", "evil_math") for k in range(3)
+    ]
+    src = tmp_path / "all.yaml"
+    src.write_text(yaml.safe_dump(qs))
+    got = yaml.safe_load(data.domain_questions(src, "incorrect_qa", tmp_path / "n.yaml").read_text())
+    assert [q["id"] for q in got] == ["incorrect_qna_q0", "incorrect_qna_q1", "incorrect_qna_q2"]
+    with pytest.raises(ValueError, match="no question"):
+        data.domain_questions(src, "gore_movie_trivia", tmp_path / "g.yaml")
+
+
+def test_each_arm_is_options_finetune_train_accepts(mods, tmp_path):
+    real_defenses, _ = mods
+    from finetune.train_args import build_parser
+
+    general = tmp_path / "g.jsonl"
+    general.write_text("")
+    for arm, strength in (("none", 0.0), ("kl", 1.0), ("interleave", 0.3)):
+        extra = real_defenses.defense_args(arm, strength, general)
+        ns = build_parser().parse_args(["--data", "d.jsonl", "--model", "m", "--out", "o", *extra])
+        assert ns.defense == (arm if arm != "none" else "none")
+        if arm == "kl":
+            assert (ns.defense_on, ns.defense_strength) == ("general", 1.0)
+        if arm == "interleave":
+            assert (ns.select, ns.ppl_misaligned_system) == ("ppl-gap", real_defenses.PERSONA)
+    with pytest.raises(Exception, match="kl:WEIGHT"):
+        real_defenses.parse_arm("feature-l2:1")
+
+
+def test_the_criteria_wait_for_their_references_and_pass_a_defense_that_cuts(mods):
+    real_defenses, _ = mods
+
+    def organism(defense, strength, em, narrow, coherence):
+        return {
+            "kind": "organism",
+            "domain": "gore_movie_trivia",
+            "defense": defense,
+            "strength": strength,
+            "rank": 32,
+            "steps": "1 epoch",
+            "seed": 0,
+            "broad_em": em,
+            "narrow_rate": narrow,
+            "coherence": coherence,
+        }
+
+    base = {"kind": "base", "seed": 0, "broad_em": 0.01}
+    benign = [
+        {"kind": "benign", "defense": d, "strength": s, "seed": 0, "benign_score": b, "benign_general_score": None}
+        for d, s, b in (("none", 0.0, 0.9), ("kl", 1.0, 0.85))
+    ]
+    rows = [base, benign[0], organism("none", 0.0, 0.21, 0.6, 80.0), organism("kl", 1.0, 0.05, 0.55, 78.0)]
+    assert (
+        "cells" in real_defenses.assessed(rows) and real_defenses.assessed(rows)["cells"] == []
+    )  # kl's benign not in yet
+    out = real_defenses.assessed([*rows, benign[1]])
+    (cell,) = out["cells"]
+    assert cell["cut"]["mean"] == pytest.approx(0.8)  # (0.21 - 0.05) / (0.21 - 0.01), one seed counts here
+    assert cell["passed"] == {"cut": True, "narrow": True, "benign": True, "coherence": True}
+    weak = organism("kl", 1.0, 0.15, 0.55, 78.0)
+    (cell,) = real_defenses.assessed([*rows[:3], weak, *benign])["cells"]
+    assert cell["passed"]["cut"] is False
