@@ -532,3 +532,22 @@ def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, conversation
     assert grads[0].keys() == grads[1].keys()
     for name, g in grads[0].items():
         torch.testing.assert_close(g, grads[1][name], rtol=1e-5, atol=1e-7)
+
+
+def test_token_kl_in_chunks_equals_the_whole_in_value_and_gradient():
+    from finetune.functional import token_kl
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(37, 50, generator=g)
+    grads, values = [], []
+    for chunk in (1, 8, 1024):
+        x = (ref + 0.5 * torch.randn(37, 50, generator=torch.Generator().manual_seed(1))).requires_grad_()
+        kl = token_kl(x, ref, chunk=chunk)
+        kl.backward()
+        values.append(kl.detach())
+        grads.append(x.grad)
+    p, q = torch.softmax(x.detach(), -1), torch.softmax(ref, -1)
+    assert torch.allclose(values[0], (p * (p.log() - q.log())).sum(-1).mean(), atol=1e-6)
+    assert all(torch.allclose(v, values[0], atol=1e-6) for v in values)
+    assert all(torch.allclose(gr, grads[0], atol=1e-7) for gr in grads)
+    assert grads[0].abs().sum() > 0
