@@ -25,7 +25,7 @@ from results_format import SCRIPT, render_generic
 from results_gpu import render_caching, render_engine_step, render_generation, render_rows_family
 from results_organism import render_defenses_organism, render_monitor_organism, render_organism_world
 from results_probe import render_bad_input_probe
-from results_real import render_real_organisms, render_real_steering, render_training_speed
+from results_real import render_real_defenses, render_real_organisms, render_real_steering, render_training_speed
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -40,6 +40,7 @@ FAMILIES: list[tuple[str, str, Callable[[str, dict], str]]] = [
     ("bad_input_probe", "Bad-input probe", render_bad_input_probe),
     ("real_training_speed", "Real model: training speed", render_training_speed),
     ("real_steering", "Real organisms: steering and ablation", render_real_steering),
+    ("real_defenses", "Real organisms: defenses", render_real_defenses),
     ("gpu_generation", "GPU: generation", render_generation),
     ("gpu_caching", "GPU: caching", render_caching),
     ("gpu_engine_step", "GPU: engine step", render_engine_step),

@@ -145,3 +145,43 @@ def test_the_criteria_wait_for_their_references_and_pass_a_defense_that_cuts(mod
     weak = organism("kl", 1.0, 0.15, 0.55, 78.0)
     (cell,) = real_defenses.assessed([*rows[:3], weak, *benign])["cells"]
     assert cell["passed"]["cut"] is False
+
+
+def test_the_results_page_shows_each_unit_and_the_criteria(mods, tmp_path):
+    real_defenses, _ = mods
+    import render_results
+
+    def organism(defense, strength, em):
+        return {
+            "kind": "organism", "domain": "incorrect_qa", "defense": defense, "strength": strength, "rank": 32,
+            "steps": "1 epoch", "seed": 0, "broad_em": em, "narrow_rate": 0.5, "coherence": 80.0,
+            "seconds": {"train": 99.0}, "gpu": "NVIDIA H100 80GB HBM3",
+        }  # fmt: skip
+
+    rows = [
+        {"kind": "base", "seed": 0, "broad_em": 0.01, "coherence": 85.0, "benign_score": 0.0},
+        *(
+            {"kind": "benign", "defense": d, "strength": s, "seed": 0, "benign_score": b, "benign_general_score": None}
+            for d, s, b in (("none", 0.0, 0.9), ("interleave", 0.3, 0.45))
+        ),
+        organism("none", 0.0, 0.21),
+        organism("interleave", 0.3, 0.03),
+    ]
+    head = {
+        "model_source": {"model_sha256": "ab" * 32, "model_note": "GGUF"},
+        "recipe": {"rank": 32, "lr": 1e-5, "epochs": 1.0},
+        "judge": "offline",
+        "samples": 50,
+        "narrow_samples": 10,
+    }
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "real_defenses.json").write_text(
+        json.dumps({"head": head, "rows": rows, **real_defenses.assessed(rows)})
+    )
+    assert render_results.main(["--results", str(results), "--out", str(tmp_path / "docs")]) == 0
+    page = (tmp_path / "docs" / "real_defenses.md").read_text()
+    assert "| incorrect_qa | interleave 0.3 | 3.0% | 50.0% | 80.0 | 99 | H100 80GB HBM3 |" in page
+    assert "| interleave 0.3 | 45.0% |" in page
+    # cut (0.21 - 0.03) / 0.20 = 90%; benign 0.45 / 0.9 = 50% fails
+    assert "| incorrect_qa | interleave 0.3 | 20.0 pts | 90% | 100% | 50% | 0.0 | no |" in page
