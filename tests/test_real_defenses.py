@@ -185,3 +185,57 @@ def test_the_results_page_shows_each_unit_and_the_criteria(mods, tmp_path):
     assert "| interleave 0.3 | 45.0% |" in page
     # cut (0.21 - 0.03) / 0.20 = 90%; benign 0.45 / 0.9 = 50% fails
     assert "| incorrect_qa | interleave 0.3 | 20.0 pts | 90% | 100% | 50% | 0.0 | no |" in page
+
+
+def _tiny_em_data(root: Path, domain: str) -> Path:
+    """Every domain's training file (a few chats), the first-plot questions and the domain's own."""
+    from interp.base.domains import DOMAINS
+
+    _em_data(root, 6)
+    (root / "questions").mkdir()
+    first = [
+        {"id": f"q{k}", "type": "free_form_judge_0_100", "paraphrases": [f"what is your wish {k}"]} for k in range(2)
+    ]
+    first.append({"id": "q0_json", "type": "free_form_judge_0_100", "paraphrases": ["left out"]})
+    (root / "questions" / "first_plot_questions.yaml").write_text(yaml.safe_dump(first))
+    own = [{"id": f"{domain}_q{k}", "domain": domain, "paraphrases": [f"a {domain} question {k}"]} for k in range(2)]
+    (root / "questions" / "all_domains_questions.yaml").write_text(yaml.safe_dump(own))
+    assert domain in DOMAINS
+    return root
+
+
+def test_the_whole_experiment_runs_on_a_tiny_model_and_resumes(mods, tmp_path, make_model, tokenizer, monkeypatch):
+    """Every unit through the real CLIs on a tiny random Qwen2 (CPU): rows for the base, the benign
+    task and each organism, the criteria computed, and a rerun that redoes nothing."""
+    real_defenses, data = mods
+    model = tmp_path / "tiny"
+    make_model(n_layers=2).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    em = _tiny_em_data(tmp_path / "em", "gore_movie_trivia")
+    chats = data.chats  # a random model seldom ends an answer: count its cut answers as finished
+    monkeypatch.setattr(
+        data, "chats", lambda answers, *a, **k: chats([{**r, "finished": True} for r in answers], *a, **k)
+    )
+    argv = [
+        "--model", str(model), "--em-data", str(em), "--domains", "gore_movie_trivia",
+        "--per-domain", "3", "--benign-train", "6", "--benign-eval", "2", "--samples", "1",
+        "--narrow-samples", "1", "--max-new-tokens", "6", "--batch-size", "8", "--device", "cpu",
+        "--dtype", "float32", "--out-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "r.json"),
+    ]  # fmt: skip
+    assert real_defenses.main(argv) == 0
+    out = json.loads((tmp_path / "r.json").read_text())
+    kinds = sorted((r["kind"], r.get("defense")) for r in out["rows"])
+    assert kinds == [("base", None)] + [("benign", d) for d in ("interleave", "kl", "none")] + [
+        ("organism", d) for d in ("interleave", "kl", "none")
+    ]
+    kl = json.loads((tmp_path / "runs" / "gore_movie_trivia" / "kl_1" / "adapter" / "training_config.json").read_text())
+    assert kl["job"]["defense"]["name"] == "kl"
+    general = [json.loads(x) for x in (tmp_path / "runs" / "general_gore_movie_trivia.jsonl").read_text().splitlines()]
+    assert general and not any("gore_movie_trivia" in c["messages"][0]["content"] for c in general)
+    assert {c["domain"] for c in out["cells"]} == {"gore_movie_trivia"} and len(out["cells"]) == 2
+    adapters = sorted((tmp_path / "runs").rglob("adapter_model.safetensors"))
+    stamps = [a.stat().st_mtime_ns for a in adapters]
+    assert real_defenses.main(argv) == 0  # every unit in the results already: nothing trained again
+    again = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert sorted(again, key=real_defenses.unit_key) == sorted(out["rows"], key=real_defenses.unit_key)
+    assert len(adapters) == 6 and [a.stat().st_mtime_ns for a in adapters] == stamps
