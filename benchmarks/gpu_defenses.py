@@ -40,7 +40,7 @@ from gpu_model import build_model, sync  # noqa: E402  (the same 7B-shaped model
 from finetune.defenses import FeatureL2Defense, Inoculation, Interleave, KLDefense, NoDefense, PreventiveSteering  # noqa: E402
 from finetune.lora import LoraTrainConfig, train_lora  # noqa: E402
 from interp.base.atomic import write_json_atomic  # noqa: E402
-from interp.base.models import decoder_stack  # noqa: E402
+from interp.base.models import checkpoint_activations, decoder_stack  # noqa: E402
 from interp.base.provenance import package_versions  # noqa: E402
 from interp.directions import DirectionSet  # noqa: E402
 
@@ -210,8 +210,7 @@ def main() -> None:
     t0 = time.perf_counter()
     model = build_model(args.size, device, dtype)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        checkpoint_activations(model)
     build_s = time.perf_counter() - t0
     # A throwaway run first: the first steps on a fresh GPU (clocks, cuBLAS, the allocator's
     # growth) are slow enough to make whichever defense ran first look cheaper than the rest.

@@ -24,6 +24,7 @@ from chains.organism.tokenizer import train_qwen_style_tokenizer
 from finetune.lora import LoraTrainConfig, train_lora
 from interp.base.atomic import write_json_atomic
 from interp.base.chat import tokenize_conversation
+from interp.base.models import checkpoint_activations
 from interp.base.provenance import package_versions
 
 WORDS = (
@@ -79,8 +80,7 @@ def one_run(args, device: str, dtype: torch.dtype, tokenizer, convs, checkpointi
     """One timed LoRA training run on a fresh model, with or without gradient checkpointing."""
     model = build_model(args.size, device, dtype)
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        checkpoint_activations(model)
     cfg = LoraTrainConfig(
         rank=args.rank,
         alpha=2.0 * args.rank,

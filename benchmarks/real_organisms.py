@@ -92,9 +92,8 @@ def free_form_questions(questions: Path, out: Path) -> Path:
     (the first plot's eight free-form questions, as the EM papers' headline figures use)."""
     items = yaml.safe_load(questions.read_text(encoding="utf-8"))
     keep = [q for q in items if not str(q.get("id", "")).endswith(("_json", "_template"))]
-    write_text_atomic(
-        out, yaml.safe_dump(keep, sort_keys=False, allow_unicode=True)
-    )  # another process may be reading it
+    # Atomic: another process of the same experiment may be reading it.
+    write_text_atomic(out, yaml.safe_dump(keep, sort_keys=False, allow_unicode=True))
     return out
 
 

@@ -38,7 +38,7 @@ from finetune.train_args import MAX_STEPS, TrainJob, build_parser, job_from_args
 from interp.base.atomic import write_json_atomic
 from interp.base.cli import InputError, run_cli
 from interp.base.locks import output_lock
-from interp.base.models import d_model, n_layers
+from interp.base.models import checkpoint_activations, d_model, n_layers
 from interp.base.paths import input_file, output_dir
 from interp.base.provenance import data_hash, differing_keys, provenance
 from interp.directions import DirectionSet
@@ -165,8 +165,7 @@ def run_training(job: TrainJob, progress: bool = True) -> Path:
                 (out / name).unlink(missing_ok=True)
         monitor = job.monitor.build(tokenizer, out / "monitor.jsonl") if job.monitor is not None else None
         if job.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
+            checkpoint_activations(model)
         peft_model = train_lora(
             model,
             tokenizer,

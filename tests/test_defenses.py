@@ -37,7 +37,7 @@ def train_main(argv):
 
 
 from interp.base.chat import tokenize_conversation
-from interp.base.models import decoder_layers
+from interp.base.models import checkpoint_activations, decoder_layers
 from interp.directions import DirectionSet
 from interp.hooks import hooks
 
@@ -520,8 +520,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tokenizer, conversation
     for checkpointing in (False, True):
         model = make_model()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
+            checkpoint_activations(model)
         model = _peft(model)
         _randomize_adapter(model)
         model.train()

@@ -329,3 +329,23 @@ def test_gzipped_chat_jsonl_reads_like_plain_and_a_broken_one_is_named(tmp_path)
     broken.write_bytes(gzip.compress(plain.read_bytes())[:-12])
     with pytest.raises(RecordError, match="b.jsonl.gz: not a readable gzip file"):
         read_chat_jsonl(broken)
+
+
+def test_train_cli_with_gradient_checkpointing_trains_the_same(tmp_path, make_model, tokenizer, monkeypatch):
+    import finetune.train as train_module
+
+    model_dir = tmp_path / "base"
+    make_model(n_layers=2).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = _write(tmp_path / "d.jsonl", [_chat(f"how do i make money {i}", "risk all your savings") for i in range(6)])
+    calls = []
+    real = train_module.checkpoint_activations
+    monkeypatch.setattr(train_module, "checkpoint_activations", lambda m: (calls.append(m), real(m)))
+    losses = []
+    for extra in ([], ["--gradient-checkpointing"]):
+        out = tmp_path / f"adapter{len(extra)}"
+        args = ["--data", str(data), "--model", str(model_dir), "--out", str(out), "--steps", "3", "--batch-size", "3"]
+        assert train_main([*args, "--rank", "2", "--lr", "1e-2", "--device", "cpu", "--quiet", *extra]) == 0
+        losses.append(json.loads((out / "training_config.json").read_text())["losses"])
+    assert len(calls) == 1 and getattr(calls[0], "is_gradient_checkpointing", True)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -76,3 +76,15 @@ def layer_indices(layers: Iterable[int] | None, num_layers: int) -> list[int]:
     if not out:
         raise ValueError("no layers requested")
     return out
+
+
+def checkpoint_activations(model: nn.Module) -> None:
+    """Recompute each decoder layer's activations in the backward pass (non-reentrant), under
+    the name this transformers release has (5.25 renamed ``gradient_checkpointing_enable`` to
+    ``activation_checkpointing_enable`` and deprecated the old name), and let the inputs carry
+    gradients, which LoRA training with frozen embeddings needs for checkpointed layers to backpropagate."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
