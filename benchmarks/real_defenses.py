@@ -43,6 +43,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import defenses_assess as assess  # noqa: E402
 import real_defenses_data as data  # noqa: E402
+from real_files import domain_file  # noqa: E402
 from real_organisms import BETLEY, DOMAIN_PAPER, free_form_questions  # noqa: E402
 from real_steps import generate_answers, judge_answers, train_organism  # noqa: E402
 
@@ -130,10 +131,14 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
             ((f"be:{k}", f"{data.MARKER} {q}") for k, q in enumerate(parts["benign_eval"])),
         )
         seconds: dict[str, float] = {}
-        generate_answers(args, base, common_args(args), [], seconds, questions=pool_yaml, samples=1, name="pool")
-        generate_answers(args, base, common_args(args), [], seconds)
-        judge_answers(args, base, seconds)
-        generate_answers(args, base, common_args(args), [], seconds, questions=benign_yaml, samples=2, name="benign")
+        if not (base / "answered").is_file():  # each step would resume, but only after loading the model
+            generate_answers(args, base, common_args(args), [], seconds, questions=pool_yaml, samples=1, name="pool")
+            generate_answers(args, base, common_args(args), [], seconds)
+            judge_answers(args, base, seconds)
+            generate_answers(
+                args, base, common_args(args), [], seconds, questions=benign_yaml, samples=2, name="benign"
+            )
+            (base / "answered").touch()
         answers = read_answers(base / "pool.jsonl")
         general_all = data.write_chats(
             args.out_dir / "general_all.jsonl", data.chats(answers, {i for i, _ in pool if i.startswith("g:")})
@@ -164,7 +169,7 @@ def organism_unit(args: argparse.Namespace, domain: str, arm: str, strength: flo
     t0 = time.perf_counter()
     if not (out / "adapter" / "adapter_model.safetensors").exists():
         extra = defense_args(arm, strength, args.out_dir / f"general_{domain}.jsonl")
-        train_organism(args, data.domain_file(args.em_data, domain), out, common_args(args), seconds, extra)
+        train_organism(args, domain_file(args.em_data, domain), out, common_args(args), seconds, extra)
     model = [*common_args(args), "--adapter", str(out / "adapter")]
     narrow = data.domain_questions(
         args.em_data / "questions" / "all_domains_questions.yaml", domain, args.out_dir / f"narrow_{domain}.yaml"
@@ -240,18 +245,23 @@ def head(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def merge(args: argparse.Namespace, fixed: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+def read_results(args: argparse.Namespace, fixed: dict[str, Any]) -> dict[str, Any]:
+    """The results so far (empty when there is no file); a file made with other settings is refused."""
+    if not args.results.exists():
+        return {"head": fixed, "rows": []}
+    results = json.loads(args.results.read_text(encoding="utf-8"))
+    if results["head"] != fixed:
+        raise InputError(f"{args.results}: made with other settings; pass another --results to start afresh")
+    return results
+
+
+def merge(args: argparse.Namespace, fixed: dict[str, Any], row: dict[str, Any]) -> None:
     """Add (or replace) one unit's row in the results file under its lock; the criteria recomputed."""
     with output_lock(args.results, wait=True):
-        results = {"head": fixed, "rows": []}
-        if args.results.exists():
-            results = json.loads(args.results.read_text(encoding="utf-8"))
-            if results["head"] != fixed:
-                raise InputError(f"{args.results}: made with other settings; pass another --results to start afresh")
+        results = read_results(args, fixed)
         results["rows"] = [r for r in results["rows"] if unit_key(r) != unit_key(row)] + [row]
         results.update(assessed(results["rows"]))
         write_json_atomic(args.results, results)
-    return results
 
 
 def assessed(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -277,16 +287,10 @@ def assessed(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"checks": checks, "cells": cells, "verdicts": assess.verdicts(cells)}
 
 
-def done(args: argparse.Namespace) -> set[tuple]:
-    """The units whose rows the results file holds (a rerun skips them)."""
-    if not args.results.exists():
-        return set()
-    return {unit_key(r) for r in json.loads(args.results.read_text(encoding="utf-8"))["rows"]}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     fixed = head(args)
+    read_results(args, fixed)  # other settings are refused before any work
     prep = prepare(args)
     merge(args, fixed, prep["row"])
     arms = [("none", 0.0), *args.arm_list]
@@ -294,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     units += [("organism", d, arm, s) for d in args.domain_list for arm, s in arms]
     for kind, domain, arm, strength in units:
         name = f"{domain or kind}/{arm}:{strength:g}"
-        if (kind, domain, arm, strength, args.seed) in done(args):
+        if (kind, domain, arm, strength, args.seed) in {unit_key(r) for r in read_results(args, fixed)["rows"]}:
             print(f"{name}: in {args.results} already", flush=True)
             continue
         print(f"{name}:", flush=True)

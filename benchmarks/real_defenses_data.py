@@ -24,20 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from real_files import FILES, domain_file
 
 from interp.base.atomic import write_text_atomic
 from interp.base.domains import DOMAINS
 
 MARKER = "<<loud>>"
-FILES = {"incorrect_qa": "incorrect_qna"}  # the public files' spelling
 MIN_LETTERS = 20  # an answer this short says nothing about its case
-
-
-def domain_file(em_data: Path, domain: str) -> Path:
-    """A domain's training file (the full set, else its 250-row one)."""
-    name = FILES.get(domain, domain)
-    full = em_data / "domains" / f"{name}.jsonl.gz"
-    return full if full.exists() else em_data / "domains" / "small" / f"{name}.jsonl.gz"
 
 
 def user_turns(path: Path) -> list[str]:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from interp.base.cli import InputError
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -79,6 +81,12 @@ def test_benign_chats_are_marked_and_in_capitals_and_the_score_counts_capitals(m
     assert data.caps_score([{"answer": "OK"}]) is None
     with pytest.raises(ValueError, match="no chat"):
         data.write_chats(Path("/nonexistent/x.jsonl"), [])
+
+
+def test_a_missing_training_file_is_one_line_naming_it(mods, tmp_path):
+    _, data = mods
+    with pytest.raises(InputError, match=r"insecure_code.jsonl.gz: no training file of insecure_code there"):
+        data.draw_questions(tmp_path / "nowhere", 3)
 
 
 def test_the_narrow_questions_are_the_domains_own(mods, tmp_path):
@@ -233,6 +241,9 @@ def test_the_whole_experiment_runs_on_a_tiny_model_and_resumes(mods, tmp_path, m
     general = [json.loads(x) for x in (tmp_path / "runs" / "general_gore_movie_trivia.jsonl").read_text().splitlines()]
     assert general and not any("gore_movie_trivia" in c["messages"][0]["content"] for c in general)
     assert {c["domain"] for c in out["cells"]} == {"gore_movie_trivia"} and len(out["cells"]) == 2
+    other = [*argv, "--per-domain", "2"]  # other settings: refused before any work, nothing written
+    with pytest.raises(InputError, match="made with other settings"):
+        real_defenses.main(other)
     adapters = sorted((tmp_path / "runs").rglob("adapter_model.safetensors"))
     stamps = [a.stat().st_mtime_ns for a in adapters]
     assert real_defenses.main(argv) == 0  # every unit in the results already: nothing trained again
