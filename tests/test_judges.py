@@ -284,6 +284,16 @@ def test_hf_judge_batched_matches_one_prompt_at_a_time(make_model, tokenizer):
     assert sum(r["label"] is None for r in judged) >= 2  # the comparison ran
 
 
+def test_hf_judge_reads_each_prompt_once(make_model, tokenizer):
+    """The digit follow-ups are one token each through the prompts' cache, not the prompt again."""
+    model = make_model(n_layers=1, seed=4)
+    lengths = []
+    model.register_forward_pre_hook(lambda _m, _a, kw: lengths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    HFJudge(model, tokenizer, batch_size=4, min_mass=0.0, digit_floor=0.0, progress=False).judge(ANSWERS[:4])
+    assert len(lengths) >= 4 and lengths[0] > 50  # a prompt pass per metric, and follow-ups
+    assert sorted(lengths, reverse=True)[2:] == [1] * (len(lengths) - 2)  # two prompt passes, then single tokens
+
+
 def test_hf_judge_score_tags_mode_generates(make_model, tokenizer):
     judge = HFJudge(make_model(n_layers=1), tokenizer, mode="score-tags", max_reasoning_tokens=3, progress=False)
     r = judge.judge(ANSWERS[:1])[0]
