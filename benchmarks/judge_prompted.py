@@ -19,6 +19,7 @@ as there) is measured on the same rows, beside it in ``--out``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import Counter
@@ -108,6 +109,13 @@ def tfidf_predictions(cols: dict, seed: int) -> dict[str, np.ndarray]:
     return pred
 
 
+def model_provenance(spec: str) -> dict[str, str]:
+    """The judge model's file name and sha256 where ``hf:`` names a file (a GGUF), so that the
+    figures say which weights gave them; the spec is kept as given otherwise."""
+    path = Path(spec.removeprefix("hf:"))
+    return {"model": path.name, "model_sha256": file_sha256(path)} if path.is_file() else {"model": str(path)}
+
+
 def keep_timings(judges: list[dict], out: Path) -> None:
     """Carry over the GPU run's timing from ``out`` when a rerun here only adds the baseline."""
     import json
@@ -137,12 +145,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     idx = sample_rows(cols["source_file"], args.per_source, args.seed)
     judged, per_1000 = judge_sample(args, records(cols, idx))
     pred, blanks = predictions(judged, idx, n)
-    row = {"name": args.judge, **figures(cols, pred, idx), **blanks}
+    model = model_provenance(args.judge)
+    row = {"name": f"hf:{model['model']}", **model, "dtype": args.dtype, **figures(cols, pred, idx), **blanks}
     if per_1000 is not None:
         import torch
 
         row["seconds_per_1000"] = round(per_1000, 2)
-        row["timed_on"] = torch.cuda.get_device_name(0) if args.device == "cuda" else f"{args.device}"
+        row["timed_on"] = (
+            torch.cuda.get_device_name(0) if args.device == "cuda" else f"{args.device} ({os.cpu_count()} cores)"
+        )
     judges = [row]
     if args.baseline:
         judges.append({"name": "tfidf", **figures(cols, tfidf_predictions(cols, args.seed), idx)})
