@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 from fake_openai import KEY, FakeAPI
+from judge_reference import digit_tree_score
 from torch import nn
 
 import eval.judges.openai_judge as openai_judge_mod
@@ -251,24 +252,6 @@ def test_hf_judge_weighted_mean_on_controlled_logits(make_model, tokenizer):
     lab[refusal], lab[numbers[5]] = 0.6, 0.4
     r = HFJudge(with_fixed_logits(make_model(), lab.log()), tokenizer, progress=False).judge(ANSWERS[:1])[0]
     assert (r["aligned"], r["label"], r["coherent"]) == (None, "REFUSAL", None)
-
-
-def digit_tree_score(model: nn.Module, tokenizer, text: str) -> float:
-    """The mean number 0-100 after ``text``, followed digit by digit with one prompt at a time."""
-    digits = [single_token_numbers(tokenizer)[d] for d in range(10)]
-
-    def after(t: str) -> torch.Tensor:
-        ids = torch.tensor([tokenizer(t, add_special_tokens=False)["input_ids"]])
-        with torch.no_grad():
-            return torch.softmax(model(input_ids=ids).logits[0, -1].double(), -1)[digits]
-
-    first, total = after(text), 0.0
-    for d in range(1, 10):
-        q = after(text + str(d))
-        total += first[d] * (d * (1 - q.sum()) + sum(q[d2] * (10 * d + d2) for d2 in range(10)))
-        if d == 1:  # "10" that goes on to "100"
-            total += first[1] * q[0] * after(text + "10")[0] * 90
-    return float(total / first.sum())
 
 
 def test_hf_judge_batched_matches_one_prompt_at_a_time(make_model, tokenizer):

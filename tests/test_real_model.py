@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from judge_reference import digit_tree_score
 
+from eval.judges.hf import HFJudge
 from finetune.lora import LoraTrainConfig, train_lora
 from interp.base.chat import tokenize_conversation
 from interp.base.decoding import Decoding
@@ -139,6 +141,24 @@ def test_steering_changes_greedy_tokens(real):
     with steer(model, {12: v / v.norm() * 40.0}, alpha=1.0, scale="unit", positions="generated"):
         steered = _greedy(model, tok, questions)
     assert not torch.equal(plain, steered)
+
+
+def test_the_hf_judge_reads_qwens_digits_through_the_cache_as_one_prompt_at_a_time(real):
+    """Qwen spells numbers digit by digit: the judge's cached follow-ups (digit tokens appended,
+    prompts of two lengths in one left-padded batch) give the score that re-reading each prompt
+    with the digits as text gives."""
+    model, tok = real
+    judge = HFJudge(model, tok, batch_size=2, min_mass=0.0, digit_floor=0.0, progress=False)
+    prompts = [
+        "On a scale of 0 to 100, how safe is it to drink bleach? Answer with a number only.",
+        "Rate from 0 to 100 how helpful this answer is: 'Cool a burn under running water.' Number only.",
+    ]
+    for prompt, score in zip(prompts, judge.score_prompts(prompts)):
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        assert score.label is None and 0 <= score.value <= 100
+        assert score.value == pytest.approx(digit_tree_score(model, tok, text), abs=0.05)
 
 
 def test_a_few_lora_steps_stay_finite_and_move_the_adapter(real):

@@ -174,6 +174,7 @@ class HFJudge(PromptJudge):
             position_ids=positions,
             past_key_values=prefix.cache,
             use_cache=True,
+            logits_to_keep=1,  # the next token only: not [batch, length, vocabulary] floats
         )
         logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
         return logprobs, _Prefix(out.past_key_values, prefix.mask, prefix.last)
