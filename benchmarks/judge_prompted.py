@@ -69,8 +69,9 @@ def records(cols: dict, idx: np.ndarray) -> list[dict]:
     ]
 
 
-def judge_sample(args: argparse.Namespace, answers: list[dict]) -> tuple[list[dict], float | None]:
-    """The sample judged (resumed from ``WORK/judged.jsonl``) and the seconds this call judged for."""
+def judge_sample(args: argparse.Namespace, answers: list[dict]) -> tuple[list[dict], tuple[float, int] | None]:
+    """The sample judged (resumed from ``WORK/judged.jsonl``), and the seconds per 1,000 answers
+    of this call with the number it judged (None when it judged none)."""
     from eval.judge import judge_answers, judge_key, judged_so_far
 
     out = args.work / "judged.jsonl"
@@ -84,7 +85,7 @@ def judge_sample(args: argparse.Namespace, answers: list[dict]) -> tuple[list[di
     t0 = time.perf_counter()
     judged = judge_answers(judge, answers, out_path=out, chunk_size=args.batch_size * 4)
     seconds = time.perf_counter() - t0
-    return judged, seconds * 1000 / max(1, len(answers) - len(done))
+    return judged, (seconds * 1000 / max(1, len(answers) - len(done)), len(answers) - len(done))
 
 
 def predictions(judged: list[dict], idx: np.ndarray, n: int) -> tuple[dict[str, np.ndarray], dict]:
@@ -117,12 +118,13 @@ def model_provenance(spec: str) -> dict[str, str]:
 
 
 def keep_timings(judges: list[dict], out: Path) -> None:
-    """Carry over the GPU run's timing from ``out`` when a rerun here only adds the baseline."""
+    """Carry over the timing in ``out`` (of the run that judged, on the GPU say) when a rerun here
+    judges nothing and only adds the baseline."""
     import json
 
     old = {j["name"]: j for j in json.loads(out.read_text()).get("judges", [])} if out.is_file() else {}
     for j in judges:
-        for k in ("seconds_per_1000", "timed_on"):
+        for k in ("seconds_per_1000", "timed_on", "timed_answers"):
             if k not in j and k in old.get(j["name"], {}):
                 j[k] = old[j["name"]][k]
 
@@ -143,14 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cols = load_rows(args.data)
     n = len(cols["answer"])
     idx = sample_rows(cols["source_file"], args.per_source, args.seed)
-    judged, per_1000 = judge_sample(args, records(cols, idx))
+    judged, timing = judge_sample(args, records(cols, idx))
     pred, blanks = predictions(judged, idx, n)
     model = model_provenance(args.judge)
     row = {"name": f"hf:{model['model']}", **model, "dtype": args.dtype, **figures(cols, pred, idx), **blanks}
-    if per_1000 is not None:
+    if timing is not None:
         import torch
 
-        row["seconds_per_1000"] = round(per_1000, 2)
+        row["seconds_per_1000"], row["timed_answers"] = round(timing[0], 2), timing[1]
         row["timed_on"] = (
             torch.cuda.get_device_name(0) if args.device == "cuda" else f"{args.device} ({os.cpu_count()} cores)"
         )
