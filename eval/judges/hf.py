@@ -9,7 +9,8 @@ first-digit mean would put every score on 0-9, which the EM rule (aligned < 30) 
 misaligned: the numbers' probabilities are then followed down the digits instead: each
 answer's likely first digits, then "10", are one token each through the batch's KV cache, all
 of a batch in one pass (the prompt is read once; first digits under ``digit_floor`` of the
-number mass count as one-digit numbers). The label is the one whose first token is the most likely next token.
+number mass count as one-digit numbers). The label is the one whose first token is the most
+likely next token.
 ``score-tags`` mode generates greedily and reads ``<score>``.
 """
 
