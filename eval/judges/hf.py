@@ -132,11 +132,15 @@ class HFJudge(PromptJudge):
                 )
             ]
         texts = chat_texts(self.tokenizer, prompts)
-        out: list[MetricScore] = []
+        # Batches of prompts of about one length pad less (answers' lengths vary several-fold).
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[MetricScore] = [None] * len(texts)  # type: ignore[list-item]
         for start in tqdm(
             range(0, len(texts), self.batch_size), desc="judging", unit="batch", disable=not self.progress, leave=False
         ):
-            out.extend(self._read(*self.next_token_logprobs(texts[start : start + self.batch_size])))
+            batch = order[start : start + self.batch_size]
+            for i, score in zip(batch, self._read(*self.next_token_logprobs([texts[i] for i in batch]))):
+                out[i] = score
         return out
 
     @torch.no_grad()
