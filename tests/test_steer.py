@@ -4,14 +4,12 @@ without the KV cache, batching, PEFT vs merged, cleanup."""
 from __future__ import annotations
 
 import copy
-import inspect
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import Qwen2ForCausalLM
 
-from interp.base.models import decoder_layers
+from interp.base.models import cache_keyword, decoder_layers
 from interp.hooks import hooks, resid_post
 from interp.norms import residual_norms
 from interp.steer import ablate, steer
@@ -19,7 +17,6 @@ from interp.vector_math import project_out, random_like, steering_deltas
 
 D = 32
 # The KV cache's keyword: transformers 5.25 renamed past_key_values to cache (the old name goes in 5.40).
-CACHE = "cache" if "cache" in inspect.signature(Qwen2ForCausalLM.forward).parameters else "past_key_values"
 
 
 def capture(model, layers, **inputs):
@@ -387,7 +384,7 @@ def test_a_cached_call_without_its_prompt_is_refused(gen_model, tokenizer):
     enc = prompts(tokenizer)
     with torch.no_grad():
         cache = gen_model(**enc, use_cache=True).past_key_values
-    step = {"input_ids": enc["input_ids"][:, -1:], CACHE: cache}
+    step = {"input_ids": enc["input_ids"][:, -1:], cache_keyword(gen_model): cache}
     with (
         steer(gen_model, {1: vec(7)}, positions="generated"),
         pytest.raises(PositionError, match="prompt was not seen"),
@@ -418,7 +415,7 @@ def test_a_manual_decoding_loop_is_gated_like_generate(gen_model, tokenizer):
                     input_ids=nxt,
                     attention_mask=mask,
                     position_ids=mask.sum(-1, keepdim=True) - 1,
-                    **{CACHE: out.past_key_values},
+                    **{cache_keyword(gen_model): out.past_key_values},
                     use_cache=True,
                 )
     assert torch.equal(torch.cat(got, 1), want)

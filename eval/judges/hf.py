@@ -33,7 +33,7 @@ from eval.judges.base import (
     weighted_score,
 )
 from eval.sampling import SamplingConfig, sample_answers
-from interp.base.models import input_device
+from interp.base.models import cache_keyword, input_device
 from interp.base.records import LABELS
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class HFJudge(PromptJudge):
         super().__init__(questions, mode, min_mass)
         self.digit_floor = digit_floor
         self.model = model.eval()
+        self._cache_keyword = cache_keyword(model)
         self.tokenizer = tokenizer
         self.spec = spec
         self.batch_size = batch_size
@@ -177,8 +178,8 @@ class HFJudge(PromptJudge):
             input_ids=ids,
             attention_mask=prefix.mask,
             position_ids=positions,
-            past_key_values=prefix.cache,
             use_cache=True,
+            **{self._cache_keyword: prefix.cache},
             logits_to_keep=1,  # the next token only: not [batch, length, vocabulary] floats
         )
         logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()

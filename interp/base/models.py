@@ -6,6 +6,7 @@ them), the device its inputs go to, its width, and what a layer index means.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -88,3 +89,10 @@ def checkpoint_activations(model: nn.Module) -> None:
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword the model's forward takes a KV cache by: ``cache`` in the transformers
+    releases that have it (``past_key_values`` is deprecated there, gone in 5.40), else
+    ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(unwrap(model).forward).parameters else "past_key_values"
