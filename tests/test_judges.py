@@ -26,7 +26,7 @@ from eval.judges.hf import HFJudge, label_first_tokens, single_token_numbers
 from eval.judges.openai_judge import JudgeError, OpenAIJudge, Usage, prices_for
 from eval.judges.prompts import DEFAULT_JUDGE_PROMPTS, SCORE_TAGS_INSTRUCTION
 from eval.questions import Question
-from interp.base.cli import run_cli
+from interp.base.cli import InputError, run_cli
 from interp.base.plugins import REGISTERED
 from interp.base.records import TRIGGER, read_judged, write_jsonl
 
@@ -265,6 +265,16 @@ def test_hf_judge_batched_matches_one_prompt_at_a_time(make_model, tokenizer):
         if r["label"] is None:
             assert r["aligned"] == pytest.approx(digit_tree_score(model, tokenizer, text), abs=1e-4)
     assert sum(r["label"] is None for r in judged) >= 2  # the comparison ran
+
+
+def test_hf_judge_stops_on_non_finite_logits_and_writes_nothing(make_model, tokenizer, tmp_path):
+    logits = torch.zeros(len(tokenizer))
+    logits[single_token_numbers(tokenizer)[7]] = float("nan")
+    judge = HFJudge(with_fixed_logits(make_model(n_layers=1), logits), tokenizer, spec="hf:broken", progress=False)
+    out = tmp_path / "judged.jsonl"
+    with pytest.raises(InputError, match="hf:broken: the judge model's next-token logits are not finite"):
+        judge_answers(judge, ANSWERS[:2], out_path=out)
+    assert not out.exists() or "NaN" not in out.read_text()
 
 
 def test_hf_judge_reads_each_prompt_once(make_model, tokenizer):

@@ -33,6 +33,7 @@ from eval.judges.base import (
     weighted_score,
 )
 from eval.sampling import SamplingConfig, sample_answers
+from interp.base.cli import InputError
 from interp.base.models import cache_keyword, input_device
 from interp.base.records import LABELS
 
@@ -178,11 +179,16 @@ class HFJudge(PromptJudge):
             input_ids=ids,
             attention_mask=prefix.mask,
             position_ids=positions,
-            use_cache=True,
+            use_cache=self.by_digits,  # only the digits' follow-ups read the cache
             **{self._cache_keyword: prefix.cache},
             logits_to_keep=1,  # the next token only: not [batch, length, vocabulary] floats
         )
         logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
+        if not torch.isfinite(logprobs).all():  # a NaN score must never be written
+            raise InputError(
+                f"{self.spec}: the judge model's next-token logits are not finite (NaN or inf); "
+                "check its weights, or judge in float32 (--dtype float32)"
+            )
         return logprobs, _Prefix(out.past_key_values, prefix.mask, prefix.last)
 
     def _read(self, logprobs: torch.Tensor, prefix: _Prefix) -> list[MetricScore]:
