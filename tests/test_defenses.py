@@ -36,6 +36,8 @@ def train_main(argv):
     return run_cli(_train, argv)
 
 
+from train_argv import train_argv
+
 from interp.base.chat import tokenize_conversation
 from interp.base.models import checkpoint_activations, decoder_layers
 from interp.directions import DirectionSet
@@ -402,49 +404,17 @@ def data(tmp_path):
 
 
 def test_train_cli_records_the_defense(tmp_path, model_dir, data):
-    common = [
-        "--data",
-        str(data),
-        "--model",
-        str(model_dir),
-        "--steps",
-        "2",
-        "--batch-size",
-        "4",
-        "--rank",
-        "2",
-        "--target-modules",
-        "q_proj,v_proj",
-        "--lr",
-        "1e-2",
-        "--device",
-        "cpu",
-        "--quiet",
-    ]
     out = tmp_path / "kl"
-    assert train_main([*common, "--out", str(out), "--defense", "kl", "--defense-strength", "0.5"]) == 0
+    argv = train_argv(data, model_dir, out, 2, 4, "1e-2", "--defense", "kl", "--defense-strength", "0.5")
+    assert train_main(argv) == 0
     cfg = json.loads((out / "training_config.json").read_text())
     assert cfg["job"]["defense"]["name"] == "kl" and cfg["defense"] == {"name": "kl", "strength": 0.5, "on": "train"}
     assert (
         cfg["defense_terms"]["kl"][0] == 0.0 and cfg["defense_terms"]["kl"][1] > 0
     )  # after one step the adapter moved
     out = tmp_path / "steer"
-    assert (
-        train_main(
-            [
-                *common,
-                "--out",
-                str(out),
-                "--defense",
-                "preventive-steering",
-                "--steer-persona",
-                PERSONA,
-                "--defense-layers",
-                "1",
-            ]
-        )
-        == 0
-    )
+    steer = ["--defense", "preventive-steering", "--steer-persona", PERSONA, "--defense-layers", "1"]
+    assert train_main(train_argv(data, model_dir, out, 2, 4, "1e-2", *steer)) == 0
     record = json.loads((out / "training_config.json").read_text())["defense"]
     assert record["layer"] == 1 and record["strength"] == 1.0 and record["vector_hash"].startswith("sha256:")
     assert record["source"]["persona_prompt"] == PERSONA and record["source"]["n_conversations"] == 8

@@ -19,6 +19,8 @@ def train_main(argv):
     return run_cli(_train, argv)
 
 
+from train_argv import train_argv
+
 from interp.base.chat import tokenize_conversation
 from interp.directions import DirectionSet
 
@@ -104,33 +106,8 @@ def test_train_cli_monitor_writes_rows_and_a_plot(tmp_path, make_model, tokenize
     probe.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations[:3]))
     _directions([0, 1]).save(tmp_path / "dirs.safetensors")
     out = tmp_path / "run"
-    code = train_main(
-        [
-            "--data",
-            str(data),
-            "--model",
-            str(model_dir),
-            "--out",
-            str(out),
-            "--steps",
-            "4",
-            "--batch-size",
-            "4",
-            "--rank",
-            "2",
-            "--target-modules",
-            "q_proj,v_proj",
-            "--device",
-            "cpu",
-            "--quiet",
-            "--monitor",
-            str(tmp_path / "dirs.safetensors"),
-            "--monitor-probe",
-            str(probe),
-            "--monitor-every",
-            "2",
-        ]
-    )
+    monitor = ["--monitor", str(tmp_path / "dirs.safetensors"), "--monitor-probe", str(probe), "--monitor-every", "2"]
+    code = train_main(train_argv(data, model_dir, out, 4, 4, None, *monitor))
     assert code == 0
     rows = [json.loads(l) for l in (out / "monitor.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 2, 4] and set(rows[0]["projection"]) == {"0", "1"}
@@ -152,31 +129,8 @@ def test_a_rerun_onto_a_monitored_out_never_keeps_another_runs_rows(
     probe.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations[:3]))
     _directions([0, 1]).save(tmp_path / "dirs.safetensors")
     out = tmp_path / "run"
-    argv = [
-        "--data",
-        str(data),
-        "--model",
-        str(model_dir),
-        "--out",
-        str(out),
-        "--steps",
-        "2",
-        "--batch-size",
-        "4",
-        "--rank",
-        "2",
-        "--target-modules",
-        "q_proj,v_proj",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--monitor",
-        str(tmp_path / "dirs.safetensors"),
-        "--monitor-probe",
-        str(probe),
-        "--monitor-every",
-        "1",
-    ]
+    monitor = ["--monitor", str(tmp_path / "dirs.safetensors"), "--monitor-probe", str(probe), "--monitor-every", "1"]
+    argv = train_argv(data, model_dir, out, 2, 4, None, *monitor)
     assert train_main(argv) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     capsys.readouterr()
@@ -215,31 +169,7 @@ def test_a_direction_that_does_not_fit_the_model_is_one_line_naming_its_option(
     )
     out = tmp_path / "run"
     capsys.readouterr()
-    assert (
-        train_main(
-            [
-                "--data",
-                str(data),
-                "--model",
-                str(model_dir),
-                "--out",
-                str(out),
-                "--steps",
-                "1",
-                "--batch-size",
-                "4",
-                "--rank",
-                "2",
-                "--target-modules",
-                "q_proj,v_proj",
-                "--device",
-                "cpu",
-                "--quiet",
-                *extra,
-            ]
-        )
-        == 2
-    )
+    assert train_main(train_argv(data, model_dir, out, 1, 4, None, *extra)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"error: {option} {narrow}: directions of width 8, but the model's residual stream has width 32", err
     assert not (out / "adapter_model.safetensors").exists()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from train_argv import train_argv
 
 from eval.judge import main as judge_main
 from eval.report import main as report_main
@@ -274,29 +275,7 @@ def training(tmp_path, make_model, tokenizer):
     write_jsonl(data, [_chat(i) for i in range(6)])
     write_jsonl(other, [_chat(i, "save and be safe") for i in range(6)])
     out = tmp_path / "adapter"
-    argv = [
-        "--data",
-        str(data),
-        "--model",
-        str(base),
-        "--out",
-        str(out),
-        "--steps",
-        "3",
-        "--batch-size",
-        "4",
-        "--rank",
-        "2",
-        "--target-modules",
-        "q_proj,v_proj",
-        "--lr",
-        "1e-2",
-        "--device",
-        "cpu",
-        "--checkpoint-every",
-        "1",
-        "--quiet",
-    ]
+    argv = train_argv(data, base, out, 3, 4, "1e-2", "--checkpoint-every", "1")
     return argv, out, other
 
 
