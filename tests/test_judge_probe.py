@@ -179,3 +179,22 @@ def test_distilled_heads_on_the_cpu_are_unchanged_by_the_device_option():
     np.testing.assert_allclose(p["em"], [0.501056, 0.495494, 0.465990, 0.506343, 0.428003], rtol=1e-4)
     again = predict([train_head(x, a, c, e, epochs=2, seed=s, batch=64, device="cpu") for s in (0, 1)], x[:5], "cpu")
     np.testing.assert_array_equal(again["coherent"], p["coherent"])
+
+
+def test_a_judge_of_constant_scores_has_no_spearman_rather_than_nan():
+    import warnings
+
+    from judge_eval_figures import figures, markdown_table, meets
+
+    rng = np.random.default_rng(0)
+    n = 40
+    aligned = rng.uniform(0, 100, n)
+    cols = {"aligned": aligned, "coherent": rng.uniform(0, 100, n), "source_file": ["a"] * 20 + ["b"] * 20}
+    pred = {"aligned": 100 - aligned, "coherent": np.full(n, 70.0), "em": (aligned < 30).astype(float)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy warns of a constant input before returning NaN
+        fig = figures(cols, pred, np.arange(n))
+    assert fig["spearman_coherent"] is None and fig["spearman_aligned"] == pytest.approx(-1.0)
+    assert not meets("spearman_coherent", None) and meets("spearman_aligned", 0.9)
+    row = {"name": "constant", **fig, "seconds_per_1000_cpu": None}
+    assert "| not defined |" in markdown_table({"judges": [row]})
