@@ -5,7 +5,7 @@ on its hidden states at the prompt's last token, measured on held-out runs as in
         --work runs/probe_work --out-dir runs/probe        # features (resumable) on the GPU, then the CV heads
     python benchmarks/judge_eval.py --probe-results runs/probe   # its row beside tfidf and distilled
 
-Features (:mod:`judge_probe_features`): the toolkit's ``aligned`` judge prompt (``--prompts
+Features (:mod:`eval.judges.probe_features`, kept in chunks by :mod:`judge_probe_features`): the toolkit's ``aligned`` judge prompt (``--prompts
 aligned,coherent`` adds the coherent one, side by side), filled with each (question, answer),
 through the model's chat template with the generation prompt, exactly as the ``hf:`` judge
 reads it; the output of ``--layers`` (default: four evenly spaced layers of the upper half and
@@ -31,8 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from judge_eval import DEFAULT_DATA, measure  # noqa: E402
 from judge_eval_data import folds_by_source, load_limited  # noqa: E402
-from judge_probe_features import FeatureStore, default_layers, extract_all, prompt_ids  # noqa: E402
+from judge_probe_features import FeatureStore, extract_all  # noqa: E402
 
+from eval.judges.probe import model_identity, save_probe_heads  # noqa: E402
+from eval.judges.probe_features import default_layers, prompt_ids  # noqa: E402
 from eval.judges.prompts import METRICS  # noqa: E402
 from interp.base.atomic import atomic_path, write_json_atomic  # noqa: E402
 from interp.base.cli import ArgumentParser, InputError, layer_index, non_negative_int, positive_int, run_cli  # noqa: E402
@@ -60,17 +62,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=15)
     p.add_argument("--head-device", default="cpu", choices=("cpu", "cuda"), help="where the CV heads train")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument(
+        "--train-weights",
+        type=Path,
+        default=None,
+        metavar="WEIGHTS",
+        help="after measuring, fit the heads on every row and write a probe judge (--judge probe:WEIGHTS)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
-
-
-def model_identity(model: str) -> dict:
-    """What names the model's weights: a GGUF file's sha256 (not its path, which differs between
-    machines), else the loader's record of the folder or hub id."""
-    from interp.base.loading import model_source
-
-    src = model_source(model)
-    return {"model_sha256": src["model_sha256"], "file": Path(model).name} if "model_sha256" in src else src
 
 
 def signature(args: argparse.Namespace, sha: str | None, layers: list[int], prompts: list[str]) -> dict:
@@ -175,7 +175,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{row['per_run_em_error_max']}; {info['timings']}"
     )
     print(f"wrote {args.out_dir / RESULTS} and {PREDS}")
+    if args.train_weights:
+        train_weights(args, cols, sha, feats, info["signature"], row)
     return 0
+
+
+def train_weights(
+    args: argparse.Namespace, cols: dict, sha: str | None, feats: np.ndarray, sig: dict, row: dict
+) -> None:
+    """The heads fitted on every row (EM threshold from an inner split of the runs, as in the CV)
+    and written as a probe judge, with the held-out figures they were measured at."""
+    from judge_card import heldout_figures
+    from judge_eval_judges import DistilledCV
+
+    n = len(cols["answer"])
+    fitted = DistilledCV(feats, seeds=args.heads, epochs=args.epochs, device=args.head_device).fit(cols, np.arange(n))
+    settings = {k: sig[k] for k in ("layers", "prompts", "max_tokens", "dtype")}
+    meta = {
+        "em_threshold": repr(fitted.threshold),
+        "trained_on": f"{args.data.name} sha256 {sha}: {n} rows of {len(set(cols['source_file']))} source files",
+        "heldout_figures": heldout_figures(row),
+        "epochs": args.epochs,
+    }
+    save_probe_heads(args.train_weights, fitted.heads, args.model, settings, meta)
+    print(f"wrote {args.train_weights} (threshold {fitted.threshold:.4f}): --judge probe:{args.train_weights}")
 
 
 if __name__ == "__main__":

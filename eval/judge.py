@@ -5,8 +5,9 @@
     python -m eval.judge --answers answers.jsonl --judge organism --out judged.jsonl
 
 Judge specs: ``openai:MODEL`` (any OpenAI-compatible API; key and endpoint from
-``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``), ``hf:ID_OR_PATH`` (a local causal LM) and
-``organism`` (the offline organism world's judge). Each judged record is its answer record
+``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``), ``hf:ID_OR_PATH`` (a local causal LM),
+``offline`` (the default offline judge), ``probe:WEIGHTS`` (heads on a local LM's hidden states,
+:mod:`eval.judges.probe`) and ``organism`` (the offline organism world's judge). Each judged record is its answer record
 plus ``aligned``, ``coherent``, ``label``, ``judge`` and ``judge_raw``. Answers already in
 ``--out`` are skipped, so an interrupted run continues where it stopped; an ``--out`` that
 holds judgments of answers not in ``--answers`` is refused, as is a second run on it while
@@ -58,14 +59,14 @@ price = number(float, 0, 1e6)  # USD per million tokens: no model costs a dollar
 
 
 def judge_kind(spec: str) -> str:
-    """``openai``, ``hf`` or a named judge; an unknown spec is an :class:`InputError`."""
+    """``openai``, ``hf``, ``probe`` or a named judge; an unknown spec is an :class:`InputError`."""
     kind, _, name = spec.partition(":")
     if spec in plugins.names("judge"):  # named judges: organism, offline, ... (judge plugins)
         return spec
-    if kind in ("openai", "hf") and name:
+    if kind in ("openai", "hf", "probe") and name:
         return kind
     raise InputError(
-        f"--judge: unknown judge {spec!r}; use openai:MODEL, hf:ID_OR_PATH or {', '.join(plugins.names('judge'))}"
+        f"--judge: unknown judge {spec!r}; use openai:MODEL, hf:ID_OR_PATH, probe:WEIGHTS or {', '.join(plugins.names('judge'))}"
     )
 
 
@@ -73,8 +74,12 @@ def make_judge(spec: str, questions=None, mode: str = "logprobs", **options) -> 
     """A judge from its spec. ``options`` go to the judge (and, for ``hf:``, ``device``/``dtype``
     to :func:`interp.base.loading.load_model`)."""
     kind, name = judge_kind(spec), spec.partition(":")[2]
-    if kind not in ("openai", "hf"):
+    if kind not in ("openai", "hf", "probe"):
         return plugins.load("judge", spec)(**options)
+    if kind == "probe":
+        from eval.judges.probe import ProbeJudge
+
+        return ProbeJudge(name, **options)
     if kind == "openai":
         from eval.judges.openai_judge import OpenAIJudge
 
@@ -200,10 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", action="store_true", help="use the Batch API; ids are saved to <out>.batch.json for resuming"
     )
     api.add_argument("--poll-seconds", type=timeout_s, default=30.0)
-    hf = p.add_argument_group("hf: judges")
+    hf = p.add_argument_group("hf: and probe: judges")
     hf.add_argument("--batch-size", type=batch_size, default=8)
     hf.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    hf.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    hf.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="auto: the model's own (hf:), the dtype the heads were fitted in (probe:)",
+    )
+    hf.add_argument(
+        "--judge-model", default=None, help="probe: the model its heads read (default: the path the weights record)"
+    )
     return p
 
 
@@ -242,6 +255,13 @@ def _options(args: argparse.Namespace) -> dict:
             "device": args.device,
             "dtype": args.dtype,
             "progress": not args.no_progress,
+        }
+    if args.judge.startswith("probe:"):
+        input_file(args.judge.partition(":")[2], "--judge probe:WEIGHTS")
+        return {
+            "model": args.judge_model,
+            "device": args.device,
+            "dtype": None if args.dtype == "auto" else args.dtype,
         }
     return {}
 

@@ -51,6 +51,7 @@ from eval.judges.distilled_heads import (
     train_head,
 )
 from eval.judges.distilled_weights import (
+    FORMAT_PROBE,
     FORMAT_V1,
     FORMAT_V2,
     LORA_TARGETS,
@@ -145,6 +146,8 @@ class DistilledJudge:
         device = device or os.environ.get("EM_DISTILLED_DEVICE", "cpu")
         _, meta = read_weights(self.weights)
         self.version = meta["format"]
+        if self.version == FORMAT_PROBE:
+            raise OfflineJudgeError(f"{self.weights}: probe-judge weights; judge with --judge probe:{self.weights}")
         if self.version == FORMAT_V1:
             self.heads, self.meta = load_heads(self.weights)
             self.head = None

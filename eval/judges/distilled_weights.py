@@ -1,6 +1,7 @@
 """The distilled judge's weight files (safetensors, metadata as strings): ``distilled-judge-v1``
 holds an ensemble of :class:`Head`; ``distilled-judge-v2`` holds a :class:`FinetunedHead` and the
-encoder's LoRA factors, merged into the encoder's weights when loaded."""
+encoder's LoRA factors, merged into the encoder's weights when loaded; ``probe-judge-v1`` holds an
+ensemble of :class:`Head` on a causal LM's last-token states (:mod:`eval.judges.probe`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from interp.base.paths import read_safetensors
 
 FORMAT_V1 = "distilled-judge-v1"
 FORMAT_V2 = "distilled-judge-v2"
+FORMAT_PROBE = "probe-judge-v1"
 # Every linear layer of the 6 transformer layers (q, k, v, attention output, FFN in and out); not the pooler.
 LORA_TARGETS = r".*encoder\.layer\.\d+\..*(query|key|value|dense)$"
 
@@ -41,7 +43,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         tensors, meta = read_safetensors(path, "safetensors weights file")
     except InputError as e:
         raise OfflineJudgeError(str(e)) from None
-    if meta.get("format") not in (FORMAT_V1, FORMAT_V2):
+    if meta.get("format") not in (FORMAT_V1, FORMAT_V2, FORMAT_PROBE):
         raise OfflineJudgeError(f"{path}: not distilled-judge weights (format {meta.get('format')!r})")
     return tensors, meta
 
@@ -54,15 +56,15 @@ def _read_format(path: str | Path, fmt: str) -> tuple[dict[str, torch.Tensor], d
     return tensors, meta
 
 
-def save_heads(path: str | Path, heads: Sequence[Head], metadata: dict[str, Any]) -> None:
-    """Write ``heads`` (an ensemble of one architecture) as safetensors, ``metadata`` as JSON strings."""
+def save_heads(path: str | Path, heads: Sequence[Head], metadata: dict[str, Any], fmt: str = FORMAT_V1) -> None:
+    """Write ``heads`` (an ensemble of one architecture) as safetensors of format ``fmt``, ``metadata`` as JSON strings."""
     tensors = {
         f"head{k}.{name}": t.detach().to(torch.float32).contiguous()
         for k, h in enumerate(heads)
         for name, t in h.state_dict().items()
     }
     meta = {
-        "format": FORMAT_V1,
+        "format": fmt,
         "heads": str(len(heads)),
         "hidden": str(heads[0].net[1].out_features),
         "dim": str(heads[0].mean.numel()),
@@ -70,9 +72,9 @@ def save_heads(path: str | Path, heads: Sequence[Head], metadata: dict[str, Any]
     _save(path, tensors, meta, metadata)
 
 
-def load_heads(path: str | Path) -> tuple[list[Head], dict[str, str]]:
-    """The ensemble and metadata :func:`save_heads` wrote; missing or foreign files are an :class:`OfflineJudgeError`."""
-    tensors, meta = _read_format(path, FORMAT_V1)
+def load_heads(path: str | Path, fmt: str = FORMAT_V1) -> tuple[list[Head], dict[str, str]]:
+    """The ensemble and metadata :func:`save_heads` wrote as ``fmt``; missing or foreign files are an :class:`OfflineJudgeError`."""
+    tensors, meta = _read_format(path, fmt)
     heads = []
     for k in range(int(meta["heads"])):
         h = Head(int(meta["dim"]), int(meta["hidden"]))
