@@ -254,3 +254,23 @@ def test_probe_judge_cli_and_its_one_line_errors(probe_weights, tmp_path, capsys
     assert "none.safetensors" in capsys.readouterr().err.strip().splitlines()[-1]
     with pytest.raises(OfflineJudgeError, match="--judge probe:"):
         DistilledJudge(weights=probe_weights)  # probe heads are not the MiniLM judge's
+
+
+def test_probe_heads_of_another_gguf_are_refused_in_one_line(probe_weights, model_dir, tmp_path):
+    from eval.judges.distilled_weights import FORMAT_PROBE, load_heads, save_heads
+    from eval.judges.probe import ProbeJudge
+
+    heads, meta = load_heads(probe_weights, fmt=FORMAT_PROBE)
+    settings = {k: json.loads(meta[k]) for k in ("layers", "prompts", "max_tokens")} | {"dtype": "float32"}
+    fitted = {"model_sha256": "ab" * 32, "file": "q05.gguf"}
+    other = tmp_path / "other.safetensors"
+    save_heads(
+        other,
+        heads,
+        {"model_path": "/nowhere/q05.gguf", "model": fitted, "em_threshold": "0.5", **settings},
+        FORMAT_PROBE,
+    )
+    with pytest.raises(InputError, match=r"fetch q05.gguf \(sha256 abab.*--judge-model PATH$"):
+        ProbeJudge(other)
+    with pytest.raises(InputError, match="heads fitted on the features of q05.gguf"):
+        ProbeJudge(other, model=str(model_dir))  # not the file they were fitted on

@@ -65,8 +65,8 @@ class ProbeJudge:
         fitted = json.loads(self.meta["model"])
         if not Path(self.model_path).exists() and "model_sha256" in fitted:
             raise OfflineJudgeError(
-                f"{self.weights}: its model {self.model_path} is not here; give the GGUF file of sha256 "
-                f"{fitted['model_sha256']} (--judge-model PATH)"
+                f"{self.weights}: its model {self.model_path} is not here; fetch {fitted['file']} (sha256 "
+                f"{fitted['model_sha256']}) and give it with --judge-model PATH"
             )
         found = model_identity(self.model_path)
         if "model_sha256" in fitted and found.get("model_sha256") != fitted["model_sha256"]:
