@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     api.add_argument("--poll-seconds", type=timeout_s, default=30.0)
     hf = p.add_argument_group("hf: and probe: judges")
-    hf.add_argument("--batch-size", type=batch_size, default=8)
+    hf.add_argument("--batch-size", type=batch_size, default=8, help="hf: prompts per forward pass")
     hf.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     hf.add_argument(
         "--dtype",
