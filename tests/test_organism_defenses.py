@@ -214,27 +214,10 @@ def test_monitor_summary_counts_the_base_once_and_gives_the_auroc():
 
 def test_defense_table_command_runs_small(world, tmp_path):
     out = tmp_path / "defenses.json"
-    code = _script("defenses_organism").main(
-        [
-            "--small",
-            "--domains",
-            "incorrect_math",
-            "--steps",
-            "2",
-            "--ranks",
-            "1",
-            "--seeds",
-            "0,1",
-            "--arms",
-            "kl/general:10,interleave/ppl-gap:0.5",
-            "--cache-dir",
-            str(world.root),
-            "--out",
-            str(out),
-            "--rows",
-            str(tmp_path / "rows"),
-        ]
-    )
+    argv = ["--small", "--domains", "incorrect_math", "--steps", "2", "--ranks", "1", "--seeds", "0,1"]
+    argv += ["--arms", "kl/general:10,interleave/ppl-gap:0.5", "--cache-dir", str(world.root)]
+    argv += ["--rows", str(tmp_path / "rows")]
+    code = _script("defenses_organism").main([*argv, "--out", str(out)])
     assert code == 0
     result = json.loads(out.read_text())
     assert {
@@ -265,27 +248,7 @@ def test_defense_table_command_runs_small(world, tmp_path):
         assert (cell["cut"]["mean"] is None) == (len(assessable) < 2)
         assert cell["passed"]["coherence"] == (cell["coherence_change"]["mean"] >= -5.0)
         assert cell["all"] is None if None in cell["passed"].values() else cell["all"] == all(cell["passed"].values())
-    again = _script("defenses_organism").main(
-        [
-            "--small",
-            "--domains",
-            "incorrect_math",
-            "--steps",
-            "2",
-            "--ranks",
-            "1",
-            "--seeds",
-            "0,1",
-            "--arms",
-            "kl/general:10,interleave/ppl-gap:0.5",
-            "--cache-dir",
-            str(world.root),
-            "--out",
-            str(tmp_path / "again.json"),
-            "--rows",
-            str(tmp_path / "rows"),
-        ]
-    )
+    again = _script("defenses_organism").main([*argv, "--out", str(tmp_path / "again.json")])
     assert (
         again == 0 and json.loads((tmp_path / "again.json").read_text())["runs"] == result["runs"]
     )  # a rerun reuses every stored run
