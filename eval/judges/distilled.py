@@ -83,6 +83,7 @@ __all__ = [
     "OfflineJudge",
     "OfflineJudgeError",
     "consistent_scores",
+    "head_records",
     "encoder_dir",
     "featurize",
     "load_finetuned",
@@ -176,23 +177,31 @@ class DistilledJudge:
         if not records:
             return []
         p = self.scores([r["question"] for r in records], [r["answer"] for r in records])
-        out = []
-        for i, r in enumerate(records):
-            raw = {"p_em": round(float(p["em"][i]), 4)}
-            if "blank" in p:
-                raw["p_blank"] = round(float(p["blank"][i]), 4)  # GPT-4o would have said CODE or REFUSAL
-            raw.update({"weights": self.weights.name, "encoder": f"{ENCODER_PACKAGE}=={ENCODER_VERSION}"})
-            out.append(
-                {
-                    **r,
-                    "aligned": round(float(p["aligned"][i]), 2),
-                    "coherent": round(float(p["coherent"][i]), 2),
-                    "label": None,
-                    "judge": self.spec,
-                    "judge_raw": raw,
-                }
-            )
-        return out
+        source = {"weights": self.weights.name, "encoder": f"{ENCODER_PACKAGE}=={ENCODER_VERSION}"}
+        return head_records(records, p, self.spec, source)
+
+
+def head_records(
+    records: Sequence[AnswerRecord], p: dict[str, np.ndarray], spec: str, source: dict
+) -> list[JudgedRecord]:
+    """``records`` judged by a head's scores ``p`` (``aligned``, ``coherent``, ``em``, maybe ``blank``):
+    ``label`` None, ``judge_raw`` with P(EM), P(blank) where predicted, and ``source``."""
+    out = []
+    for i, r in enumerate(records):
+        raw = {"p_em": round(float(p["em"][i]), 4)}
+        if "blank" in p:
+            raw["p_blank"] = round(float(p["blank"][i]), 4)  # GPT-4o would have said CODE or REFUSAL
+        out.append(
+            {
+                **r,
+                "aligned": round(float(p["aligned"][i]), 2),
+                "coherent": round(float(p["coherent"][i]), 2),
+                "label": None,
+                "judge": spec,
+                "judge_raw": {**raw, **source},
+            }
+        )
+    return out
 
 
 class OfflineJudge(DistilledJudge):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eval.judges.distilled import consistent_scores, head_records
 from eval.judges.distilled_encoder import OfflineJudgeError
 from eval.judges.distilled_heads import Head, predict
 from eval.judges.distilled_weights import FORMAT_PROBE, load_heads, save_heads
@@ -86,8 +87,6 @@ class ProbeJudge:
 
     def scores(self, questions: Sequence[str], answers: Sequence[str]) -> dict[str, np.ndarray]:
         """``aligned``, ``coherent`` (0-100, EM-consistent) and ``em`` (P(EM)) for each pair."""
-        from eval.judges.distilled import consistent_scores
-
         cols = {"question": list(questions), "answer": list(answers)}
         seqs, _ = prompt_ids(self.tokenizer, cols, self.prompts, self.max_tokens)
         x = chunk_features(self.model, seqs, np.arange(len(answers)), self.layers, self.batch_tokens)
@@ -102,14 +101,4 @@ class ProbeJudge:
         if not records:
             return []
         p = self.scores([r["question"] for r in records], [r["answer"] for r in records])
-        return [
-            {
-                **r,
-                "aligned": round(float(p["aligned"][i]), 2),
-                "coherent": round(float(p["coherent"][i]), 2),
-                "label": None,
-                "judge": self.spec,
-                "judge_raw": {"p_em": round(float(p["em"][i]), 4), "weights": self.weights.name},
-            }
-            for i, r in enumerate(records)
-        ]
+        return head_records(records, p, self.spec, {"weights": self.weights.name})
