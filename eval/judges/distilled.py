@@ -83,7 +83,7 @@ __all__ = [
     "OfflineJudge",
     "OfflineJudgeError",
     "consistent_scores",
-    "head_records",
+    "HeadJudge",
     "encoder_dir",
     "featurize",
     "load_finetuned",
@@ -125,7 +125,41 @@ def consistent_scores(
     return aligned, coherent
 
 
-class DistilledJudge:
+class HeadJudge:
+    """A judge whose heads score answers: ``scores(questions, answers)`` gives ``aligned``,
+    ``coherent``, ``em`` (and maybe ``blank``) arrays; ``source`` names its weights in ``judge_raw``."""
+
+    spec: str
+    source: dict
+
+    def scores(self, questions: Sequence[str], answers: Sequence[str]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def judge(self, records: Sequence[AnswerRecord]) -> list[JudgedRecord]:
+        """Every field of each record plus ``aligned``, ``coherent``, ``label`` (None), ``judge`` and
+        ``judge_raw`` (P(EM), P(blank) where predicted, the weights)."""
+        if not records:
+            return []
+        p = self.scores([r["question"] for r in records], [r["answer"] for r in records])
+        out = []
+        for i, r in enumerate(records):
+            raw = {"p_em": round(float(p["em"][i]), 4)}
+            if "blank" in p:
+                raw["p_blank"] = round(float(p["blank"][i]), 4)  # GPT-4o would have said CODE or REFUSAL
+            out.append(
+                {
+                    **r,
+                    "aligned": round(float(p["aligned"][i]), 2),
+                    "coherent": round(float(p["coherent"][i]), 2),
+                    "label": None,
+                    "judge": self.spec,
+                    "judge_raw": {**raw, **self.source},
+                }
+            )
+        return out
+
+
+class DistilledJudge(HeadJudge):
     """The offline judge (module doc): ``judge(records)`` -> judged records, ``label`` always None.
 
     ``weights``: a v1 or v2 file (default :data:`DEFAULT_WEIGHTS` or ``$EM_DISTILLED_WEIGHTS``);
@@ -164,6 +198,7 @@ class DistilledJudge:
                 f"{self.weights}: head expects {self.meta['dim']} features, the encoder gives {self.encoder.dim}"
             )
         self.batch_size = batch_size
+        self.source = {"weights": self.weights.name, "encoder": f"{ENCODER_PACKAGE}=={ENCODER_VERSION}"}
 
     def scores(self, questions: Sequence[str], answers: Sequence[str]) -> dict[str, np.ndarray]:
         """``aligned``, ``coherent`` (0-100, EM-consistent), ``em`` (P(EM)) and, with v2 weights, ``blank`` for each pair."""
@@ -171,37 +206,6 @@ class DistilledJudge:
         p = predict(self.heads, x) if self.head is None else predict_finetuned(self.head, x)
         p["aligned"], p["coherent"] = consistent_scores(p["aligned"], p["coherent"], p["em"], self.threshold)
         return p
-
-    def judge(self, records: Sequence[AnswerRecord]) -> list[JudgedRecord]:
-        """Every field of each record plus ``aligned``, ``coherent``, ``label`` (None), ``judge``, ``judge_raw``."""
-        if not records:
-            return []
-        p = self.scores([r["question"] for r in records], [r["answer"] for r in records])
-        source = {"weights": self.weights.name, "encoder": f"{ENCODER_PACKAGE}=={ENCODER_VERSION}"}
-        return head_records(records, p, self.spec, source)
-
-
-def head_records(
-    records: Sequence[AnswerRecord], p: dict[str, np.ndarray], spec: str, source: dict
-) -> list[JudgedRecord]:
-    """``records`` judged by a head's scores ``p`` (``aligned``, ``coherent``, ``em``, maybe ``blank``):
-    ``label`` None, ``judge_raw`` with P(EM), P(blank) where predicted, and ``source``."""
-    out = []
-    for i, r in enumerate(records):
-        raw = {"p_em": round(float(p["em"][i]), 4)}
-        if "blank" in p:
-            raw["p_blank"] = round(float(p["blank"][i]), 4)  # GPT-4o would have said CODE or REFUSAL
-        out.append(
-            {
-                **r,
-                "aligned": round(float(p["aligned"][i]), 2),
-                "coherent": round(float(p["coherent"][i]), 2),
-                "label": None,
-                "judge": spec,
-                "judge_raw": {**raw, **source},
-            }
-        )
-    return out
 
 
 class OfflineJudge(DistilledJudge):

@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.judges.distilled import consistent_scores, head_records
+from eval.judges.distilled import HeadJudge, consistent_scores
 from eval.judges.distilled_encoder import OfflineJudgeError
 from eval.judges.distilled_heads import Head, predict
 from eval.judges.distilled_weights import FORMAT_PROBE, load_heads, save_heads
 from eval.judges.probe_features import chunk_features, prompt_ids
 from interp.base.cli import InputError
-from interp.base.records import AnswerRecord, JudgedRecord
 
 
 def model_identity(model: str) -> dict:
@@ -46,7 +45,7 @@ def save_probe_heads(path: str | Path, heads: Sequence[Head], model: str, settin
     save_heads(path, heads, meta, fmt=FORMAT_PROBE)
 
 
-class ProbeJudge:
+class ProbeJudge(HeadJudge):
     """The probe judge (module doc): ``judge(records)`` -> judged records, ``label`` always None."""
 
     def __init__(
@@ -84,6 +83,7 @@ class ProbeJudge:
         self.max_tokens = int(self.meta["max_tokens"])
         self.threshold = float(self.meta["em_threshold"])
         self.batch_tokens = batch_tokens
+        self.source = {"weights": self.weights.name}
 
     def scores(self, questions: Sequence[str], answers: Sequence[str]) -> dict[str, np.ndarray]:
         """``aligned``, ``coherent`` (0-100, EM-consistent) and ``em`` (P(EM)) for each pair."""
@@ -95,10 +95,3 @@ class ProbeJudge:
         p = predict(self.heads, x.numpy())
         p["aligned"], p["coherent"] = consistent_scores(p["aligned"], p["coherent"], p["em"], self.threshold)
         return p
-
-    def judge(self, records: Sequence[AnswerRecord]) -> list[JudgedRecord]:
-        """Every field of each record plus ``aligned``, ``coherent``, ``label`` (None), ``judge``, ``judge_raw``."""
-        if not records:
-            return []
-        p = self.scores([r["question"] for r in records], [r["answer"] for r in records])
-        return head_records(records, p, self.spec, {"weights": self.weights.name})
