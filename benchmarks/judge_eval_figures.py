@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from judge_eval_data import em_label
 
+from eval.agreement import spearman
+
 # Issue 22's targets for a distilled judge worth shipping (figure -> (bound, "min" or "max")).
 TARGETS = {
     "auroc_em": (0.985, "min"),
@@ -25,16 +27,6 @@ def meets(figure: str, value: float | None) -> bool:
     if value is None:
         return False
     return value >= bound if kind == "min" else value <= bound
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Spearman's rho, or None where either side is constant (a judge that gives every answer one
-    score ranks nothing: the correlation is not defined, and is not written as NaN)."""
-    from scipy.stats import spearmanr
-
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    return round(float(spearmanr(x, y).statistic), 4)
 
 
 def figures(cols: dict, pred: dict[str, np.ndarray], held: np.ndarray) -> dict:
