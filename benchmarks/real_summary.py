@@ -213,7 +213,8 @@ def em_figure(results: dict[str, Any], path: Path) -> None:
     ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("EM rate, % (aligned < 30, coherent > 50)")
     ax.set_title("Real organisms: EM rate with its 95% bootstrap CI", fontsize=10)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no base line when the base's rate is not assessable
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
