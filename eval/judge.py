@@ -5,10 +5,10 @@
     python -m eval.judge --answers answers.jsonl --judge organism --out judged.jsonl
 
 Judge specs: ``openai:MODEL`` (any OpenAI-compatible API; key and endpoint from
-``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``), ``hf:ID_OR_PATH`` (a local causal LM),
-``offline`` (the default offline judge), ``probe:WEIGHTS`` (heads on a local LM's hidden states,
-:mod:`eval.judges.probe`) and ``organism`` (the offline organism world's judge). Each judged record is its answer record
-plus ``aligned``, ``coherent``, ``label``, ``judge`` and ``judge_raw``. Answers already in
+``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``), ``hf:ID_OR_PATH`` (a local causal LM), ``offline``
+(the default offline judge), ``probe:WEIGHTS`` (heads on a local LM's hidden states,
+:mod:`eval.judges.probe`) and ``organism`` (the offline organism world's judge). Each judged
+record is its answer record plus ``aligned``, ``coherent``, ``label``, ``judge`` and ``judge_raw``. Answers already in
 ``--out`` are skipped, so an interrupted run continues where it stopped; an ``--out`` that
 holds judgments of answers not in ``--answers`` is refused, as is a second run on it while
 the first is alive.
